@@ -1,0 +1,1 @@
+"""netweft dataplane backends (vxlan, host-gw) over pyroute2."""

@@ -1,0 +1,1 @@
+"""netweft CNI plugin: spec types, the runtime entry point and pod wiring."""

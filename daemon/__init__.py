@@ -1,0 +1,1 @@
+"""netweft node daemon: composition root, CLI and the lab."""

@@ -1,0 +1,58 @@
+"""Global CLI options (etcd connection) and the helpers commands use to report errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ipam.etcd import EtcdSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+DEFAULT_PREFIX = "/coreos.com/network"
+
+
+def etcd_options(func: F) -> F:
+    """Add --etcd-endpoints/--etcd-prefix/TLS options (env NETWEFT_ETCD_*) and store an
+    :class:`EtcdSettings` as the click context object."""
+
+    @click.option("--etcd-endpoints", envvar="NETWEFT_ETCD_ENDPOINTS", default=DEFAULT_ENDPOINTS,
+                  show_default=True, help="Comma-separated etcd client URLs.")
+    @click.option("--etcd-prefix", envvar="NETWEFT_ETCD_PREFIX", default=DEFAULT_PREFIX,
+                  show_default=True, help="Key prefix of the network (Flannel's default).")
+    @click.option("--etcd-cafile", envvar="NETWEFT_ETCD_CAFILE", default=None,
+                  help="CA bundle to verify etcd's certificate (enables TLS).")
+    @click.option("--etcd-certfile", envvar="NETWEFT_ETCD_CERTFILE", default=None,
+                  help="Client certificate for etcd.")
+    @click.option("--etcd-keyfile", envvar="NETWEFT_ETCD_KEYFILE", default=None,
+                  help="Client key for etcd.")
+    @click.pass_context
+    @functools.wraps(func)
+    def wrapper(ctx: click.Context, etcd_endpoints: str, etcd_prefix: str,
+                etcd_cafile: str | None, etcd_certfile: str | None, etcd_keyfile: str | None,
+                *args: Any, **kwargs: Any) -> Any:
+        try:
+            ctx.obj = EtcdSettings.from_strings(
+                etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings(ctx: click.Context) -> EtcdSettings:
+    """The etcd settings of the root command."""
+    obj = ctx.find_root().obj
+    assert isinstance(obj, EtcdSettings)
+    return obj
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line to stderr and exit with ``code`` (for expected failures: no traceback)."""
+    click.echo(f"netweft: {message}", err=True)
+    raise SystemExit(code)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything netweft needs on a Debian/Ubuntu machine, as root, idempotently:
+# the apt packages (etcd, nftables, iptables, iproute2, iperf3, conntrack, the reference
+# CNI plugins used by the benchmarks) and a virtual environment with netweft at ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root" >&2; exit 1; fi
+
+PKGS="etcd-server etcd-client nftables iptables iproute2 iperf3 conntrack containernetworking-plugins python3-venv python3-nftables tcpdump"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PY=${NETWEFT_PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
+# Debian's libnftables binding (python3-nftables) is not on PyPI: let the venv see that one module.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ -d /usr/lib/python3/dist-packages/nftables ]; then
+    mkdir -p "$site/_netweft_debian"
+    ln -sfn /usr/lib/python3/dist-packages/nftables "$site/_netweft_debian/nftables"
+    echo "$site/_netweft_debian" > "$site/netweft-debian-nftables.pth"
+fi
+echo "netweft installed in $(pwd)/.venv"

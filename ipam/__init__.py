@@ -1,0 +1,1 @@
+"""netweft IPAM: network config, subnet leases in etcd, node pod IP allocation."""

@@ -1,0 +1,141 @@
+"""Subnet lease records, wire-compatible with Flannel's etcd layout.
+
+Key: ``<prefix>/subnets/<a.b.c.d>-<len>`` (dual stack: ``<v4>-<len>&<v6>-<len>``).
+Value: ``{"PublicIP", "PublicIPv6", "BackendType", "BackendData"}``.
+A key bound to an etcd lease expires with it; a key with no etcd lease is a reservation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Any
+
+
+class LeaseFormatError(ValueError):
+    """A key or value under ``<prefix>/subnets/`` that is not a Flannel lease."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One node's subnet lease (or a reservation)."""
+
+    subnet: IPv4Network | None
+    public_ip: IPv4Address | None
+    backend_type: str = "vxlan"
+    backend_data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    ipv6_subnet: IPv6Network | None = None
+    public_ipv6: IPv6Address | None = None
+    etcd_lease_id: int = 0          # 0: a reservation (never expires)
+    expiration: float | None = None  # unix time, None for reservations / unknown
+    mod_revision: int = 0
+
+    @property
+    def reserved(self) -> bool:
+        return self.etcd_lease_id == 0
+
+    @property
+    def key_name(self) -> str:
+        return subnet_key_name(self.subnet, self.ipv6_subnet)
+
+    @property
+    def vtep_mac(self) -> str | None:
+        mac = self.backend_data.get("VtepMAC")
+        return str(mac) if mac else None
+
+    def value(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.public_ip is not None:
+            out["PublicIP"] = str(self.public_ip)
+        if self.public_ipv6 is not None:
+            out["PublicIPv6"] = str(self.public_ipv6)
+        out["BackendType"] = self.backend_type
+        if self.backend_data:
+            out["BackendData"] = self.backend_data
+        return out
+
+    def value_json(self) -> str:
+        return json.dumps(self.value(), separators=(",", ":"), sort_keys=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view (the CLI's ``--json``)."""
+        return {
+            "subnet": str(self.subnet) if self.subnet else None,
+            "ipv6Subnet": str(self.ipv6_subnet) if self.ipv6_subnet else None,
+            "publicIP": str(self.public_ip) if self.public_ip else None,
+            "publicIPv6": str(self.public_ipv6) if self.public_ipv6 else None,
+            "backendType": self.backend_type,
+            "backendData": self.backend_data,
+            "reserved": self.reserved,
+            "leaseID": self.etcd_lease_id,
+            "expiration": self.expiration,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lease:
+        return cls(
+            subnet=IPv4Network(d["subnet"]) if d.get("subnet") else None,
+            ipv6_subnet=IPv6Network(d["ipv6Subnet"]) if d.get("ipv6Subnet") else None,
+            public_ip=IPv4Address(d["publicIP"]) if d.get("publicIP") else None,
+            public_ipv6=IPv6Address(d["publicIPv6"]) if d.get("publicIPv6") else None,
+            backend_type=d.get("backendType", "vxlan"),
+            backend_data=dict(d.get("backendData") or {}),
+            etcd_lease_id=int(d.get("leaseID") or 0),
+            expiration=d.get("expiration"),
+        )
+
+
+def subnet_key_name(v4: IPv4Network | None, v6: IPv6Network | None = None) -> str:
+    """``10.244.3.0-24``, ``fc00::-64``, or both joined by ``&`` (Flannel's dual-stack form)."""
+    parts = []
+    if v4 is not None:
+        parts.append(f"{v4.network_address}-{v4.prefixlen}")
+    if v6 is not None:
+        parts.append(f"{v6.network_address}-{v6.prefixlen}")
+    if not parts:
+        raise LeaseFormatError("a lease needs an IPv4 or an IPv6 subnet")
+    return "&".join(parts)
+
+
+def parse_key_name(name: str) -> tuple[IPv4Network | None, IPv6Network | None]:
+    """Inverse of :func:`subnet_key_name`."""
+    v4: IPv4Network | None = None
+    v6: IPv6Network | None = None
+    for part in name.split("&"):
+        addr, sep, plen = part.rpartition("-")
+        if not sep:
+            raise LeaseFormatError(f"{name!r} is not <ip>-<prefixlen>")
+        try:
+            net = ip_network(f"{addr}/{int(plen)}", strict=True)
+        except ValueError as exc:
+            raise LeaseFormatError(f"{name!r}: {exc}") from None
+        if isinstance(net, IPv4Network):
+            v4 = net
+        else:
+            v6 = net
+    return v4, v6
+
+
+def parse_lease(name: str, raw: bytes | str, etcd_lease_id: int = 0,
+                expiration: float | None = None, mod_revision: int = 0) -> Lease:
+    """A :class:`Lease` from a key name (after ``subnets/``) and its JSON value."""
+    v4, v6 = parse_key_name(name)
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise LeaseFormatError(f"lease {name}: value is not JSON") from None
+    if not isinstance(data, dict):
+        raise LeaseFormatError(f"lease {name}: value is not a JSON object")
+    try:
+        pub = IPv4Address(data["PublicIP"]) if data.get("PublicIP") else None
+        pub6 = IPv6Address(data["PublicIPv6"]) if data.get("PublicIPv6") else None
+    except ValueError as exc:
+        raise LeaseFormatError(f"lease {name}: {exc}") from None
+    bd = data.get("BackendData") or {}
+    return Lease(
+        subnet=v4, ipv6_subnet=v6, public_ip=pub, public_ipv6=pub6,
+        backend_type=str(data.get("BackendType") or ""),
+        backend_data=dict(bd) if isinstance(bd, dict) else {},
+        etcd_lease_id=etcd_lease_id, expiration=expiration, mod_revision=mod_revision,
+    )

@@ -1,0 +1,1 @@
+"""netweft service proxy: Services and endpoints rendered into nftables or iptables."""

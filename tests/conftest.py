@@ -1,0 +1,84 @@
+"""Shared fixtures: a real etcd server, per-test etcd prefixes, and throwaway network namespaces.
+
+Every namespace a test makes is named ``nwt<pid>-<tag>-<n>`` and removed at teardown, also on
+failure. Nothing here touches the root namespace beyond listening on loopback for etcd.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from daemon import netns
+from daemon.etcd_process import EtcdProcess
+
+_counter = itertools.count()
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdProcess]:
+    """One etcd for the whole session, on free loopback ports; tests isolate by prefix."""
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed: run deploy/setup.sh (apt-get install etcd-server)")
+    server = EtcdProcess().start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def etcd_factory() -> Iterator[Callable[[], EtcdProcess]]:
+    """Private etcd servers for tests that stop, restart or compact them."""
+    made: list[EtcdProcess] = []
+
+    def make() -> EtcdProcess:
+        server = EtcdProcess().start()
+        made.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.remove()
+
+
+@pytest.fixture
+def etcd_endpoint(etcd_server: EtcdProcess) -> str:
+    return etcd_server.endpoint
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    """A fresh key prefix per test, so tests sharing the session etcd never see each other."""
+    return f"/netweft-test/{uuid.uuid4().hex[:12]}/network"
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[str], str]]:
+    """``make(tag)`` creates a namespace ``nwt<pid>-<tag>-<n>`` (loopback up), deleted afterwards."""
+    _need_root()
+    made: list[str] = []
+
+    def make(tag: str = "ns") -> str:
+        name = f"nwt{os.getpid() % 100000}-{tag}-{next(_counter)}"[:40]
+        netns.add(name)
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in reversed(made):
+            netns.delete(name)
