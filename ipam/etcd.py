@@ -225,7 +225,9 @@ class EtcdClient:
         resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=[put]))
         return bool(resp.succeeded)
 
-    async def replace(self, key: str, value: bytes | str, mod_revision: int, lease: int = 0) -> bool:
+    async def replace(
+        self, key: str, value: bytes | str, mod_revision: int, lease: int = 0,
+    ) -> bool:
         """Put ``key`` only if it is still at ``mod_revision`` (compare-and-swap)."""
         if isinstance(value, str):
             value = value.encode()
@@ -278,7 +280,8 @@ class EtcdClient:
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds left on a lease, -1 when it is gone."""
-        resp = await self._call(self._lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        req = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        resp = await self._call(self._lease.LeaseTimeToLive, req)
         return int(resp.TTL)
 
     # --- watch ------------------------------------------------------------------------------
@@ -309,7 +312,8 @@ class EtcdClient:
                 if resp.compact_revision:
                     raise CompactedError(int(resp.compact_revision))
                 if resp.canceled:
-                    raise EtcdError(f"etcd cancelled the watch: {resp.cancel_reason or 'no reason'}")
+                    reason = resp.cancel_reason or "no reason"
+                    raise EtcdError(f"etcd cancelled the watch: {reason}")
                 events = [
                     WatchEvent(EventType.DELETE if ev.type == 1 else EventType.PUT,
                                KeyValue.from_pb(ev.kv))
