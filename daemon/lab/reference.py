@@ -53,8 +53,11 @@ def mtu(topo: Topology) -> int:
     return UNDERLAY_MTU - VXLAN_OVERHEAD if topo.spec.backend == "vxlan" else UNDERLAY_MTU
 
 
-def peer_lines(topo: Topology, me: NodePlan, peers: list[NodePlan]) -> list[str]:
-    lines = []
+def peer_lines(topo: Topology, me: NodePlan,
+               peers: list[NodePlan]) -> tuple[list[str], list[str]]:
+    """(``ip`` lines, ``bridge`` lines) programming every peer of ``me``."""
+    lines: list[str] = []
+    fdb: list[str] = []
     dev = vxlan_device(topo.spec.vni)
     for peer in peers:
         if peer.node.name == me.node.name:
@@ -63,12 +66,12 @@ def peer_lines(topo: Topology, me: NodePlan, peers: list[NodePlan]) -> list[str]
             gw = peer.subnet.network_address
             lines += [
                 f"neigh replace {gw} lladdr {peer.vtep_mac} dev {dev} nud permanent",
-                f"fdb append {peer.vtep_mac} dev {dev} dst {peer.node.ip} self permanent",
                 f"route replace {peer.subnet} via {gw} dev {dev} onlink",
             ]
+            fdb.append(f"fdb append {peer.vtep_mac} dev {dev} dst {peer.node.ip} self permanent")
         else:
             lines.append(f"route replace {peer.subnet} via {peer.node.ip} dev {NODE_IFACE}")
-    return lines
+    return lines, fdb
 
 
 def program_node(topo: Topology, me: NodePlan, peers: list[NodePlan]) -> None:
@@ -88,7 +91,9 @@ def program_node(topo: Topology, me: NodePlan, peers: list[NodePlan]) -> None:
             f"link set {dev} up",
         ]
     ip_batch(ns, lines)
-    ip_batch(ns, peer_lines(topo, me, peers))
+    routes, fdb = peer_lines(topo, me, peers)
+    ip_batch(ns, fdb, tool="bridge")
+    ip_batch(ns, routes)
     masquerade(topo, me)
 
 

@@ -36,14 +36,14 @@ class Host:
     forwarding: bool = False
 
 
-def ip_batch(ns: str, lines: list[str]) -> None:
-    """Run ``ip -n ns -batch -`` with ``lines``; one failure fails the whole build."""
+def ip_batch(ns: str, lines: list[str], tool: str = "ip") -> None:
+    """Run ``ip -n ns -batch -`` (or ``bridge``) with ``lines``; one failure fails the build."""
     if not lines:
         return
-    proc = subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
+    proc = subprocess.run([tool, "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise LabBuildError(f"ip -n {ns}: {proc.stderr.strip()}")
+        raise LabBuildError(f"{tool} -n {ns}: {proc.stderr.strip()}")
 
 
 def sysctl(ns: str, key: str, value: str) -> None:
