@@ -14,6 +14,7 @@ from daemon.clicontext import fail
 from daemon.lab.lab import Lab, LabError, down
 from daemon.lab.topology import (
     BACKENDS,
+    DATAPLANES,
     DEFAULT_NETWORK,
     DEFAULT_PREFIX,
     STATE_ROOT,
@@ -58,10 +59,14 @@ def register(group: click.Group) -> None:
                   help="Pod network (Flannel's Network).")
     @click.option("--subnet-len", default=24, show_default=True, type=int,
                   help="Per-node subnet length (Flannel's SubnetLen).")
+    @click.option("--dataplane", type=click.Choice(DATAPLANES), default="netweft",
+                  show_default=True,
+                  help="reference: wire the same topology by hand with `ip` (no daemons), the "
+                       "yardstick of bench/dataplane.py.")
     @click.option("--check/--no-check", "run_check", default=False,
                   help="Run `lab check` once the lab is up.")
     def up(prefix: str, nodes: int, pods_per_node: int, backend: str, vni: int, port: int,
-           network: str, subnet_len: int, run_check: bool) -> None:
+           network: str, subnet_len: int, dataplane: str, run_check: bool) -> None:
         """Build the lab and start netweft on every node."""
         _need_root()
         try:
@@ -71,7 +76,7 @@ def register(group: click.Group) -> None:
             return
         spec = LabSpec(prefix=prefix, nodes=nodes, pods_per_node=pods_per_node, backend=backend,
                        vni=vni, port=port, network=net, subnet_len=subnet_len,
-                       state_root=STATE_ROOT)
+                       state_root=STATE_ROOT, dataplane=dataplane)
         try:
             spec.validate()
             built = Lab.up(spec, log=lambda msg: click.echo(f"  {msg}"))

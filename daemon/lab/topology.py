@@ -273,12 +273,15 @@ def conflist_json(topo: Topology, node: Node) -> str:
 
 
 def cni_args(pod: Pod) -> str:
-    """``CNI_ARGS`` as a kubelet-style runtime sends them, plus the pod's labels."""
+    """``CNI_ARGS`` as a kubelet-style runtime sends them, plus the pod's labels as
+    ``NETWEFT_POD_LABELS=k=v,k2=v2`` (the plugin's convention)."""
     parts = [
         "IgnoreUnknown=1",
         "K8S_POD_NAMESPACE=default",
         f"K8S_POD_NAME={pod.name}",
         f"K8S_POD_INFRA_CONTAINER_ID={pod.container_id}",
     ]
-    parts += [f"{k}={v}" for k, v in sorted(pod.labels.items())]
+    if pod.labels:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(pod.labels.items()))
+        parts.append(f"NETWEFT_POD_LABELS={labels}")
     return ";".join(parts)
