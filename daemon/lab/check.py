@@ -185,3 +185,35 @@ def summarize(results: Sequence[ProbeResult]) -> list[str]:
             lines.append(f"FAIL {r.probe.kind}: {r.probe.src} -> {r.probe.dst} "
                          f"({r.probe.dst_ip}): {r.detail}")
     return lines
+
+
+@dataclass
+class PingFlow:
+    """A steady ping between two namespaces' addresses, for "no packet lost while X" checks."""
+
+    proc: subprocess.Popen[str]
+
+    def wait(self, timeout: float) -> tuple[int, int]:
+        """(sent, received) once the flow ends."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        return ping_counts(out)
+
+
+def start_ping_flow(src_ns: str, dst: IPv4Address, count: int, interval: float) -> PingFlow:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", src_ns, "ping", "-n", "-q", "-c", str(count),
+         "-i", str(interval), "-W", "1", str(dst)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    return PingFlow(proc)
+
+
+def ping_counts(output: str) -> tuple[int, int]:
+    """(transmitted, received) from ping's summary line."""
+    for line in output.splitlines():
+        if "packets transmitted" in line:
+            parts = line.split(",")
+            sent = int(parts[0].split()[0])
+            received = int(parts[1].split()[0])
+            return sent, received
+    return 0, 0

@@ -30,9 +30,15 @@ class LabEtcd:
             raise EtcdctlError(f"etcdctl {args[0]}: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc.stdout
 
-    def put(self, key: str, value: str) -> None:
+    def put(self, key: str, value: str, ttl: int | None = None) -> None:
+        """Put ``key``; with ``ttl`` attached to a fresh etcd lease of that many seconds."""
+        args = []
+        if ttl is not None:
+            out = self._run("lease", "grant", str(ttl))
+            # "lease 694d7a2b1c8e4f05 granted with TTL(300s)"
+            args.append(f"--lease={out.split()[1]}")
         # the value goes on stdin so JSON needs no quoting and may start with '-'
-        self._run("put", key, input=value)
+        self._run("put", *args, key, input=value)
 
     def get_prefix(self, prefix: str) -> dict[str, str]:
         out = self._run("get", "--prefix", prefix, "-w", "json")

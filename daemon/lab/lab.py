@@ -9,6 +9,7 @@ living in them, so it cleans up after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from daemon import netns
@@ -75,6 +76,7 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
         "daemon",
         "--iface", "eth0",
         "--subnet-file", node.subnet_env,
+        "--state-dir", node.daemon_state_dir,
         "--cni-socket", node.cni_socket,
     ]
 
@@ -236,6 +238,13 @@ class Lab:
             raise LabError("whoami server on the outside host did not start")
 
     def start_daemon(self, node: Node) -> procs.ProcessRecord:
+        """Start the node's daemon; a socket left by a killed one is removed first, so the
+        socket's appearance tells that the new daemon is serving."""
+        if self.daemon_record(node) is not None:
+            raise LabError(f"netweft daemon on {node.name} is already running")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(node.cni_socket)
+        os.makedirs(node.daemon_state_dir, exist_ok=True)
         return procs.start(node.netns, daemon_command(self.topo, node),
                            self.pidfile(f"daemon-{node.name}"), node.daemon_log,
                            env=node_env(self.topo))
@@ -269,6 +278,22 @@ class Lab:
         except OSError:
             return None
         return None
+
+    def node_network(self, node: Node) -> IPv4Network | None:
+        """The node's leased subnet, from its subnet.env."""
+        subnet = self.node_subnet(node)
+        return IPv4Interface(subnet).network if subnet else None
+
+    def lease_key(self, subnet: IPv4Network) -> str:
+        return f"{self.topo.spec.etcd_prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+
+    def node_lease(self, node: Node) -> dict[str, Any] | None:
+        """The node's lease value as stored in etcd (None if absent)."""
+        subnet = self.node_network(node)
+        if subnet is None:
+            return None
+        raw = self.etcd.get(self.lease_key(subnet))
+        return json.loads(raw) if raw else None
 
     # ---- nodes and pods ----------------------------------------------------------------
     def add_node(self, pods: int | None = None) -> Node:

@@ -137,6 +137,10 @@ class Node:
         return os.path.join(self.state_dir, "cni", "data")
 
     @property
+    def daemon_state_dir(self) -> str:
+        return os.path.join(self.state_dir, "daemon")
+
+    @property
     def cni_socket(self) -> str:
         return os.path.join(self.state_dir, "cni.sock")
 
