@@ -46,6 +46,8 @@ from daemon.lab.topology import (
 
 STATE_FILE = "lab.json"
 DAEMON_READY_TIMEOUT = 30.0
+DAEMON_STATUS_FILE = "status.json"   # written by the daemon into its --state-dir
+SOCKET_GRACE = 2.0
 
 
 class LabError(RuntimeError):
@@ -86,12 +88,17 @@ def cni_install_command(node: Node) -> list[str]:
     return [*netweft_command(), "cni", "install", "--bin-dir", node.cni_bin_dir]
 
 
-def node_env(topo: Topology) -> dict[str, str]:
-    """Environment for commands run in a lab node: netweft on PATH, pointed at the lab's etcd."""
+def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
+    """Environment for commands run in a lab node: netweft on PATH, pointed at the lab's etcd
+    and (for `netweft routes|status`) at the node's own subnet.env and state dir."""
     env = dict(os.environ)
     env["PATH"] = f"{netweft_bin_dir()}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     env["NETWEFT_ETCD_ENDPOINTS"] = topo.etcd_endpoint
     env["NETWEFT_ETCD_PREFIX"] = topo.spec.etcd_prefix
+    if node is not None:
+        for cmd in ("ROUTES", "STATUS"):
+            env[f"NETWEFT_{cmd}_SUBNET_FILE"] = node.subnet_env
+            env[f"NETWEFT_{cmd}_STATE_DIR"] = node.daemon_state_dir
     return env
 
 
@@ -247,7 +254,7 @@ class Lab:
         os.makedirs(node.daemon_state_dir, exist_ok=True)
         return procs.start(node.netns, daemon_command(self.topo, node),
                            self.pidfile(f"daemon-{node.name}"), node.daemon_log,
-                           env=node_env(self.topo))
+                           env=node_env(self.topo, node))
 
     def daemon_record(self, node: Node) -> procs.ProcessRecord | None:
         record = procs.read_pidfile(self.pidfile(f"daemon-{node.name}"))
@@ -256,18 +263,37 @@ class Lab:
     def stop_daemon(self, node: Node, sig: int = signal.SIGTERM) -> None:
         procs.stop(self.pidfile(f"daemon-{node.name}"), sig=sig)
 
+    def daemon_status(self, node: Node) -> dict[str, Any] | None:
+        """The daemon's own status file (written after each reconcile), if any."""
+        try:
+            with open(os.path.join(node.daemon_state_dir, DAEMON_STATUS_FILE)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def wait_daemon_ready(self, node: Node, timeout: float = DAEMON_READY_TIMEOUT) -> None:
-        """Wait for the daemon's subnet.env and CNI socket; fail early if it exits."""
+        """Wait until this node's running daemon has written subnet.env and reported its first
+        reconcile (status file with its PID), then briefly for its CNI socket; fail early if
+        the daemon exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.daemon_record(node) is None:
+            record = self.daemon_record(node)
+            if record is None:
                 raise LabError(f"netweft daemon on {node.name} exited; see {node.daemon_log}: "
                                f"{tail(node.daemon_log)}")
-            if os.path.exists(node.subnet_env) and os.path.exists(node.cni_socket):
-                return
+            status = self.daemon_status(node)
+            if (os.path.exists(node.subnet_env) and status is not None
+                    and status.get("pid") == record.pid):
+                break
             time.sleep(0.05)
-        raise LabError(f"netweft daemon on {node.name} not ready after {timeout:.0f}s; "
-                       f"see {node.daemon_log}")
+        else:
+            raise LabError(f"netweft daemon on {node.name} not ready after {timeout:.0f}s; "
+                           f"see {node.daemon_log}")
+        # the CNI request server may come up just after; without it the plugin works in-process
+        socket_deadline = time.monotonic() + SOCKET_GRACE
+        while not os.path.exists(node.cni_socket) and time.monotonic() < socket_deadline:
+            time.sleep(0.05)
 
     def node_subnet(self, node: Node) -> str | None:
         try:
@@ -375,8 +401,10 @@ class Lab:
         raise LabError(f"NODE: no {name!r} in lab {self.topo.prefix!r} (one of {', '.join(known)})")
 
     def exec(self, name: str, cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.namespace_of(name), *cmd],
-                              env=node_env(self.topo), **kwargs)
+        ns = self.namespace_of(name)
+        node = next((n for n in self.topo.nodes if n.netns == ns), None)
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd],
+                              env=node_env(self.topo, node), **kwargs)
 
     def addresses(self) -> dict[str, IPv4Address]:
         return {name: s.ip for name, s in self.pods.items() if s.ip is not None}
