@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def join_once(lab: Lab, agent_: Agent, joiner_ns: str, subnet: IPv4Network,
     while time.monotonic() < deadline and inspect.route_to(node1.netns, str(subnet)) is None:
         time.sleep(0.005)
     time.sleep(0.1)
-    ping.terminate()
+    ping.send_signal(signal.SIGINT)   # ping flushes its (piped, buffered) output on SIGINT
     out, _ = ping.communicate(timeout=5)
     agent_.call({"op": "del", "key": key})
     end = time.monotonic() + timeout
