@@ -152,8 +152,9 @@ def join_once(lab: Lab, agent_: Agent, joiner_ns: str, subnet: IPv4Network,
     target = subnet.network_address + 1
     ip(joiner_ns, f"addr add {target}/32 dev lo")
     ping = subprocess.Popen(
+        # no -w: with a deadline, ping exits at the first ICMP error (net unreachable)
         ["ip", "netns", "exec", node1.netns, "ping", "-D", "-n", "-i", PING_INTERVAL,
-         "-W", "1", "-w", str(int(timeout) + 1), str(target)],
+         "-W", "1", str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     time.sleep(0.05)
