@@ -16,7 +16,7 @@ from daemon.lab.topology import (
     LabSpec,
     LabSpecError,
     cni_args,
-    conflist,
+    cni_install_args,
     network_config,
     plan,
 )
@@ -56,12 +56,14 @@ def test_network_config_is_flannel_json() -> None:
     assert network_config(LabSpec(backend="host-gw"))["Backend"] == {"Type": "host-gw"}
 
 
-def test_conflist_uses_per_node_paths() -> None:
+def test_cni_install_uses_per_node_paths() -> None:
     topo = plan(LabSpec(prefix="nwlx", nodes=2, state_root="/tmp/st"))
-    a, b = (conflist(topo, n)["plugins"][0] for n in topo.nodes)
-    for key in ("subnetFile", "dataDir", "socketPath", "logFile"):
-        assert a[key] != b[key] and "/node1/" in a[key] and "/node2/" in b[key]
-    assert conflist(topo, topo.nodes[0])["cniVersion"] == "1.1.0"
+    a, b = (cni_install_args(n) for n in topo.nodes)
+    options = a[0::2]
+    assert options == ["--bin-dir", "--conf-dir", "--subnet-file", "--data-dir",
+                       "--socket-path", "--log-file"]
+    for x, y in zip(a[1::2], b[1::2], strict=True):
+        assert x != y and "/node1/" in x and "/node2/" in y
 
 
 def test_cni_args_carry_pod_name_and_labels() -> None:

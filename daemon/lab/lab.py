@@ -36,7 +36,7 @@ from daemon.lab.topology import (
     Node,
     Pod,
     Topology,
-    conflist_json,
+    cni_install_args,
     lab_state_dir,
     make_node,
     make_pod,
@@ -84,8 +84,8 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
 
 
 def cni_install_command(node: Node) -> list[str]:
-    """How the lab installs the CNI executable into the node's own bin dir."""
-    return [*netweft_command(), "cni", "install", "--bin-dir", node.cni_bin_dir]
+    """How the lab installs the CNI plugin (executable + conflist) with the node's own paths."""
+    return [*netweft_command(), "cni", "install", *cni_install_args(node)]
 
 
 def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
@@ -218,8 +218,8 @@ class Lab:
         if proc.returncode != 0:
             raise LabError(f"cni install for {node.name}: "
                            f"{(proc.stderr or proc.stdout).strip()[:300]}")
-        with open(node.conflist_path, "w") as f:
-            f.write(conflist_json(self.topo, node))
+        if not os.path.exists(node.conflist_path):
+            raise LabError(f"cni install for {node.name} wrote no {node.conflist_path}")
 
     def start_etcd(self) -> None:
         data_dir = os.path.join(self.state_dir, "etcd")

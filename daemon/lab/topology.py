@@ -13,7 +13,6 @@ Addressing (all inside the lab's own namespaces):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -256,24 +255,17 @@ def network_config(spec: LabSpec) -> dict[str, Any]:
     return {"Network": str(spec.network), "SubnetLen": spec.subnet_len, "Backend": backend}
 
 
-def conflist(topo: Topology, node: Node) -> dict[str, Any]:
-    """The CNI network config list of ``node``; every path is per node (lab nodes share one
-    filesystem)."""
-    return {
-        "cniVersion": "1.1.0",
-        "name": CNI_NETWORK_NAME,
-        "plugins": [{
-            "type": "netweft",
-            "subnetFile": node.subnet_env,
-            "dataDir": node.cni_data_dir,
-            "socketPath": node.cni_socket,
-            "logFile": node.cni_log,
-        }],
-    }
-
-
-def conflist_json(topo: Topology, node: Node) -> str:
-    return json.dumps(conflist(topo, node), indent=2) + "\n"
+def cni_install_args(node: Node) -> list[str]:
+    """``netweft cni install`` options for ``node``: every path is per node (lab nodes share one
+    filesystem), so each node gets its own executable, conflist, IPAM dir, socket and log."""
+    return [
+        "--bin-dir", node.cni_bin_dir,
+        "--conf-dir", node.cni_conf_dir,
+        "--subnet-file", node.subnet_env,
+        "--data-dir", node.cni_data_dir,
+        "--socket-path", node.cni_socket,
+        "--log-file", node.cni_log,
+    ]
 
 
 def cni_args(pod: Pod) -> str:
