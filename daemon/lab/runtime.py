@@ -73,11 +73,15 @@ def exec_plugin(node: Node, pod: Pod, command: str, plugin_type: str, stdin: dic
                 netns_path: str) -> dict[str, Any] | None:
     """Run one plugin inside the node namespace; its parsed stdout (None when empty)."""
     exe = find_plugin(node, plugin_type)
-    proc = subprocess.run(
-        ["ip", "netns", "exec", node.netns, exe], input=json.dumps(stdin),
-        capture_output=True, text=True, env=cni_env(command, node, pod, netns_path),
-        timeout=CNI_TIMEOUT,
-    )
+    try:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", node.netns, exe], input=json.dumps(stdin),
+            capture_output=True, text=True, env=cni_env(command, node, pod, netns_path),
+            timeout=CNI_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise CniError(f"{plugin_type} {command} {pod.name}: no answer in {CNI_TIMEOUT:.0f}s "
+                       f"(see {node.cni_log})") from None
     out = proc.stdout.strip()
     parsed: Any = None
     if out:
@@ -156,7 +160,7 @@ def delete(node: Node, pod: Pod) -> None:
         try:
             exec_plugin(node, pod, "DEL", plugin["type"], plugin_stdin(conflist, plugin, prev),
                         path)
-        except (CniError, subprocess.TimeoutExpired) as exc:
+        except CniError as exc:
             errors.append(str(exc))
     netns.delete(pod.netns)
     with contextlib.suppress(FileNotFoundError):
