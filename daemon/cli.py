@@ -17,7 +17,10 @@ COMMAND_MODULES = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NETWEFT"})
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NETWEFT"}
+
+
+@click.group(context_settings=CONTEXT)
 @etcd_options
 def main() -> None:
     """netweft: a Flannel-compatible pod network overlay, CNI plugin and service proxy."""
