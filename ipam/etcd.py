@@ -178,9 +178,12 @@ class EtcdClient:
 
     def _error(self, exc: grpc.aio.AioRpcError) -> EtcdError:
         code = exc.code()
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
-                                   f"({code.name.lower()})")
+                                   f"(no answer within {self.timeout:g}s)")
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
+                                   f"({exc.details() or 'unavailable'})")
         return EtcdError(f"etcd refused the request: {exc.details() or code.name}")
 
     async def _call(self, method: Any, request: Any) -> Any:
