@@ -209,6 +209,9 @@ class Backend(abc.ABC):
         """Raise BackendError when the backend cannot work with these peers at all (the
         default: every peer is acceptable)."""
 
+    def attach(self) -> None:  # noqa: B027
+        """Find an existing device without changing anything (for inspection)."""
+
     @abc.abstractmethod
     def setup(self, lease: Lease) -> DeviceInfo:
         """Create or keep the device for ``lease`` (idempotent: no change when already right)."""

@@ -189,6 +189,12 @@ class VxlanBackend(Backend):
             self.nl.add_address(link.index, want)
         return DeviceInfo(self.dev, link.index, self.mtu(), self.mac, str(want))
 
+    def attach(self) -> None:
+        link = self.nl.link(self.dev)
+        if link is not None and link.kind == "vxlan":
+            self.index = link.index
+            self.mac = link.mac
+
     def device_present(self) -> bool:
         if self.index is None:
             return False
