@@ -511,6 +511,9 @@ class Agent:
                              labels={"command": command})
 
     async def shutdown(self) -> None:
+        if self.lease is not None:
+            log.info("stopping; %s", "cleaning up the dataplane" if self.cfg.cleanup_on_exit
+                     else "the dataplane stays in place")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -538,5 +541,4 @@ class Agent:
         if self.firewall is not None:
             with contextlib.suppress(FirewallError):
                 await asyncio.to_thread(self.firewall.teardown)
-        with contextlib.suppress(OSError):
-            os.unlink(self.cfg.subnet_file)
+        # subnet.env stays: it names our subnet, which the next start asks for again.

@@ -200,7 +200,8 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
             running = False
     out: dict[str, Any] = {
         "daemon": "running" if running else "not running",
-        "subnet": str(own_subnet) if own_subnet else None,
+        "subnet": str(own_subnet) if own_subnet else
+        (str(view.own.subnet) if view.own else None),
         "lease": view.own.to_dict() if view.own else None,
         "etcd": view.etcd_error or "ok",
         "backend": view.cfg.backend.type if view.cfg else status.get("backend"),
