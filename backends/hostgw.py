@@ -83,17 +83,8 @@ class HostGwBackend(Backend):
     def actual(self) -> ActualState:
         return ActualState(routes=frozenset(self.nl.routes(RTPROT_NETWEFT)))
 
-    def _index(self, dev: str) -> int:
-        if dev == self.underlay.iface:
-            return self.underlay.index
-        index = self.nl.link_index(dev)
-        if index is None:
-            raise BackendError(f"device {dev} does not exist")
-        return index
-
     def apply(self, changes: Changes) -> list[str]:
-        return apply_changes(self.nl, changes, self._index)
+        return apply_changes(self.nl, changes)
 
     def teardown(self) -> None:
-        for route in self.nl.routes(RTPROT_NETWEFT):
-            self.nl.delete_route(route, RTPROT_NETWEFT)
+        apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))

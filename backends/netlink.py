@@ -10,23 +10,19 @@ Dumps are filtered (by device or by our route protocol) so hot paths never decod
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+import json
+import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
 
 from backends.base import RTPROT_NETWEFT, Changes, FdbEntry, Neighbour, Route
 
 RTNH_F_ONLINK = 4
-NUD_PERMANENT = ndmsg.states["permanent"]
-NUD_NOARP = ndmsg.states["noarp"]
-NTF_SELF = ndmsg.flags["self"]
 AF_INET = 2
-AF_BRIDGE = 7
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,6 @@ class Netlink:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipr: IPRoute | None = None
-        self._names: dict[int, str] = {}
 
     @property
     def ipr(self) -> IPRoute:
@@ -75,20 +70,6 @@ class Netlink:
     def link_index(self, name: str) -> int | None:
         found = self.ipr.link_lookup(ifname=name)
         return int(found[0]) if found else None
-
-    def link_name(self, index: int) -> str | None:
-        if index in self._names:
-            return self._names[index]
-        try:
-            msg = self.ipr.link("get", index=index)[0]
-        except NetlinkError:
-            return None
-        name = str(msg.get_attr("IFLA_IFNAME"))
-        self._names[index] = name
-        return name
-
-    def forget_names(self) -> None:
-        self._names.clear()
 
     def link(self, name: str) -> LinkInfo | None:
         try:
@@ -124,7 +105,6 @@ class Netlink:
         except NetlinkError as exc:
             if exc.code not in (errno.ENODEV, errno.ENOENT):
                 raise
-        self._names.pop(index, None)
 
     # --- addresses --------------------------------------------------------------------------
 
@@ -158,35 +138,85 @@ class Netlink:
             if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
                 raise
 
-    # --- routes -----------------------------------------------------------------------------
+    # --- our routes, neighbours and FDB entries: iproute2 JSON dumps and batches -------------
+    #
+    # Measured with 1,000 peers: pyroute2 decodes a dump at ~0.2 ms per message (routes 290 ms,
+    # neighbours 180 ms, FDB 170 ms) and applies ~0.8 ms per entry (3,000 entries: 2.3 s);
+    # `ip -j ... show` dumps each in ~6 ms and `ip -batch` applies the 3,000 in ~0.1 s. The
+    # periodic reconcile pass and the first programming use these; pyroute2 keeps the rest.
+
+    def _cmd(self, tool: str) -> list[str]:
+        return [tool, *(["-n", self.netns] if self.netns else [])]
+
+    def _json(self, tool: str, *args: str) -> list[dict[str, Any]]:
+        proc = subprocess.run([*self._cmd(tool), "-j", *args], capture_output=True, text=True,
+                              timeout=60)
+        if proc.returncode != 0:
+            msg = proc.stderr.strip().splitlines()
+            raise NetlinkError(errno.EIO, f"{tool} {' '.join(args)}: "
+                                          f"{msg[0] if msg else proc.returncode}")
+        text = proc.stdout.strip()
+        return json.loads(text) if text else []
 
     def routes(self, proto: int) -> list[Route]:
         """IPv4 routes in the main table carrying protocol ``proto``."""
         out = []
-        for msg in self.ipr.route("dump", family=AF_INET, proto=proto, table=254):
-            if msg["proto"] != proto or msg.get_attr("RTA_TABLE") not in (None, 254):
+        for r in self._json("ip", "-4", "route", "show", "table", "main", "proto", str(proto)):
+            dst, gw, dev = r.get("dst"), r.get("gateway"), r.get("dev")
+            if not dst or not gw or not dev or dst == "default":
                 continue
-            dst = msg.get_attr("RTA_DST")
-            gw = msg.get_attr("RTA_GATEWAY")
-            oif = msg.get_attr("RTA_OIF")
-            if dst is None or gw is None or oif is None:
-                continue
-            dev = self.link_name(int(oif)) or f"if{oif}"
-            out.append(Route(IPv4Network(f"{dst}/{msg['dst_len']}"), IPv4Address(gw), dev,
-                             bool(msg["flags"] & RTNH_F_ONLINK)))
+            if "/" not in dst:
+                dst += "/32"
+            out.append(Route(IPv4Network(dst), IPv4Address(gw), dev,
+                             "onlink" in (r.get("flags") or [])))
         return out
 
-    def replace_route(self, route: Route, oif: int, proto: int) -> None:
-        self.ipr.route("replace", dst=str(route.dst), gateway=str(route.gateway), oif=oif,
-                       flags=RTNH_F_ONLINK if route.onlink else 0, proto=proto, table=254)
+    def neighbours(self, dev: str) -> list[Neighbour]:
+        """Permanent IPv4 neighbours on ``dev``."""
+        out = []
+        for n in self._json("ip", "-4", "neigh", "show", "dev", dev, "nud", "permanent"):
+            if n.get("dst") and n.get("lladdr"):
+                out.append(Neighbour(IPv4Address(n["dst"]), str(n["lladdr"]).lower(), dev))
+        return out
 
-    def delete_route(self, route: Route, proto: int) -> None:
-        try:
-            self.ipr.route("del", dst=str(route.dst), gateway=str(route.gateway), proto=proto,
-                           table=254)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ESRCH, errno.ENOENT):
-                raise
+    def fdb(self, dev: str) -> list[FdbEntry]:
+        """Forwarding entries with an IPv4 remote (``dst``) on VXLAN device ``dev``."""
+        out = []
+        for f in self._json("bridge", "fdb", "show", "dev", dev):
+            dst, mac = f.get("dst"), f.get("mac")
+            if mac and dst and ":" not in dst:
+                out.append(FdbEntry(str(mac).lower(), IPv4Address(dst), dev))
+        return out
+
+    def batch(self, tool: str, lines: list[str], benign: tuple[str, ...] = ()) -> list[str]:
+        """Run ``tool -force -batch -``; one error string per failed line (``benign`` errors,
+        e.g. deleting what is already gone, are not errors)."""
+        if not lines:
+            return []
+        proc = subprocess.run([*self._cmd(tool), "-force", "-batch", "-"],
+                              input="\n".join(lines) + "\n", capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode == 0:
+            return []
+        errors: list[str] = []
+        last = ""
+        failed = 0
+        for line in proc.stderr.splitlines():
+            if line.startswith("Command failed -:"):
+                failed += 1
+                try:
+                    number = int(line.rsplit(":", 1)[1])
+                except ValueError:
+                    number = 0
+                what = lines[number - 1] if 0 < number <= len(lines) else "?"
+                if not any(b in last for b in benign):
+                    errors.append(f"{tool} {what}: {last or 'failed'}")
+                last = ""
+            elif line.strip():
+                last = line.strip()
+        if not failed and not (last and any(b in last for b in benign)):
+            errors.append(f"{tool} batch failed: {last or proc.returncode}")
+        return errors
 
     def route_get(self, dst: IPv4Address) -> RouteLookup | None:
         try:
@@ -209,81 +239,27 @@ class Netlink:
                     return int(hop["oif"])
         return None
 
-    # --- neighbours and FDB -----------------------------------------------------------------
 
-    def neighbours(self, index: int) -> list[Neighbour]:
-        """Permanent IPv4 neighbours on link ``index``."""
-        dev = self.link_name(index) or f"if{index}"
-        out = []
-        for msg in self.ipr.neigh("dump", ifindex=index, family=AF_INET):
-            if msg["ifindex"] != index or not msg["state"] & NUD_PERMANENT:
-                continue
-            ip = msg.get_attr("NDA_DST")
-            mac = msg.get_attr("NDA_LLADDR")
-            if ip and mac:
-                out.append(Neighbour(IPv4Address(ip), str(mac).lower(), dev))
-        return out
-
-    def replace_neighbour(self, neigh: Neighbour, index: int) -> None:
-        self.ipr.neigh("replace", dst=str(neigh.ip), lladdr=neigh.mac, ifindex=index,
-                       state=NUD_PERMANENT)
-
-    def delete_neighbour(self, neigh: Neighbour, index: int) -> None:
-        try:
-            self.ipr.neigh("del", dst=str(neigh.ip), lladdr=neigh.mac, ifindex=index)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
-                raise
-
-    def fdb(self, index: int) -> list[FdbEntry]:
-        """Forwarding entries with a remote (``dst``) on VXLAN link ``index``."""
-        dev = self.link_name(index) or f"if{index}"
-        out = []
-        for msg in self.ipr.fdb("dump", ifindex=index):
-            if msg["ifindex"] != index:
-                continue
-            mac = msg.get_attr("NDA_LLADDR")
-            dst = msg.get_attr("NDA_DST")
-            if mac and dst and ":" not in str(dst):
-                out.append(FdbEntry(str(mac).lower(), IPv4Address(dst), dev))
-        return out
-
-    def replace_fdb(self, entry: FdbEntry, index: int) -> None:
-        self.ipr.fdb("replace", ifindex=index, lladdr=entry.mac, dst=str(entry.dst),
-                     state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
-
-    def delete_fdb(self, entry: FdbEntry, index: int) -> None:
-        try:
-            self.ipr.fdb("del", ifindex=index, lladdr=entry.mac, dst=str(entry.dst))
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
-                raise
+GONE = ("No such process", "No such file or directory", "Cannot find device")
 
 
-def apply_changes(nl: Netlink, changes: Changes, index_of: Callable[[str], int]) -> list[str]:
-    """Apply in Flannel's order (neighbour, FDB, route; removal in reverse); per-entry errors."""
-    errors: list[str] = []
-
-    def attempt(what: str, fn, *args) -> None:  # type: ignore[no-untyped-def]
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - reported per entry, reconcile retries
-            errors.append(f"{what}: {exc}")
-
-    for n in changes.add_neighbours:
-        attempt(f"neighbour {n.describe()}", lambda n=n: nl.replace_neighbour(n, index_of(n.dev)))
-    for f in changes.add_fdb:
-        attempt(f"fdb {f.describe()}", lambda f=f: nl.replace_fdb(f, index_of(f.dev)))
-    for r in changes.add_routes:
-        attempt(f"route {r.describe()}",
-                lambda r=r: nl.replace_route(r, index_of(r.dev), RTPROT_NETWEFT))
-    for r in changes.del_routes:
-        attempt(f"delete route {r.describe()}", lambda r=r: nl.delete_route(r, RTPROT_NETWEFT))
-    for f in changes.del_fdb:
-        attempt(f"delete fdb {f.describe()}", lambda f=f: nl.delete_fdb(f, index_of(f.dev)))
-    for n in changes.del_neighbours:
-        attempt(f"delete neighbour {n.describe()}",
-                lambda n=n: nl.delete_neighbour(n, index_of(n.dev)))
+def apply_changes(nl: Netlink, changes: Changes) -> list[str]:
+    """Apply in Flannel's order (neighbours, FDB entries, routes; removal in reverse), each
+    group as one batch; returns one line per entry that failed (reconcile retries them)."""
+    p = str(RTPROT_NETWEFT)
+    errors = nl.batch("ip", [f"neigh replace {n.ip} lladdr {n.mac} dev {n.dev} nud permanent"
+                             for n in changes.add_neighbours])
+    errors += nl.batch("bridge", [f"fdb replace {f.mac} dev {f.dev} dst {f.dst} self permanent"
+                                  for f in changes.add_fdb])
+    errors += nl.batch("ip", [f"route replace {r.dst} via {r.gateway} dev {r.dev}"
+                              + (" onlink" if r.onlink else "") + f" proto {p}"
+                              for r in changes.add_routes])
+    errors += nl.batch("ip", [f"route del {r.dst} via {r.gateway} proto {p}"
+                              for r in changes.del_routes], benign=GONE)
+    errors += nl.batch("bridge", [f"fdb del {f.mac} dev {f.dev} dst {f.dst} self"
+                                  for f in changes.del_fdb], benign=GONE)
+    errors += nl.batch("ip", [f"neigh del {n.ip} dev {n.dev}" for n in changes.del_neighbours],
+                       benign=GONE)
     return errors
 
 

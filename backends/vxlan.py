@@ -208,25 +208,14 @@ class VxlanBackend(Backend):
         routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
         if self.index is None:
             return ActualState(routes=routes)
-        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.index)),
-                           fdb=frozenset(self.nl.fdb(self.index)))
-
-    def _index(self, dev: str) -> int:
-        if dev == self.dev and self.index is not None:
-            return self.index
-        if dev == self.underlay.iface:
-            return self.underlay.index
-        index = self.nl.link_index(dev)
-        if index is None:
-            raise BackendError(f"device {dev} does not exist")
-        return index
+        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.dev)),
+                           fdb=frozenset(self.nl.fdb(self.dev)))
 
     def apply(self, changes: Changes) -> list[str]:
-        return apply_changes(self.nl, changes, self._index)
+        return apply_changes(self.nl, changes)
 
     def teardown(self) -> None:
-        for route in self.nl.routes(RTPROT_NETWEFT):
-            self.nl.delete_route(route, RTPROT_NETWEFT)
+        apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
         index = self.nl.link_index(self.dev)
         if index is not None:
             self.nl.delete_link(index)

@@ -332,6 +332,7 @@ class Agent:
             changes, errors = backend.reconcile(own, peers)
             return changes.count, errors, recreated
 
+        started = time.perf_counter()
         try:
             count, errors, recreated = await self._nl(work)
         except Exception as exc:  # noqa: BLE001 - reported, retried next pass
@@ -342,6 +343,7 @@ class Agent:
             return
         self.reconciles += 1
         self.metrics.inc("netweft_reconcile_runs_total")
+        self.metrics.observe("netweft_reconcile_duration_seconds", time.perf_counter() - started)
         if count:
             self.metrics.inc("netweft_reconcile_changes_total", count)
             log.info("reconcile: %d kernel change(s)%s", count,

@@ -109,6 +109,8 @@ def daemon_metrics() -> Metrics:
                "Entries a reconcile pass could not program (or passes that failed).")
     m.describe("netweft_reconcile_changes_total", "counter",
                "Kernel entries added, replaced or removed by reconcile passes.")
+    m.describe("netweft_reconcile_duration_seconds", "histogram",
+               "Time a reconcile pass takes (dump, diff, apply).")
     m.describe("netweft_last_reconcile_timestamp_seconds", "gauge",
                "Unix time of the last completed reconcile pass.")
     m.describe("netweft_etcd_errors_total", "counter", "Failed etcd operations.")
