@@ -383,7 +383,7 @@ class Agent:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self.cfg.reconcile_interval)
-            await asyncio.sleep(0.05)  # let a burst of events land in one pass
+            await asyncio.sleep(0.02)  # let a burst of events land in one pass
             self._dirty.clear()
             await self._reconcile_once()
 

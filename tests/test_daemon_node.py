@@ -44,7 +44,8 @@ def fdb(ns: str, dev: str = "flannel.1") -> str:
 def kernel_dump(ns: str, dev: str = "flannel.1") -> str:
     """What a restart must not change: device, addresses, routes, neighbours, FDB, nft table."""
     parts = [ip(ns, "-d", "link", "show", dev), ip(ns, "-4", "addr", "show", dev),
-             ip(ns, "-4", "route", "show", "table", "all"), ip(ns, "neigh", "show", "nud", "permanent"),
+             ip(ns, "-4", "route", "show", "table", "all"),
+             ip(ns, "neigh", "show", "nud", "permanent"),
              fdb(ns, dev),
              subprocess.run(["ip", "netns", "exec", ns, "nft", "-a", "list", "ruleset"],
                             capture_output=True, text=True).stdout]
