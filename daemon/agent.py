@@ -72,6 +72,9 @@ class AgentConfig:
     cni_socket: str | None = None
     cleanup_on_exit: bool = False
     netlink_events: bool = True
+    node_name: str = ""
+    services_prefix: str = "/netweft"
+    pod_records: bool = True
 
 
 def make_backend(cfg: NetworkConfig, nl: Netlink, side: iface.PublicSide, state_dir: str | None,
@@ -174,7 +177,7 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: HttpEndpoint | None = None
         self.metrics_address: tuple[str, int] | None = None
-        self.cni_server: Any = None
+        self.cni_host: Any = None
         self.etcd: EtcdClient | None = None
         self._revision = 0
 
@@ -497,20 +500,25 @@ class Agent:
             await self.shutdown()
 
     async def _start_cni_server(self) -> None:
-        # INTEGRATION POINT (CNI): the CNI helper's embeddable server (cni/server.py, branch
-        # `cni`) is hosted here once it reaches main: start it on self.cfg.cni_socket with
-        # on_add/on_del hooks that count netweft_cni_requests_total and observe
-        # netweft_cni_request_duration_seconds (record_cni_request below), and write pod
-        # records (proxy/podrecords.py) to etcd.
-        if self.cfg.cni_socket:
-            log.warning("--cni-socket %s: the CNI server is not part of this build yet",
-                        self.cfg.cni_socket)
+        """Host the CNI request server (its hooks write pod records for the service proxy)."""
+        if not self.cfg.cni_socket:
+            return
+        from daemon.cnihost import CniHost, CniUnavailable
 
-    def record_cni_request(self, command: str, result: str, seconds: float) -> None:
-        self.metrics.inc("netweft_cni_requests_total", labels={"command": command,
-                                                               "result": result})
-        self.metrics.observe("netweft_cni_request_duration_seconds", seconds,
-                             labels={"command": command})
+        assert self._loop is not None
+        self.cni_host = CniHost(
+            self.cfg.cni_socket, self._loop, self.metrics, etcd=self.etcd,
+            services_prefix=self.cfg.services_prefix, node_name=self.cfg.node_name,
+            pod_records=self.cfg.pod_records,
+            on_etcd_error=lambda _exc: self.metrics.inc("netweft_etcd_errors_total"))
+        try:
+            await asyncio.to_thread(self.cni_host.start)
+        except CniUnavailable as exc:
+            log.warning("--cni-socket %s: %s; pods are wired in-process by the plugin",
+                        self.cfg.cni_socket, exc)
+            self.cni_host = None
+        except OSError as exc:
+            raise AgentError(f"--cni-socket {self.cfg.cni_socket}: {exc}") from None
 
     async def shutdown(self) -> None:
         if self.lease is not None:
@@ -522,6 +530,9 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self.cni_host is not None:
+            await asyncio.to_thread(self.cni_host.stop)
+            self.cni_host = None
         if self.cfg.cleanup_on_exit:
             await self.cleanup()
         if self._http is not None:

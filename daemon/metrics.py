@@ -58,6 +58,11 @@ class Metrics:
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, dict[Labels, float]] = {}
         self._hists: dict[str, dict[Labels, _Histogram]] = {}
+        self._collectors: list[Callable[[Metrics], None]] = []
+
+    def add_collector(self, fn: Callable[[Metrics], None]) -> None:
+        """``fn(metrics)`` runs before every render (values owned by someone else)."""
+        self._collectors.append(fn)
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
         self._help[name] = (kind, help_text)
@@ -81,14 +86,28 @@ class Metrics:
         series[key].observe(value)
 
     def render(self) -> str:
+        for fn in self._collectors:
+            try:
+                fn(self)
+            except Exception as exc:  # noqa: BLE001 - a broken collector must not break /metrics
+                log.warning("metrics collector failed: %s", exc)
         out: list[str] = []
+        summaries = {n for n, (kind, _) in self._help.items() if kind == "summary"}
         names = sorted(set(self._help) | set(self._values) | set(self._hists))
         for name in names:
+            base = name.rsplit("_", 1)[0]
+            if base in summaries and name.endswith(("_sum", "_count")):
+                continue  # rendered under the summary's name
             kind, help_text = self._help.get(name, ("untyped", ""))
             out.append(f"# HELP {name} {help_text}")
             out.append(f"# TYPE {name} {kind}")
-            for labels, value in sorted(self._values.get(name, {}).items()):
-                out.append(f"{name}{_fmt_labels(labels)} {_fmt_value(value)}")
+            series = [(name, self._values.get(name, {}))]
+            if name in summaries:
+                series = [(f"{name}_sum", self._values.get(f"{name}_sum", {})),
+                          (f"{name}_count", self._values.get(f"{name}_count", {}))]
+            for sname, values in series:
+                for labels, value in sorted(values.items()):
+                    out.append(f"{sname}{_fmt_labels(labels)} {_fmt_value(value)}")
             for labels, hist in sorted(self._hists.get(name, {}).items()):
                 for bound, count in zip(hist.buckets, hist.counts, strict=True):
                     out.append(f"{name}_bucket{_fmt_labels(labels, (('le', f'{bound:g}'),))} "
@@ -122,8 +141,10 @@ def daemon_metrics() -> Metrics:
                "Times the masquerade/forward rules were (re)loaded.")
     m.describe("netweft_cni_requests_total", "counter",
                "CNI requests served, by command and result.")
-    m.describe("netweft_cni_request_duration_seconds", "histogram",
-               "CNI request latency in the daemon, by command.")
+    m.describe("netweft_cni_request_duration_seconds", "summary",
+               "CNI request latency in the daemon's CNI server, by command.")
+    m.describe("netweft_cni_request_duration_seconds_max", "gauge",
+               "Slowest CNI request so far, by command.")
     return m
 
 

@@ -111,7 +111,9 @@ class NodeLab:
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "daemon.cli",
                "--etcd-endpoints", self.endpoint, "--etcd-prefix", self.prefix, "daemon",
                "--subnet-file", p["subnet_file"], "--state-dir", p["state_dir"],
-               "--metrics-addr", "127.0.0.1:9464", *extra]
+               "--metrics-addr", "127.0.0.1:9464",
+               "--cni-socket", os.path.join(os.path.dirname(p["log"]), "cni.sock"),
+               "--node-name", ns, *extra]
         log = open(p["log"], "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

@@ -74,15 +74,21 @@ def test_metrics_text_format_and_http_endpoints() -> None:
     m.inc("netweft_reconcile_runs_total")
     m.set("netweft_peers_programmed", 7)
     m.set("netweft_last_reconcile_timestamp_seconds", 1795320000.25)
-    m.inc("netweft_cni_requests_total", labels={"command": "ADD", "result": "ok"})
-    m.observe("netweft_cni_request_duration_seconds", 0.004, labels={"command": "ADD"})
+    m.add_collector(lambda mm: mm.set("netweft_cni_requests_total", 3,
+                                      {"command": "ADD", "result": "ok"}))
+    m.set("netweft_cni_request_duration_seconds_sum", 0.012, {"command": "ADD"})
+    m.set("netweft_cni_request_duration_seconds_count", 3, {"command": "ADD"})
+    m.observe("netweft_reconcile_duration_seconds", 0.004)
     text = m.render()
     assert "# TYPE netweft_reconcile_runs_total counter" in text
     assert "netweft_peers_programmed 7\n" in text
     assert "netweft_last_reconcile_timestamp_seconds 1795320000.25\n" in text
-    assert 'netweft_cni_requests_total{command="ADD",result="ok"} 1' in text
-    assert 'netweft_cni_request_duration_seconds_bucket{command="ADD",le="0.005"} 1' in text
-    assert 'netweft_cni_request_duration_seconds_bucket{command="ADD",le="0.0025"} 0' in text
+    assert 'netweft_cni_requests_total{command="ADD",result="ok"} 3' in text
+    assert "# TYPE netweft_cni_request_duration_seconds summary" in text
+    assert 'netweft_cni_request_duration_seconds_count{command="ADD"} 3' in text
+    assert "# TYPE netweft_cni_request_duration_seconds_count" not in text
+    assert 'netweft_reconcile_duration_seconds_bucket{le="0.005"} 1' in text
+    assert 'netweft_reconcile_duration_seconds_bucket{le="0.0025"} 0' in text
 
     async def scenario() -> list[bytes]:
         state = {"ready": (False, "waiting for the network config")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 import click
 
@@ -38,7 +39,14 @@ from daemon.clicontext import fail, settings
               show_default=True, help="Seconds between firewall rule checks.")
 @click.option("--metrics-addr", default="127.0.0.1:9464", show_default=True,
               help="host:port for /healthz, /readyz and /metrics ('' to disable).")
-@click.option("--cni-socket", default=None, help="Unix socket of the CNI request server.")
+@click.option("--cni-socket", default="/run/netweft/cni.sock", show_default=True,
+              help="Unix socket of the CNI request server ('' to not host it).")
+@click.option("--node-name", default=None,
+              help="This node's name in pod records (default: the host name).")
+@click.option("--services-prefix", default="/netweft", show_default=True,
+              help="etcd prefix of service and pod records (the service proxy's).")
+@click.option("--pod-records/--no-pod-records", default=True, show_default=True,
+              help="Write a pod record to etcd for every pod the CNI server wires.")
 @click.option("--cleanup-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT remove the device, routes and firewall rules.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -48,7 +56,8 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                iface_can_reach: str | None, public_ip: str | None, subnet_file: str,
                state_dir: str, ip_masq: bool, firewall: str, lease_ttl: int, renew_margin: int,
                reconcile_interval: float, firewall_interval: float, metrics_addr: str,
-               cni_socket: str | None, cleanup_on_exit: bool, log_level: str) -> None:
+               cni_socket: str, node_name: str | None, services_prefix: str, pod_records: bool,
+               cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
     from daemon import iface
     from daemon.agent import Agent, AgentConfig, AgentError
@@ -68,8 +77,9 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
         etcd=settings(ctx), iface=opts, subnet_file=subnet_file, state_dir=state_dir,
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,
         reconcile_interval=reconcile_interval, firewall_interval=firewall_interval,
-        metrics_addr=metrics_addr or None, cni_socket=cni_socket,
-        cleanup_on_exit=cleanup_on_exit,
+        metrics_addr=metrics_addr or None, cni_socket=cni_socket or None,
+        cleanup_on_exit=cleanup_on_exit, node_name=node_name or socket.gethostname(),
+        services_prefix=services_prefix, pod_records=pod_records,
     )
 
     async def main() -> None:
