@@ -21,6 +21,7 @@ class Capture:
     def start(self, timeout: float = 5.0) -> Capture:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "tcpdump", "-i", self.iface, "-U", "-n",
+             "--immediate-mode",
              "-s", "256", "-w", self.path, self.bpf],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
