@@ -109,9 +109,11 @@ class PodState:
 
 
 class Lab:
-    def __init__(self, topo: Topology, pods: dict[str, PodState] | None = None) -> None:
+    def __init__(self, topo: Topology, pods: dict[str, PodState] | None = None,
+                 retired: list[int] | None = None) -> None:
         self.topo = topo
         self.pods: dict[str, PodState] = pods or {}
+        self.retired: list[int] = retired or []   # indexes of removed nodes (never reused)
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -129,6 +131,7 @@ class Lab:
         data = {
             "spec": self.topo.spec.to_dict(),
             "nodes": [n.index for n in self.topo.nodes],
+            "retired": self.retired,
             "pods": [
                 {"name": s.pod.name, "node": s.pod.node,
                  "index": int(s.pod.name.rsplit("pod", 1)[1]),
@@ -162,7 +165,7 @@ class Lab:
             pod = make_pod(spec, node, p["index"], p["labels"])
             pods[pod.name] = PodState(pod, IPv4Address(p["ip"]) if p["ip"] else None)
         topo = Topology(spec, nodes, tuple(s.pod for s in pods.values()))
-        return cls(topo, pods)
+        return cls(topo, pods, list(data.get("retired", [])))
 
     def _set_topology(self, nodes: Sequence[Node] | None = None) -> None:
         self.topo = Topology(self.topo.spec, tuple(nodes if nodes is not None else self.topo.nodes),
@@ -324,7 +327,7 @@ class Lab:
     # ---- nodes and pods ----------------------------------------------------------------
     def add_node(self, pods: int | None = None) -> Node:
         """Join one more node (next free index), start its daemon and its pods."""
-        index = max((n.index for n in self.topo.nodes), default=0) + 1
+        index = max([n.index for n in self.topo.nodes] + self.retired, default=0) + 1
         node = make_node(self.topo.spec, index)
         self._set_topology([*self.topo.nodes, node])
         self.save()
@@ -346,6 +349,7 @@ class Lab:
         procs.kill_netns_processes(node.netns)
         underlay.detach_node(self.topo, node)
         shutil.rmtree(node.state_dir, ignore_errors=True)
+        self.retired.append(node.index)
         self._set_topology([n for n in self.topo.nodes if n.name != name])
         self.save()
 

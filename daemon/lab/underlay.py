@@ -107,5 +107,8 @@ def build(topo: Topology) -> None:
 
 
 def detach_node(topo: Topology, node: Node) -> None:
-    """Remove a node's namespace (its veth pair goes with it)."""
+    """Remove a node's bridge port and namespace (deleting the port at once: a namespace's
+    links go away asynchronously after ``ip netns delete``)."""
+    subprocess.run(["ip", "-n", topo.underlay_ns, "link", "del", node.underlay_port],
+                   capture_output=True)
     netns.delete(node.netns)
