@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 
 
@@ -55,6 +56,19 @@ class LabEtcd:
     def delete(self, key: str) -> int:
         out = self._run("del", key)
         return int(out.strip() or 0)
+
+    def put_retrying(self, key: str, value: str, timeout: float = 30.0) -> None:
+        """Put ``key``, retrying while a just-started (or busy) etcd is not answering yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.put(key, value)
+                return
+            except (EtcdctlError, subprocess.TimeoutExpired) as exc:
+                if time.monotonic() >= deadline:
+                    raise EtcdctlError(f"etcd at {self.endpoint} did not take {key}: {exc}") \
+                        from None
+                time.sleep(0.2)
 
     def healthy(self) -> bool:
         try:

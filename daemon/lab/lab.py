@@ -195,7 +195,8 @@ class Lab:
                 return lab
             lab.start_etcd()
             say(f"etcd at {topo.etcd_endpoint}; network config at {spec.etcd_prefix}/config")
-            lab.etcd.put(f"{spec.etcd_prefix}/config", json.dumps(network_config(spec)))
+            lab.etcd.put_retrying(f"{spec.etcd_prefix}/config",
+                                  json.dumps(network_config(spec)))
             for node in topo.nodes:
                 lab.prepare_node(node)
                 lab.start_daemon(node)
