@@ -18,9 +18,11 @@ fi
 "$NETWEFT" lab up "$@"
 status=0
 "$NETWEFT" lab check || status=$?
+P=""
+[ "$PREFIX" = nwlab ] || P=" --prefix $PREFIX"
 echo
 echo "The lab '$PREFIX' is still running:"
-echo "  $NETWEFT lab status                      # nodes, subnets, pods, leases"
-echo "  $NETWEFT lab exec node1 -- ip route      # run anything in a node (or a pod: node1-pod1)"
-echo "  $NETWEFT lab down                        # remove every namespace, process and file"
+echo "  $NETWEFT lab status$P                 # nodes, subnets, pods, leases"
+echo "  $NETWEFT lab exec$P node1 -- netweft routes   # run anything in a node or pod (node1-pod1)"
+echo "  $NETWEFT lab down$P                   # remove every namespace, process and file"
 exit $status
