@@ -4,6 +4,7 @@ with ``ip netns exec`` inside node namespaces (as in production), an "outside" g
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network
 
@@ -195,11 +196,16 @@ def test_etcd_outage_keeps_dataplane_and_resyncs(make_lab) -> None:
     assert proc.poll() is None
 
 
-def test_revoked_lease_is_reacquired(make_lab) -> None:
+def test_short_lease_is_renewed_and_a_revoked_one_reacquired(make_lab) -> None:
     lab = make_lab(2)
-    subnets = start_all(lab)
+    subnets = start_all(lab, "--lease-ttl", "10", "--renew-margin", "8")
     a = lab.node_nss[0]
     lease_id = lab.leases()[str(subnets[0])]["_lease"]
+    # Renewed every ~2 s: after more than one TTL it is still the same etcd lease.
+    time.sleep(12)
+    assert lab.leases()[str(subnets[0])]["_lease"] == lease_id
+    ttl = lab.etcdctl("lease", "timetolive", format(int(lease_id), "x"))  # type: ignore[arg-type]
+    assert "granted with TTL(10s)" in ttl
     lab.etcdctl("lease", "revoke", format(int(lease_id), "x"))  # type: ignore[arg-type]
     wait_for(lambda: str(subnets[0]) in lab.leases()
              and lab.leases()[str(subnets[0])]["_lease"] != lease_id, timeout=20,
