@@ -18,12 +18,14 @@ from daemon.nodelab import NodeLab, wait_for
 def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
     labs: list[NodeLab] = []
 
-    def make(nodes: int = 2, backend: dict[str, object] | None = None) -> NodeLab:
+    def make(nodes: int = 2, backend: dict[str, object] | None = None,
+             config: bool = True) -> NodeLab:
         lab = NodeLab(netns_factory("dul"), [netns_factory("dn") for _ in range(nodes)],
                       netns_factory("dout"), str(tmp_path))
         labs.append(lab)
         lab.build()
-        lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
+        if config:
+            lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
         return lab
 
     try:
@@ -173,6 +175,13 @@ def test_restart_keeps_subnet_mac_and_changes_nothing(make_lab) -> None:
     assert kernel_dump(a) == before[a]
     assert kernel_dump(b) == before[b]
     assert "kernel change" not in lab.log(a).split("public interface")[-1]
+    # A "reboot": the device is gone, the state directory stays: the same MAC comes back.
+    lab.stop_daemon(a)
+    subprocess.run(["ip", "-n", a, "link", "del", "flannel.1"], check=True)
+    lab.start_daemon(a, "--reconcile-interval", "1")
+    wait_for(lambda: lab.http(a, "/readyz")[0] == 200, what="daemon ready after reboot")
+    assert f"link/ether {mac} " in ip(a, "link", "show", "flannel.1")
+    assert lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"] == mac  # type: ignore[index]
 
 
 def test_etcd_outage_keeps_dataplane_and_resyncs(make_lab) -> None:
@@ -253,6 +262,19 @@ def test_hostgw_daemons_and_iptables_firewall(make_lab) -> None:
     # A route deleted by hand comes back.
     subprocess.run(["ip", "-n", a, "route", "del", str(subnets[1])], check=True)
     wait_for(lambda: str(subnets[1]) in ip(a, "route"), timeout=10, what="host-gw route back")
+
+
+def test_daemon_waits_for_the_network_config(make_lab) -> None:
+    lab = make_lab(1, config=False)
+    ns = lab.node_nss[0]
+    lab.start_daemon(ns, "--reconcile-interval", "1")
+    wait_for(lambda: lab.http(ns, "/healthz")[0] == 200, what="health endpoint")
+    wait_for(lambda: "waiting for the network config" in lab.http(ns, "/readyz")[1],
+             what="readyz names the missing config")
+    assert lab.http(ns, "/readyz")[0] == 503
+    lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
+    wait_for(lambda: lab.http(ns, "/readyz")[0] == 200, timeout=30, what="ready after config")
+    assert lab.subnet(ns) is not None
 
 
 def test_hostgw_refuses_peer_not_on_link(make_lab) -> None:
