@@ -108,22 +108,25 @@ def one_run(n: int, tag: str) -> dict[str, float]:
         assert routes == n, f"{routes} routes in the kernel, expected {n}"
         time.sleep(1.0)
         rss = rss_kib(proc.pid)
-        # One more lease: time until its route is in the kernel.
-        lab.put_lease("10.250.1.0/24", {"PublicIP": "198.19.0.1", "BackendType": "vxlan",
-                                        "BackendData": {"VNI": 1, "VtepMAC": "0e:ff:00:00:00:01"}})
-        t1 = time.perf_counter()  # after etcdctl returned (its own start-up is not ours)
-        wait_for(lambda: "10.250.1.0/24" in subprocess.run(
-            ["ip", "-n", ns, "route", "show", "10.250.1.0/24"], capture_output=True,
-            text=True).stdout, timeout=60, interval=0.005)
-        t_add = time.perf_counter() - t1
+        # One more lease at a time: time until its route is in the kernel (median of 5).
+        adds = []
+        for k in range(5):
+            lab.put_lease(f"10.250.{k}.0/24", {
+                "PublicIP": f"198.19.0.{k + 1}", "BackendType": "vxlan",
+                "BackendData": {"VNI": 1, "VtepMAC": f"0e:ff:00:00:00:{k + 1:02x}"}})
+            t1 = time.perf_counter()  # after etcdctl returned (its own start-up is not ours)
+            wait_for(lambda k=k: f"10.250.{k}.0/24" in subprocess.run(
+                ["ip", "-n", ns, "route", "show", f"10.250.{k}.0/24"], capture_output=True,
+                text=True).stdout, timeout=60, interval=0.002)
+            adds.append(time.perf_counter() - t1)
+        t_add = statistics.median(adds)
         # Restart with nothing changed: ready again, and no kernel change.
         lab.stop_daemon(ns)
-        before = (lab.status(ns) or {}).get("reconciles", 0)
+        os.unlink(os.path.join(lab.paths(ns)["state_dir"], "status.json"))
         t2 = time.perf_counter()
         lab.start_daemon(ns, "--reconcile-interval", "10", "--log-level", "info")
-        wait_for(lambda: (lab.status(ns) or {}).get("reconciles", 0) >= 1
-                 and (lab.status(ns) or {}).get("reconciles", 0) != before
-                 and (lab.status(ns) or {}).get("peers") == n + 1, timeout=300, interval=0.02)
+        wait_for(lambda: (lab.status(ns) or {}).get("peers") == n + 5, timeout=300,
+                 interval=0.02)
         t_restart = time.perf_counter() - t2
         changes = lab.log(ns).split("public interface")[-1].count("kernel change")
         code, metrics = lab.http(ns, "/metrics")
