@@ -308,7 +308,12 @@ class Agent:
             self.firewall = make_firewall(self.cfg.firewall, Runner(self.cfg.netns))
         if self.cfg.metrics_addr:
             self._http = HttpEndpoint(self.metrics, self.ready)
-            self.metrics_address = await self._http.start(self.cfg.metrics_addr)
+            try:
+                self.metrics_address = await self._http.start(self.cfg.metrics_addr)
+            except (OSError, ValueError) as exc:
+                self._http = None
+                raise AgentError(f"--metrics-addr {self.cfg.metrics_addr}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
         self.etcd = EtcdClient(self.cfg.etcd)
         self.etcd.connect()  # _call() reads the stubs before it connects
         self.store = LeaseStore(self.etcd, self.cfg.etcd.prefix, ttl=self.cfg.lease_ttl)
@@ -533,12 +538,22 @@ class Agent:
         self._request_full()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Start, then serve until ``stop`` is set (also while still starting, e.g. waiting for
+        the network config). Raises AgentError for fatal start-up problems."""
+        watcher: NetlinkWatcher | None = None
+        waiter = asyncio.create_task(stop.wait())
         try:
-            await self.start()
+            starting = asyncio.create_task(self.start())
+            done, _ = await asyncio.wait([starting, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if starting not in done:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+                return
+            starting.result()  # AgentError and the like propagate
             self._tasks = [asyncio.create_task(c) for c in (
                 self._reconcile_loop(), self._watch_loop(), self._lease_loop(),
                 self._firewall_loop())]
-            watcher = None
             if self.cfg.netlink_events:
                 watcher = NetlinkWatcher(
                     self.cfg.netns,
@@ -548,15 +563,15 @@ class Agent:
                 watcher.start()
             await self._start_cni_server()
             log.info("netweft daemon ready: %d peer lease(s)", len(self.leases) - 1)
-            waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *self._tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not waiter and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            if watcher is not None:
-                watcher.stop()
         finally:
+            waiter.cancel()
+            if watcher is not None:
+                await asyncio.to_thread(watcher.stop)
             await self.shutdown()
 
     async def _start_cni_server(self) -> None:

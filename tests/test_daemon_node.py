@@ -272,9 +272,20 @@ def test_daemon_waits_for_the_network_config(make_lab) -> None:
     wait_for(lambda: "waiting for the network config" in lab.http(ns, "/readyz")[1],
              what="readyz names the missing config")
     assert lab.http(ns, "/readyz")[0] == 503
+    # SIGTERM while still waiting: a prompt, clean exit.
+    assert lab.stop_daemon(ns) == 0
+    assert "Traceback" not in lab.log(ns)
+    lab.start_daemon(ns, "--reconcile-interval", "1")
     lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
     wait_for(lambda: lab.http(ns, "/readyz")[0] == 200, timeout=30, what="ready after config")
     assert lab.subnet(ns) is not None
+    # A second daemon on the same metrics port fails with one line.
+    p = lab.paths(ns)
+    second = lab.netweft(ns, "daemon", "--subnet-file", p["subnet_file"] + ".2", "--state-dir",
+                         p["state_dir"] + ".2", "--cni-socket", "", check=False)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        "netweft: --metrics-addr 127.0.0.1:9464: ")
 
 
 def test_hostgw_refuses_peer_not_on_link(make_lab) -> None:
