@@ -324,7 +324,10 @@ class Agent:
                              if le.public_ip == self.side.public_ip and le.vtep_mac), None)
         self.backend = make_backend(self.netcfg, self.nl, self.side, self.cfg.state_dir,
                                     previous_mac)
-        lease = await self._acquire(self._previous_subnet())
+        try:
+            lease = await self._acquire(self._previous_subnet())
+        except LeaseError as exc:  # e.g. every subnet is taken
+            raise AgentError(str(exc)) from None
         leases, revision = await self._etcd_retry("listing leases", store.list)
         self.leases = {store.key_for(le): le for le in leases}
         try:
