@@ -1,4 +1,4 @@
-"""The nftables renderer: service plans -> one ``ip netweft-proxy`` table, as full text or as a delta.
+"""The nftables renderer: service plans -> one ``ip netweft-proxy`` table, full or as a delta.
 
 Layout (why: loading cost grows about quadratically with the number of chains and of anonymous
 sets/maps, so the common path has neither per service nor per endpoint):
