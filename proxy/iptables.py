@@ -162,6 +162,7 @@ class IptState:
         self.node = node
         self.contribs: dict[ServiceKey, IptContribution] = {}
         self.owned: dict[ChainId, tuple[str, ...]] = {}
+        self.written: dict[ChainId, tuple[str, ...]] = {}   # aggregates as last rendered
 
     def _aggregate(self, chain: ChainId) -> tuple[str, ...]:
         lines: list[str] = []
@@ -193,14 +194,16 @@ class IptState:
                 after[cid] = rules
         write = {cid: r for cid, r in after.items() if before.get(cid) != r}
         for cid in touched_aggr:
-            write[cid] = self._aggregate(cid)
+            rules = self._aggregate(cid)
+            if self.written.get(cid) != rules:
+                write[cid] = self.written[cid] = rules
         delete = [cid for cid, r in before.items() if r is not None and cid not in after]
         return restore_text(write, delete)
 
     def all_chains(self) -> dict[ChainId, tuple[str, ...]]:
         chains = dict(static_chains(self.node))
         for cid in AGGREGATES:
-            chains[cid] = self._aggregate(cid)
+            chains[cid] = self.written[cid] = self._aggregate(cid)
         chains.update(self.owned)
         return chains
 
