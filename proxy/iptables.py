@@ -105,7 +105,9 @@ def contribution(plan: ServicePlan, node: NodeContext) -> IptContribution:
             frag.setdefault(("mangle", FIREWALL), []).append(
                 f"{_match(fe, fe.address)} {_comment(fe)} -j {fw}")
         if fe.outcome is not Outcome.BALANCE:
-            target = "REJECT" if fe.outcome is Outcome.REJECT else "DROP"
+            target = "DROP"
+            if fe.outcome is Outcome.REJECT:
+                target = "REJECT --reject-with tcp-reset" if fe.protocol == "TCP" else "REJECT"
             addresses = node.node_ips if nodeport else (fe.address,)
             for a in addresses:
                 frag.setdefault(("filter", FILTER), []).append(

@@ -285,7 +285,8 @@ class IptablesTracer(_Tracer):
             elif line.startswith("-A "):
                 args = shlex.split(line)
                 self.chains.setdefault((table, args[1]), []).append(args[2:])
-        self.node_ips = {r[1].split("/")[0] for r in self.chains.get(("nat", "NETWEFT-SERVICES"), [])
+        services = self.chains.get(("nat", "NETWEFT-SERVICES"), [])
+        self.node_ips = {r[1].split("/")[0] for r in services
                          if r[0] == "-d" and r[-1] == "NETWEFT-NODEPORTS"}
 
     def _matches(self, args: list[str], pkt: Packet, st: _State) -> tuple[list[bool], list[str]]:
