@@ -43,16 +43,15 @@ class NftablesDataplane:
         self.applier = applier or NftApplier()
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
-        delta = self.state.update(plans)
-        text = delta
+        text = self.state.update(plans, delta=not full)
         if not full:
             try:
-                self.applier.apply(delta)
+                self.applier.apply(text)
             except NftError as exc:
                 log.warning("nft delta failed (%s): full resync", exc)
                 full = True
         if full:
-            text = self.state.full_text()
+            text = self.state.full_text(sort=False)
             self.applier.apply(text)
         chains, rules, elements = self.state.counts()
         return SyncResult(full, chains, rules, elements, len(text))

@@ -28,6 +28,7 @@ A change to one service is a delta of its elements (and of its affinity chains, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -129,6 +130,12 @@ def mark_rule(fam: str, node: NodeContext) -> tuple[str, ...]:
 
 
 def group_chain(fam: str, count: int, node: NodeContext) -> NftObject:
+    return _group_chain(fam, count, bool(node.cluster_cidrs))
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_chain(fam: str, count: int, has_cidrs: bool) -> NftObject:
+    node = NodeContext("", (), ("0.0.0.0/32",) if has_cidrs else ())
     if fam.startswith("nodeport"):
         dnat = f"dnat ip to {NODEPORT_KEY} . numgen random mod {count} map @nodeport-backends"
     else:
@@ -209,17 +216,13 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
                 el[(backends, f"{key} . {i}")] = f"{b.address} . {b.port}"
         el[("service-nodeports" if nodeport else "service-ips", key)] = verdict
         for b in fe.backends:
-            el[("hairpin", f"{b.address} . {b.address}")] = None
+            if b.address in plan.local_addresses:      # only a pod of this node can hairpin
+                el[("hairpin", f"{b.address} . {b.address}")] = None
     return out
 
 
-def _effective(owners: Mapping[ServiceKey, object]) -> object:
-    if len(owners) == 1:
-        return next(iter(owners.values()))
-    return owners[min(owners)]
-
-
 _ABSENT = object()
+EKey = tuple[str, str]
 
 
 class NftState:
@@ -233,24 +236,30 @@ class NftState:
     def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.contribs: dict[ServiceKey, Contribution] = {}
-        self.elements: dict[tuple[str, str], dict[ServiceKey, str | None]] = {}
+        self.values: dict[EKey, str | None] = {}
+        # one owner (the common case) or {owner: value} when services share an element
+        self.owners: dict[EKey, ServiceKey | dict[ServiceKey, str | None]] = {}
         self.objects: dict[str, dict[ServiceKey, NftObject]] = {}
 
     # -- state ---------------------------------------------------------------------------------
-    def _element(self, k: tuple[str, str]) -> object:
-        owners = self.elements.get(k)
-        return _ABSENT if not owners else _effective(owners)
-
     def _object(self, name: str) -> NftObject | None:
         owners = self.objects.get(name)
-        return None if not owners else _effective(owners)  # type: ignore[return-value]
+        return None if not owners else owners[min(owners)]
 
     def _remove(self, key: ServiceKey, c: Contribution) -> None:
+        values, owners = self.values, self.owners
         for k in c.elements:
-            owners = self.elements[k]
-            del owners[key]
-            if not owners:
-                del self.elements[k]
+            o = owners[k]
+            if type(o) is dict:
+                del o[key]
+                if len(o) == 1:
+                    ((sk, v),) = o.items()
+                    owners[k], values[k] = sk, v
+                else:
+                    values[k] = o[min(o)]
+            else:
+                del owners[k]
+                del values[k]
         for name in c.objects:
             owners_o = self.objects[name]
             del owners_o[key]
@@ -258,16 +267,37 @@ class NftState:
                 del self.objects[name]
 
     def _add(self, key: ServiceKey, c: Contribution) -> None:
+        values, owners = self.values, self.owners
         for k, v in c.elements.items():
-            self.elements.setdefault(k, {})[key] = v
+            o = owners.get(k)
+            if o is None:
+                owners[k] = key
+                values[k] = v
+            elif type(o) is dict:
+                o[key] = v
+                values[k] = o[min(o)]
+            else:
+                d: dict[ServiceKey, str | None] = {o: values[k], key: v}  # type: ignore[dict-item]
+                owners[k] = d
+                values[k] = d[min(d)]
         for name, obj in c.objects.items():
             self.objects.setdefault(name, {})[key] = obj
 
-    def update(self, plans: Mapping[ServiceKey, ServicePlan | None]) -> str:
-        """Record new plans (None: the service is gone); return the delta as nft commands."""
+    def update(self, plans: Mapping[ServiceKey, ServicePlan | None], delta: bool = True) -> str:
+        """Record new plans (None: the service is gone); return the delta as nft commands
+        (``delta=False``: skip computing it, a full load follows)."""
         new: dict[ServiceKey, Contribution | None] = {
             k: (contribution(p, self.node) if p is not None else None) for k, p in plans.items()}
-        touched_el: set[tuple[str, str]] = set()
+        if not delta:
+            for key, c in new.items():
+                old = self.contribs.pop(key, None)
+                if old is not None:
+                    self._remove(key, old)
+                if c is not None:
+                    self._add(key, c)
+                    self.contribs[key] = c
+            return ""
+        touched_el: set[EKey] = set()
         touched_ob: set[str] = set()
         for key, c in new.items():
             old = self.contribs.get(key)
@@ -275,7 +305,8 @@ class NftState:
                 if x is not None:
                     touched_el.update(x.elements)
                     touched_ob.update(x.objects)
-        before_el = {k: self._element(k) for k in touched_el}
+        values = self.values
+        before_el = {k: values.get(k, _ABSENT) for k in touched_el}
         before_ob = {n: self._object(n) for n in touched_ob}
         for key, c in new.items():
             old = self.contribs.pop(key, None)
@@ -284,22 +315,24 @@ class NftState:
             if c is not None:
                 self._add(key, c)
                 self.contribs[key] = c
-        after_el = {k: self._element(k) for k in touched_el}
+        after_el = {k: values.get(k, _ABSENT) for k in touched_el}
         after_ob = {n: self._object(n) for n in touched_ob}
         return delta_text(before_el, after_el, before_ob, after_ob)
 
-    def full_text(self) -> str:
-        """The whole table, replacing whatever is there, as one transaction."""
-        return full_text(self.node, {k: _effective(v) for k, v in self.elements.items()},
-                         [o for o in (self._object(n) for n in self.objects) if o])
+    def full_text(self, sort: bool = True) -> str:
+        """The whole table, replacing whatever is there, as one transaction (``sort``: elements
+        in a stable order, for golden files; the kernel does not care)."""
+        objects = [o for o in (self._object(n) for n in self.objects) if o]
+        return full_text(self.node, self.values, objects, sort)
 
     def counts(self) -> tuple[int, int, int]:
         """(chains, rules, elements) of the desired table."""
         chains = static_chains(self.node)
-        n_chains = len(chains) + sum(1 for n in self.objects if self._object(n).kind == "chain")
+        objects = [o for o in (self._object(n) for n in self.objects) if o]
+        n_chains = len(chains) + sum(1 for o in objects if o.kind == "chain")
         n_rules = sum(len(r) for r in chains.values()) + sum(
-            len(o.body) for o in (self._object(n) for n in self.objects) if o.kind == "chain")
-        n_el = len(self.elements) + len(self.node.node_ips) + len(self.node.cluster_cidrs)
+            len(o.body) for o in objects if o.kind == "chain")
+        n_el = len(self.values) + len(self.node.node_ips) + len(self.node.cluster_cidrs)
         return n_chains, n_rules, n_el
 
 
@@ -307,11 +340,13 @@ def _element_text(k: str, v: str | None) -> str:
     return k if v is None else f"{k} : {v}"
 
 
-def _grouped(items: Iterable[tuple[tuple[str, str], str | None]]) -> dict[str, list[str]]:
+def _grouped(items: Iterable[tuple[EKey, object]], sort: bool = True) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for (name, k), v in sorted(items, key=lambda kv: kv[0]):
-        out.setdefault(name, []).append(_element_text(k, v))
-    return out
+    for (name, k), v in (sorted(items, key=lambda kv: kv[0]) if sort else items):
+        out.setdefault(name, []).append(k if v is None else f"{k} : {v}")
+    if not sort:
+        return out
+    return dict(sorted(out.items()))
 
 
 def _set_decl(obj: NftObject) -> str:
@@ -354,8 +389,8 @@ def delta_text(
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def full_text(node: NodeContext, elements: Mapping[tuple[str, str], object],
-              objects: Iterable[NftObject]) -> str:
+def full_text(node: NodeContext, elements: Mapping[EKey, object],
+              objects: Iterable[NftObject], sort: bool = True) -> str:
     """The complete table: ``add table; delete table`` then the definition, one transaction."""
     out = [f"add table {T}", f"delete table {T}", f"table {T} {{"]
     for name, decl in STATIC_SETS.items():
@@ -374,7 +409,7 @@ def full_text(node: NodeContext, elements: Mapping[tuple[str, str], object],
     static_el: list[tuple[tuple[str, str], str | None]] = [
         (("nodeport-ips", ip), None) for ip in node.node_ips]
     static_el += [(("cluster-cidrs", c), None) for c in node.cluster_cidrs]
-    for name, items in _grouped([*static_el, *elements.items()]).items():  # type: ignore[list-item]
+    for name, items in _grouped([*static_el, *elements.items()], sort).items():
         out.append(f"add element {T} {name} {{ {', '.join(items)} }}")
     return "\n".join(out) + "\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from proxy.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
 
@@ -27,8 +28,8 @@ class Outcome(StrEnum):
     DROP = "drop"              # endpoints exist, none local under a Local traffic policy
 
 
-@dataclass(frozen=True, order=True)
-class Backend:
+class Backend(NamedTuple):
+    """One DNAT target (a tuple: cheap to build, hash and sort by the thousands)."""
     address: str
     port: int
 
@@ -64,6 +65,8 @@ class ServicePlan:
     frontends: tuple[Frontend, ...]
     local_endpoints: int           # ready local endpoints (health-check node port answer)
     health_check_node_port: int | None = None
+    # addresses of endpoints on this node (or of unknown node): only these can hairpin
+    local_addresses: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -83,35 +86,57 @@ def is_ipv4(address: str) -> bool:
     return ":" not in address
 
 
-def _endpoint_port(endpoint: Endpoint, port: ServicePort) -> int | None:
-    for ep_port in endpoint.ports:
-        if ep_port.name == port.name and ep_port.protocol == port.protocol:
-            return ep_port.port
-    if not endpoint.ports and isinstance(port.target_port, int):
-        return port.target_port
-    return None
+def _split_backends(
+    port: ServicePort, endpoints: tuple[Endpoint, ...], node_name: str,
+) -> tuple[tuple[Backend, ...], tuple[Backend, ...]]:
+    """(every, local) usable backends of ``port``: the ready endpoints; if none is ready, the
+    serving ones that are terminating (each list falls back on its own)."""
+    name, proto, target = port.name, port.protocol, port.target_port
+    ready: list[tuple[str, int]] = []
+    fallback: list[tuple[str, int]] = []
+    ready_local: list[tuple[str, int]] = []
+    fallback_local: list[tuple[str, int]] = []
+    for ep in endpoints:
+        number: int | None = None
+        for ep_port in ep.ports:
+            if ep_port.name == name and ep_port.protocol == proto:
+                number = ep_port.port
+                break
+        else:
+            if not ep.ports and isinstance(target, int):
+                number = target
+        if number is None or ":" in ep.address:
+            continue
+        local = ep.node == node_name
+        if ep.ready:
+            ready.append((ep.address, number))
+            if local:
+                ready_local.append((ep.address, number))
+        elif ep.serving and ep.terminating:
+            fallback.append((ep.address, number))
+            if local:
+                fallback_local.append((ep.address, number))
+    every = tuple(Backend(a, p) for a, p in sorted(set(ready or fallback)))
+    mine_pairs = sorted(set(ready_local or fallback_local))
+    if len(mine_pairs) == len(every) and all(b == m for b, m in zip(every, mine_pairs,
+                                                                    strict=True)):
+        return every, every
+    return every, tuple(Backend(a, p) for a, p in mine_pairs)
 
 
 def usable_backends(port: ServicePort, endpoints: tuple[Endpoint, ...]) -> tuple[Backend, ...]:
     """Ready endpoints; if none is ready, the serving ones that are terminating."""
-    pairs = [(ep, _endpoint_port(ep, port)) for ep in endpoints if is_ipv4(ep.address)]
-    pairs = [(ep, p) for ep, p in pairs if p is not None]
-    chosen = [(ep, p) for ep, p in pairs if ep.ready]
-    if not chosen:
-        chosen = [(ep, p) for ep, p in pairs if ep.serving and ep.terminating]
-    return tuple(sorted({Backend(ep.address, p) for ep, p in chosen if p is not None}))
+    return _split_backends(port, endpoints, "")[0]
 
 
 def plan_service(
     service: Service, endpoints: tuple[Endpoint, ...], node: NodeContext,
 ) -> ServicePlan:
     """The frontends of ``service`` on this node, each with its outcome and backends."""
-    local_eps = tuple(ep for ep in endpoints if ep.node == node.node_name)
     frontends: list[Frontend] = []
     affinity = service.affinity_timeout if service.session_affinity else None
     for port in service.ports:
-        every = usable_backends(port, endpoints)
-        local = usable_backends(port, local_eps)
+        every, local = _split_backends(port, endpoints, node.node_name)
 
         def add(kind: FrontendKind, address: str | None, number: int, is_local: bool,
                 ranges: tuple[str, ...] = (), port: ServicePort = port,
@@ -142,6 +167,7 @@ def plan_service(
         if (service.type in (ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER)
                 and port.node_port):
             add(FrontendKind.NODEPORT, None, port.node_port, ext_local)
-    ready_local = sum(1 for ep in local_eps if ep.ready)
+    ready_local = sum(1 for ep in endpoints if ep.ready and ep.node == node.node_name)
     hc_port = service.health_check_node_port if service.external_traffic_local else None
-    return ServicePlan(service.key, tuple(frontends), ready_local, hc_port)
+    here = frozenset(ep.address for ep in endpoints if ep.node in (node.node_name, None))
+    return ServicePlan(service.key, tuple(frontends), ready_local, hc_port, here)
