@@ -20,6 +20,7 @@ import ctypes
 import itertools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -137,8 +138,8 @@ def runner_for(mode: str, applier_ns: str | None = None) -> ProxyRunner:
     if mode == "nftables":
         dp: NftablesDataplane | IptablesDataplane = NftablesDataplane(
             NODE, NftApplier(netns=applier_ns))
-    else:
-        dp = IptablesDataplane(NODE, IptablesApplier(netns=applier_ns))
+    else:   # "iptables-legacy" or "iptables" (Debian's default, the nf_tables backend)
+        dp = IptablesDataplane(NODE, IptablesApplier(netns=applier_ns, binary=mode))
     runner = ProxyRunner(NODE, dp, None, RunnerOptions(status_port=None,
                                                        health_check_ports=False))
     return runner
@@ -221,7 +222,7 @@ def one_change(mode: str, n: int, changes: int, applier_ns: bool = False) -> dic
     lat.sort()
     return {"mode": mode, "services": n, "changes": changes,
             "applier": ("nft -f - process" if applier_ns else "libnftables")
-            if mode == "nftables" else "iptables-restore",
+            if mode == "nftables" else f"{mode}-restore --noflush",
             "median_ms": 1000 * statistics.median(lat),
             "p90_ms": 1000 * lat[int(0.9 * (len(lat) - 1))]}
 
@@ -269,7 +270,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,30000")
     ap.add_argument("--kube-proxy-sizes", default="1000,10000")
-    ap.add_argument("--iptables-sizes", default="1000,10000,30000")
+    ap.add_argument("--iptables-sizes", default="1000,10000,30000", help="iptables-legacy")
+    ap.add_argument("--iptables-nft-sizes", default="1000",
+                    help="iptables with the nf_tables backend (10,000 takes about 90 s)")
     ap.add_argument("--runs", type=int, default=3, help="full-sync repetitions (30k: 1)")
     ap.add_argument("--changes", type=int, default=30)
     ap.add_argument("--connects", type=int, default=200)
@@ -278,12 +281,15 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("proxy_scale.py: run as root (it creates network namespaces)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # clean up namespaces on kill
     sizes = [int(x) for x in args.sizes.split(",")]
     kp_sizes = [int(x) for x in args.kube_proxy_sizes.split(",") if x]
     ipt_sizes = [int(x) for x in args.iptables_sizes.split(",") if x]
+    iptn_sizes = [int(x) for x in args.iptables_nft_sizes.split(",") if x]
     big = 10000
     if args.quick:
         sizes, kp_sizes, ipt_sizes, big = [100, 1000], [100, 1000], [100, 1000], 1000
+        iptn_sizes = [100]
         args.changes, args.connects, args.runs = 10, 50, 1
     results: dict[str, list[dict[str, object]]] = {"full": [], "change": [], "first_packet": []}
 
@@ -297,12 +303,14 @@ def main() -> None:
         for n in kp_sizes:
             show("full", kube_proxy_load(n))
         for n in ipt_sizes:
+            show("full", full_sync("iptables-legacy", n, args.runs if n < 10000 else 1))
+        for n in iptn_sizes:
             show("full", full_sync("iptables", n, args.runs if n < 10000 else 1))
         show("change", one_change("nftables", big, args.changes))
         show("change", one_change("nftables", big, args.changes, applier_ns=True))
-        show("change", one_change("iptables", big, max(5, args.changes // 3)))
+        show("change", one_change("iptables-legacy", big, max(5, args.changes // 3)))
         show("first_packet", first_packet("nftables", [10, big], args.connects))
-        show("first_packet", first_packet("iptables", [10, big], args.connects))
+        show("first_packet", first_packet("iptables-legacy", [10, big], args.connects))
     finally:
         delete_all()
     if args.json:

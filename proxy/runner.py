@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class ProxyRunner:
         self.wakeup = asyncio.Event()
         self.tracker = ChangeTracker(on_change=self._changed)
         self.plans: dict[ServiceKey, ServicePlan] = {}
+        self.health_plans: dict[ServiceKey, ServicePlan] = {}   # those with a health-check port
         self.metrics = ProxyMetrics(mode=dataplane.mode)
         self.status = StatusHandler(self.metrics.render)
         self.health_ports = HealthCheckPorts()
@@ -62,7 +64,23 @@ class ProxyRunner:
         return out
 
     def sync_once(self) -> SyncResult | None:
-        """Take the dirty services and push them; raises on a failed full sync."""
+        """Take the dirty services and push them; raises on a failed full sync.
+
+        The cyclic garbage collector is paused meanwhile (a full sync allocates hundreds of
+        thousands of small objects, none cyclic: collections would make it superlinear), and
+        what a full sync leaves behind is frozen out of later collections."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            result = self._sync_once()
+        finally:
+            if enabled:
+                gc.enable()
+        if result is not None and result.full:
+            gc.freeze()
+        return result
+
+    def _sync_once(self) -> SyncResult | None:
         batch = self.tracker.take()
         start = time.perf_counter()
         self.last_sync_start = time.monotonic()
@@ -80,8 +98,13 @@ class ProxyRunner:
         for key, plan in plans.items():
             if plan is None:
                 self.plans.pop(key, None)
+                self.health_plans.pop(key, None)
             else:
                 self.plans[key] = plan
+                if plan.health_check_node_port:
+                    self.health_plans[key] = plan
+                else:
+                    self.health_plans.pop(key, None)
         if self.conntrack is not None:
             flows = [f for k, p in plans.items() for f in stale_udp_flows(old_plans[k], p)]
             if flows:
@@ -139,5 +162,5 @@ class ProxyRunner:
                                                       self.wakeup.set)
                 continue
             if self.options.health_check_ports:
-                await self.health_ports.update(self.plans)
+                await self.health_ports.update(self.health_plans)
             self.synced_event.set()
