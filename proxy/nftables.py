@@ -121,9 +121,11 @@ def family(fe: Frontend) -> str:
     return "nodeport-local" if fe.local else "nodeport"
 
 
-def mark_rule(fam: str, node: NodeContext) -> tuple[str, ...]:
+def mark_rule(fam: str, has_cidrs: bool) -> tuple[str, ...]:
+    """Set the masquerade mark: off-cluster clients of a ClusterIP (when the pod network is
+    known), every client of an external frontend with policy Cluster, nobody under Local."""
     if fam == "cluster":
-        return ("ip saddr != @cluster-cidrs " + SET_MARK,) if node.cluster_cidrs else ()
+        return ("ip saddr != @cluster-cidrs " + SET_MARK,) if has_cidrs else ()
     if fam in ("external", "nodeport"):
         return (SET_MARK,)
     return ()
@@ -135,12 +137,11 @@ def group_chain(fam: str, count: int, node: NodeContext) -> NftObject:
 
 @functools.lru_cache(maxsize=4096)
 def _group_chain(fam: str, count: int, has_cidrs: bool) -> NftObject:
-    node = NodeContext("", (), ("0.0.0.0/32",) if has_cidrs else ())
     if fam.startswith("nodeport"):
         dnat = f"dnat ip to {NODEPORT_KEY} . numgen random mod {count} map @nodeport-backends"
     else:
         dnat = f"dnat ip to {IP_KEY} . numgen random mod {count} map @backends"
-    return NftObject("chain", f"{fam}-{count}", 2, (*mark_rule(fam, node), dnat))
+    return NftObject("chain", f"{fam}-{count}", 2, (*mark_rule(fam, has_cidrs), dnat))
 
 
 def _short_hash(*parts: object) -> str:
@@ -174,7 +175,8 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
         pick = "numgen random mod {} vmap {{ {} }}".format(
             len(picks), ", ".join(f"{i} : goto {c}" for i, c in enumerate(picks)))
     entry = f"aff-{h}"
-    objects.append(NftObject("chain", entry, 2, (*mark_rule(fam, node), *sticky, pick)))
+    objects.append(NftObject("chain", entry, 2, (*mark_rule(fam, bool(node.cluster_cidrs)),
+                                                 *sticky, pick)))
     return entry, objects
 
 

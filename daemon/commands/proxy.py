@@ -132,7 +132,14 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        fail(f"--healthz-port: {exc}" if "address" in str(exc).lower() else str(exc))
+        if "address" in str(exc).lower():
+            fail(f"--healthz-port: {exc}")
+        fail(f"proxy stopped: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one line for the user; -v shows the traceback
+        if verbose:
+            logging.getLogger("netweft.proxy").exception("proxy stopped")
+        first = (str(exc).splitlines() or [""])[0]
+        fail(f"proxy stopped (--source {source_kind}): {type(exc).__name__}: {first}")
 
 
 def register(group: click.Group) -> None:
