@@ -148,7 +148,12 @@ class EtcdClient:
         if self._channel is not None:
             return
         s = self.settings
+        # Reconnect quickly after etcd comes back; calls wait (up to their timeout) for a
+        # connection instead of failing at once while the channel is between attempts.
         options = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if s.tls:
             def read(path: str | None) -> bytes | None:
@@ -173,15 +178,18 @@ class EtcdClient:
 
     def _error(self, exc: grpc.aio.AioRpcError) -> EtcdError:
         code = exc.code()
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
-                                   f"({code.name.lower()})")
+                                   f"(no answer within {self.timeout:g}s)")
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
+                                   f"({exc.details() or 'unavailable'})")
         return EtcdError(f"etcd refused the request: {exc.details() or code.name}")
 
     async def _call(self, method: Any, request: Any) -> Any:
         self.connect()
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from None
 
@@ -268,7 +276,7 @@ class EtcdClient:
         async def one() -> AsyncIterator[Any]:
             yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
-        call = self._lease.LeaseKeepAlive(one(), timeout=self.timeout)
+        call = self._lease.LeaseKeepAlive(one(), timeout=self.timeout, wait_for_ready=True)
         try:
             async for resp in call:
                 return int(resp.TTL)
@@ -306,7 +314,7 @@ class EtcdClient:
             import asyncio
             await asyncio.Event().wait()
 
-        call = self._watch.Watch(requests())
+        call = self._watch.Watch(requests(), wait_for_ready=True)
         try:
             async for resp in call:
                 if resp.compact_revision:
