@@ -9,6 +9,7 @@ Deleting a service removes its allocation keys in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 from dataclasses import replace
@@ -29,7 +30,7 @@ from proxy.records import (
     services_dir,
 )
 
-ATTEMPTS = 8
+ATTEMPTS = 40
 
 
 class ServiceExists(RecordError):
@@ -115,7 +116,7 @@ async def create_service(
     asked = [p.node_port for p in request.ports if p.node_port is not None]
     if len(set(asked)) != len(asked):
         raise AllocationError("--node-port: the same node port is given twice")
-    for _ in range(ATTEMPTS):
+    for attempt in range(ATTEMPTS):
         if await etcd.get(key) is not None:
             raise ServiceExists(f"service {request.key} already exists")
         used_ips, used_ports = await _allocated(etcd, prefix)
@@ -142,6 +143,7 @@ async def create_service(
                 items[node_port_key(prefix, p.node_port)] = owner
         if await etcd.create_all(items):
             return record
+        await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # lost a race: spread out
     raise AllocationError(f"could not allocate addresses for {request.key} after {ATTEMPTS} "
                           "attempts (concurrent creates?); try again")
 
