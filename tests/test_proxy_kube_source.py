@@ -5,18 +5,23 @@ event and as an HTTP status), server errors and clean ends of watch streams."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import kubeapi_server as kapi  # noqa: E402
+from kube_scenarios import (  # noqa: E402
+    converged,
+    ep,
+    populate,
+    random_changes_with_faults,
+    run_with_source,
+    tcp,
+)
 from proxy_sink import RecordingSink, eventually  # noqa: E402
 
 from proxy.model import (  # noqa: E402
@@ -28,7 +33,6 @@ from proxy.model import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
-from proxy.sources.backoff import Backoff  # noqa: E402
 from proxy.sources.kube import KubeSource  # noqa: E402
 from proxy.sources.kubeconvert import (  # noqa: E402
     endpoints_from_slice,
@@ -36,76 +40,6 @@ from proxy.sources.kubeconvert import (  # noqa: E402
     service_from_kube,
     slice_service,
 )
-
-Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
-
-
-def expected_model(server: kapi.KubeApiServer) -> Model:
-    """What the server's objects mean, computed straight from its store."""
-    services = {}
-    for obj in server.objects[kapi.SERVICES.path].values():
-        svc = service_from_kube(obj)
-        if svc is not None:
-            services[svc.key] = svc
-    groups: dict[ServiceKey, list[tuple[Endpoint, ...]]] = {}
-    for _, obj in sorted(server.objects[kapi.ENDPOINT_SLICES.path].items()):
-        owner = slice_service(obj)
-        if owner is not None:
-            groups.setdefault(owner, []).append(endpoints_from_slice(obj))
-    endpoints = {k: merged for k, g in groups.items() if (merged := merge_endpoints(g))}
-    return services, endpoints
-
-
-def model_of(sink: RecordingSink) -> Model:
-    return sink.services, sink.endpoints
-
-
-def run_with_source(
-    scenario: Callable[[kapi.KubeApiServer, KubeSource, RecordingSink], Awaitable[None]],
-    tmp_path: Path, setup: Callable[[kapi.KubeApiServer], None] | None = None,
-    watch_timeout: int = 300,
-) -> None:
-    async def main() -> None:
-        server = kapi.KubeApiServer()
-        await server.start()
-        if setup is not None:
-            setup(server)
-        config = tmp_path / "kubeconfig"
-        config.write_text(server.kubeconfig())
-        source = KubeSource(str(config), backoff=lambda: Backoff(0.02, 0.2),
-                            watch_timeout=watch_timeout)
-        sink = RecordingSink()
-        task = asyncio.create_task(source.run(sink))
-        try:
-            await scenario(server, source, sink)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await server.stop()
-        assert not task.done() or task.cancelled() or task.exception() is None
-
-    asyncio.run(main())
-
-
-async def converged(server: kapi.KubeApiServer, sink: RecordingSink, what: str) -> None:
-    await eventually(lambda: model_of(sink) == expected_model(server), what)
-
-
-def tcp(port: int, target: Any = None, name: str = "", node_port: int | None = None) -> dict:
-    p: dict[str, Any] = {"port": port, "protocol": "TCP"}
-    if name:
-        p["name"] = name
-    if target is not None:
-        p["targetPort"] = target
-    if node_port is not None:
-        p["nodePort"] = node_port
-    return p
-
-
-def ep(address: str, node: str = "node1", **conditions: bool) -> dict:
-    return {"addresses": [address], "nodeName": node,
-            "conditions": conditions or {"ready": True}}
-
 
 # --- the converters, by hand ------------------------------------------------------------------
 
@@ -181,25 +115,6 @@ def test_slice_conditions_ports_and_merge() -> None:
 
 
 # --- over HTTP --------------------------------------------------------------------------------
-
-
-def populate(server: kapi.KubeApiServer) -> None:
-    server.apply(kapi.service("web", "10.96.0.10", [tcp(80, 8080, "http")]))
-    server.apply(kapi.service("dns", "10.96.0.53", [{"port": 53, "protocol": "UDP",
-                                                     "name": "dns"}], namespace="kube-system"))
-    server.apply(kapi.service("headless", "None", [tcp(80)]))
-    server.apply(kapi.service("ext", "", [], type="ExternalName", externalName="example.org"))
-    server.apply(kapi.service("mine", "10.96.0.30", [tcp(80)],
-                              labels={"service.kubernetes.io/service-proxy-name": "other"}))
-    http = [{"name": "http", "port": 8080, "protocol": "TCP"}]
-    server.apply(kapi.endpoint_slice("web-a", "web", [ep("10.244.1.5"), ep("10.244.2.6")], http))
-    server.apply(kapi.endpoint_slice("web-b", "web", [ep("10.244.3.7", "node3", ready=False)],
-                                     http))
-    server.apply(kapi.endpoint_slice("dns-a", "dns", [ep("10.244.1.53")],
-                                     [{"name": "dns", "port": 53, "protocol": "UDP"}],
-                                     namespace="kube-system"))
-    server.apply(kapi.endpoint_slice("headless-a", "headless", [ep("10.244.1.8")], http,
-                                     labels={"service.kubernetes.io/headless": ""}))
 
 
 def test_list_then_watch_reaches_the_exact_model(tmp_path: Path) -> None:
@@ -337,40 +252,6 @@ def test_clean_watch_ends_are_renewed_from_the_last_version(tmp_path: Path) -> N
     run_with_source(scenario, tmp_path, setup=populate, watch_timeout=1)
 
 
-def random_change(rng: random.Random, server: kapi.KubeApiServer, step: int) -> None:
-    names = [f"s{i}" for i in range(8)]
-    namespaces = ["default", "other"]
-    name, namespace = rng.choice(names), rng.choice(namespaces)
-    roll = rng.random()
-    services = server.objects[kapi.SERVICES.path]
-    slices = server.objects[kapi.ENDPOINT_SLICES.path]
-    if roll < 0.35:
-        labels = rng.choice([None, None, None, {"service.kubernetes.io/service-proxy-name": "o"},
-                             {"app": "x"}])
-        cluster_ip = rng.choice([f"10.96.{step % 250}.{rng.randint(1, 250)}", "None"])
-        ports = [tcp(80, rng.choice([8080, "http"]), "http")]
-        if rng.random() < 0.5:
-            ports.append({"name": "dns", "port": 53, "protocol": "UDP"})
-        server.apply(kapi.service(name, cluster_ip, ports, namespace=namespace, labels=labels,
-                                  type=rng.choice(["ClusterIP", "NodePort"])))
-    elif roll < 0.45 and (namespace, name) in services:
-        server.delete("Service", namespace, name)
-    elif roll < 0.85:
-        slice_name = f"{name}-{rng.choice('ab')}"
-        endpoints = [ep(f"10.244.{rng.randint(0, 3)}.{rng.randint(1, 6)}",
-                        f"node{rng.randint(1, 3)}",
-                        **rng.choice([{}, {"ready": False}, {"ready": False, "serving": True,
-                                                             "terminating": True}]))
-                     for _ in range(rng.randint(0, 3))]
-        server.apply(kapi.endpoint_slice(
-            slice_name, name, endpoints, [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            namespace=namespace, address_type=rng.choice(["IPv4", "IPv4", "IPv4", "IPv6"])))
-    else:
-        existing = sorted(k for k in slices if k[0] == namespace)
-        if existing:
-            server.delete("EndpointSlice", *rng.choice(existing))
-
-
 @pytest.mark.parametrize("seed", [5, 11, 23])
 def test_random_changes_and_faults_end_in_the_exact_model(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
@@ -378,25 +259,7 @@ def test_random_changes_and_faults_end_in_the_exact_model(tmp_path: Path, seed: 
     async def scenario(server: kapi.KubeApiServer, source: KubeSource,
                        sink: RecordingSink) -> None:
         await converged(server, sink, "initial list")
-        for step in range(240):
-            random_change(rng, server, step)
-            fault = rng.random()
-            if fault < 0.04:
-                server.drop_watches()
-            elif fault < 0.07:
-                server.compact()
-                server.expire_watches()
-            elif fault < 0.09:
-                server.gone_as_http = rng.random() < 0.5
-                server.compact()
-                server.drop_watches()
-            elif fault < 0.11:
-                server.bookmark()
-            elif fault < 0.12:
-                server.fail_next(1)
-                server.drop_watches()
-            if rng.random() < 0.3:
-                await asyncio.sleep(0.01)  # let the source read some events mid-stream
+        await random_changes_with_faults(server, rng, 240)
         await converged(server, sink, "after 240 random changes and faults")
         assert sum(r.lists for r in source.reflectors) > 2  # the faults did force relists
 
