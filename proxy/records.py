@@ -298,3 +298,48 @@ def endpoints_for(record: ServiceRecord, pods: Iterable[PodRecord]) -> tuple[End
                 chosen[ip] = (rank, endpoint)
     return tuple(e for _, (_, e) in sorted(
         chosen.items(), key=lambda item: int(ipaddress.IPv4Address(item[0]))))
+
+
+class PodIndex:
+    """Pod records by key, indexed by (namespace, label, value), so finding a selector's pods
+    costs the size of its rarest label pair instead of every pod of the namespace."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, PodRecord] = {}
+        self.by_label: dict[tuple[str, str, str], set[str]] = {}
+
+    def put(self, key: str, pod: PodRecord) -> PodRecord | None:
+        old = self.remove(key)
+        self.pods[key] = pod
+        for label, value in pod.labels.items():
+            self.by_label.setdefault((pod.namespace, label, value), set()).add(key)
+        return old
+
+    def remove(self, key: str) -> PodRecord | None:
+        old = self.pods.pop(key, None)
+        if old is not None:
+            for label, value in old.labels.items():
+                keys = self.by_label.get((old.namespace, label, value))
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self.by_label[(old.namespace, label, value)]
+        return old
+
+    def clear(self) -> None:
+        self.pods.clear()
+        self.by_label.clear()
+
+    def selected(self, namespace: str, selector: Mapping[str, str]) -> list[PodRecord]:
+        if not selector:
+            return []
+        sets = [self.by_label.get((namespace, k, v), set()) for k, v in selector.items()]
+        smallest = min(sets, key=len)
+        return [p for k in smallest if selects(selector, (p := self.pods[k]).labels)]
+
+    @classmethod
+    def of(cls, pods: Iterable[PodRecord]) -> PodIndex:
+        index = cls()
+        for i, pod in enumerate(pods):
+            index.put(f"{pod.node}/{pod.container_id}/{i}", pod)
+        return index

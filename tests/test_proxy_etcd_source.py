@@ -27,12 +27,14 @@ from proxy.model import (  # noqa: E402
 )
 from proxy.podrecords import delete_pod, pod_record_from_cni, put_pod, sync_pods  # noqa: E402
 from proxy.records import (  # noqa: E402
+    PodIndex,
     PodRecord,
     PortRecord,
     RecordError,
     ServiceRecord,
     endpoints_for,
     pods_dir,
+    selects,
     service_key,
     services_dir,
 )
@@ -103,6 +105,28 @@ def test_endpoints_select_by_labels_namespace_and_resolve_named_ports() -> None:
     stale = pod("z", "10.244.1.5", ready=False)
     assert endpoints_for(web_record(), [stale, *pods]) == endpoints_for(web_record(), pods)
     assert endpoints_for(web_record(), [*pods, stale]) == endpoints_for(web_record(), pods)
+
+
+def test_pod_index_selects_like_a_full_scan() -> None:
+    rng = random.Random(3)
+    index = PodIndex()
+    for _ in range(2000):
+        key = f"k{rng.randint(0, 60)}"
+        if rng.random() < 0.3:
+            index.remove(key)
+            continue
+        labels = {k: rng.choice("xyz") for k in rng.sample(["app", "tier", "ver"],
+                                                           rng.randint(0, 3))}
+        index.put(key, PodRecord(key, rng.choice(["a", "b"]), key, "n", ("10.244.0.1",), labels))
+    for ns in ("a", "b"):
+        for selector in ({}, {"app": "x"}, {"app": "y", "tier": "z"}, {"ver": "x", "app": "z"}):
+            full = [p for p in index.pods.values()
+                    if p.namespace == ns and selects(selector, p.labels)]
+            assert sorted(index.selected(ns, selector), key=lambda p: p.container_id) == \
+                sorted(full, key=lambda p: p.container_id)
+    for key in list(index.pods):
+        index.remove(key)
+    assert index.by_label == {}
 
 
 def test_pod_record_from_the_labs_cni_args() -> None:

@@ -17,7 +17,14 @@ import click
 from daemon.clicontext import fail, services_prefix_option, settings
 from ipam.etcd import EtcdClient, EtcdError
 from proxy.model import DEFAULT_AFFINITY_TIMEOUT, Endpoint, ServiceKey, ServiceType
-from proxy.records import DEFAULT_SERVICE_CIDR, PodRecord, RecordError, ServiceRecord, endpoints_for
+from proxy.records import (
+    DEFAULT_SERVICE_CIDR,
+    PodIndex,
+    PodRecord,
+    RecordError,
+    ServiceRecord,
+    endpoints_for,
+)
 from proxy.servicestore import (
     check_ports,
     create_service,
@@ -185,16 +192,20 @@ def list_cmd(ctx: click.Context, namespace: str | None, as_json: bool,
     records, pods = _run(ctx, lambda etcd: _with_pods(etcd, services_prefix))
     if namespace is not None:
         records = [r for r in records if r.namespace == namespace]
+    index = PodIndex.of(pods)
+
+    def endpoints_of(r: ServiceRecord) -> tuple[Endpoint, ...]:
+        return endpoints_for(r, index.selected(r.namespace, r.selector))
+
     if as_json:
-        click.echo(json.dumps([_record_json(r, endpoints_for(r, pods)) for r in records],
-                              indent=2))
+        click.echo(json.dumps([_record_json(r, endpoints_of(r)) for r in records], indent=2))
         return
     if not records:
         click.echo("no services")
         return
     rows = [["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORTS", "SELECTOR", "ENDPOINTS"]]
     for r in records:
-        endpoints = endpoints_for(r, pods)
+        endpoints = endpoints_of(r)
         ready = sum(1 for e in endpoints if e.ready)
         rows.append([r.namespace, r.name, r.type.value, r.cluster_ip, _ports_text(r),
                      _selector_text(r.selector), f"{ready}/{len(endpoints)}"])

@@ -17,6 +17,7 @@ from ipam.etcd import CompactedError, EtcdClient, EtcdError, EtcdSettings, Event
 from proxy.model import Endpoint, Service, ServiceKey
 from proxy.records import (
     DEFAULT_SERVICES_PREFIX,
+    PodIndex,
     PodRecord,
     RecordError,
     ServiceRecord,
@@ -40,9 +41,8 @@ class EtcdState:
         self.pods_dir = pods_dir(prefix)
         self.services: dict[ServiceKey, ServiceRecord] = {}
         self.service_keys: dict[str, ServiceKey] = {}    # etcd key -> service
-        self.pods: dict[str, PodRecord] = {}             # etcd key -> pod
-        self.pods_by_namespace: dict[str, set[str]] = {}
-        self.services_by_namespace: dict[str, set[ServiceKey]] = {}
+        self.pods = PodIndex()                           # etcd key -> pod, by label
+        self.services_by_label: dict[tuple[str, str, str], set[ServiceKey]] = {}
         self.reported: dict[ServiceKey, Service] = {}
         self.reported_endpoints: dict[ServiceKey, tuple[Endpoint, ...]] = {}
         self.dirty: set[ServiceKey] = set()
@@ -55,8 +55,7 @@ class EtcdState:
         self.services.clear()
         self.service_keys.clear()
         self.pods.clear()
-        self.pods_by_namespace.clear()
-        self.services_by_namespace.clear()
+        self.services_by_label.clear()
         for kv in kvs:
             self.put(kv)
         self.dirty |= set(self.services)
@@ -73,12 +72,12 @@ class EtcdState:
                 log.warning("ignoring %s: %s", kv.key, exc)
                 self.delete(kv.key)
                 return
-            old = self.service_keys.get(kv.key)
-            if old is not None and old != record.key:
-                self._drop_service(kv.key)
+            self._drop_service(kv.key)
             self.service_keys[kv.key] = record.key
             self.services[record.key] = record
-            self.services_by_namespace.setdefault(record.namespace, set()).add(record.key)
+            for label, value in record.selector.items():
+                self.services_by_label.setdefault((record.namespace, label, value),
+                                                  set()).add(record.key)
             self.dirty.add(record.key)
         elif kv.key.startswith(self.pods_dir):
             try:
@@ -87,9 +86,9 @@ class EtcdState:
                 log.warning("ignoring %s: %s", kv.key, exc)
                 self.delete(kv.key)
                 return
-            self._drop_pod(kv.key)
-            self.pods[kv.key] = pod
-            self.pods_by_namespace.setdefault(pod.namespace, set()).add(kv.key)
+            old = self.pods.put(kv.key, pod)
+            if old is not None:
+                self._touch_pod(old)
             self._touch_pod(pod)
 
     def delete(self, key: str) -> None:
@@ -100,30 +99,29 @@ class EtcdState:
 
     def _drop_service(self, etcd_key: str) -> None:
         key = self.service_keys.pop(etcd_key, None)
-        if key is not None:
-            self.services.pop(key, None)
-            keys = self.services_by_namespace.get(key.namespace)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.services_by_namespace[key.namespace]
-            self.dirty.add(key)
+        if key is None:
+            return
+        record = self.services.pop(key, None)
+        if record is not None:
+            for label, value in record.selector.items():
+                keys = self.services_by_label.get((record.namespace, label, value))
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self.services_by_label[(record.namespace, label, value)]
+        self.dirty.add(key)
 
     def _drop_pod(self, etcd_key: str) -> None:
-        old = self.pods.pop(etcd_key, None)
-        if old is None:
-            return
-        keys = self.pods_by_namespace.get(old.namespace)
-        if keys is not None:
-            keys.discard(etcd_key)
-            if not keys:
-                del self.pods_by_namespace[old.namespace]
-        self._touch_pod(old)
+        old = self.pods.remove(etcd_key)
+        if old is not None:
+            self._touch_pod(old)
 
     def _touch_pod(self, pod: PodRecord) -> None:
-        for key in self.services_by_namespace.get(pod.namespace, ()):
-            if selects(self.services[key].selector, pod.labels):
-                self.dirty.add(key)
+        """Mark the services whose selector picks ``pod``."""
+        for label, value in pod.labels.items():
+            for key in self.services_by_label.get((pod.namespace, label, value), ()):
+                if selects(self.services[key].selector, pod.labels):
+                    self.dirty.add(key)
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -140,8 +138,8 @@ class EtcdState:
             if self.reported.get(key) != service:
                 self.reported[key] = service
                 self.sink.service_updated(service)
-            pods = (self.pods[k] for k in self.pods_by_namespace.get(key.namespace, ()))
-            endpoints = endpoints_for(record, pods)
+            endpoints = endpoints_for(record, self.pods.selected(key.namespace,
+                                                                 record.selector))
             if self.reported_endpoints.get(key, ()) != endpoints:
                 if endpoints:
                     self.reported_endpoints[key] = endpoints

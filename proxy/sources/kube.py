@@ -195,18 +195,24 @@ class Reflector:
         self.resource_version: str | None = None
         self.name = resource.__name__.removeprefix("Kube")
         self.lists = 0  # how many full lists were done (tests and metrics read it)
+        self.events = 0  # events read from the current watch
 
     async def run(self) -> None:
         while True:
+            listed_now = False
             try:
                 if self.resource_version is None:
                     await self._list()
+                    listed_now = True
+                self.events = 0
                 await self._watch()
             except Exception as exc:  # noqa: BLE001 - a source never dies; it reports and retries
                 if _is_gone(exc):
                     log.info("%s: resourceVersion %s is gone (410); listing again",
                              self.name, self.resource_version)
                     self.resource_version = None
+                    if listed_now and self.events == 0:
+                        await self.backoff.wait()  # gone right after a list: do not spin
                     continue
                 log.warning("%s: %s; retrying", self.name, _describe(exc))
                 await self.backoff.wait()
@@ -238,6 +244,7 @@ class Reflector:
                     self.state.delete(obj.to_dict())
                 if version:
                     self.resource_version = version
+                self.events += 1
                 self.backoff.reset()
 
     def _open_watch(self) -> AsyncIterator[tuple[str, Any]]:
