@@ -20,7 +20,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-import httpx2
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube import operators as op
 from lightkube.generic_resource import GenericNamespacedResource, create_api_info
@@ -170,13 +169,19 @@ class SliceState:
             self.sink.endpoints_updated(key, merged)
 
 
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of an error response (lightkube raises httpx's HTTPStatusError for a
+    streamed watch response, ApiError for the rest), without importing the HTTP library."""
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
 def _is_gone(exc: BaseException) -> bool:
     """410 Gone: as an ERROR watch event / JSON status (ApiError) or a bare HTTP status."""
-    if isinstance(exc, ApiError):
-        return exc.status is not None and exc.status.code == 410
-    if isinstance(exc, httpx2.HTTPStatusError):
-        return exc.response.status_code == 410
-    return False
+    if isinstance(exc, ApiError) and exc.status is not None and exc.status.code == 410:
+        return True
+    return _http_status(exc) == 410
 
 
 class Reflector:
@@ -273,8 +278,9 @@ def _selector_text() -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiError) and exc.status is not None:
         return f"API error {exc.status.code}: {exc.status.message}"
-    if isinstance(exc, httpx2.HTTPStatusError):
-        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    status = _http_status(exc)
+    if status is not None:
+        return f"HTTP {status}"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
 
