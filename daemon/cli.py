@@ -14,6 +14,8 @@ from daemon.clicontext import etcd_options
 COMMAND_MODULES = [
     "daemon.commands.config",
     "daemon.commands.leases",
+    "daemon.commands.daemon",
+    "daemon.commands.inspect",
     "daemon.commands.service",
 ]
 
