@@ -4,7 +4,6 @@ Services and endpoints, through changes, a restart of etcd, and compaction while
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import sys
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from etcd_scenarios import random_changes, truth  # noqa: E402
 from proxy_sink import RecordingSink, eventually  # noqa: E402
 
 from daemon.etcd_process import EtcdProcess  # noqa: E402
@@ -21,7 +21,6 @@ from proxy.model import (  # noqa: E402
     EndpointPort,
     Protocol,
     Service,
-    ServiceKey,
     ServicePort,
     ServiceType,
 )
@@ -40,8 +39,6 @@ from proxy.records import (  # noqa: E402
 )
 from proxy.sources.backoff import Backoff  # noqa: E402
 from proxy.sources.etcd import EtcdSource  # noqa: E402
-
-Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 
 
 def web_record(**changes: object) -> ServiceRecord:
@@ -142,22 +139,6 @@ def test_pod_record_from_the_labs_cni_args() -> None:
 # --- against etcd -------------------------------------------------------------------------------
 
 
-def expected_from(services: list[ServiceRecord], pods: list[PodRecord]) -> Model:
-    svc = {r.key: r.to_service() for r in services}
-    eps = {r.key: e for r in services if (e := endpoints_for(r, pods))}
-    return svc, eps
-
-
-async def truth(etcd: EtcdClient, prefix: str) -> Model:
-    skvs, _ = await etcd.get_prefix(services_dir(prefix))
-    pkvs, _ = await etcd.get_prefix(pods_dir(prefix))
-    services = []
-    for kv in skvs:
-        with contextlib.suppress(RecordError):
-            services.append(ServiceRecord.from_json(kv.value))
-    return expected_from(services, [PodRecord.from_json(kv.value) for kv in pkvs])
-
-
 def run(endpoint: str, body: Callable[[EtcdClient, EtcdSettings], object]) -> None:
     settings = EtcdSettings.from_strings(endpoint)
 
@@ -240,30 +221,6 @@ def test_sync_pods_makes_a_nodes_records_exact(etcd_endpoint: str, etcd_prefix: 
         assert not await delete_pod(etcd, prefix, "node1", "new")  # a repeated DEL
 
     run(etcd_endpoint, body)
-
-
-async def random_changes(etcd: EtcdClient, prefix: str, rng: random.Random, count: int) -> None:
-    for _ in range(count):
-        roll = rng.random()
-        name = f"s{rng.randint(0, 5)}"
-        ns = rng.choice(["default", "other"])
-        if roll < 0.25:
-            record = ServiceRecord(ns, name, rng.choice(list(ServiceType)),
-                                   f"10.96.0.{rng.randint(1, 250)}",
-                                   (PortRecord("http", Protocol.TCP, 80,
-                                               rng.choice([8080, "http"])),),
-                                   {"app": rng.choice(["a", "b"])})
-            await etcd.put(service_key(prefix, record.key), record.to_json())
-        elif roll < 0.35:
-            await etcd.delete(service_key(prefix, ServiceKey(ns, name)))
-        elif roll < 0.8:
-            await put_pod(etcd, prefix, PodRecord(
-                f"c{rng.randint(0, 15)}", ns, "p", f"node{rng.randint(1, 3)}",
-                (f"10.244.{rng.randint(0, 3)}.{rng.randint(1, 9)}",),
-                {"app": rng.choice(["a", "b"])}, rng.random() < 0.8,
-                rng.choice([{}, {"http": 8081}])))
-        else:
-            await delete_pod(etcd, prefix, f"node{rng.randint(1, 3)}", f"c{rng.randint(0, 15)}")
 
 
 def test_compaction_while_away_and_an_etcd_restart_end_in_the_exact_model(
