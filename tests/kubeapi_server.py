@@ -406,3 +406,45 @@ def endpoint_slice(name: str, service_name: str, endpoints: list[Obj], ports: li
     return {"kind": "EndpointSlice", "addressType": address_type,
             "metadata": {"name": name, "namespace": namespace, "labels": all_labels},
             "endpoints": endpoints, "ports": ports}
+
+
+# --- as a process (for a server inside a network namespace) -----------------------------------
+
+async def serve_stdio() -> None:
+    """Serve on 127.0.0.1 (a free port); print the URL; then obey JSON commands on stdin, one per
+    line, answering ``ok`` (or ``error: ...``) per line: ``{"apply": obj}``,
+    ``{"delete": [kind, namespace, name]}``, ``{"compact": true}``, ``{"drop": true}``,
+    ``{"expire": true}``, ``{"bookmark": true}``, ``{"gone_as_http": bool}``."""
+    import sys
+
+    server = KubeApiServer()
+    print(await server.start(), flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        try:
+            cmd = json.loads(line)
+            if "apply" in cmd:
+                server.apply(cmd["apply"])
+            if "delete" in cmd:
+                server.delete(*cmd["delete"])
+            if cmd.get("compact"):
+                server.compact()
+            if "gone_as_http" in cmd:
+                server.gone_as_http = bool(cmd["gone_as_http"])
+            if cmd.get("drop"):
+                server.drop_watches()
+            if cmd.get("expire"):
+                server.expire_watches()
+            if cmd.get("bookmark"):
+                server.bookmark()
+            print("ok", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the driving test
+            print(f"error: {exc}", flush=True)
+    await server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve_stdio())
