@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "daemon.commands.daemon",
     "daemon.commands.inspect",
     "daemon.commands.proxy",
+    "daemon.commands.service",
 ]
 
 
