@@ -8,6 +8,7 @@ after 3 s), and :func:`iperf` measures pod-to-pod throughput across two nodes.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -197,6 +198,13 @@ class PingFlow:
         """(sent, received) once the flow ends."""
         out, _ = self.proc.communicate(timeout=timeout)
         return ping_counts(out)
+
+    def stop(self, linger: float = 1.0) -> tuple[int, int]:
+        """End the flow now (SIGINT: ping waits up to ``-W`` for the last reply and prints its
+        summary); (sent, received)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.wait(timeout=linger + 10)
 
 
 def start_ping_flow(src_ns: str, dst: IPv4Address, count: int, interval: float) -> PingFlow:
