@@ -175,16 +175,17 @@ def test_kill9_restart_keeps_subnet_mac_and_flow(lab: Lab) -> None:
     before_env = Path(node.subnet_env).read_text()
     before_mac = inspect.link(node.netns, DEV)["address"]  # type: ignore[index]
     src, dst = lab.pod("node1-pod1"), lab.pod("node2-pod1")
-    # the flow spans the kill, the restart and the new daemon's first reconcile
-    flow = check.start_ping_flow(src.netns, lab.pod_ip(dst.name), count=100000, interval=0.02)
+    # a 10 s flow (complete, so no reply is cut off) spanning the kill, the restart and the new
+    # daemon's first reconcile
+    flow = check.start_ping_flow(src.netns, lab.pod_ip(dst.name), count=400, interval=0.025)
     time.sleep(0.5)
     lab.stop_daemon(node, sig=signal.SIGKILL)
     time.sleep(0.3)
     lab.start_daemon(node)
     lab.wait_daemon_ready(node)
-    time.sleep(1.0)
-    sent, received = flow.stop()
-    assert sent > 50 and received == sent, f"lost {sent - received} of {sent}"
+    assert flow.proc.poll() is None, "the restart outlasted the ping flow"
+    sent, received = flow.wait(timeout=30)
+    assert sent == 400 and received == sent, f"lost {sent - received} of {sent}"
     assert Path(node.subnet_env).read_text() == before_env
     assert inspect.link(node.netns, DEV)["address"] == before_mac  # type: ignore[index]
     lease = lab.node_lease(node)
