@@ -99,3 +99,14 @@ def test_render_matrix_marks_failures() -> None:
 def test_process_record_parse() -> None:
     assert ProcessRecord.parse("12 345\n") == ProcessRecord(12, 345)
     assert ProcessRecord.parse("garbage") is None
+
+
+def test_service_probes_cover_pods_and_node_ports() -> None:
+    topo = plan(LabSpec(prefix="nwlx", nodes=3, pods_per_node=2))
+    addrs = {p.name: IPv4Address(f"10.244.{i}.2") for i, p in enumerate(topo.pods)}
+    probes = check.plan_service_probes(topo, addrs, IPv4Address("10.96.0.10"), 80, 30080)
+    to_service = [p for p in probes if p.kind == check.POD_SERVICE]
+    node_ports = [p for p in probes if p.kind == check.NODEPORT]
+    assert len(to_service) == 6 and {p.port for p in to_service} == {80}
+    assert [p.dst_ip for p in node_ports] == [n.ip for n in topo.nodes]
+    assert all(p.src_ns == "nwlx-outside" and p.port == 30080 for p in node_ports)

@@ -26,7 +26,9 @@ POD_SAME = "pod-pod same node"
 POD_CROSS = "pod-pod across nodes"
 NODE_POD = "node-pod"
 POD_OUTSIDE = "pod-outside (masquerade)"
-KINDS = (POD_SAME, POD_CROSS, NODE_POD, POD_OUTSIDE)
+POD_SERVICE = "pod-service (ClusterIP)"
+NODEPORT = "outside-NodePort"
+KINDS = (POD_SAME, POD_CROSS, NODE_POD, POD_OUTSIDE, POD_SERVICE, NODEPORT)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Probe:
     dst: str                  # pod name or "outside"
     dst_ip: IPv4Address
     expect_source: IPv4Address | None = None   # pod-outside: the address the far end must see
+    port: int | None = None                     # a whoami connection (any answer) instead of ping
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,17 @@ def plan_probes(topo: Topology, addresses: dict[str, IPv4Address]) -> list[Probe
             probes.append(Probe(NODE_POD, node.name, node.netns, dst.name, addresses[dst.name]))
     for src in pods:
         probes.append(Probe(POD_OUTSIDE, src.name, src.netns, "outside", INTERNET_IP,
-                            expect_source=node_ip[src.node]))
+                            expect_source=node_ip[src.node], port=WHOAMI_PORT))
+    return probes
+
+
+def plan_service_probes(topo: Topology, addresses: dict[str, IPv4Address],
+                        cluster_ip: IPv4Address, port: int, node_port: int) -> list[Probe]:
+    """Every pod to the service's cluster IP; the outside host to every node's NodePort."""
+    probes = [Probe(POD_SERVICE, p.name, p.netns, "service", cluster_ip, port=port)
+              for p in topo.pods if p.name in addresses]
+    probes += [Probe(NODEPORT, "outside", f"{topo.prefix}-outside", n.name, n.ip, port=node_port)
+               for n in topo.nodes]
     return probes
 
 
@@ -83,14 +96,14 @@ def _run(cmd: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]
 
 def run_probe(probe: Probe) -> ProbeResult:
     try:
-        if probe.expect_source is None:
+        if probe.port is None:
             proc = _run(["ip", "netns", "exec", probe.src_ns, *PING, str(probe.dst_ip)], 10)
             if proc.returncode == 0:
                 return ProbeResult(probe, True)
             summary = [ln for ln in proc.stdout.splitlines() if "packet" in ln]
             return ProbeResult(probe, False, summary[0] if summary else proc.stderr.strip())
         proc = _run(["ip", "netns", "exec", probe.src_ns, sys.executable, "-m",
-                     "daemon.lab.whoami", "ask", str(probe.dst_ip), "--port", str(WHOAMI_PORT)],
+                     "daemon.lab.whoami", "ask", str(probe.dst_ip), "--port", str(probe.port)],
                     15)
     except subprocess.TimeoutExpired:
         return ProbeResult(probe, False, "timed out")
@@ -98,7 +111,7 @@ def run_probe(probe: Probe) -> ProbeResult:
         return ProbeResult(probe, False, proc.stderr.strip().splitlines()[-1:][0]
                            if proc.stderr.strip() else f"exit {proc.returncode}")
     seen = proc.stdout.strip()
-    if seen != str(probe.expect_source):
+    if probe.expect_source is not None and seen != str(probe.expect_source):
         return ProbeResult(probe, False, f"seen as {seen}, expected {probe.expect_source}")
     return ProbeResult(probe, True, f"seen as {seen}")
 
@@ -161,6 +174,8 @@ def render_matrix(topo: Topology, results: Sequence[ProbeResult]) -> str:
     srcs = [p.name for p in topo.pods if any(r.probe.src == p.name for r in results)]
     srcs += [n.name for n in topo.nodes if any(r.probe.src == n.name for r in results)]
     cols = [*dsts, "outside"]
+    if any(r.probe.dst == "service" for r in results):
+        cols.append("service")
     width = max([len(c) for c in cols] + [4]) + 1
     first = max([len(s) for s in srcs] + [8]) + 1
     lines = ["from \\ to".ljust(first) + "".join(c.rjust(width) for c in cols)]
@@ -170,6 +185,10 @@ def render_matrix(topo: Topology, results: Sequence[ProbeResult]) -> str:
             r = by_pair.get((src, dst))
             cells.append(("-" if src == dst else "") if r is None else ("ok" if r.ok else "FAIL"))
         lines.append(src.ljust(first) + "".join(c.rjust(width) for c in cells))
+    nodeports = [r for r in results if r.probe.kind == NODEPORT]
+    if nodeports:
+        lines.append("NodePort from outside: " + "  ".join(
+            f"{r.probe.dst} {'ok' if r.ok else 'FAIL'}" for r in nodeports))
     return "\n".join(lines)
 
 

@@ -31,6 +31,9 @@ from daemon.lab.etcdctl import LabEtcd
 from daemon.lab.topology import (
     ETCD_CLIENT_PORT,
     ETCD_IP,
+    SERVICE_NAME,
+    SERVICE_NODE_PORT,
+    SERVICE_PORT,
     WHOAMI_PORT,
     LabSpec,
     Node,
@@ -80,6 +83,20 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
         "--subnet-file", node.subnet_env,
         "--state-dir", node.daemon_state_dir,
         "--cni-socket", node.cni_socket,
+        "--node-name", node.name,
+    ]
+
+
+def proxy_command(topo: Topology, node: Node) -> list[str]:
+    """How the lab starts ``netweft proxy`` on ``node`` (services from etcd)."""
+    return [
+        *netweft_command(),
+        "--etcd-endpoints", topo.etcd_endpoint,
+        "--etcd-prefix", topo.spec.etcd_prefix,
+        "proxy",
+        "--source", "etcd",
+        "--node-name", node.name,
+        "--subnet-file", node.subnet_env,
     ]
 
 
@@ -103,6 +120,16 @@ def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
 
 
 @dataclass
+class ServiceState:
+    """The lab's NodePort service (backed by every pod's whoami server)."""
+
+    name: str
+    cluster_ip: str
+    port: int
+    node_port: int
+
+
+@dataclass
 class PodState:
     pod: Pod
     ip: IPv4Address | None = None
@@ -114,6 +141,7 @@ class Lab:
         self.topo = topo
         self.pods: dict[str, PodState] = pods or {}
         self.retired: list[int] = retired or []   # indexes of removed nodes (never reused)
+        self.service: ServiceState | None = None
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -132,6 +160,7 @@ class Lab:
             "spec": self.topo.spec.to_dict(),
             "nodes": [n.index for n in self.topo.nodes],
             "retired": self.retired,
+            "service": dataclasses.asdict(self.service) if self.service else None,
             "pods": [
                 {"name": s.pod.name, "node": s.pod.node,
                  "index": int(s.pod.name.rsplit("pod", 1)[1]),
@@ -165,7 +194,10 @@ class Lab:
             pod = make_pod(spec, node, p["index"], p["labels"])
             pods[pod.name] = PodState(pod, IPv4Address(p["ip"]) if p["ip"] else None)
         topo = Topology(spec, nodes, tuple(s.pod for s in pods.values()))
-        return cls(topo, pods, list(data.get("retired", [])))
+        lab = cls(topo, pods, list(data.get("retired", [])))
+        if data.get("service"):
+            lab.service = ServiceState(**data["service"])
+        return lab
 
     def _set_topology(self, nodes: Sequence[Node] | None = None) -> None:
         self.topo = Topology(self.topo.spec, tuple(nodes if nodes is not None else self.topo.nodes),
@@ -207,6 +239,15 @@ class Lab:
                 net = lab._add_pod(pod)
                 say(f"{pod.name}: {net.address}")
             lab.save()
+            if spec.proxy:
+                for node in topo.nodes:
+                    lab.start_proxy(node)
+                lab.create_service()
+                assert lab.service is not None
+                say(f"service {lab.service.name}: {lab.service.cluster_ip}:{lab.service.port}, "
+                    f"NodePort {lab.service.node_port} (netweft proxy on every node)")
+                lab.save()
+                lab.wait_service()
         except BaseException as exc:
             down(spec.prefix, spec.state_root)
             if isinstance(exc, (LabError, underlay.LabBuildError, runtime.CniError,
@@ -259,6 +300,57 @@ class Lab:
         return procs.start(node.netns, daemon_command(self.topo, node),
                            self.pidfile(f"daemon-{node.name}"), node.daemon_log,
                            env=node_env(self.topo, node))
+
+    def start_proxy(self, node: Node) -> procs.ProcessRecord:
+        return procs.start(node.netns, proxy_command(self.topo, node),
+                           self.pidfile(f"proxy-{node.name}"), node.proxy_log,
+                           env=node_env(self.topo, node))
+
+    def netweft_in_etcd_ns(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Run a ``netweft`` CLI command where the lab's etcd is reachable."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.topo.etcd_ns, *netweft_command(),
+             "--etcd-endpoints", self.topo.etcd_endpoint,
+             "--etcd-prefix", self.topo.spec.etcd_prefix, *args],
+            capture_output=True, text=True, timeout=30)
+
+    def create_service(self) -> None:
+        """A NodePort service selecting every pod of the lab (label ``lab=<prefix>``), served by
+        the whoami server each pod runs."""
+        proc = self.netweft_in_etcd_ns([
+            "service", "create", SERVICE_NAME, "--port", f"{SERVICE_PORT}:{WHOAMI_PORT}",
+            "--selector", f"lab={self.topo.prefix}", "--type", "NodePort",
+            "--node-port", str(SERVICE_NODE_PORT), "--json"])
+        if proc.returncode != 0:
+            raise LabError(f"service create: {(proc.stderr or proc.stdout).strip()[:300]}")
+        record = json.loads(proc.stdout)
+        self.service = ServiceState(SERVICE_NAME, record["clusterIP"], SERVICE_PORT,
+                                    SERVICE_NODE_PORT)
+
+    def wait_service(self, timeout: float = 30.0) -> None:
+        """Wait until the service answers through the first node's NodePort from outside."""
+        assert self.service is not None
+        node = self.topo.nodes[0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.topo.outside_ns, sys.executable, "-m",
+                 "daemon.lab.whoami", "ask", str(node.ip), "--port", str(self.service.node_port),
+                 "--timeout", "1"], capture_output=True, text=True, timeout=15)
+            if proc.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise LabError(f"service {self.service.name} does not answer on {node.ip}:"
+                       f"{self.service.node_port} after {timeout:.0f}s; see {node.proxy_log}")
+
+    def start_pod_server(self, pod: Pod) -> None:
+        procs.start(pod.netns, [sys.executable, "-m", "daemon.lab.whoami", "serve",
+                                "--port", str(WHOAMI_PORT)],
+                    self.pidfile(f"whoami-{pod.name}"), "/dev/null")
+
+    def stop_pod_processes(self, pod: Pod) -> None:
+        procs.stop(self.pidfile(f"whoami-{pod.name}"))
+        procs.kill_netns_processes(pod.netns)
 
     def daemon_record(self, node: Node) -> procs.ProcessRecord | None:
         record = procs.read_pidfile(self.pidfile(f"daemon-{node.name}"))
@@ -336,6 +428,8 @@ class Lab:
         self.prepare_node(node)
         self.start_daemon(node)
         self.wait_daemon_ready(node)
+        if self.topo.spec.proxy:
+            self.start_proxy(node)
         for k in range(1, (self.topo.spec.pods_per_node if pods is None else pods) + 1):
             self.add_pod(node.name, k)
         self.save()
@@ -344,7 +438,9 @@ class Lab:
     def remove_node(self, name: str) -> None:
         node = self.topo.node(name)
         self.stop_daemon(node)
+        procs.stop(self.pidfile(f"proxy-{node.name}"))
         for state in [s for s in self.pods.values() if s.pod.node == name]:
+            self.stop_pod_processes(state.pod)
             netns.delete(state.pod.netns)
             del self.pods[state.pod.name]
         procs.kill_netns_processes(node.netns)
@@ -359,6 +455,8 @@ class Lab:
         self.save()
         net = runtime.add(self.topo.node(pod.node), pod)
         self.pods[pod.name] = PodState(pod, net.address.ip)
+        if self.topo.spec.proxy:
+            self.start_pod_server(pod)
         return net
 
     def add_pod(self, node_name: str, index: int | None = None,
@@ -376,6 +474,7 @@ class Lab:
 
     def delete_pod(self, name: str) -> None:
         state = self.pods[name]
+        self.stop_pod_processes(state.pod)
         runtime.delete(self.topo.node(state.pod.node), state.pod)
         del self.pods[name]
         self._set_topology()
@@ -416,6 +515,10 @@ class Lab:
 
     def check(self, iperf_seconds: float = 3.0) -> CheckReport:
         probes = checks.plan_probes(self.topo, self.addresses())
+        if self.service is not None:
+            probes += checks.plan_service_probes(
+                self.topo, self.addresses(), IPv4Address(self.service.cluster_ip),
+                self.service.port, self.service.node_port)
         results = checks.run_probes(probes)
         throughput = None
         error = None

@@ -25,6 +25,9 @@ ETCD_IP = IPv4Address("192.0.2.2")
 FIRST_NODE_HOST = 10
 INTERNET_IP = IPv4Address("198.51.100.1")
 WHOAMI_PORT = 8080
+SERVICE_NAME = "lab-whoami"
+SERVICE_PORT = 80
+SERVICE_NODE_PORT = 30080
 ETCD_CLIENT_PORT = 2379
 DEFAULT_PREFIX = "nwlab"
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
@@ -60,6 +63,7 @@ class LabSpec:
     etcd_prefix: str = DEFAULT_ETCD_PREFIX
     state_root: str = STATE_ROOT
     dataplane: str = "netweft"   # "reference": hand-programmed, no daemons (bench/dataplane.py)
+    proxy: bool = True           # run `netweft proxy` on every node and a NodePort service
 
     def validate(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -90,7 +94,7 @@ class LabSpec:
             "backend": self.backend, "vni": self.vni, "port": self.port,
             "network": str(self.network), "subnet_len": self.subnet_len,
             "etcd_prefix": self.etcd_prefix, "state_root": self.state_root,
-            "dataplane": self.dataplane,
+            "dataplane": self.dataplane, "proxy": self.proxy,
         }
 
     @classmethod
@@ -100,7 +104,7 @@ class LabSpec:
             backend=d["backend"], vni=int(d["vni"]), port=int(d["port"]),
             network=IPv4Network(d["network"]), subnet_len=int(d["subnet_len"]),
             etcd_prefix=d["etcd_prefix"], state_root=d["state_root"],
-            dataplane=d.get("dataplane", "netweft"),
+            dataplane=d.get("dataplane", "netweft"), proxy=bool(d.get("proxy", True)),
         )
 
 
@@ -150,6 +154,10 @@ class Node:
     @property
     def daemon_log(self) -> str:
         return os.path.join(self.state_dir, "daemon.log")
+
+    @property
+    def proxy_log(self) -> str:
+        return os.path.join(self.state_dir, "proxy.log")
 
     @property
     def conflist_path(self) -> str:
