@@ -327,10 +327,11 @@ class Lab:
         self.service = ServiceState(SERVICE_NAME, record["clusterIP"], SERVICE_PORT,
                                     SERVICE_NODE_PORT)
 
-    def wait_service(self, timeout: float = 30.0) -> None:
-        """Wait until the service answers through the first node's NodePort from outside."""
+    def wait_service(self, node: Node | None = None, timeout: float = 30.0) -> None:
+        """Wait until the service answers through ``node``'s (default: the first node's)
+        NodePort from outside."""
         assert self.service is not None
-        node = self.topo.nodes[0]
+        node = node or self.topo.nodes[0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = subprocess.run(
@@ -433,6 +434,8 @@ class Lab:
         for k in range(1, (self.topo.spec.pods_per_node if pods is None else pods) + 1):
             self.add_pod(node.name, k)
         self.save()
+        if self.service is not None:
+            self.wait_service(node)
         return node
 
     def remove_node(self, name: str) -> None:
