@@ -70,6 +70,10 @@ class LabEtcd:
                         from None
                 time.sleep(0.2)
 
+    def delete_prefix(self, prefix: str) -> int:
+        out = self._run("del", "--prefix", prefix)
+        return int(out.strip() or 0)
+
     def healthy(self) -> bool:
         try:
             self._run("endpoint", "health", timeout=5.0)

@@ -51,6 +51,7 @@ STATE_FILE = "lab.json"
 DAEMON_READY_TIMEOUT = 30.0
 DAEMON_STATUS_FILE = "status.json"   # written by the daemon into its --state-dir
 SOCKET_GRACE = 2.0
+SERVICES_PREFIX = "/netweft"         # the daemon's and proxy's default --services-prefix
 
 
 class LabError(RuntimeError):
@@ -447,6 +448,10 @@ class Lab:
             netns.delete(state.pod.netns)
             del self.pods[state.pod.name]
         procs.kill_netns_processes(node.netns)
+        if self.topo.spec.proxy:
+            # what Kubernetes' node controller does for a dead node: its pods go away, so the
+            # service stops sending traffic to them (the daemon that wrote the records is gone)
+            self.etcd.delete_prefix(f"{SERVICES_PREFIX}/pods/{node.name}/")
         underlay.detach_node(self.topo, node)
         shutil.rmtree(node.state_dir, ignore_errors=True)
         self.retired.append(node.index)
