@@ -7,7 +7,8 @@ alternate netweft/reference (order flipped every round) so machine noise hits bo
 figure is the ratio of the medians (the median of the per-round ratios is printed beside it).
 Each round also runs both flows at the same time ("at once"): sharing the CPUs at the same
 moment, the split between them is the least noise-sensitive comparison of the two dataplanes'
-cost per byte on a busy machine. Target: >= 0.95.
+cost per byte on a busy machine. Target: >= 0.95. By default the netweft lab runs without
+`netweft proxy` (the reference has no service proxy either); ``--with-proxy`` adds it.
 
     sudo .venv/bin/python bench/dataplane.py [--backend vxlan --backend host-gw]
                                              [--rounds 5] [--seconds 3] [--json out.json]
@@ -57,9 +58,11 @@ def measure_together(labs: dict[str, Lab], seconds: float) -> dict[str, float]:
         return {name: f.result() for name, f in futures.items()}
 
 
-def run_backend(backend: str, rounds: int, seconds: float, tag: str) -> dict[str, object]:
+def run_backend(backend: str, rounds: int, seconds: float, tag: str,
+                with_proxy: bool = False) -> dict[str, object]:
     specs = {
-        "netweft": LabSpec(prefix=f"nwlbn{tag}", nodes=2, pods_per_node=1, backend=backend),
+        "netweft": LabSpec(prefix=f"nwlbn{tag}", nodes=2, pods_per_node=1, backend=backend,
+                           proxy=with_proxy),
         "reference": LabSpec(prefix=f"nwlbr{tag}", nodes=2, pods_per_node=1, backend=backend,
                              dataplane="reference"),
     }
@@ -91,6 +94,7 @@ def run_backend(backend: str, rounds: int, seconds: float, tag: str) -> dict[str
                                      strict=True)]
     return {
         "backend": backend,
+        "with_proxy": with_proxy,
         "netweft_gbits": series["netweft"].gbits,
         "reference_gbits": series["reference"].gbits,
         "netweft_median": round(series["netweft"].median, 2),
@@ -110,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", action="append", choices=["vxlan", "host-gw"])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--with-proxy", action="store_true",
+                        help="Also run `netweft proxy` (its nftables hooks) on the netweft nodes; "
+                             "by default the overlay alone is compared with the reference.")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{os.getpid() % 10000:04d}"[-2:]
     results = []
     for backend in args.backend or ["vxlan", "host-gw"]:
-        results.append(run_backend(backend, args.rounds, args.seconds, tag))
+        results.append(run_backend(backend, args.rounds, args.seconds, tag, args.with_proxy))
     print()
     print(f"{'backend':<8} {'netweft':>10} {'reference':>10} {'ratio':>7} {'paired':>7} "
           f"{'at once':>7}  (median Gbit/s, {args.rounds} x {args.seconds:g} s iperf3 pod-to-pod "
