@@ -59,10 +59,11 @@ def measure_together(labs: dict[str, Lab], seconds: float) -> dict[str, float]:
 
 
 def run_backend(backend: str, rounds: int, seconds: float, tag: str,
-                with_proxy: bool = False) -> dict[str, object]:
+                with_proxy: bool = False, calibrate: bool = False) -> dict[str, object]:
     specs = {
         "netweft": LabSpec(prefix=f"nwlbn{tag}", nodes=2, pods_per_node=1, backend=backend,
-                           proxy=with_proxy),
+                           proxy=with_proxy,
+                           dataplane="reference" if calibrate else "netweft"),
         "reference": LabSpec(prefix=f"nwlbr{tag}", nodes=2, pods_per_node=1, backend=backend,
                              dataplane="reference"),
     }
@@ -95,6 +96,7 @@ def run_backend(backend: str, rounds: int, seconds: float, tag: str,
     return {
         "backend": backend,
         "with_proxy": with_proxy,
+        "calibration": calibrate,
         "netweft_gbits": series["netweft"].gbits,
         "reference_gbits": series["reference"].gbits,
         "netweft_median": round(series["netweft"].median, 2),
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-proxy", action="store_true",
                         help="Also run `netweft proxy` (its nftables hooks) on the netweft nodes; "
                              "by default the overlay alone is compared with the reference.")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="A/A run: a second reference lab in netweft's place, to see the "
+                             "machine's noise floor for these ratios.")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{os.getpid() % 10000:04d}"[-2:]
     results = []
     for backend in args.backend or ["vxlan", "host-gw"]:
-        results.append(run_backend(backend, args.rounds, args.seconds, tag, args.with_proxy))
+        results.append(run_backend(backend, args.rounds, args.seconds, tag, args.with_proxy,
+                                   args.calibrate))
     print()
     print(f"{'backend':<8} {'netweft':>10} {'reference':>10} {'ratio':>7} {'paired':>7} "
           f"{'at once':>7}  (median Gbit/s, {args.rounds} x {args.seconds:g} s iperf3 pod-to-pod "
