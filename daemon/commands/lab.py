@@ -105,10 +105,17 @@ def register(group: click.Group) -> None:
                    f"{'running' if st['etcd_running'] else 'STOPPED'}, state {st['state_dir']}")
         for n in st["nodes"]:
             daemon = f"daemon pid {n['daemon_pid']}" if n["daemon_pid"] else "daemon STOPPED"
-            click.echo(f"  {n['name']:<8} {n['ip']:<14} {daemon:<20} subnet {n['subnet']}")
+            proxy = ""
+            if n["name"] in st["proxies"]:
+                proxy = "  proxy " + ("running" if st["proxies"][n["name"]] else "STOPPED")
+            click.echo(f"  {n['name']:<8} {n['ip']:<14} {daemon:<20} subnet {n['subnet']}{proxy}")
         for p in st["pods"]:
             click.echo(f"  {p['name']:<14} on {p['node']:<8} {p['ip']}")
         click.echo(f"  {len([k for k in st['leases'] if k != 'error'])} leases in etcd")
+        svc = st["service"]
+        if svc:
+            click.echo(f"  service {svc['name']}: {svc['cluster_ip']}:{svc['port']}, "
+                       f"NodePort {svc['node_port']} on every node")
 
     @lab.command("check")
     @_prefix_option

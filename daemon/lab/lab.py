@@ -565,7 +565,14 @@ class Lab:
             "pods": [{"name": s.pod.name, "node": s.pod.node, "netns": s.pod.netns,
                       "ip": str(s.ip) if s.ip else None} for s in self.pods.values()],
             "leases": leases,
+            "service": dataclasses.asdict(self.service) if self.service else None,
+            "proxies": {n.name: bool(self._running(f"proxy-{n.name}")) for n in self.topo.nodes}
+            if self.topo.spec.proxy and self.topo.spec.dataplane == "netweft" else {},
         }
+
+    def _running(self, name: str) -> procs.ProcessRecord | None:
+        record = procs.read_pidfile(self.pidfile(name))
+        return record if record is not None and procs.is_running(record) else None
 
 
 @dataclass(frozen=True)
