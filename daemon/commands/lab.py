@@ -63,10 +63,13 @@ def register(group: click.Group) -> None:
                   show_default=True,
                   help="reference: wire the same topology by hand with `ip` (no daemons), the "
                        "yardstick of bench/dataplane.py.")
+    @click.option("--proxy/--no-proxy", default=True, show_default=True,
+                  help="Run `netweft proxy` on every node and a NodePort service over the pods.")
     @click.option("--check/--no-check", "run_check", default=False,
                   help="Run `lab check` once the lab is up.")
     def up(prefix: str, nodes: int, pods_per_node: int, backend: str, vni: int, port: int,
-           network: str, subnet_len: int, dataplane: str, run_check: bool) -> None:
+           network: str, subnet_len: int, dataplane: str, proxy: bool,
+           run_check: bool) -> None:
         """Build the lab and start netweft on every node."""
         _need_root()
         try:
@@ -76,7 +79,7 @@ def register(group: click.Group) -> None:
             return
         spec = LabSpec(prefix=prefix, nodes=nodes, pods_per_node=pods_per_node, backend=backend,
                        vni=vni, port=port, network=net, subnet_len=subnet_len,
-                       state_root=STATE_ROOT, dataplane=dataplane)
+                       state_root=STATE_ROOT, dataplane=dataplane, proxy=proxy)
         try:
             spec.validate()
             built = Lab.up(spec, log=lambda msg: click.echo(f"  {msg}"))
