@@ -113,7 +113,7 @@ class _Tracer:
 
 _ELEMENTS = re.compile(r"^add element ip \S+ (\S+) \{ (.*) \}$")
 _CHAIN = re.compile(r"^\tchain (\S+) \{$")
-_NUMGEN_MAP = re.compile(r"^dnat ip to (ip daddr \. )?meta l4proto \. th dport \. "
+_NUMGEN_MAP = re.compile(r"^meta l4proto (tcp|udp|sctp) dnat ip to (ip daddr \. )?th dport \. "
                          r"numgen random mod (\d+) map @(\S+)$")
 _NUMGEN_VMAP = re.compile(r"^numgen random mod (\d+) vmap \{ (.*) \}$")
 _STATIC_DNAT = re.compile(r"^meta l4proto (\w+) dnat ip to ([\d.]+):(\d+)$")
@@ -184,9 +184,12 @@ class NftTracer(_Tracer):
         m = _NUMGEN_MAP.match(rule)
         if m:
             out: list[tuple[str, str | None, _State]] = []
-            table = self._set(m.group(3))
-            for i in range(int(m.group(2))):
-                v = table.get(f"{self._key(pkt, bool(m.group(1)))} . {i}")
+            if m.group(1) != pkt.proto:
+                return nxt
+            table = self._set(m.group(4))
+            prefix = f"{pkt.dst} . {pkt.dport}" if m.group(2) else str(pkt.dport)
+            for i in range(int(m.group(3))):
+                v = table.get(f"{prefix} . {i}")
                 if v is None:
                     out.append(("next", None, st))      # lookup failed: the rule breaks
                 else:
