@@ -162,7 +162,8 @@ def timed(fn: Callable[[], object]) -> float:
 
 def full_sync(mode: str, n: int, runs: int) -> dict[str, object]:
     items = model(n)
-    times, ingest = [], []
+    times, ingest, kernel = [], [], []
+    load = os.getloadavg()[0]
     counts: tuple[int, int, int] = (0, 0, 0)
     for _ in range(runs):
         ns = make_ns("full")
@@ -172,12 +173,14 @@ def full_sync(mode: str, n: int, runs: int) -> dict[str, object]:
             t0 = time.perf_counter()
             result = runner.sync_once()
             times.append(time.perf_counter() - t0)
+            kernel.append(runner.dataplane.apply_seconds)  # type: ignore[attr-defined]
             assert result is not None
             counts = (result.chains, result.rules, result.elements)
         subprocess.run(["ip", "netns", "delete", ns], check=True)
         _made.remove(ns)
     return {"mode": mode, "services": n, "runs": runs, "median_s": statistics.median(times),
-            "all_s": times, "ingest_s": statistics.median(ingest), "chains": counts[0],
+            "all_s": times, "kernel_load_s": statistics.median(kernel),
+            "ingest_s": statistics.median(ingest), "loadavg_1m": load, "chains": counts[0],
             "rules": counts[1], "elements": counts[2],
             "applier": "libnftables" if mode == "nftables" and NftApplier()._lib else "process"}
 
