@@ -14,7 +14,10 @@ from daemon.clicontext import etcd_options
 COMMAND_MODULES = [
     "daemon.commands.config",
     "daemon.commands.leases",
+    "daemon.commands.daemon",
+    "daemon.commands.inspect",
     "daemon.commands.proxy",
+    "daemon.commands.service",
 ]
 
 
