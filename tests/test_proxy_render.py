@@ -186,6 +186,20 @@ def test_session_affinity_first_connection_balances(trace) -> None:
     assert trace(POD, "10.96.0.50", 80).backends == {B("10.244.1.10"), B("10.244.1.11")}
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_session_affinity_returning_client_sticks(mode: str) -> None:
+    text = render(mode)
+    cls = NftTracer if mode == "nftables" else IptablesTracer
+    for backend in (B("10.244.1.10"), B("10.244.1.11")):
+        t = cls(text, sticky={POD: backend}).trace(Packet(POD, "10.96.0.50", "tcp", 80))
+        assert t.backends == {backend}
+    # another client, or a service without affinity, is not affected
+    t = cls(text, sticky={POD: B("10.244.1.10")}).trace(Packet(OUTSIDE, "10.96.0.50", "tcp", 80))
+    assert t.backends == {B("10.244.1.10"), B("10.244.1.11")}
+    t = cls(text, sticky={POD: B("10.244.1.2")}).trace(Packet(POD, "10.96.0.10", "tcp", 80))
+    assert len(t.backends) == 3
+
+
 def test_internal_traffic_local(trace) -> None:
     assert trace(POD, "10.96.0.60", 80).backends == {B("10.244.1.12")}
     assert trace(POD, "10.96.0.61", 80).verdicts == {"drop"}
