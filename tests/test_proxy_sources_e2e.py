@@ -50,7 +50,7 @@ def ruleset(ns: str) -> str:
                           check=True).stdout
 
 
-def wait_ruleset(ns: str, check: Callable[[str], bool], what: str, deadline: float = 30) -> None:
+def wait_ruleset(ns: str, check: Callable[[str], bool], what: str, deadline: float = 60) -> None:
     end = time.monotonic() + deadline
     text = ""
     while time.monotonic() < end:
