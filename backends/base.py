@@ -153,6 +153,24 @@ def diff(desired: DesiredState, actual: ActualState) -> Changes:
     )
 
 
+def lease_change(old: DesiredState, new: DesiredState) -> Changes:
+    """The changes that turn one lease's entries (``old``) into its new ones (``new``), without
+    looking at the kernel: the event path. The periodic pass still compares with the kernel."""
+    return diff(new, ActualState(old.routes, old.neighbours, old.fdb))
+
+
+def merge(changes: list[Changes]) -> Changes:
+    """Several Changes as one (applied as one batch per kind)."""
+    return Changes(
+        add_neighbours=tuple(x for c in changes for x in c.add_neighbours),
+        add_fdb=tuple(x for c in changes for x in c.add_fdb),
+        add_routes=tuple(x for c in changes for x in c.add_routes),
+        del_routes=tuple(x for c in changes for x in c.del_routes),
+        del_fdb=tuple(x for c in changes for x in c.del_fdb),
+        del_neighbours=tuple(x for c in changes for x in c.del_neighbours),
+    )
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """The backend device after setup (host-gw has none: ``name`` is the public interface)."""

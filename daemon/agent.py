@@ -30,7 +30,15 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface
 from typing import Any, TypeVar
 
-from backends.base import RTPROT_NETWEFT, Backend, BackendError, DeviceInfo
+from backends.base import (
+    RTPROT_NETWEFT,
+    Backend,
+    BackendError,
+    DesiredState,
+    DeviceInfo,
+    lease_change,
+    merge,
+)
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.vxlan import VxlanBackend, VxlanSettings
@@ -171,7 +179,9 @@ class Agent:
         self.last_reconcile: float | None = None
         self.last_errors: list[str] = []
         self.reconciles = 0
-        self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._full = True  # the next pass compares with the kernel (else: lease events only)
+        self._pending: dict[str, tuple[Lease | None, Lease | None]] = {}
         self._reacquire = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -187,9 +197,14 @@ class Agent:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
+    def _request_full(self) -> None:
+        self._full = True
+        self._wake.set()
+
     def _poke(self) -> None:
+        """From the netlink event thread: something of ours vanished from the kernel."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._dirty.set)
+            self._loop.call_soon_threadsafe(self._request_full)
 
     def ready(self) -> tuple[bool, str]:
         return self.ready_reason == "ready", self.ready_reason
@@ -293,7 +308,12 @@ class Agent:
             self.firewall = make_firewall(self.cfg.firewall, Runner(self.cfg.netns))
         if self.cfg.metrics_addr:
             self._http = HttpEndpoint(self.metrics, self.ready)
-            self.metrics_address = await self._http.start(self.cfg.metrics_addr)
+            try:
+                self.metrics_address = await self._http.start(self.cfg.metrics_addr)
+            except (OSError, ValueError) as exc:
+                self._http = None
+                raise AgentError(f"--metrics-addr {self.cfg.metrics_addr}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
         self.etcd = EtcdClient(self.cfg.etcd)
         self.etcd.connect()  # _call() reads the stubs before it connects
         self.store = LeaseStore(self.etcd, self.cfg.etcd.prefix, ttl=self.cfg.lease_ttl)
@@ -304,7 +324,10 @@ class Agent:
                              if le.public_ip == self.side.public_ip and le.vtep_mac), None)
         self.backend = make_backend(self.netcfg, self.nl, self.side, self.cfg.state_dir,
                                     previous_mac)
-        lease = await self._acquire(self._previous_subnet())
+        try:
+            lease = await self._acquire(self._previous_subnet())
+        except LeaseError as exc:  # e.g. every subnet is taken
+            raise AgentError(str(exc)) from None
         leases, revision = await self._etcd_retry("listing leases", store.list)
         self.leases = {store.key_for(le): le for le in leases}
         try:
@@ -383,12 +406,52 @@ class Agent:
             log.warning("cannot write status file: %s", exc)
 
     async def _reconcile_loop(self) -> None:
+        """A full pass (dump, diff, apply) every --reconcile-interval and whenever netlink
+        reports a loss; in between, lease events apply just their own entries."""
+        last_full = time.monotonic()  # start() ended with one
+        interval = self.cfg.reconcile_interval
         while True:
+            timeout = max(0.0, interval - (time.monotonic() - last_full))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.cfg.reconcile_interval)
-            await asyncio.sleep(0.02)  # let a burst of events land in one pass
-            self._dirty.clear()
-            await self._reconcile_once()
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.sleep(0.01)  # let a burst of events land in one pass
+            self._wake.clear()
+            if self._full or time.monotonic() - last_full >= interval:
+                self._full = False
+                self._pending.clear()
+                await self._reconcile_once()
+                last_full = time.monotonic()
+            elif self._pending:
+                pending, self._pending = self._pending, {}
+                await self._apply_lease_events(pending)
+
+    async def _apply_lease_events(self,
+                                  pending: dict[str, tuple[Lease | None, Lease | None]]) -> None:
+        assert self.backend and self.lease
+        backend, own = self.backend, self.lease
+        empty = DesiredState()
+        changes = merge([
+            lease_change(backend.desired(own, [old]) if old else empty,
+                         backend.desired(own, [new]) if new else empty)
+            for old, new in pending.values()])
+        if changes.empty:
+            return
+        try:
+            errors = await self._nl(backend.apply, changes)
+        except Exception as exc:  # noqa: BLE001 - the full pass sorts it out
+            errors = [str(exc)]
+        self.metrics.inc("netweft_lease_updates_applied_total", changes.count)
+        if errors:
+            self.metrics.inc("netweft_reconcile_errors_total", len(errors))
+            log.warning("applying lease changes: %s%s; running a full pass", errors[0],
+                        f" (+{len(errors) - 1})" if len(errors) > 1 else "")
+            self._request_full()
+            return
+        log.info("lease changes: %d kernel change(s)", changes.count)
+        desired = backend.desired(own, self._peer_leases())
+        programmed = len([p for p in desired.peers if p.error is None])
+        self.metrics.set("netweft_peers_programmed", programmed)
+        self._write_status(programmed)
 
     async def _firewall_loop(self) -> None:
         while True:
@@ -400,20 +463,25 @@ class Agent:
         for ev in events:
             key = self.store.key_for(ev.lease)
             mine = ev.lease.subnet == self.lease.subnet
+            old = self.leases.get(key)
             if ev.kind == "removed":
                 self.leases.pop(key, None)
+                new = None
                 if mine:
                     log.warning("our lease %s was removed from etcd: re-acquiring",
                                 self.lease.subnet)
                     self._reacquire.set()
             else:
-                self.leases[key] = ev.lease
+                self.leases[key] = new = ev.lease
                 if mine and ev.lease.public_ip != self.lease.public_ip:
                     log.warning("our subnet %s now belongs to %s: re-acquiring",
                                 self.lease.subnet, ev.lease.public_ip)
                     self._reacquire.set()
+            if not mine:
+                first_old = self._pending[key][0] if key in self._pending else old
+                self._pending[key] = (first_old, new)
         self.metrics.set("netweft_leases", len(self.leases))
-        self._dirty.set()
+        self._wake.set()
 
     async def _watch_loop(self) -> None:
         assert self.store
@@ -470,15 +538,25 @@ class Agent:
         if lease.subnet != old.subnet:
             log.warning("re-acquired a different subnet %s (was %s)", lease.subnet, old.subnet)
         await self._apply_lease(lease)
-        self._dirty.set()
+        self._request_full()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Start, then serve until ``stop`` is set (also while still starting, e.g. waiting for
+        the network config). Raises AgentError for fatal start-up problems."""
+        watcher: NetlinkWatcher | None = None
+        waiter = asyncio.create_task(stop.wait())
         try:
-            await self.start()
+            starting = asyncio.create_task(self.start())
+            done, _ = await asyncio.wait([starting, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if starting not in done:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+                return
+            starting.result()  # AgentError and the like propagate
             self._tasks = [asyncio.create_task(c) for c in (
                 self._reconcile_loop(), self._watch_loop(), self._lease_loop(),
                 self._firewall_loop())]
-            watcher = None
             if self.cfg.netlink_events:
                 watcher = NetlinkWatcher(
                     self.cfg.netns,
@@ -488,15 +566,15 @@ class Agent:
                 watcher.start()
             await self._start_cni_server()
             log.info("netweft daemon ready: %d peer lease(s)", len(self.leases) - 1)
-            waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *self._tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not waiter and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            if watcher is not None:
-                watcher.stop()
         finally:
+            waiter.cancel()
+            if watcher is not None:
+                await asyncio.to_thread(watcher.stop)
             await self.shutdown()
 
     async def _start_cni_server(self) -> None:

@@ -168,10 +168,13 @@ class IptablesFirewall:
             _parent, chain, _ = JUMPS[table]
             saved = self._saved(table)
             have_rules = [line for line in saved if line.startswith(f"-A {chain} ")]
-            rules = want.get(table)
-            if rules is None:
-                continue
             has_chain = any(line.startswith(f":{chain} ") for line in saved)
+            rules = want.get(table)
+            if rules is None:  # e.g. --no-ip-masq: our chain for this table must not exist
+                if has_chain:
+                    self._remove(table)
+                    changed = True
+                continue
             if not has_chain or have_rules != rules:
                 body = "\n".join([f"*{table}", f":{chain} - [0:0]", *rules, "COMMIT", ""])
                 self.run(["iptables-restore", "-w", "5", "--noflush"], input=body)
@@ -184,16 +187,19 @@ class IptablesFirewall:
             log.info("loaded iptables chains %s, %s", IPT_NAT_CHAIN, IPT_FWD_CHAIN)
         return changed
 
+    def _remove(self, table: str) -> None:
+        _parent, chain, _ = JUMPS[table]
+        jump = self._jump(table)
+        while self.run(["iptables", "-w", "5", "-t", table, "-C", *jump],
+                       check=False).returncode == 0:
+            self.run(["iptables", "-w", "5", "-t", table, "-D", *jump])
+        if any(line.startswith(f":{chain} ") for line in self._saved(table)):
+            self.run(["iptables", "-w", "5", "-t", table, "-F", chain])
+            self.run(["iptables", "-w", "5", "-t", table, "-X", chain])
+
     def teardown(self) -> None:
         for table in ("nat", "filter"):
-            _parent, chain, _ = JUMPS[table]
-            jump = self._jump(table)
-            while self.run(["iptables", "-w", "5", "-t", table, "-C", *jump],
-                           check=False).returncode == 0:
-                self.run(["iptables", "-w", "5", "-t", table, "-D", *jump])
-            if any(line.startswith(f":{chain} ") for line in self._saved(table)):
-                self.run(["iptables", "-w", "5", "-t", table, "-F", chain])
-                self.run(["iptables", "-w", "5", "-t", table, "-X", chain])
+            self._remove(table)
 
 
 Firewall = NftFirewall | IptablesFirewall

@@ -130,6 +130,8 @@ def daemon_metrics() -> Metrics:
                "Kernel entries added, replaced or removed by reconcile passes.")
     m.describe("netweft_reconcile_duration_seconds", "histogram",
                "Time a reconcile pass takes (dump, diff, apply).")
+    m.describe("netweft_lease_updates_applied_total", "counter",
+               "Kernel entries changed directly from lease events (between full passes).")
     m.describe("netweft_last_reconcile_timestamp_seconds", "gauge",
                "Unix time of the last completed reconcile pass.")
     m.describe("netweft_etcd_errors_total", "counter", "Failed etcd operations.")

@@ -141,6 +141,20 @@ def test_vxlan_removed_lease_removes_its_entries(nodes: list[Node]) -> None:
                                                text=True).stdout
 
 
+def test_vxlan_direct_routing_uses_underlay_routes_for_on_link_peers(nodes: list[Node]) -> None:
+    backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=1, direct_routing=True))
+                for n in nodes]
+    leases = vxlan_leases(nodes, backends)
+    for be, own in zip(backends, leases, strict=True):
+        be.setup(own)
+        changes, errors = be.reconcile(own, leases)
+        assert changes.count == 1 and not errors
+    a = nodes[0]
+    assert "10.244.2.0/24 via 192.0.2.11 dev eth0 proto 78" in ip_out(a.ns, "route")
+    assert "PERMANENT" not in ip_out(a.ns, "neigh", "show", "dev", "flannel.1")
+    assert underlay.ping(a.ns, "10.244.2.1", src="10.244.1.1")
+
+
 def test_hostgw_programs_gateway_routes(nodes: list[Node]) -> None:
     backends = [HostGwBackend(n.nl, n.side.underlay) for n in nodes]
     leases = [Lease(n.subnet, n.side.public_ip, "host-gw", {}, etcd_lease_id=1) for n in nodes]

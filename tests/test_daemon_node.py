@@ -4,6 +4,7 @@ with ``ip netns exec`` inside node namespaces (as in production), an "outside" g
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network
 
@@ -17,12 +18,14 @@ from daemon.nodelab import NodeLab, wait_for
 def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
     labs: list[NodeLab] = []
 
-    def make(nodes: int = 2, backend: dict[str, object] | None = None) -> NodeLab:
+    def make(nodes: int = 2, backend: dict[str, object] | None = None,
+             config: bool = True) -> NodeLab:
         lab = NodeLab(netns_factory("dul"), [netns_factory("dn") for _ in range(nodes)],
                       netns_factory("dout"), str(tmp_path))
         labs.append(lab)
         lab.build()
-        lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
+        if config:
+            lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
         return lab
 
     try:
@@ -172,6 +175,13 @@ def test_restart_keeps_subnet_mac_and_changes_nothing(make_lab) -> None:
     assert kernel_dump(a) == before[a]
     assert kernel_dump(b) == before[b]
     assert "kernel change" not in lab.log(a).split("public interface")[-1]
+    # A "reboot": the device is gone, the state directory stays: the same MAC comes back.
+    lab.stop_daemon(a)
+    subprocess.run(["ip", "-n", a, "link", "del", "flannel.1"], check=True)
+    lab.start_daemon(a, "--reconcile-interval", "1")
+    wait_for(lambda: lab.http(a, "/readyz")[0] == 200, what="daemon ready after reboot")
+    assert f"link/ether {mac} " in ip(a, "link", "show", "flannel.1")
+    assert lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"] == mac  # type: ignore[index]
 
 
 def test_etcd_outage_keeps_dataplane_and_resyncs(make_lab) -> None:
@@ -195,11 +205,16 @@ def test_etcd_outage_keeps_dataplane_and_resyncs(make_lab) -> None:
     assert proc.poll() is None
 
 
-def test_revoked_lease_is_reacquired(make_lab) -> None:
+def test_short_lease_is_renewed_and_a_revoked_one_reacquired(make_lab) -> None:
     lab = make_lab(2)
-    subnets = start_all(lab)
+    subnets = start_all(lab, "--lease-ttl", "10", "--renew-margin", "8")
     a = lab.node_nss[0]
     lease_id = lab.leases()[str(subnets[0])]["_lease"]
+    # Renewed every ~2 s: after more than one TTL it is still the same etcd lease.
+    time.sleep(12)
+    assert lab.leases()[str(subnets[0])]["_lease"] == lease_id
+    ttl = lab.etcdctl("lease", "timetolive", format(int(lease_id), "x"))  # type: ignore[arg-type]
+    assert "granted with TTL(10s)" in ttl
     lab.etcdctl("lease", "revoke", format(int(lease_id), "x"))  # type: ignore[arg-type]
     wait_for(lambda: str(subnets[0]) in lab.leases()
              and lab.leases()[str(subnets[0])]["_lease"] != lease_id, timeout=20,
@@ -247,6 +262,30 @@ def test_hostgw_daemons_and_iptables_firewall(make_lab) -> None:
     # A route deleted by hand comes back.
     subprocess.run(["ip", "-n", a, "route", "del", str(subnets[1])], check=True)
     wait_for(lambda: str(subnets[1]) in ip(a, "route"), timeout=10, what="host-gw route back")
+
+
+def test_daemon_waits_for_the_network_config(make_lab) -> None:
+    lab = make_lab(1, config=False)
+    ns = lab.node_nss[0]
+    lab.start_daemon(ns, "--reconcile-interval", "1")
+    wait_for(lambda: lab.http(ns, "/healthz")[0] == 200, what="health endpoint")
+    wait_for(lambda: "waiting for the network config" in lab.http(ns, "/readyz")[1],
+             what="readyz names the missing config")
+    assert lab.http(ns, "/readyz")[0] == 503
+    # SIGTERM while still waiting: a prompt, clean exit.
+    assert lab.stop_daemon(ns) == 0
+    assert "Traceback" not in lab.log(ns)
+    lab.start_daemon(ns, "--reconcile-interval", "1")
+    lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
+    wait_for(lambda: lab.http(ns, "/readyz")[0] == 200, timeout=30, what="ready after config")
+    assert lab.subnet(ns) is not None
+    # A second daemon on the same metrics port fails with one line.
+    p = lab.paths(ns)
+    second = lab.netweft(ns, "daemon", "--subnet-file", p["subnet_file"] + ".2", "--state-dir",
+                         p["state_dir"] + ".2", "--cni-socket", "", check=False)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        "netweft: --metrics-addr 127.0.0.1:9464: ")
 
 
 def test_hostgw_refuses_peer_not_on_link(make_lab) -> None:
