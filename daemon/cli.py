@@ -14,6 +14,7 @@ from daemon.clicontext import etcd_options
 COMMAND_MODULES = [
     "daemon.commands.config",
     "daemon.commands.leases",
+    "daemon.commands.cni",
 ]
 
 

@@ -1,0 +1,210 @@
+"""The CNI server: a long-lived process (or a thread of the node daemon) that runs CNI requests
+handed over by the executable on a unix socket, with pyroute2 and the node's state kept warm.
+
+Embedding (the node daemon)::
+
+    server = CniServer("/run/netweft/cni.sock", hooks=CniHooks(on_add=..., on_del=...))
+    server.start()          # binds (0600, root only) and serves in a background thread
+    ...
+    server.stats()          # {"ADD": CommandStats(count, errors, seconds_total, seconds_max)...}
+    server.stop()           # stops serving and removes the socket
+
+or ``server.serve_forever()`` to block (``netweft cni-server``). Hooks run in the request's
+worker thread *after* the reply was sent, so they never add to pod start-up latency; an
+exception in a hook is logged and ignored. The server must run in the node's network namespace
+(the host side of every pod it wires is created there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import socketserver
+import struct
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
+from cni.plugin import Outcome, PodInfo, WiringState, _log, run
+from cni.shim import DEFAULT_LOG_KEY, MAGIC
+from cni.spec import ERR_INVALID_ENV, CniError, dumps
+
+MAX_REQUEST = 4 * 1024 * 1024
+
+
+@dataclass
+class CniHooks:
+    on_add: Callable[[PodInfo], None] | None = None
+    on_del: Callable[[PodInfo], None] | None = None
+
+
+@dataclass
+class CommandStats:
+    count: int = 0
+    errors: int = 0
+    seconds_total: float = 0.0
+    seconds_max: float = 0.0
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        owner: CniServer = self.server.owner
+        sock: socket.socket = self.request
+        started = time.monotonic()
+        try:
+            uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))[1]
+            if uid not in owner.allowed_uids:
+                err = CniError(ERR_INVALID_ENV, f"uid {uid} may not use the netweft CNI server")
+                sock.sendall(b"1\n" + dumps(err.to_dict("1.1.0")).encode())
+                return
+            env, stdin = _read_request(sock)
+        except (OSError, ValueError) as exc:
+            _log(owner.default_log, f"cni-server: bad request: {exc}")
+            return
+        default_log = env.pop(DEFAULT_LOG_KEY, owner.default_log)
+        outcome = run(env, stdin, owner.state, default_log=default_log, via="server")
+        with contextlib.suppress(OSError):
+            sock.sendall(b"%d\n" % outcome.code + outcome.stdout.encode())
+            sock.shutdown(socket.SHUT_RDWR)
+        owner._account(outcome, time.monotonic() - started)
+        owner._notify(outcome, default_log)
+
+
+def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes]:
+    data = b""
+    while b"\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ValueError("connection closed before the request header")
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request header too long")
+    head, _, rest = data.partition(b"\n")
+    parts = head.split(b" ")
+    if len(parts) != 3 or parts[0] != MAGIC:
+        raise ValueError(f"unknown request header {head[:40]!r}")
+    env_len, stdin_len = int(parts[1]), int(parts[2])
+    if env_len + stdin_len > MAX_REQUEST:
+        raise ValueError("request too large")
+    while len(rest) < env_len + stdin_len:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ValueError("connection closed in the middle of the request")
+        rest += chunk
+    env: dict[str, str] = {}
+    for item in rest[:env_len].split(b"\0"):
+        if item:
+            key, _, value = item.decode("utf-8", "replace").partition("=")
+            env[key] = value
+    return env, rest[env_len:env_len + stdin_len]
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    owner: CniServer
+
+
+class CniServer:
+    def __init__(self, socket_path: str = DEFAULT_SOCKET_PATH, hooks: CniHooks | None = None,
+                 default_log: str = DEFAULT_LOG_FILE,
+                 allowed_uids: tuple[int, ...] | None = None) -> None:
+        self.socket_path = socket_path
+        self.hooks = hooks or CniHooks()
+        self.default_log = default_log
+        self.allowed_uids = allowed_uids or tuple({0, os.getuid()})
+        self.state = WiringState()
+        self._stats: dict[str, CommandStats] = {}
+        self._stats_lock = threading.Lock()
+        self._server: _UnixServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def bind(self) -> None:
+        """Create the listening socket (mode 0600); a stale socket file is replaced, a live
+        server on the same path is an error."""
+        import pyroute2  # noqa: F401 - load it now, not during the first ADD
+
+        directory = os.path.dirname(self.socket_path) or "."
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if os.path.exists(self.socket_path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.socket_path)
+            except OSError:
+                os.unlink(self.socket_path)
+            else:
+                raise OSError(f"another CNI server is listening on {self.socket_path}")
+            finally:
+                probe.close()
+        old = os.umask(0o177)
+        try:
+            server = _UnixServer(self.socket_path, _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        server.owner = self
+        self._server = server
+
+    def serve_forever(self) -> None:
+        if self._server is None:
+            self.bind()
+        assert self._server is not None
+        self._server.serve_forever(poll_interval=0.5)
+
+    def start(self) -> CniServer:
+        """Bind and serve in a daemon thread; returns once requests are accepted."""
+        self.bind()
+        return self.start_bound()
+
+    def start_bound(self) -> CniServer:
+        """Serve an already bound socket in a daemon thread."""
+        self._thread = threading.Thread(target=self.serve_forever, name="netweft-cni-server",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            if self._thread is not None:
+                server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    # -- numbers for the daemon's metrics -----------------------------------------------
+    def stats(self) -> dict[str, CommandStats]:
+        with self._stats_lock:
+            return {k: replace(v) for k, v in self._stats.items()}
+
+    def _account(self, outcome: Outcome, seconds: float) -> None:
+        with self._stats_lock:
+            s = self._stats.setdefault(outcome.command or "?", CommandStats())
+            s.count += 1
+            s.errors += 1 if outcome.code else 0
+            s.seconds_total += seconds
+            s.seconds_max = max(s.seconds_max, seconds)
+
+    def _notify(self, outcome: Outcome, log_file: str) -> None:
+        if outcome.code or outcome.pod is None:
+            return
+        hook = self.hooks.on_add if outcome.pod.command == "ADD" else self.hooks.on_del
+        if hook is None:
+            return
+        try:
+            hook(outcome.pod)
+        except Exception:  # noqa: BLE001 - a hook must never break the CNI server
+            _log(log_file, f"cni-server: {outcome.pod.command} hook failed:\n"
+                           f"{traceback.format_exc()}")
