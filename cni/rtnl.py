@@ -165,7 +165,7 @@ class Rtnl:
     # -- requests -----------------------------------------------------------------------------
     @staticmethod
     def getlink_msg(name: str) -> tuple[int, bytes]:
-        return _msg(RTM_GETLINK, NLM_F_REQUEST,
+        return _msg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK,
                     IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name))
 
     def link(self, name: str) -> Link | None:
@@ -181,8 +181,10 @@ class Rtnl:
     @staticmethod
     def veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
                  peer_mac: str, up: bool = True) -> tuple[int, bytes]:
-        """veth ``name`` here (enslaved to ``master``), its ``peer`` created in another netns."""
-        peer_body = (IFINFOMSG.pack(0, 0, 0, IFF_UP if up else 0, IFF_UP)
+        """veth ``name`` here (enslaved to ``master``, up), its ``peer`` created (down) in
+        another netns: a veth cannot come up before its peer exists (the kernel answers
+        ENOTCONN), so the peer is brought up by its own namespace's socket afterwards."""
+        peer_body = (IFINFOMSG.pack(0, 0, 0, 0, 0)
                      + _str(IFLA_IFNAME, peer) + _u32(IFLA_MTU, mtu)
                      + _u32(IFLA_NET_NS_FD, peer_netns_fd))
         if peer_mac:

@@ -208,3 +208,31 @@ class CniServer:
         except Exception:  # noqa: BLE001 - a hook must never break the CNI server
             _log(log_file, f"cni-server: {outcome.pod.command} hook failed:\n"
                            f"{traceback.format_exc()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cni.server --socket-path P [--log-file F]`` (what ``netweft cni-server``
+    runs): serve until SIGTERM/SIGINT."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="netweft cni-server")
+    parser.add_argument("--socket-path", default=DEFAULT_SOCKET_PATH)
+    parser.add_argument("--log-file", default=DEFAULT_LOG_FILE)
+    opts = parser.parse_args(argv)
+    server = CniServer(opts.socket_path, default_log=opts.log_file)
+    try:
+        server.bind()
+    except OSError as exc:
+        raise SystemExit(f"netweft cni-server: {exc.strerror or exc}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start_bound()
+    print(f"netweft cni-server listening on {opts.socket_path}", flush=True)
+    stop.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -77,12 +77,15 @@ def main(default_socket: str, default_log: str, fallback_paths: list[str]) -> No
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
     env[DEFAULT_LOG_KEY] = default_log
     path = socket_path_of(stdin) or default_socket
+    no_server = False
     try:
         code, out = call_server(path, encode_request(env, stdin))
     except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError):
-        code, out = _in_process(stdin, default_log, fallback_paths)
+        no_server = True
     except OSError as exc:
         code, out = 1, _error_json(stdin, f"netweft CNI server at {path}: {exc}")
+    if no_server:
+        code, out = _in_process(stdin, default_log, fallback_paths)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     sys.exit(code)

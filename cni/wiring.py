@@ -122,7 +122,9 @@ def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu:
         found = ipr.link_lookup(ifname=name)
         if not found:
             try:
-                ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+                extra = {"address": pod_mac(gateways, name)} if gateways else {}
+                # a fixed MAC: otherwise the bridge takes its ports' MACs and changes with them
+                ipr.link("add", ifname=name, kind="bridge", mtu=mtu, **extra)
                 created = True
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
@@ -207,7 +209,8 @@ def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
             pod_link = pod.link(plan.ifname)
             if pod_link is None:
                 raise CniError(ERR_INTERNAL, f"{plan.ifname} vanished from {plan.netns}")
-            msgs = [Rtnl.addr_msg(pod_link.index, a) for a in plan.addresses]
+            msgs = [Rtnl.setlink_msg(pod_link.index, up=True)]
+            msgs += [Rtnl.addr_msg(pod_link.index, a) for a in plan.addresses]
             msgs += [Rtnl.route_msg(r.dst, r.gw, pod_link.index) for r in plan.routes]
             pod.batch(msgs)
         finally:

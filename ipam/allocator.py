@@ -131,7 +131,7 @@ class NodeAllocator:
 
     def _read(self, name: str) -> tuple[str, str] | None:
         try:
-            with open(os.path.join(self.dir, name), encoding="utf-8") as f:
+            with open(os.path.join(self.dir, name), encoding="utf-8", newline="") as f:
                 text = f.read()
         except FileNotFoundError:
             return None

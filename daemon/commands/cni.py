@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import click
 
 from cni.config import (
@@ -71,21 +68,6 @@ def register(group: click.Group) -> None:
                   help="Log for requests whose config names no logFile.")
     def cni_server_cmd(socket_path: str, log_file: str) -> None:
         """Serve CNI requests from the netweft executable on a unix socket (0600, root)."""
-        from cni.server import CniServer
+        from cni.server import main
 
-        server = CniServer(socket_path, default_log=log_file)
-        try:
-            server.bind()
-        except OSError as exc:
-            fail(f"cni-server: {exc.strerror or exc}")
-        stop = threading.Event()
-
-        def _stop(*_: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        server.start_bound()
-        click.echo(f"netweft cni-server listening on {socket_path}")
-        stop.wait()
-        server.stop()
+        main(["--socket-path", socket_path, "--log-file", log_file])
