@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import socketserver
 import struct
 import threading
 import time
@@ -50,31 +49,28 @@ class CommandStats:
     seconds_max: float = 0.0
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: _UnixServer
-
-    def handle(self) -> None:
-        owner: CniServer = self.server.owner
-        sock: socket.socket = self.request
-        started = time.monotonic()
-        try:
-            uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                      struct.calcsize("3i")))[1]
-            if uid not in owner.allowed_uids:
-                err = CniError(ERR_INVALID_ENV, f"uid {uid} may not use the netweft CNI server")
-                sock.sendall(b"1\n" + dumps(err.to_dict("1.1.0")).encode())
-                return
-            env, stdin = _read_request(sock)
-        except (OSError, ValueError) as exc:
-            _log(owner.default_log, f"cni-server: bad request: {exc}")
+def _handle(owner: CniServer, sock: socket.socket) -> None:
+    started = time.monotonic()
+    try:
+        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  struct.calcsize("3i")))[1]
+        if uid not in owner.allowed_uids:
+            err = CniError(ERR_INVALID_ENV, f"uid {uid} may not use the netweft CNI server")
+            body = dumps(err.to_dict("1.1.0")).encode()
+            sock.sendall(b"1 %d\n" % len(body) + body)
             return
-        default_log = env.pop(DEFAULT_LOG_KEY, owner.default_log)
-        outcome = run(env, stdin, owner.state, default_log=default_log, via="server")
-        with contextlib.suppress(OSError):
-            sock.sendall(b"%d\n" % outcome.code + outcome.stdout.encode())
-            sock.shutdown(socket.SHUT_RDWR)
-        owner._account(outcome, time.monotonic() - started)
-        owner._notify(outcome, default_log)
+        env, stdin = _read_request(sock)
+    except (OSError, ValueError) as exc:
+        _log(owner.default_log, f"cni-server: bad request: {exc}")
+        return
+    default_log = env.pop(DEFAULT_LOG_KEY, owner.default_log)
+    outcome = run(env, stdin, owner.state, default_log=default_log, via="server")
+    with contextlib.suppress(OSError):
+        body = outcome.stdout.encode()
+        sock.sendall(b"%d %d\n" % (outcome.code, len(body)) + body)
+        sock.shutdown(socket.SHUT_RDWR)
+    owner._account(outcome, time.monotonic() - started)
+    owner._notify(outcome, default_log)
 
 
 def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes]:
@@ -106,17 +102,10 @@ def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes]:
     return env, rest[env_len:env_len + stdin_len]
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    owner: CniServer
-
-
 class CniServer:
     def __init__(self, socket_path: str = DEFAULT_SOCKET_PATH, hooks: CniHooks | None = None,
                  default_log: str = DEFAULT_LOG_FILE,
-                 allowed_uids: tuple[int, ...] | None = None) -> None:
+                 allowed_uids: tuple[int, ...] | None = None, workers: int = 16) -> None:
         self.socket_path = socket_path
         self.hooks = hooks or CniHooks()
         self.default_log = default_log
@@ -124,8 +113,10 @@ class CniServer:
         self.state = WiringState()
         self._stats: dict[str, CommandStats] = {}
         self._stats_lock = threading.Lock()
-        self._server: _UnixServer | None = None
-        self._thread: threading.Thread | None = None
+        self.workers = workers
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -145,42 +136,65 @@ class CniServer:
                 raise OSError(f"another CNI server is listening on {self.socket_path}")
             finally:
                 probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
-            server = _UnixServer(self.socket_path, _Handler)
+            listener.bind(self.socket_path)
         finally:
             os.umask(old)
         os.chmod(self.socket_path, 0o600)
-        server.owner = self
-        self._server = server
+        listener.listen(256)
+        self._listener = listener
 
     def serve_forever(self) -> None:
-        if self._server is None:
-            self.bind()
-        assert self._server is not None
-        self._server.serve_forever(poll_interval=0.5)
+        """Serve until :meth:`stop` (from another thread or a signal handler)."""
+        if not self._threads:
+            self.start_bound() if self._listener is not None else self.start()
+        self._stopping.wait()
 
     def start(self) -> CniServer:
-        """Bind and serve in a daemon thread; returns once requests are accepted."""
+        """Bind and serve in daemon threads; returns once requests are accepted."""
         self.bind()
         return self.start_bound()
 
     def start_bound(self) -> CniServer:
-        """Serve an already bound socket in a daemon thread."""
-        self._thread = threading.Thread(target=self.serve_forever, name="netweft-cni-server",
-                                        daemon=True)
-        self._thread.start()
+        """Serve an already bound socket: a pool of threads blocked in ``accept()``, so a
+        request wakes exactly one thread (no accept-then-dispatch hop: on a busy node every
+        extra wake-up is a scheduling delay added to the pod's start)."""
+        self._stopping.clear()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._worker, name=f"netweft-cni-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
         return self
 
+    def _worker(self) -> None:
+        listener = self._listener
+        while listener is not None and not self._stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            try:
+                _handle(self, conn)
+            except Exception:  # noqa: BLE001 - one bad request must not kill a worker
+                _log(self.default_log, f"cni-server: request failed:\n{traceback.format_exc()}")
+            finally:
+                conn.close()
+
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            if self._thread is not None:
-                server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._stopping.set()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked in accept()
+            listener.close()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads = []
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
@@ -230,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start_bound()
     print(f"netweft cni-server listening on {opts.socket_path}", flush=True)
-    stop.wait()
+    while not stop.wait(1):
+        pass
     server.stop()
 
 

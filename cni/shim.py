@@ -7,10 +7,8 @@ answers it imports :mod:`cni.plugin` and does the work itself (same code, slower
 
 Wire format (one request per connection):
     request:  b"NWCNI1 <env bytes> <stdin bytes>\\n" + b"KEY=VALUE\\0"... + stdin
-    reply:    b"<exit code>\\n" + stdout text
+    reply:    b"<exit code> <stdout bytes>\\n" + stdout text
 """
-
-from __future__ import annotations
 
 import os
 import sys
@@ -56,20 +54,23 @@ def call_server(path: str, request: bytes) -> tuple[int, bytes]:
     try:
         sock.connect(path)
         sock.sendall(request)
-        sock.shutdown(_socket.SHUT_WR)
-        chunks = []
-        while True:
+        reply = b""
+        while b"\n" not in reply:
             chunk = sock.recv(65536)
             if not chunk:
-                break
-            chunks.append(chunk)
+                raise ConnectionError("the CNI server closed the connection without a reply")
+            reply += chunk
+        head, _, body = reply.partition(b"\n")
+        code, _, length = head.partition(b" ")
+        want = int(length)
+        while len(body) < want:  # the length ends the reply: no wait for the server's close
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the CNI server closed the connection mid-reply")
+            body += chunk
     finally:
         sock.close()
-    reply = b"".join(chunks)
-    head, sep, body = reply.partition(b"\n")
-    if not sep or not head.isdigit():
-        raise ConnectionError("the CNI server closed the connection without a reply")
-    return int(head), body
+    return int(code), body
 
 
 def main(default_socket: str, default_log: str, fallback_paths: list[str]) -> None:
@@ -88,7 +89,7 @@ def main(default_socket: str, default_log: str, fallback_paths: list[str]) -> No
         code, out = _in_process(stdin, default_log, fallback_paths)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
-    sys.exit(code)
+    os._exit(code)  # nothing left to clean up: skip interpreter finalisation
 
 
 def _in_process(stdin: bytes, default_log: str, fallback_paths: list[str]) -> tuple[int, bytes]:
