@@ -68,7 +68,7 @@ class PodInfo:
     pod_name: str = ""
     pod_uid: str = ""
     labels: dict[str, str] = field(default_factory=dict)
-    ips: tuple[str, ...] = ()  # "10.244.1.5/24"
+    ips: tuple[str, ...] = ()  # ADD: "10.244.1.5/24"; DEL: the released "10.244.1.5"
     host_veth: str = ""
     mac: str = ""
 
