@@ -163,6 +163,9 @@ def test_missing_subnet_env_is_code_11(node: CniNode) -> None:
     assert err["code"] == 11 and "/nonexistent-netweft/subnet.env" in err["msg"]
     r = node.call("STATUS", ifname="", config=conf)
     assert r.exit_code == 1 and validate_error(r.stdout)["code"] == 50
+    # DEL never needs the subnet file: a pod can always be torn down
+    r = node.call("DEL", "c1", "/run/netns/x", config=conf)
+    assert r.exit_code == 0 and r.stdout == ""
 
 
 def test_invalid_field_is_code_7(node: CniNode) -> None:

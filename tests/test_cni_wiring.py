@@ -233,7 +233,7 @@ def test_server_hooks_and_stats(netns_factory: Callable[[str], str], tmp_path) -
     pod = netns_factory("cpod")
     n = CniNode(node_ns, str(tmp_path), options={"ipMasq": False})
     script = f"""
-import json, sys, time
+import json, os, sys, time
 from cni import nsenter
 from cni.server import CniServer, CniHooks
 from cni.invoke import PluginCall, invoke
@@ -242,6 +242,7 @@ fd = nsenter.open_netns('/run/netns/{node_ns}')
 with nsenter.entered(fd):
     server = CniServer({n.socket_path!r}, hooks=CniHooks(on_add=seen.append, on_del=seen.append),
                        default_log={n.log_file!r}).start()
+    mode = os.stat({n.socket_path!r}).st_mode & 0o777
     args = {{"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web-1",
             "NETWEFT_POD_LABELS": "app=web,tier=fe"}}
     conf = {json.dumps(n.config())!r}
@@ -257,7 +258,8 @@ with nsenter.entered(fd):
     server.stop()
 print(json.dumps({{"seen": [[p.command, p.pod_namespace, p.pod_name, p.labels, list(p.ips),
                              p.container_id, p.host_veth] for p in seen],
-                  "stats": {{k: [v.count, v.errors] for k, v in stats.items()}}}}))
+                  "stats": {{k: [v.count, v.errors] for k, v in stats.items()}},
+                  "mode": mode}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120)
@@ -269,3 +271,44 @@ print(json.dumps({{"seen": [[p.command, p.pod_namespace, p.pod_name, p.labels, l
     assert add[6] == host_veth_name("ctr-hook", "eth0")
     assert dele[0] == "DEL" and dele[4] == [add[4][0].split("/")[0]]
     assert data["stats"] == {"ADD": [1, 0], "DEL": [1, 0]}
+    assert data["mode"] == 0o600
+    assert not os.path.exists(n.socket_path)  # stop() removes it
+
+
+def test_failure_after_wiring_rolls_back(node: CniNode,
+                                         netns_factory: Callable[[str], str]) -> None:
+    """A route the kernel refuses fails the ADD after the veth exists: all of it is undone."""
+    pod = netns_factory("cpod")
+    conf = node.config(routes=[{"dst": "192.168.0.0/16", "gw": "172.31.0.1"}])
+    r = node.call("ADD", "ctr-rb", f"/run/netns/{pod}", config=conf)
+    assert r.exit_code == 1, r.stdout
+    assert "Traceback" not in r.stdout and json.loads(r.stdout)["code"] == 999
+    assert node.ip_files() == []
+    assert host_veth_name("ctr-rb", "eth0") not in links(node.node_netns)
+    assert "eth0" not in links(pod)
+    # and the same attachment works once the config is fixed
+    assert node.call("ADD", "ctr-rb", f"/run/netns/{pod}").exit_code == 0
+
+
+def test_dual_stack(netns_factory: Callable[[str], str], tmp_path) -> None:
+    node_ns = netns_factory("cnode")
+    n = CniNode(node_ns, str(tmp_path), options={"ipMasq": False})
+    with open(n.subnet_file, "a") as f:
+        f.write("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n")
+    pods = [netns_factory("cpod") for _ in range(2)]
+    results = []
+    for i, pod in enumerate(pods):
+        r = n.call("ADD", f"ctr-ds-{i}", f"/run/netns/{pod}", version="1.0.0")
+        assert r.exit_code == 0, r.stdout
+        results.append(r.json())
+    ips = results[0]["ips"]
+    assert [ip["address"] for ip in ips] == ["10.244.1.2/24", "fd00:10:244:1::2/64"]
+    assert ips[1]["gateway"] == "fd00:10:244:1::1" and ips[1]["interface"] == 2
+    assert {"dst": "::/0", "gw": "fd00:10:244:1::1"} in results[0]["routes"]
+    dad = netns.run(pods[0], ["cat", "/proc/sys/net/ipv6/conf/eth0/accept_dad"]).stdout
+    assert dad.strip() == "0"
+    netns.run(pods[0], ["ping", "-6", "-c", "1", "-W", "2", "fd00:10:244:1::3"])
+    netns.run(pods[0], ["ping", "-6", "-c", "1", "-W", "2", "fd00:10:244:1::1"])
+    for i, pod in enumerate(pods):
+        assert n.call("DEL", f"ctr-ds-{i}", f"/run/netns/{pod}").exit_code == 0
+    assert n.ip_files() == []
