@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket-path", default=DEFAULT_SOCKET_PATH)
     parser.add_argument("--log-file", default=DEFAULT_LOG_FILE)
     opts = parser.parse_args(argv)
+    # a dedicated process: hand the GIL over quickly so concurrent requests interleave finely
+    import sys
+
+    sys.setswitchinterval(0.0005)
     server = CniServer(opts.socket_path, default_log=opts.log_file)
     try:
         server.bind()

@@ -27,10 +27,14 @@ class _Ctx:
     memo: dict = {}
 
 
-def socket_path_of(data: bytes) -> str:
+def socket_path_of(data: bytes, default: str = "") -> str:
     """``socketPath`` from the config on stdin, or "" (malformed input is the server's job)."""
     if b'"socketPath"' not in data:
         return ""
+    if default and data.count(b'"socketPath"') == 1 and (
+            b'"socketPath": "%s"' % default.encode() in data
+            or b'"socketPath":"%s"' % default.encode() in data):
+        return default  # the installed conflist's own value: no need to load a JSON parser
     try:
         import _json
 
@@ -77,7 +81,7 @@ def main(default_socket: str, default_log: str, fallback_paths: list[str]) -> No
     stdin = sys.stdin.buffer.read()
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
     env[DEFAULT_LOG_KEY] = default_log
-    path = socket_path_of(stdin) or default_socket
+    path = socket_path_of(stdin, default_socket) or default_socket
     no_server = False
     try:
         code, out = call_server(path, encode_request(env, stdin))
