@@ -14,11 +14,18 @@ from daemon.clicontext import etcd_options
 COMMAND_MODULES = [
     "daemon.commands.config",
     "daemon.commands.leases",
+    "daemon.commands.daemon",
+    "daemon.commands.inspect",
+    "daemon.commands.proxy",
+    "daemon.commands.service",
     "daemon.commands.cni",
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NETWEFT"})
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NETWEFT"}
+
+
+@click.group(context_settings=CONTEXT)
 @etcd_options
 def main() -> None:
     """netweft: a Flannel-compatible pod network overlay, CNI plugin and service proxy."""

@@ -148,7 +148,12 @@ class EtcdClient:
         if self._channel is not None:
             return
         s = self.settings
+        # Reconnect quickly after etcd comes back; calls wait (up to their timeout) for a
+        # connection instead of failing at once while the channel is between attempts.
         options = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if s.tls:
             def read(path: str | None) -> bytes | None:
@@ -173,15 +178,18 @@ class EtcdClient:
 
     def _error(self, exc: grpc.aio.AioRpcError) -> EtcdError:
         code = exc.code()
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
-                                   f"({code.name.lower()})")
+                                   f"(no answer within {self.timeout:g}s)")
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
+                                   f"({exc.details() or 'unavailable'})")
         return EtcdError(f"etcd refused the request: {exc.details() or code.name}")
 
     async def _call(self, method: Any, request: Any) -> Any:
         self.connect()
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from None
 
@@ -225,7 +233,9 @@ class EtcdClient:
         resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=[put]))
         return bool(resp.succeeded)
 
-    async def replace(self, key: str, value: bytes | str, mod_revision: int, lease: int = 0) -> bool:
+    async def replace(
+        self, key: str, value: bytes | str, mod_revision: int, lease: int = 0,
+    ) -> bool:
         """Put ``key`` only if it is still at ``mod_revision`` (compare-and-swap)."""
         if isinstance(value, str):
             value = value.encode()
@@ -234,6 +244,27 @@ class EtcdClient:
                           mod_revision=mod_revision)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value, lease=lease))
         resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=[put]))
+        return bool(resp.succeeded)
+
+    async def create_all(self, items: dict[str, bytes | str]) -> bool:
+        """Put every key only if none of them exists (one transaction). True if created."""
+        compare, success = [], []
+        for key, value in items.items():
+            k = key.encode()
+            v = value.encode() if isinstance(value, str) else value
+            compare.append(rpc.Compare(key=k, result=rpc.Compare.EQUAL,
+                                       target=rpc.Compare.CREATE, create_revision=0))
+            success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)))
+        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=compare, success=success))
+        return bool(resp.succeeded)
+
+    async def delete_all(self, keys: list[str], guard_key: str, mod_revision: int) -> bool:
+        """Delete ``keys`` only if ``guard_key`` is still at ``mod_revision`` (one transaction)."""
+        cmp = rpc.Compare(key=guard_key.encode(), result=rpc.Compare.EQUAL,
+                          target=rpc.Compare.MOD, mod_revision=mod_revision)
+        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+               for k in keys]
+        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=ops))
         return bool(resp.succeeded)
 
     async def compact(self, revision: int) -> None:
@@ -266,7 +297,7 @@ class EtcdClient:
         async def one() -> AsyncIterator[Any]:
             yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
-        call = self._lease.LeaseKeepAlive(one(), timeout=self.timeout)
+        call = self._lease.LeaseKeepAlive(one(), timeout=self.timeout, wait_for_ready=True)
         try:
             async for resp in call:
                 return int(resp.TTL)
@@ -278,7 +309,8 @@ class EtcdClient:
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds left on a lease, -1 when it is gone."""
-        resp = await self._call(self._lease.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        req = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        resp = await self._call(self._lease.LeaseTimeToLive, req)
         return int(resp.TTL)
 
     # --- watch ------------------------------------------------------------------------------
@@ -303,13 +335,14 @@ class EtcdClient:
             import asyncio
             await asyncio.Event().wait()
 
-        call = self._watch.Watch(requests())
+        call = self._watch.Watch(requests(), wait_for_ready=True)
         try:
             async for resp in call:
                 if resp.compact_revision:
                     raise CompactedError(int(resp.compact_revision))
                 if resp.canceled:
-                    raise EtcdError(f"etcd cancelled the watch: {resp.cancel_reason or 'no reason'}")
+                    reason = resp.cancel_reason or "no reason"
+                    raise EtcdError(f"etcd cancelled the watch: {reason}")
                 events = [
                     WatchEvent(EventType.DELETE if ev.type == 1 else EventType.PUT,
                                KeyValue.from_pb(ev.kv))

@@ -67,7 +67,7 @@ def etcd_prefix() -> str:
 
 @pytest.fixture
 def netns_factory() -> Iterator[Callable[[str], str]]:
-    """``make(tag)`` creates a namespace ``nwt<pid>-<tag>-<n>`` (loopback up), deleted afterwards."""
+    """``make(tag)`` creates namespace ``nwt<pid>-<tag>-<n>`` (lo up), deleted afterwards."""
     _need_root()
     made: list[str] = []
 

@@ -1,0 +1,279 @@
+"""The backend interface and the desired-state records every backend computes.
+
+A backend turns (own lease, peer leases, config) into a :class:`DesiredState` with a pure
+function, and a small adapter makes the kernel match it: dump what is there (only our device's
+entries and routes carrying our protocol number), diff, apply the difference. Applying in the
+documented order matters for VXLAN: neighbour, then FDB entry, then route (removal in reverse).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from ipam.lease import Lease
+
+# Routes netweft installs carry this protocol number (`ip route ... proto 78`), so stray
+# detection only ever looks at, and removes, our own routes. 78 is 'N' and unassigned in
+# iproute2's rt_protos.
+RTPROT_NETWEFT = 78
+
+
+class BackendError(Exception):
+    """A backend cannot do its job; the message is one line a person can act on."""
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """``<dst> via <gateway> dev <dev> [onlink] proto 78``."""
+
+    dst: IPv4Network
+    gateway: IPv4Address
+    dev: str
+    onlink: bool = False
+
+    def describe(self) -> str:
+        return f"{self.dst} via {self.gateway} dev {self.dev}" + (" onlink" if self.onlink else "")
+
+
+@dataclass(frozen=True, order=True)
+class Neighbour:
+    """A permanent ARP entry: ``<ip> lladdr <mac> dev <dev> nud permanent``."""
+
+    ip: IPv4Address
+    mac: str
+    dev: str
+
+    def describe(self) -> str:
+        return f"{self.ip} lladdr {self.mac} dev {self.dev} permanent"
+
+
+@dataclass(frozen=True, order=True)
+class FdbEntry:
+    """A VXLAN forwarding entry: ``<mac> dev <dev> dst <underlay ip> self permanent``."""
+
+    mac: str
+    dst: IPv4Address
+    dev: str
+
+    def describe(self) -> str:
+        return f"{self.mac} dev {self.dev} dst {self.dst} self permanent"
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """What one peer lease needs in the kernel (any part may be empty)."""
+
+    subnet: IPv4Network
+    public_ip: IPv4Address
+    route: Route | None = None
+    neighbour: Neighbour | None = None
+    fdb: FdbEntry | None = None
+    error: str | None = None  # why this peer cannot be programmed (it is skipped)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the backend wants in the kernel for the current lease set."""
+
+    peers: tuple[PeerState, ...] = ()
+
+    @property
+    def routes(self) -> frozenset[Route]:
+        return frozenset(p.route for p in self.peers if p.route is not None)
+
+    @property
+    def neighbours(self) -> frozenset[Neighbour]:
+        return frozenset(p.neighbour for p in self.peers if p.neighbour is not None)
+
+    @property
+    def fdb(self) -> frozenset[FdbEntry]:
+        return frozenset(p.fdb for p in self.peers if p.fdb is not None)
+
+    @property
+    def errors(self) -> list[str]:
+        return [p.error for p in self.peers if p.error]
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """What the kernel holds that is ours: routes with our protocol, entries on our device."""
+
+    routes: frozenset[Route] = frozenset()
+    neighbours: frozenset[Neighbour] = frozenset()
+    fdb: frozenset[FdbEntry] = frozenset()
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The difference between desired and actual, in the order it must be applied."""
+
+    add_neighbours: tuple[Neighbour, ...] = ()
+    add_fdb: tuple[FdbEntry, ...] = ()
+    add_routes: tuple[Route, ...] = ()
+    del_routes: tuple[Route, ...] = ()
+    del_fdb: tuple[FdbEntry, ...] = ()
+    del_neighbours: tuple[Neighbour, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add_neighbours or self.add_fdb or self.add_routes or self.del_routes
+                    or self.del_fdb or self.del_neighbours)
+
+    @property
+    def count(self) -> int:
+        return (len(self.add_neighbours) + len(self.add_fdb) + len(self.add_routes)
+                + len(self.del_routes) + len(self.del_fdb) + len(self.del_neighbours))
+
+
+def diff(desired: DesiredState, actual: ActualState) -> Changes:
+    """What to add and remove so that ``actual`` becomes ``desired``.
+
+    Entries are compared by value, and entries keyed the same way but with different values are
+    replaced (route to a subnet, neighbour for an IP, FDB entry for a MAC): those appear in the
+    "add" lists only, because the adapter uses replace semantics.
+    """
+    want_routes = desired.routes
+    want_neigh = desired.neighbours
+    want_fdb = desired.fdb
+    route_keys = {r.dst for r in want_routes}
+    neigh_keys = {(n.ip, n.dev) for n in want_neigh}
+    fdb_keys = {(f.mac, f.dst, f.dev) for f in want_fdb}
+    return Changes(
+        add_neighbours=tuple(sorted(want_neigh - actual.neighbours)),
+        add_fdb=tuple(sorted(want_fdb - actual.fdb)),
+        add_routes=tuple(sorted(want_routes - actual.routes)),
+        del_routes=tuple(sorted(r for r in actual.routes - want_routes if r.dst not in route_keys)),
+        del_fdb=tuple(sorted(f for f in actual.fdb - want_fdb
+                             if (f.mac, f.dst, f.dev) not in fdb_keys)),
+        del_neighbours=tuple(sorted(n for n in actual.neighbours - want_neigh
+                                    if (n.ip, n.dev) not in neigh_keys)),
+    )
+
+
+def lease_change(old: DesiredState, new: DesiredState) -> Changes:
+    """The changes that turn one lease's entries (``old``) into its new ones (``new``), without
+    looking at the kernel: the event path. The periodic pass still compares with the kernel."""
+    return diff(new, ActualState(old.routes, old.neighbours, old.fdb))
+
+
+def merge(changes: list[Changes]) -> Changes:
+    """Several Changes as one (applied as one batch per kind)."""
+    return Changes(
+        add_neighbours=tuple(x for c in changes for x in c.add_neighbours),
+        add_fdb=tuple(x for c in changes for x in c.add_fdb),
+        add_routes=tuple(x for c in changes for x in c.add_routes),
+        del_routes=tuple(x for c in changes for x in c.del_routes),
+        del_fdb=tuple(x for c in changes for x in c.del_fdb),
+        del_neighbours=tuple(x for c in changes for x in c.del_neighbours),
+    )
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The backend device after setup (host-gw has none: ``name`` is the public interface)."""
+
+    name: str
+    index: int
+    mtu: int
+    mac: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """The node's public side: interface, its address, MTU and directly connected networks."""
+
+    iface: str
+    index: int
+    ip: IPv4Address
+    mtu: int
+    networks: tuple[IPv4Network, ...] = field(default_factory=tuple)
+
+    def on_link(self, ip: IPv4Address) -> bool:
+        """True when ``ip`` is on one of the public interface's connected networks."""
+        return any(ip in net for net in self.networks)
+
+
+def peers_of(own: Lease | None, leases: Iterable[Lease]) -> list[Lease]:
+    """Leases of other nodes that can be programmed (reservations without a public IP, leases
+    with no IPv4 subnet, and our own lease are left out)."""
+    out = []
+    for lease in leases:
+        if lease.subnet is None or lease.public_ip is None:
+            continue
+        if own is not None and (lease.subnet == own.subnet or lease.public_ip == own.public_ip):
+            continue
+        out.append(lease)
+    return sorted(out, key=lambda lease: lease.subnet)  # type: ignore[arg-type, return-value]
+
+
+class Backend(abc.ABC):
+    """One dataplane: set up the device for our lease, program peers, reconcile."""
+
+    type_name: str = ""
+
+    @abc.abstractmethod
+    def backend_data(self) -> dict[str, object]:
+        """The lease's BackendData for this node (e.g. {"VNI": 1, "VtepMAC": "..."})."""
+
+    @abc.abstractmethod
+    def mtu(self) -> int:
+        """The pod network MTU this backend gives (subnet.env FLANNEL_MTU)."""
+
+    def check_peers(self, own: Lease, leases: Iterable[Lease]) -> None:  # noqa: B027
+        """Raise BackendError when the backend cannot work with these peers at all (the
+        default: every peer is acceptable)."""
+
+    def attach(self) -> None:  # noqa: B027
+        """Find an existing device without changing anything (for inspection)."""
+
+    @abc.abstractmethod
+    def setup(self, lease: Lease) -> DeviceInfo:
+        """Create or keep the device for ``lease`` (idempotent: no change when already right)."""
+
+    @abc.abstractmethod
+    def desired(self, own: Lease, leases: Iterable[Lease]) -> DesiredState:
+        """Pure: what the kernel should hold for these leases."""
+
+    @abc.abstractmethod
+    def actual(self) -> ActualState:
+        """What the kernel holds that is ours."""
+
+    @abc.abstractmethod
+    def apply(self, changes: Changes) -> list[str]:
+        """Apply ``changes`` in order; returns one line per entry that failed."""
+
+    @abc.abstractmethod
+    def device_present(self) -> bool:
+        """False when the backend device has gone (deleted by hand): setup must run again."""
+
+    @abc.abstractmethod
+    def teardown(self) -> None:
+        """Remove everything this backend installed (``--cleanup-on-exit``)."""
+
+    def reconcile(self, own: Lease, leases: Iterable[Lease]) -> tuple[Changes, list[str]]:
+        """Desired minus actual, applied. Returns the changes and the errors (per entry)."""
+        desired = self.desired(own, leases)
+        changes = diff(desired, self.actual())
+        errors = list(desired.errors)
+        if not changes.empty:
+            errors += self.apply(changes)
+        return changes, errors
+
+    # Convenience names from the interface in the brief: add or remove one peer.
+    def add_peer(self, own: Lease, peer: Lease) -> list[str]:
+        state = self.desired(own, [peer])
+        changes = Changes(
+            add_neighbours=tuple(state.neighbours), add_fdb=tuple(state.fdb),
+            add_routes=tuple(state.routes))
+        return list(state.errors) + self.apply(changes)
+
+    def remove_peer(self, own: Lease, peer: Lease) -> list[str]:
+        state = self.desired(own, [peer])
+        changes = Changes(
+            del_routes=tuple(state.routes), del_fdb=tuple(state.fdb),
+            del_neighbours=tuple(state.neighbours))
+        return self.apply(changes)

@@ -1,0 +1,223 @@
+"""The VXLAN backend in Flannel's layout: a device per VNI; a neighbour, FDB entry, route per peer.
+
+Device ``flannel.<VNI>``: learning off, local = public IP, UDP port from the config (8472),
+address ``<subnet network>/32``, MTU = underlay MTU - 50. Per peer, in this order: permanent
+neighbour (peer subnet network address -> peer VTEP MAC), FDB entry (peer VTEP MAC -> peer public
+IP), route ``<peer subnet> via <peer subnet network address> dev flannel.<VNI> onlink``. With
+DirectRouting, a peer whose public IP is on a directly connected network of the public interface
+gets a plain route ``<peer subnet> via <peer public IP>`` instead.
+
+The VTEP MAC survives restarts and reboots: it is stored in the state directory and in the lease,
+and an existing device keeps its MAC, so peers never hold a stale one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+
+from backends.base import (
+    RTPROT_NETWEFT,
+    ActualState,
+    Backend,
+    BackendError,
+    Changes,
+    DesiredState,
+    DeviceInfo,
+    FdbEntry,
+    Neighbour,
+    PeerState,
+    Route,
+    Underlay,
+    peers_of,
+)
+from backends.netlink import Netlink, apply_changes
+from ipam.lease import Lease
+
+log = logging.getLogger("netweft.vxlan")
+
+VXLAN_OVERHEAD = 50
+DEFAULT_PORT = 8472
+
+
+def device_name(vni: int) -> str:
+    return f"flannel.{vni}"
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC."""
+    first = (random.randrange(256) & 0xFC) | 0x02
+    rest = [random.randrange(256) for _ in range(5)]
+    return ":".join(f"{b:02x}" for b in [first, *rest])
+
+
+def _mac_file(state_dir: str, vni: int) -> str:
+    return os.path.join(state_dir, f"vxlan-{vni}.json")
+
+
+def load_vtep_mac(state_dir: str | None, vni: int) -> str | None:
+    if not state_dir:
+        return None
+    try:
+        with open(_mac_file(state_dir, vni), encoding="utf-8") as f:
+            mac = json.load(f).get("VtepMAC")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(mac).lower() if mac else None
+
+
+def save_vtep_mac(state_dir: str | None, vni: int, mac: str) -> None:
+    if not state_dir or load_vtep_mac(state_dir, vni) == mac:
+        return
+    os.makedirs(state_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".vxlan.", dir=state_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"VNI": vni, "VtepMAC": mac}, f)
+    os.replace(tmp, _mac_file(state_dir, vni))
+
+
+@dataclass(frozen=True)
+class VxlanSettings:
+    vni: int = 1
+    port: int = DEFAULT_PORT
+    direct_routing: bool = False
+    mtu: int | None = None  # None: underlay MTU - 50
+
+
+def desired_vxlan(own: Lease, leases: Iterable[Lease], dev: str, underlay: Underlay,
+                  direct_routing: bool) -> DesiredState:
+    """Pure: the neighbour, FDB entry and route for every peer lease."""
+    peers = []
+    for lease in peers_of(own, leases):
+        assert lease.subnet is not None and lease.public_ip is not None
+        base = PeerState(lease.subnet, lease.public_ip)
+        if direct_routing and underlay.on_link(lease.public_ip):
+            peers.append(PeerState(lease.subnet, lease.public_ip,
+                                   route=Route(lease.subnet, lease.public_ip, underlay.iface)))
+            continue
+        if lease.backend_type != "vxlan":
+            peers.append(PeerState(base.subnet, base.public_ip, error=(
+                f"peer {lease.subnet} ({lease.public_ip}) uses backend {lease.backend_type!r}, "
+                "not vxlan: skipped")))
+            continue
+        mac = lease.vtep_mac
+        if not mac:
+            peers.append(PeerState(base.subnet, base.public_ip, error=(
+                f"peer {lease.subnet} ({lease.public_ip}) has no BackendData.VtepMAC: skipped")))
+            continue
+        gw = lease.subnet.network_address
+        peers.append(PeerState(
+            lease.subnet, lease.public_ip,
+            neighbour=Neighbour(gw, mac.lower(), dev),
+            fdb=FdbEntry(mac.lower(), lease.public_ip, dev),
+            route=Route(lease.subnet, gw, dev, onlink=True),
+        ))
+    return DesiredState(tuple(peers))
+
+
+class VxlanBackend(Backend):
+    type_name = "vxlan"
+
+    def __init__(self, nl: Netlink, underlay: Underlay, settings: VxlanSettings,
+                 state_dir: str | None = None, previous_mac: str | None = None) -> None:
+        self.nl = nl
+        self.underlay = underlay
+        self.settings = settings
+        self.state_dir = state_dir
+        self.dev = device_name(settings.vni)
+        self.index: int | None = None
+        # MAC preference: the existing device's, then the stored one, then the previous lease's.
+        self.mac: str | None = load_vtep_mac(state_dir, settings.vni) or previous_mac
+
+    def mtu(self) -> int:
+        return self.settings.mtu or (self.underlay.mtu - VXLAN_OVERHEAD)
+
+    def backend_data(self) -> dict[str, object]:
+        if self.mac is None:
+            existing = self.nl.link(self.dev)
+            self.mac = existing.mac if existing and existing.kind == "vxlan" else random_mac()
+        return {"VNI": self.settings.vni, "VtepMAC": self.mac}
+
+    def _matches(self, info_vxlan: dict[str, object]) -> bool:
+        return (info_vxlan.get("id") == self.settings.vni
+                and str(info_vxlan.get("local")) == str(self.underlay.ip)
+                and info_vxlan.get("port") == self.settings.port
+                and not info_vxlan.get("learning"))
+
+    def setup(self, lease: Lease) -> DeviceInfo:
+        if lease.subnet is None:
+            raise BackendError("vxlan: the lease has no IPv4 subnet")
+        link = self.nl.link(self.dev)
+        if link is not None and (link.kind != "vxlan" or not self._matches(link.vxlan)):
+            log.warning("%s exists with other settings (%s); recreating it", self.dev,
+                        {k: link.vxlan.get(k) for k in ("id", "local", "port", "learning")})
+            self.nl.delete_link(link.index)
+            link = None
+        if link is None:
+            if self.mac is None:
+                self.backend_data()
+            log.info("creating %s (vni %d, local %s, port %d, mac %s)", self.dev,
+                     self.settings.vni, self.underlay.ip, self.settings.port, self.mac)
+            self.nl.create_vxlan(self.dev, self.settings.vni, self.underlay.ip,
+                                         self.settings.port, self.underlay.index, self.mac,
+                                         self.mtu())
+            link = self.nl.link(self.dev)
+            assert link is not None
+        self.index = link.index
+        self.mac = link.mac
+        assert self.mac is not None
+        save_vtep_mac(self.state_dir, self.settings.vni, self.mac)
+        changes: dict[str, object] = {}
+        if link.mtu != self.mtu():
+            changes["mtu"] = self.mtu()
+        if not link.up:
+            changes["state"] = "up"
+        if changes:
+            self.nl.set_link(link.index, **changes)
+        want = IPv4Interface(f"{lease.subnet.network_address}/32")
+        have = [a for _, a in self.nl.addresses(link.index)]
+        for addr in have:
+            if addr != want:
+                self.nl.del_address(link.index, addr)
+        if want not in have:
+            self.nl.add_address(link.index, want)
+        return DeviceInfo(self.dev, link.index, self.mtu(), self.mac, str(want))
+
+    def attach(self) -> None:
+        link = self.nl.link(self.dev)
+        if link is not None and link.kind == "vxlan":
+            self.index = link.index
+            self.mac = link.mac
+
+    def device_present(self) -> bool:
+        if self.index is None:
+            return False
+        link = self.nl.link(self.dev)
+        return link is not None and link.index == self.index and link.up
+
+    def desired(self, own: Lease, leases: Iterable[Lease]) -> DesiredState:
+        return desired_vxlan(own, leases, self.dev, self.underlay, self.settings.direct_routing)
+
+    def actual(self) -> ActualState:
+        routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
+        if self.index is None:
+            return ActualState(routes=routes)
+        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.dev)),
+                           fdb=frozenset(self.nl.fdb(self.dev)))
+
+    def apply(self, changes: Changes) -> list[str]:
+        return apply_changes(self.nl, changes)
+
+    def teardown(self) -> None:
+        apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
+        index = self.nl.link_index(self.dev)
+        if index is not None:
+            self.nl.delete_link(index)
+        self.index = None
+

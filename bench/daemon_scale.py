@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""One `netweft daemon` (vxlan) with N remote leases in etcd: time to program them all, RSS,
+latency of one added lease, and a restart with nothing changed.
+
+Reference in the same run: the same N neighbour + FDB + route entries programmed by hand with
+`ip -batch` / `bridge -batch` in a fresh namespace (what a hand-built dataplane costs).
+Everything runs in namespaces named nwd-bench-<pid>-*, removed at the end.
+
+    sudo .venv/bin/python bench/daemon_scale.py --leases 1000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from daemon import netns  # noqa: E402
+from daemon.nodelab import NodeLab, wait_for  # noqa: E402
+
+PUT_SCRIPT = r"""
+import asyncio, json, sys
+from ipam.etcd import EtcdClient, EtcdSettings
+async def main(endpoint, prefix, n):
+    async with EtcdClient(EtcdSettings((endpoint,), prefix)) as etcd:
+        etcd.connect()
+        sem = asyncio.Semaphore(64)
+        async def put(i):
+            subnet = f"10.{100 + i // 256}.{i % 256}.0"
+            value = {"PublicIP": f"198.18.{i // 250}.{i % 250 + 1}",
+                     "BackendType": "vxlan",
+                     "BackendData": {"VNI": 1,
+                                     "VtepMAC": f"0e:{i // 256:02x}:{i % 256:02x}:00:00:01"}}
+            async with sem:
+                await etcd.put(f"{prefix}/subnets/{subnet}-24", json.dumps(value))
+        await asyncio.gather(*(put(i) for i in range(n)))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def reference(n: int, name: str) -> float:
+    """Hand-programmed: one vxlan device, N neigh + N fdb + N routes via iproute2 batches."""
+    netns.add(name)
+    try:
+        run = lambda *a: subprocess.run(["ip", "-n", name, *a], check=True)  # noqa: E731
+        run("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        run("addr", "add", "192.0.2.10/24", "dev", "eth0")
+        run("link", "set", "eth0", "up")
+        run("link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "192.0.2.10",
+            "dstport", "8472", "nolearning", "dev", "eth0")
+        run("link", "set", "flannel.1", "up")
+        neigh, fdb, routes = [], [], []
+        for i in range(n):
+            gw = f"10.{100 + i // 256}.{i % 256}.0"
+            mac = f"0e:{i // 256:02x}:{i % 256:02x}:00:00:01"
+            neigh.append(f"neigh replace {gw} lladdr {mac} dev flannel.1 nud permanent")
+            fdb.append(f"fdb replace {mac} dev flannel.1 dst 198.18.{i // 250}.{i % 250 + 1} "
+                       "self permanent")
+            routes.append(f"route replace {gw}/24 via {gw} dev flannel.1 onlink proto 78")
+        t0 = time.perf_counter()
+        subprocess.run(["ip", "-n", name, "-batch", "-"], input="\n".join(neigh) + "\n",
+                       text=True, check=True)
+        subprocess.run(["bridge", "-n", name, "-batch", "-"], input="\n".join(fdb) + "\n",
+                       text=True, check=True)
+        subprocess.run(["ip", "-n", name, "-batch", "-"], input="\n".join(routes) + "\n",
+                       text=True, check=True)
+        return time.perf_counter() - t0
+    finally:
+        netns.delete(name)
+
+
+def pass_seconds(lab: NodeLab, ns: str) -> tuple[float, float]:
+    """(sum, count) of the daemon's reconcile pass durations."""
+    total = count = 0.0
+    for line in lab.http(ns, "/metrics")[1].splitlines():
+        if line.startswith("netweft_reconcile_duration_seconds_sum"):
+            total = float(line.split()[1])
+        if line.startswith("netweft_reconcile_duration_seconds_count"):
+            count = float(line.split()[1])
+    return total, count
+
+
+def one_run(n: int, tag: str) -> dict[str, float]:
+    names = [f"nwd-bench-{os.getpid()}-{tag}-{x}" for x in ("ul", "n1", "out")]
+    for name in names:
+        netns.delete(name)
+        netns.add(name)
+    work = tempfile.mkdtemp(prefix="nwd-bench-")
+    lab = NodeLab(names[0], [names[1]], names[2], work, prefix="/nwd-bench/network")
+    try:
+        lab.build()
+        lab.set_config({"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
+        netns.run(names[0], [sys.executable, "-c", PUT_SCRIPT, lab.endpoint, lab.prefix, str(n)],
+                  timeout=300)
+        ns = names[1]
+        t0 = time.perf_counter()
+        proc = lab.start_daemon(ns, "--reconcile-interval", "10", "--log-level", "warning")
+        wait_for(lambda: (lab.status(ns) or {}).get("peers") == n, timeout=300, interval=0.02,
+                 what=f"{n} peers programmed")
+        t_program = time.perf_counter() - t0
+        routes = subprocess.run(["ip", "-n", ns, "route", "show", "proto", "78"],
+                                capture_output=True, text=True).stdout.count("\n")
+        assert routes == n, f"{routes} routes in the kernel, expected {n}"
+        first_pass, passes = pass_seconds(lab, ns)
+        assert passes == 1, passes  # the first full pass programmed everything
+        time.sleep(1.0)
+        rss = rss_kib(proc.pid)
+        # One more lease at a time: time until its route is in the kernel (median of 5).
+        adds = []
+        for k in range(5):
+            lab.put_lease(f"10.250.{k}.0/24", {
+                "PublicIP": f"198.19.0.{k + 1}", "BackendType": "vxlan",
+                "BackendData": {"VNI": 1, "VtepMAC": f"0e:ff:00:00:00:{k + 1:02x}"}})
+            t1 = time.perf_counter()  # after etcdctl returned (its own start-up is not ours)
+            wait_for(lambda k=k: f"10.250.{k}.0/24" in subprocess.run(
+                ["ip", "-n", ns, "route", "show", f"10.250.{k}.0/24"], capture_output=True,
+                text=True).stdout, timeout=60, interval=0.002)
+            adds.append(time.perf_counter() - t1)
+        t_add = statistics.median(adds)
+        # Restart with nothing changed: ready again, and no kernel change.
+        lab.stop_daemon(ns)
+        os.unlink(os.path.join(lab.paths(ns)["state_dir"], "status.json"))
+        t2 = time.perf_counter()
+        lab.start_daemon(ns, "--reconcile-interval", "10", "--log-level", "info")
+        wait_for(lambda: (lab.status(ns) or {}).get("peers") == n + 5, timeout=300,
+                 interval=0.02)
+        t_restart = time.perf_counter() - t2
+        changes = lab.log(ns).split("public interface")[-1].count("kernel change")
+        noop_pass, _ = pass_seconds(lab, ns)
+        return {"program_s": t_program, "program_pass_s": first_pass, "rss_mib": rss / 1024,
+                "add_one_s": t_add, "restart_s": t_restart, "restart_kernel_changes": changes,
+                "noop_pass_s": noop_pass}
+    finally:
+        lab.close()
+        for name in names:
+            netns.delete(name)
+        subprocess.run(["rm", "-rf", work])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--leases", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("daemon_scale.py: needs root (network namespaces)")
+    assert IPv4Network("10.0.0.0/8") and IPv4Address("198.18.0.1")
+    results, refs = [], []
+    for r in range(args.runs):
+        results.append(one_run(args.leases, f"r{r}"))
+        refs.append(reference(args.leases, f"nwd-bench-{os.getpid()}-ref{r}"))
+        print(json.dumps({**results[-1], "reference_ip_batch_s": refs[-1]}), flush=True)
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    ref = statistics.median(refs)
+    print(f"\n{args.leases} remote leases ({3 * args.leases} kernel entries), {args.runs} runs, "
+          "medians:")
+    print(f"  daemon start -> all peers programmed : {med['program_s']:.2f} s "
+          "(interpreter start, etcd, lease, device, firewall, first pass)")
+    print(f"  first reconcile pass (programs all)  : {med['program_pass_s']:.3f} s")
+    print(f"  hand-programmed (ip/bridge -batch)   : {ref:.3f} s   "
+          f"(first pass / reference = {med['program_pass_s'] / ref:.2f}x)")
+    print(f"  reconcile pass, nothing to change    : {med['noop_pass_s'] * 1000:.0f} ms")
+    print(f"  RSS after programming                : {med['rss_mib']:.1f} MiB")
+    print(f"  lease put returned -> route in kernel: {med['add_one_s'] * 1000:.0f} ms")
+    print(f"  restart -> reconciled                : {med['restart_s']:.2f} s, "
+          f"kernel changes {med['restart_kernel_changes']:.0f}")
+
+
+if __name__ == "__main__":
+    main()

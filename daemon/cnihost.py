@@ -1,0 +1,117 @@
+"""Hosting the CNI request server (``cni/server.py``) inside the node daemon.
+
+The server runs in its own thread (pod wiring must not wait for our event loop); its hooks
+fire after each reply and hand the pod to the loop, which writes (ADD) or removes (DEL) the pod
+record the service proxy reads (``proxy/podrecords.py``). Request counts and latency come from
+the server's own accounting and are exported as metrics at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from daemon.metrics import Metrics
+
+log = logging.getLogger("netweft.cni-host")
+
+
+class CniUnavailable(Exception):
+    """The CNI server module is not part of this build."""
+
+
+class CniHost:
+    def __init__(self, socket_path: str, loop: asyncio.AbstractEventLoop, metrics: Metrics,
+                 etcd: Any = None, services_prefix: str = "/netweft", node_name: str = "",
+                 pod_records: bool = True,
+                 on_etcd_error: Callable[[Exception], None] | None = None) -> None:
+        self.socket_path = socket_path
+        self.loop = loop
+        self.metrics = metrics
+        self.etcd = etcd
+        self.services_prefix = services_prefix
+        self.node_name = node_name
+        self.pod_records = pod_records and etcd is not None
+        self.on_etcd_error = on_etcd_error
+        self.server: Any = None
+        self._records: Any = None
+
+    def start(self) -> None:
+        try:
+            from cni.server import CniHooks, CniServer
+        except ImportError as exc:
+            raise CniUnavailable(f"the CNI server is not in this build ({exc})") from None
+        if self.pod_records:
+            try:
+                from proxy import podrecords
+                self._records = podrecords
+            except ImportError:
+                log.warning("pod records are not written: proxy/podrecords.py is not in this build")
+                self.pod_records = False
+        self.server = CniServer(self.socket_path,
+                                hooks=CniHooks(on_add=self._on_add, on_del=self._on_del))
+        self.server.start()
+        self.metrics.add_collector(self.collect)
+        log.info("CNI server listening on %s", self.socket_path)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    # --- hooks (called in the server's worker threads) ----------------------------------------
+
+    def _on_add(self, pod: Any) -> None:
+        if self.pod_records:
+            asyncio.run_coroutine_threadsafe(self._put(pod), self.loop)
+
+    def _on_del(self, pod: Any) -> None:
+        if self.pod_records:
+            asyncio.run_coroutine_threadsafe(self._delete(pod.container_id), self.loop)
+
+    def record_for(self, pod: Any) -> Any:
+        from proxy.records import PodRecord
+        return PodRecord(
+            container_id=pod.container_id,
+            namespace=pod.pod_namespace or "default",
+            name=pod.pod_name or pod.container_id[:12],
+            node=self.node_name,
+            ips=tuple(ip.split("/", 1)[0] for ip in pod.ips),
+            labels=dict(pod.labels),
+        )
+
+    async def _put(self, pod: Any) -> None:
+        try:
+            await self._records.put_pod(self.etcd, self.services_prefix, self.record_for(pod))
+        except Exception as exc:  # noqa: BLE001 - logged and counted; the pod itself is fine
+            log.warning("pod record for %s not written: %s", pod.container_id[:12], exc)
+            if self.on_etcd_error:
+                self.on_etcd_error(exc)
+
+    async def _delete(self, container_id: str) -> None:
+        try:
+            await self._records.delete_pod(self.etcd, self.services_prefix, self.node_name,
+                                           container_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("pod record for %s not removed: %s", container_id[:12], exc)
+            if self.on_etcd_error:
+                self.on_etcd_error(exc)
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def collect(self, metrics: Metrics) -> None:
+        if self.server is None:
+            return
+        for command, s in self.server.stats().items():
+            metrics.set("netweft_cni_requests_total", s.count - s.errors,
+                        {"command": command, "result": "ok"})
+            metrics.set("netweft_cni_requests_total", s.errors,
+                        {"command": command, "result": "error"})
+            metrics.set("netweft_cni_request_duration_seconds_sum", s.seconds_total,
+                        {"command": command})
+            metrics.set("netweft_cni_request_duration_seconds_count", s.count,
+                        {"command": command})
+            metrics.set("netweft_cni_request_duration_seconds_max", s.seconds_max,
+                        {"command": command})

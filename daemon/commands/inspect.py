@@ -1,0 +1,263 @@
+"""``netweft routes`` and ``netweft status``: what the node should have and what the kernel has.
+
+Both read etcd and netlink directly, so they work while the daemon is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Any
+
+import click
+
+from daemon.clicontext import fail, settings
+from ipam.etcd import EtcdClient, EtcdError, EtcdSettings
+from ipam.lease import Lease
+
+
+@dataclass
+class NodeView:
+    cfg: Any                 # NetworkConfig | None
+    leases: list[Lease]
+    own: Lease | None
+    etcd_error: str | None
+
+
+def _local_subnet(subnet_file: str) -> IPv4Network | None:
+    from ipam import subnetenv
+    try:
+        env = subnetenv.read(subnet_file)
+    except subnetenv.SubnetEnvError:
+        return None
+    return env.subnet.network if env.subnet is not None else None
+
+
+def _read_status(state_dir: str) -> dict[str, Any] | None:
+    from daemon.agent import STATUS_FILE
+    try:
+        with open(os.path.join(state_dir, STATUS_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None) -> NodeView:
+    from ipam.config import ConfigError
+    from ipam.leases import LeaseStore
+
+    async def main() -> tuple[Any, list[Lease]]:
+        async with EtcdClient(s, timeout=3.0) as etcd:
+            etcd.connect()
+            store = LeaseStore(etcd, s.prefix)
+            cfg = await asyncio.wait_for(store.get_config(), 5)
+            leases, _ = await asyncio.wait_for(store.list(with_expiry=True), 5)
+            return cfg, leases
+
+    try:
+        cfg, leases = asyncio.run(main())
+    except (EtcdError, ConfigError, TimeoutError) as exc:
+        return NodeView(None, [], None, str(exc) or "etcd did not answer in time")
+    own = next((le for le in leases if own_subnet is not None and le.subnet == own_subnet), None)
+    if own is None and public_ip:
+        own = next((le for le in leases if str(le.public_ip) == public_ip), None)
+    return NodeView(cfg, leases, own, None)
+
+
+def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name: str | None):  # type: ignore[no-untyped-def]
+    from backends.netlink import Netlink
+    from daemon import iface
+    from daemon.agent import make_backend
+
+    nl = Netlink()
+    name = iface_name or (status or {}).get("iface")
+    opts = iface.IfaceOptions(ifaces=(name,)) if name else iface.IfaceOptions()
+    try:
+        side = iface.select(nl, opts)
+    except iface.IfaceError as exc:
+        fail(str(exc))
+        raise
+    backend = make_backend(cfg, nl, side, None)
+    backend.attach()
+    return backend, nl
+
+
+def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, Any]:
+    """Per peer: each desired entry and whether the kernel has it; then stray entries."""
+    desired = backend.desired(own, leases)
+    actual = backend.actual()
+    have_routes = {r.dst: r for r in actual.routes}
+    have_neigh = {(n.ip, n.dev): n for n in actual.neighbours}
+    have_fdb = set(actual.fdb)
+    peers = []
+    for p in desired.peers:
+        entries = []
+        if p.neighbour is not None:
+            got = have_neigh.get((p.neighbour.ip, p.neighbour.dev))
+            entries.append({"kind": "neighbour", "desired": p.neighbour.describe(),
+                            "kernel": got.describe() if got else None,
+                            "state": "ok" if got == p.neighbour else
+                            ("differs" if got else "missing")})
+        if p.fdb is not None:
+            entries.append({"kind": "fdb", "desired": p.fdb.describe(),
+                            "kernel": p.fdb.describe() if p.fdb in have_fdb else None,
+                            "state": "ok" if p.fdb in have_fdb else "missing"})
+        if p.route is not None:
+            got_r = have_routes.get(p.route.dst)
+            entries.append({"kind": "route", "desired": p.route.describe(),
+                            "kernel": got_r.describe() if got_r else None,
+                            "state": "ok" if got_r == p.route else
+                            ("differs" if got_r else "missing")})
+        peers.append({"subnet": str(p.subnet), "publicIP": str(p.public_ip), "error": p.error,
+                      "entries": entries})
+    stray = ([{"kind": "route", "kernel": r.describe()}
+              for r in sorted(actual.routes - desired.routes)
+              if r.dst not in {d.dst for d in desired.routes}]
+             + [{"kind": "neighbour", "kernel": n.describe()}
+                for n in sorted(actual.neighbours - desired.neighbours)
+                if (n.ip, n.dev) not in {(d.ip, d.dev) for d in desired.neighbours}]
+             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)])
+    return {"node": {"subnet": str(own.subnet), "publicIP": str(own.public_ip),
+                     "backend": backend.type_name},
+            "peers": peers, "stray": stray}
+
+
+def render_routes(report: dict[str, Any]) -> str:
+    node = report["node"]
+    lines = [f"node {node['subnet']} ({node['publicIP']}, {node['backend']})"]
+    for peer in report["peers"]:
+        lines.append(f"peer {peer['subnet']} at {peer['publicIP']}"
+                     + (f"  ERROR: {peer['error']}" if peer["error"] else ""))
+        for e in peer["entries"]:
+            mark = {"ok": "ok     ", "missing": "MISSING", "differs": "DIFFERS"}[e["state"]]
+            lines.append(f"  {mark} {e['kind']:<9} {e['desired']}")
+            if e["state"] == "differs":
+                lines.append(f"          kernel:   {e['kernel']}")
+    for s in report["stray"]:
+        lines.append(f"STRAY   {s['kind']:<9} {s['kernel']}")
+    if not report["peers"]:
+        lines.append("(no peers)")
+    return "\n".join(lines)
+
+
+@click.command("routes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
+@click.option("--state-dir", default="/var/lib/netweft", show_default=True)
+@click.option("--iface", default=None, help="Public interface (default: the daemon's, else the "
+              "default route's).")
+@click.pass_context
+def routes_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str,
+               iface: str | None) -> None:
+    """Per peer lease: the desired route/neighbour/FDB entry beside what the kernel has."""
+    status = _read_status(state_dir)
+    view = _load(settings(ctx), _local_subnet(subnet_file), (status or {}).get("publicIP"))
+    if view.etcd_error:
+        fail(f"cannot read leases: {view.etcd_error}")
+    if view.cfg is None:
+        fail(f"no network config at {settings(ctx).prefix}/config")
+    if view.own is None:
+        fail(f"this node has no lease ({subnet_file} names none that etcd holds)")
+    assert view.own is not None
+    backend, nl = _backend(view.cfg, status, state_dir, iface)
+    try:
+        report = routes_report(backend, view.own, view.leases)
+    finally:
+        nl.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render_routes(report))
+    bad = any(e["state"] != "ok" for p in report["peers"] for e in p["entries"]) \
+        or report["stray"]
+    ctx.exit(0 if not bad else 3)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
+@click.option("--state-dir", default="/var/lib/netweft", show_default=True)
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str) -> None:
+    """The node's lease, backend, device, MTU, peers and last reconcile."""
+    from backends.netlink import Netlink
+
+    status = _read_status(state_dir) or {}
+    own_subnet = _local_subnet(subnet_file)
+    view = _load(settings(ctx), own_subnet, status.get("publicIP"))
+    pid = status.get("pid")
+    running = False
+    if pid:
+        try:
+            os.kill(int(pid), 0)
+            running = True
+        except (OSError, ValueError):
+            running = False
+    out: dict[str, Any] = {
+        "daemon": "running" if running else "not running",
+        "subnet": str(own_subnet) if own_subnet else
+        (str(view.own.subnet) if view.own else None),
+        "lease": view.own.to_dict() if view.own else None,
+        "etcd": view.etcd_error or "ok",
+        "backend": view.cfg.backend.type if view.cfg else status.get("backend"),
+        "device": status.get("device"),
+        "iface": status.get("iface"),
+        "publicIP": status.get("publicIP"),
+        "peers": len([le for le in view.leases if view.own is None or le.subnet != view.own.subnet
+                      if le.public_ip is not None]) if not view.etcd_error
+        else status.get("peers"),
+        "peersProgrammed": status.get("peers"),
+        "lastReconcile": status.get("lastReconcile"),
+        "errors": status.get("errors") or [],
+    }
+    dev = out["device"]
+    if dev:
+        nl = Netlink()
+        try:
+            link = nl.link(dev)
+        finally:
+            nl.close()
+        out["deviceState"] = ({"present": True, "mtu": link.mtu, "mac": link.mac, "up": link.up}
+                              if link else {"present": False})
+        out["mtu"] = link.mtu if link else status.get("mtu")
+    else:
+        out["mtu"] = status.get("mtu")
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    lease = out["lease"]
+    expires = "-"
+    if lease:
+        if lease.get("reserved"):
+            expires = "never (reserved)"
+        elif lease.get("expiration"):
+            expires = f"in {int(lease['expiration'] - time.time())}s"
+    last = out["lastReconcile"]
+    rows = [
+        ("daemon", out["daemon"]),
+        ("etcd", out["etcd"]),
+        ("lease", f"{out['subnet'] or '-'} (public IP {out['publicIP'] or '-'}, "
+                  f"expires {expires})" if lease else f"{out['subnet'] or '-'} (not in etcd)"),
+        ("backend", out["backend"] or "-"),
+        ("device", f"{dev or '-'}" + (
+            "" if not dev else (" (missing)" if not out["deviceState"]["present"] else
+                                f" mac {out['deviceState']['mac']}"))),
+        ("mtu", out["mtu"] or "-"),
+        ("peers", f"{out['peers']} leased, {out['peersProgrammed'] or 0} programmed"),
+        ("last reconcile", f"{int(time.time() - last)}s ago" if last else "never"),
+    ]
+    for err in out["errors"][:5]:
+        rows.append(("error", err))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(routes_cmd)
+    group.add_command(status_cmd)

@@ -1,0 +1,31 @@
+"""Run one etcd-backed CLI action: connect, run, turn expected failures into one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from daemon.clicontext import fail
+from ipam.config import ConfigError
+from ipam.etcd import EtcdClient, EtcdError, EtcdSettings
+from ipam.leases import LeaseError, LeaseStore
+
+T = TypeVar("T")
+
+CLI_TIMEOUT = 3.0
+
+
+def with_store(settings: EtcdSettings, action: Callable[[LeaseStore], Awaitable[T]],
+               timeout: float = CLI_TIMEOUT) -> T:
+    """Run ``action(store)``; etcd, config and lease errors exit 1 with one line."""
+
+    async def main() -> T:
+        async with EtcdClient(settings, timeout=timeout) as etcd:
+            return await action(LeaseStore(etcd, settings.prefix))
+
+    try:
+        return asyncio.run(main())
+    except (EtcdError, ConfigError, LeaseError) as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits

@@ -1,0 +1,200 @@
+"""Prometheus metrics and the /healthz, /readyz, /metrics HTTP endpoints (stdlib, asyncio).
+
+The registry is a few dicts; the server is a minimal HTTP/1.0 responder on the daemon's event
+loop, so answering /healthz proves the loop itself is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("netweft.metrics")
+
+Labels = tuple[tuple[str, str], ...]
+
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _labels(labels: dict[str, str] | None) -> Labels:
+    return tuple(sorted((labels or {}).items()))
+
+
+def _fmt_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _fmt_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
+    items = labels + extra
+    if not items:
+        return ""
+    body = ",".join(f'{k}="{v}"' for k, v in items)
+    return "{" + body + "}"
+
+
+@dataclass
+class _Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.buckets)
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+        self.total += value
+        self.count += 1
+
+
+class Metrics:
+    """Counters, gauges and histograms with labels, rendered in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self._help: dict[str, tuple[str, str]] = {}
+        self._values: dict[str, dict[Labels, float]] = {}
+        self._hists: dict[str, dict[Labels, _Histogram]] = {}
+        self._collectors: list[Callable[[Metrics], None]] = []
+
+    def add_collector(self, fn: Callable[[Metrics], None]) -> None:
+        """``fn(metrics)`` runs before every render (values owned by someone else)."""
+        self._collectors.append(fn)
+
+    def describe(self, name: str, kind: str, help_text: str) -> None:
+        self._help[name] = (kind, help_text)
+
+    def inc(self, name: str, amount: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        series = self._values.setdefault(name, {})
+        key = _labels(labels)
+        series[key] = series.get(key, 0.0) + amount
+
+    def set(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+        self._values.setdefault(name, {})[_labels(labels)] = value
+
+    def get(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self._values.get(name, {}).get(_labels(labels), 0.0)
+
+    def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+        series = self._hists.setdefault(name, {})
+        key = _labels(labels)
+        if key not in series:
+            series[key] = _Histogram(DEFAULT_BUCKETS)
+        series[key].observe(value)
+
+    def render(self) -> str:
+        for fn in self._collectors:
+            try:
+                fn(self)
+            except Exception as exc:  # noqa: BLE001 - a broken collector must not break /metrics
+                log.warning("metrics collector failed: %s", exc)
+        out: list[str] = []
+        summaries = {n for n, (kind, _) in self._help.items() if kind == "summary"}
+        names = sorted(set(self._help) | set(self._values) | set(self._hists))
+        for name in names:
+            base = name.rsplit("_", 1)[0]
+            if base in summaries and name.endswith(("_sum", "_count")):
+                continue  # rendered under the summary's name
+            kind, help_text = self._help.get(name, ("untyped", ""))
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            series = [(name, self._values.get(name, {}))]
+            if name in summaries:
+                series = [(f"{name}_sum", self._values.get(f"{name}_sum", {})),
+                          (f"{name}_count", self._values.get(f"{name}_count", {}))]
+            for sname, values in series:
+                for labels, value in sorted(values.items()):
+                    out.append(f"{sname}{_fmt_labels(labels)} {_fmt_value(value)}")
+            for labels, hist in sorted(self._hists.get(name, {}).items()):
+                for bound, count in zip(hist.buckets, hist.counts, strict=True):
+                    out.append(f"{name}_bucket{_fmt_labels(labels, (('le', f'{bound:g}'),))} "
+                               f"{count}")
+                out.append(f"{name}_bucket{_fmt_labels(labels, (('le', '+Inf'),))} {hist.count}")
+                out.append(f"{name}_sum{_fmt_labels(labels)} {_fmt_value(hist.total)}")
+                out.append(f"{name}_count{_fmt_labels(labels)} {hist.count}")
+        return "\n".join(out) + "\n"
+
+
+def daemon_metrics() -> Metrics:
+    m = Metrics()
+    m.describe("netweft_leases", "gauge", "Subnet leases currently in etcd (including ours).")
+    m.describe("netweft_peers_programmed", "gauge",
+               "Peer leases whose routes/neighbours/FDB entries are in the kernel.")
+    m.describe("netweft_reconcile_runs_total", "counter", "Dataplane reconcile passes.")
+    m.describe("netweft_reconcile_errors_total", "counter",
+               "Entries a reconcile pass could not program (or passes that failed).")
+    m.describe("netweft_reconcile_changes_total", "counter",
+               "Kernel entries added, replaced or removed by reconcile passes.")
+    m.describe("netweft_reconcile_duration_seconds", "histogram",
+               "Time a reconcile pass takes (dump, diff, apply).")
+    m.describe("netweft_lease_updates_applied_total", "counter",
+               "Kernel entries changed directly from lease events (between full passes).")
+    m.describe("netweft_last_reconcile_timestamp_seconds", "gauge",
+               "Unix time of the last completed reconcile pass.")
+    m.describe("netweft_etcd_errors_total", "counter", "Failed etcd operations.")
+    m.describe("netweft_lease_expiration_timestamp_seconds", "gauge",
+               "When this node's etcd lease expires unless renewed.")
+    m.describe("netweft_lease_acquisitions_total", "counter",
+               "Times this node acquired (or re-acquired) its lease.")
+    m.describe("netweft_firewall_reloads_total", "counter",
+               "Times the masquerade/forward rules were (re)loaded.")
+    m.describe("netweft_cni_requests_total", "counter",
+               "CNI requests served, by command and result.")
+    m.describe("netweft_cni_request_duration_seconds", "summary",
+               "CNI request latency in the daemon's CNI server, by command.")
+    m.describe("netweft_cni_request_duration_seconds_max", "gauge",
+               "Slowest CNI request so far, by command.")
+    return m
+
+
+class HttpEndpoint:
+    """Serves /healthz (200 while the loop runs), /readyz (200 once ready) and /metrics."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.metrics = metrics
+        self.ready = ready
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, addr: str) -> tuple[str, int]:
+        host, _, port = addr.rpartition(":")
+        self._server = await asyncio.start_server(self._handle, host or "0.0.0.0", int(port))
+        sock = self._server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+            status, ctype, body = self._route(path)
+            head = (f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _route(self, path: str) -> tuple[str, str, bytes]:
+        text = "text/plain; charset=utf-8"
+        if path == "/healthz":
+            return "200 OK", text, b"ok\n"
+        if path == "/readyz":
+            ok, why = self.ready()
+            return ("200 OK" if ok else "503 Service Unavailable"), text, (why + "\n").encode()
+        if path == "/metrics":
+            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", \
+                self.metrics.render().encode()
+        return "404 Not Found", text, b"not found\n"

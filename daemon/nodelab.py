@@ -1,0 +1,178 @@
+"""A miniature cluster for node-level tests and benchmarks: an underlay bridge namespace with a
+real etcd on it, node namespaces running ``netweft daemon`` (as a runtime would: ``ip netns exec``),
+and an "outside" host that is the nodes' default gateway.
+
+Everything lives in namespaces the caller names (and deletes); processes are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv4Network
+
+from daemon import netns, underlay
+from daemon.etcd_process import EtcdProcess
+
+ETCD_IP = "192.0.2.254"
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.1,
+             what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class NodeLab:
+    underlay_ns: str
+    node_nss: list[str]
+    outside_ns: str
+    workdir: str
+    prefix: str = "/coreos.com/network"
+    etcd: EtcdProcess | None = None
+    nodes: list[underlay.UnderlayNode] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{ETCD_IP}:2379"
+
+    def build(self, pod_stand_ins: bool = True) -> NodeLab:
+        self.nodes = underlay.build(self.underlay_ns, self.node_nss, outside_ns=self.outside_ns)
+        subprocess.run(["ip", "-n", self.underlay_ns, "addr", "add", f"{ETCD_IP}/24", "dev",
+                        "br0"], check=True, capture_output=True)
+        data_dir = os.path.join(self.workdir, "etcd")
+        os.makedirs(data_dir, exist_ok=True)
+        self.etcd = EtcdProcess(host=ETCD_IP, netns=self.underlay_ns, data_dir=data_dir).start()
+        return self
+
+    # --- etcd access (from inside the underlay namespace) ------------------------------------
+
+    def etcdctl(self, *args: str, check: bool = True) -> str:
+        env = dict(os.environ, ETCDCTL_API="3")
+        proc = subprocess.run(["ip", "netns", "exec", self.underlay_ns, "etcdctl",
+                               f"--endpoints={self.endpoint}", *args], capture_output=True,
+                              text=True, env=env, timeout=20)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def netweft(self, ns: str, *args: str, check: bool = True,
+                timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "daemon.cli", "--etcd-endpoints", self.endpoint,
+               "--etcd-prefix", self.prefix, *args]
+        return netns.run(ns, cmd, check=check, timeout=timeout)
+
+    def set_config(self, doc: dict[str, object]) -> None:
+        self.etcdctl("put", f"{self.prefix}/config", json.dumps(doc))
+
+    def put_lease(self, subnet: str, value: dict[str, object]) -> None:
+        key = subnet.replace("/", "-")
+        self.etcdctl("put", f"{self.prefix}/subnets/{key}", json.dumps(value))
+
+    def delete_lease(self, subnet: str) -> None:
+        self.etcdctl("del", f"{self.prefix}/subnets/{subnet.replace('/', '-')}")
+
+    def leases(self) -> dict[str, dict[str, object]]:
+        out = self.etcdctl("get", "--prefix", f"{self.prefix}/subnets/", "-w", "json")
+        doc = json.loads(out)
+        import base64
+        res = {}
+        for kv in doc.get("kvs", []):
+            key = base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1]
+            val = json.loads(base64.b64decode(kv["value"]))
+            val["_lease"] = kv.get("lease", 0)
+            res[key.replace("-", "/")] = val
+        return res
+
+    # --- daemons ------------------------------------------------------------------------------
+
+    def paths(self, ns: str) -> dict[str, str]:
+        base = os.path.join(self.workdir, ns)
+        return {"subnet_file": os.path.join(base, "subnet.env"),
+                "state_dir": os.path.join(base, "state"), "log": os.path.join(base, "daemon.log")}
+
+    def start_daemon(self, ns: str, *extra: str) -> subprocess.Popen[bytes]:
+        p = self.paths(ns)
+        os.makedirs(os.path.dirname(p["log"]), exist_ok=True)
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "daemon.cli",
+               "--etcd-endpoints", self.endpoint, "--etcd-prefix", self.prefix, "daemon",
+               "--subnet-file", p["subnet_file"], "--state-dir", p["state_dir"],
+               "--metrics-addr", "127.0.0.1:9464",
+               "--cni-socket", os.path.join(os.path.dirname(p["log"]), "cni.sock"),
+               "--node-name", ns, *extra]
+        log = open(p["log"], "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.procs[ns] = proc
+        return proc
+
+    def stop_daemon(self, ns: str, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+        proc = self.procs.pop(ns, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def log(self, ns: str) -> str:
+        try:
+            with open(self.paths(ns)["log"], encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def status(self, ns: str) -> dict[str, object] | None:
+        try:
+            with open(os.path.join(self.paths(ns)["state_dir"], "status.json"),
+                      encoding="utf-8") as f:
+                return json.load(f)  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+    def subnet(self, ns: str) -> IPv4Network | None:
+        from ipam import subnetenv
+        try:
+            env = subnetenv.read(self.paths(ns)["subnet_file"])
+        except subnetenv.SubnetEnvError:
+            return None
+        return env.subnet.network if env.subnet else None
+
+    def http(self, ns: str, path: str) -> tuple[int, str]:
+        code = ("import sys,urllib.request,urllib.error\n"
+                "try:\n r=urllib.request.urlopen('http://127.0.0.1:9464'+sys.argv[1],timeout=3)\n"
+                " print(r.status); print(r.read().decode())\n"
+                "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+        out = netns.run(ns, [sys.executable, "-c", code, path], check=False).stdout
+        status, _, body = out.partition("\n")
+        return (int(status) if status.strip().isdigit() else 0), body
+
+    def add_pod_stand_in(self, ns: str, subnet: IPv4Network) -> IPv4Interface:
+        addr = IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+        underlay.add_pod_stand_in(ns, addr)
+        return addr
+
+    def close(self) -> None:
+        for ns in list(self.procs):
+            self.stop_daemon(ns, timeout=5)
+        if self.etcd is not None:
+            self.etcd.stop()

@@ -1,0 +1,284 @@
+"""Flannel's network config (``<prefix>/config``): a typed model, defaults and validation.
+
+Every refusal is a :class:`ConfigError` whose message starts with the field it is about.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+BACKEND_TYPES = ("vxlan", "host-gw")
+DEFAULT_VXLAN_PORT = 8472
+MIN_V4_NETWORK_PREFIX = 28  # Flannel: "Network is too small. Minimum useful network prefix is /28"
+
+
+class ConfigError(ValueError):
+    """An invalid network config; the message names the field and the reason."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str = "vxlan"
+    vni: int = 1
+    port: int = DEFAULT_VXLAN_PORT
+    direct_routing: bool = False
+    mtu: int | None = None  # None: underlay MTU - 50 (vxlan) or the underlay MTU (host-gw)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Type": self.type}
+        if self.type == "vxlan":
+            out.update(VNI=self.vni, Port=self.port, DirectRouting=self.direct_routing)
+        if self.mtu is not None:
+            out["MTU"] = self.mtu
+        return out
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    network: IPv4Network | None
+    subnet_len: int
+    subnet_min: IPv4Address | None
+    subnet_max: IPv4Address | None
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    ipv6_network: IPv6Network | None = None
+    ipv6_subnet_len: int = 64
+    ipv6_subnet_min: IPv6Address | None = None
+    ipv6_subnet_max: IPv6Address | None = None
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+    # --- derived -----------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """How many IPv4 subnets SubnetMin..SubnetMax holds."""
+        if self.network is None or self.subnet_min is None or self.subnet_max is None:
+            return 0
+        size = 1 << (32 - self.subnet_len)
+        return (int(self.subnet_max) - int(self.subnet_min)) // size + 1
+
+    def subnet_at(self, index: int) -> IPv4Network:
+        """The ``index``-th IPv4 subnet counting from SubnetMin."""
+        assert self.subnet_min is not None
+        size = 1 << (32 - self.subnet_len)
+        return IPv4Network((int(self.subnet_min) + index * size, self.subnet_len))
+
+    def subnet_index(self, subnet: IPv4Network) -> int | None:
+        """Position of ``subnet`` in SubnetMin..SubnetMax, None when outside or misaligned."""
+        if self.subnet_min is None or subnet.prefixlen != self.subnet_len:
+            return None
+        offset = int(subnet.network_address) - int(self.subnet_min)
+        size = 1 << (32 - self.subnet_len)
+        if offset < 0 or offset % size:
+            return None
+        idx = offset // size
+        return idx if idx < self.capacity else None
+
+    @property
+    def ipv6_capacity(self) -> int:
+        if self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
+            return 0
+        size = 1 << (128 - self.ipv6_subnet_len)
+        return (int(self.ipv6_subnet_max) - int(self.ipv6_subnet_min)) // size + 1
+
+    def ipv6_subnet_at(self, index: int) -> IPv6Network:
+        assert self.ipv6_subnet_min is not None
+        size = 1 << (128 - self.ipv6_subnet_len)
+        return IPv6Network((int(self.ipv6_subnet_min) + index * size, self.ipv6_subnet_len))
+
+    # --- serialisation -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.network is not None:
+            out.update(Network=str(self.network), SubnetLen=self.subnet_len,
+                       SubnetMin=str(self.subnet_min), SubnetMax=str(self.subnet_max))
+        out["EnableIPv4"] = self.enable_ipv4
+        out["EnableIPv6"] = self.enable_ipv6
+        if self.ipv6_network is not None:
+            out.update(IPv6Network=str(self.ipv6_network), IPv6SubnetLen=self.ipv6_subnet_len,
+                       IPv6SubnetMin=str(self.ipv6_subnet_min),
+                       IPv6SubnetMax=str(self.ipv6_subnet_max))
+        out["Backend"] = self.backend.to_dict()
+        return out
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def with_backend(self, **changes: Any) -> NetworkConfig:
+        return replace(self, backend=replace(self.backend, **changes))
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _int(d: dict[str, Any], key: str, where: str = "") -> int | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}{key}: expected an integer, got {json.dumps(value)}")
+    return value
+
+
+def _bool(d: dict[str, Any], key: str, default: bool, where: str = "") -> bool:
+    value = d.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}{key}: expected true or false, got {json.dumps(value)}")
+    return value
+
+
+def _str(d: dict[str, Any], key: str, where: str = "") -> str | None:
+    value = d.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}{key}: expected a string, got {json.dumps(value)}")
+    return value
+
+
+def _parse_backend(raw: Any) -> BackendConfig:
+    if raw is None:
+        return BackendConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError("Backend: expected an object like {\"Type\": \"vxlan\"}")
+    btype = (_str(raw, "Type", "Backend.") or "vxlan").lower()
+    if btype not in BACKEND_TYPES:
+        raise ConfigError(f"Backend.Type: unknown backend {btype!r} "
+                          f"(supported: {', '.join(BACKEND_TYPES)})")
+    vni = _int(raw, "VNI", "Backend.")
+    if vni is None:
+        vni = 1
+    if not 1 <= vni <= 0xFFFFFF:
+        raise ConfigError(f"Backend.VNI: {vni} is out of range 1-16777215")
+    port = _int(raw, "Port", "Backend.")
+    if port is None or port == 0:
+        port = DEFAULT_VXLAN_PORT
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"Backend.Port: {port} is out of range 1-65535")
+    mtu = _int(raw, "MTU", "Backend.")
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise ConfigError(f"Backend.MTU: {mtu} is out of range 68-65535")
+    direct = _bool(raw, "DirectRouting", False, "Backend.")
+    return BackendConfig(type=btype, vni=vni, port=port, direct_routing=direct, mtu=mtu or None)
+
+
+def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
+    text = _str(d, "Network")
+    if text is None:
+        raise ConfigError("Network: missing (an IPv4 CIDR such as 10.244.0.0/16)")
+    try:
+        network = IPv4Network(text, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"Network: {text!r} is not an IPv4 CIDR ({exc})") from None
+    if str(network) != text and str(network.network_address) != text.split("/")[0]:
+        raise ConfigError(f"Network: {text!r} has host bits set (did you mean {network}?)")
+    if network.prefixlen > MIN_V4_NETWORK_PREFIX:
+        raise ConfigError(f"Network: {network} is smaller than a /{MIN_V4_NETWORK_PREFIX}, "
+                          "too small to carve node subnets from")
+    subnet_len = _int(d, "SubnetLen")
+    if subnet_len is None or subnet_len == 0:
+        subnet_len = 24 if network.prefixlen < 22 else network.prefixlen + 2
+    if not network.prefixlen < subnet_len <= 30:
+        raise ConfigError(f"SubnetLen: {subnet_len} is out of range: it must be longer than "
+                          f"the Network's /{network.prefixlen} and at most 30")
+    size = 1 << (32 - subnet_len)
+    first = int(network.network_address)
+    last_subnet = first + network.num_addresses - size
+
+    def bound(key: str, default: int) -> IPv4Address:
+        value = _str(d, key)
+        if value is None:
+            return IPv4Address(default)
+        try:
+            addr = IPv4Address(value)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not an IPv4 address") from None
+        if addr not in network:
+            raise ConfigError(f"{key}: {addr} is outside the Network {network}")
+        if (int(addr) - first) % size:
+            raise ConfigError(f"{key}: {addr} is not on a /{subnet_len} boundary (SubnetLen)")
+        return addr
+
+    # Flannel skips the first subnet by default (its network address doubles as the network's).
+    smin = bound("SubnetMin", first + size)
+    smax = bound("SubnetMax", last_subnet)
+    if smin > smax:
+        raise ConfigError(f"SubnetMin: {smin} is above SubnetMax {smax}")
+    return network, subnet_len, smin, smax
+
+
+def _v6_range(d: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Address]:
+    text = _str(d, "IPv6Network")
+    if text is None:
+        raise ConfigError("IPv6Network: missing while EnableIPv6 is true")
+    try:
+        network = IPv6Network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"IPv6Network: {text!r} is not an IPv6 CIDR ({exc})") from None
+    if network.prefixlen > 124:
+        raise ConfigError(f"IPv6Network: {network} is too small to carve node subnets from")
+    subnet_len = _int(d, "IPv6SubnetLen")
+    if subnet_len is None or subnet_len == 0:
+        subnet_len = 64 if network.prefixlen < 62 else network.prefixlen + 2
+    if not network.prefixlen < subnet_len <= 126:
+        raise ConfigError(f"IPv6SubnetLen: {subnet_len} is out of range: it must be longer than "
+                          f"the IPv6Network's /{network.prefixlen} and at most 126")
+    size = 1 << (128 - subnet_len)
+    first = int(network.network_address)
+
+    def bound(key: str, default: int) -> IPv6Address:
+        value = _str(d, key)
+        if value is None:
+            return IPv6Address(default)
+        try:
+            addr = IPv6Address(value)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not an IPv6 address") from None
+        if addr not in network:
+            raise ConfigError(f"{key}: {addr} is outside the IPv6Network {network}")
+        if (int(addr) - first) % size:
+            raise ConfigError(f"{key}: {addr} is not on a /{subnet_len} boundary")
+        return addr
+
+    smin = bound("IPv6SubnetMin", first + size)
+    smax = bound("IPv6SubnetMax", first + network.num_addresses - size)
+    if smin > smax:
+        raise ConfigError(f"IPv6SubnetMin: {smin} is above IPv6SubnetMax {smax}")
+    return network, subnet_len, smin, smax
+
+
+def from_dict(d: Any) -> NetworkConfig:
+    if not isinstance(d, dict):
+        raise ConfigError("config: expected a JSON object like {\"Network\": \"10.244.0.0/16\"}")
+    enable_v4 = _bool(d, "EnableIPv4", True)
+    enable_v6 = _bool(d, "EnableIPv6", False)
+    if not enable_v4 and not enable_v6:
+        raise ConfigError("EnableIPv4: both EnableIPv4 and EnableIPv6 are false: nothing to lease")
+    backend = _parse_backend(d.get("Backend"))
+    v4: tuple[Any, ...] = (None, 24, None, None)
+    if enable_v4:
+        v4 = _v4_range(d)
+    v6: tuple[Any, ...] = (None, 64, None, None)
+    if enable_v6:
+        v6 = _v6_range(d)
+    return NetworkConfig(
+        network=v4[0], subnet_len=v4[1], subnet_min=v4[2], subnet_max=v4[3],
+        enable_ipv4=enable_v4, enable_ipv6=enable_v6,
+        ipv6_network=v6[0], ipv6_subnet_len=v6[1], ipv6_subnet_min=v6[2], ipv6_subnet_max=v6[3],
+        backend=backend,
+    )
+
+
+def parse_config(text: str | bytes) -> NetworkConfig:
+    """Parse and validate a Flannel network config JSON document."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"config: not valid JSON ({exc})") from None
+    return from_dict(data)

@@ -1,0 +1,332 @@
+"""Subnet leases in etcd, Flannel-compatible: acquire, renew, release, reserve, list, watch.
+
+Desired behaviour beyond Flannel: a lost creation race retries with another subnet instead of
+exiting, and a watch never loses an event (after compaction or a broken stream it re-lists and
+emits the difference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from ipam.config import ConfigError, NetworkConfig, parse_config
+from ipam.etcd import CompactedError, EtcdClient, EtcdError, EventType, KeyValue
+from ipam.lease import Lease, LeaseFormatError, parse_lease
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 24 * 3600
+CANDIDATES = 100        # pick randomly among this many free subnets, as Flannel does
+ACQUIRE_ATTEMPTS = 50
+
+
+class LeaseError(Exception):
+    """A lease operation that cannot succeed as asked."""
+
+
+class SubnetsExhausted(LeaseError):
+    """Every subnet of the network is leased or reserved."""
+
+
+class LeaseLost(LeaseError):
+    """Our lease (or its key) is gone from etcd."""
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: str  # "added" | "removed"
+    lease: Lease
+
+
+def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
+    name = kv.key[len(subnets_prefix):]
+    try:
+        return parse_lease(name, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision)
+    except LeaseFormatError as exc:
+        log.warning("ignoring %s: %s", kv.key, exc)
+        return None
+
+
+class LeaseStore:
+    """The leases of one network (one etcd prefix)."""
+
+    def __init__(self, etcd: EtcdClient, prefix: str = "/coreos.com/network",
+                 ttl: int = DEFAULT_TTL) -> None:
+        self.etcd = etcd
+        self.prefix = prefix.rstrip("/")
+        self.ttl = ttl
+
+    @property
+    def config_key(self) -> str:
+        return f"{self.prefix}/config"
+
+    @property
+    def subnets_prefix(self) -> str:
+        return f"{self.prefix}/subnets/"
+
+    def key_for(self, lease: Lease) -> str:
+        return self.subnets_prefix + lease.key_name
+
+    # --- config -----------------------------------------------------------------------------
+
+    async def get_config(self) -> NetworkConfig | None:
+        kv = await self.etcd.get(self.config_key)
+        if kv is None:
+            return None
+        try:
+            return parse_config(kv.value)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config_key}: {exc}") from None
+
+    async def set_config(self, cfg: NetworkConfig) -> None:
+        await self.etcd.put(self.config_key, cfg.to_json())
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def list(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
+        kvs, revision = await self.etcd.get_prefix(self.subnets_prefix)
+        leases = [lease for kv in kvs if (lease := _kv_to_lease(kv, self.subnets_prefix))]
+        if with_expiry:
+            now = time.time()
+            ids = sorted({le.etcd_lease_id for le in leases if le.etcd_lease_id})
+            ttls = await asyncio.gather(*(self.etcd.time_to_live(i) for i in ids))
+            left = dict(zip(ids, ttls, strict=True))
+            leases = [replace(le, expiration=now + left[le.etcd_lease_id])
+                      if left.get(le.etcd_lease_id, -1) >= 0 else le for le in leases]
+        return leases, revision
+
+    # --- acquiring --------------------------------------------------------------------------
+
+    async def acquire(self, cfg: NetworkConfig, public_ip: IPv4Address | None,
+                      backend_type: str, backend_data: dict[str, Any] | None = None,
+                      previous: IPv4Network | None = None,
+                      public_ipv6: IPv6Address | None = None,
+                      previous_ipv6: IPv6Network | None = None) -> Lease:
+        """Our lease: the one holding our public IP, else ``previous`` if free, else a random
+        free subnet. Lost creation races are retried with another subnet."""
+        data = dict(backend_data or {})
+        for _attempt in range(ACQUIRE_ATTEMPTS):
+            leases, _rev = await self.list()
+            mine = self._find_mine(leases, public_ip, public_ipv6)
+            if mine is not None:
+                got = await self._refresh_mine(mine, backend_type, data, public_ip, public_ipv6)
+                if got is not None:
+                    return got
+                continue
+            v4, v6 = self._choose(cfg, leases, previous, previous_ipv6)
+            lease = Lease(subnet=v4, ipv6_subnet=v6, public_ip=public_ip,
+                          public_ipv6=public_ipv6, backend_type=backend_type, backend_data=data)
+            lease_id = await self.etcd.grant(self.ttl)
+            if await self.etcd.create(self.key_for(lease), lease.value_json(), lease=lease_id):
+                log.info("acquired %s for %s", lease.key_name, public_ip or public_ipv6)
+                return replace(lease, etcd_lease_id=lease_id, expiration=time.time() + self.ttl)
+            # Somebody took it between our list and our create: try another one.
+            await self.etcd.revoke(lease_id)
+            previous = previous_ipv6 = None
+            await asyncio.sleep(random.uniform(0, 0.05))
+        raise LeaseError(f"could not acquire a subnet after {ACQUIRE_ATTEMPTS} attempts "
+                         "(heavy contention?)")
+
+    @staticmethod
+    def _find_mine(leases: list[Lease], public_ip: IPv4Address | None,
+                   public_ipv6: IPv6Address | None) -> Lease | None:
+        for lease in leases:
+            if public_ip is not None and lease.public_ip == public_ip:
+                return lease
+            if public_ip is None and public_ipv6 is not None and lease.public_ipv6 == public_ipv6:
+                return lease
+        return None
+
+    async def _refresh_mine(self, mine: Lease, backend_type: str, data: dict[str, Any],
+                            public_ip: IPv4Address | None,
+                            public_ipv6: IPv6Address | None) -> Lease | None:
+        """Take over the lease holding our public IP (after a restart): keep its subnet, refresh
+        its value and etcd lease. None when it changed under us (re-list and retry)."""
+        updated = replace(mine, backend_type=backend_type, backend_data=data,
+                          public_ip=public_ip or mine.public_ip,
+                          public_ipv6=public_ipv6 or mine.public_ipv6)
+        if mine.reserved:
+            lease_id = 0
+        else:
+            lease_id = mine.etcd_lease_id
+            if await self.etcd.time_to_live(lease_id) <= 0:
+                lease_id = await self.etcd.grant(self.ttl)
+        ok = await self.etcd.replace(self.key_for(mine), updated.value_json(),
+                                     mine.mod_revision, lease=lease_id)
+        if not ok:
+            return None
+        ttl = self.ttl
+        if lease_id:
+            ttl = await self.etcd.keepalive_once(lease_id) or self.ttl
+        log.info("reusing %s for %s", mine.key_name, public_ip or public_ipv6)
+        return replace(updated, etcd_lease_id=lease_id,
+                       expiration=None if not lease_id else time.time() + ttl)
+
+    def _choose(self, cfg: NetworkConfig, leases: list[Lease], previous: IPv4Network | None,
+                previous_ipv6: IPv6Network | None) -> tuple[IPv4Network | None, IPv6Network | None]:
+        v4 = v6 = None
+        if cfg.enable_ipv4:
+            taken = {le.subnet for le in leases if le.subnet is not None}
+            if previous is not None and previous not in taken \
+                    and cfg.subnet_index(previous) is not None:
+                v4 = previous
+            else:
+                v4 = self._pick_v4(cfg, taken)
+        if cfg.enable_ipv6:
+            taken6 = {le.ipv6_subnet for le in leases if le.ipv6_subnet is not None}
+            if previous_ipv6 is not None and previous_ipv6 not in taken6 \
+                    and cfg.ipv6_network is not None and previous_ipv6.subnet_of(cfg.ipv6_network):
+                v6 = previous_ipv6
+            else:
+                v6 = self._pick_v6(cfg, taken6)
+        return v4, v6
+
+    @staticmethod
+    def _pick_v4(cfg: NetworkConfig, taken: set[IPv4Network]) -> IPv4Network:
+        free: list[IPv4Network] = []
+        for i in range(cfg.capacity):
+            subnet = cfg.subnet_at(i)
+            if subnet not in taken:
+                free.append(subnet)
+                if len(free) >= CANDIDATES:
+                    break
+        if not free:
+            raise SubnetsExhausted(
+                f"network {cfg.network} is exhausted: all {cfg.capacity} /{cfg.subnet_len} "
+                f"subnets from {cfg.subnet_min} to {cfg.subnet_max} are leased or reserved")
+        return random.choice(free)
+
+    @staticmethod
+    def _pick_v6(cfg: NetworkConfig, taken: set[IPv6Network]) -> IPv6Network:
+        cap = cfg.ipv6_capacity
+        if cap <= 4096:
+            free = [s for i in range(cap) if (s := cfg.ipv6_subnet_at(i)) not in taken]
+            if free:
+                return random.choice(free[:CANDIDATES])
+        else:
+            for _ in range(256):
+                subnet = cfg.ipv6_subnet_at(random.randrange(cap))
+                if subnet not in taken:
+                    return subnet
+        raise SubnetsExhausted(f"IPv6 network {cfg.ipv6_network} is exhausted "
+                               f"({cap} /{cfg.ipv6_subnet_len} subnets)")
+
+    # --- keeping and giving back ------------------------------------------------------------
+
+    async def renew(self, lease: Lease) -> Lease:
+        """Refresh our etcd lease; :class:`LeaseLost` when the key or the lease is gone."""
+        kv = await self.etcd.get(self.key_for(lease))
+        if kv is None:
+            raise LeaseLost(f"lease {lease.key_name} is gone from etcd")
+        current = _kv_to_lease(kv, self.subnets_prefix)
+        if current is None or current.public_ip != lease.public_ip:
+            raise LeaseLost(f"lease {lease.key_name} now belongs to someone else")
+        if current.reserved:
+            return replace(current, expiration=None)
+        ttl = await self.etcd.keepalive_once(current.etcd_lease_id)
+        if ttl <= 0:
+            raise LeaseLost(f"etcd lease of {lease.key_name} has expired")
+        return replace(current, expiration=time.time() + ttl)
+
+    async def _find(self, subnet: IPv4Network | IPv6Network) -> tuple[Lease, str] | None:
+        leases, _ = await self.list()
+        for lease in leases:
+            if subnet in (lease.subnet, lease.ipv6_subnet):
+                return lease, self.key_for(lease)
+        return None
+
+    async def release(self, subnet: IPv4Network | IPv6Network) -> bool:
+        """Delete the lease or reservation of ``subnet``; False when there was none."""
+        found = await self._find(subnet)
+        if found is None:
+            return False
+        lease, key = found
+        deleted = await self.etcd.delete(key)
+        if lease.etcd_lease_id:
+            await self.etcd.revoke(lease.etcd_lease_id)
+        return deleted
+
+    async def reserve(self, subnet: IPv4Network, public_ip: IPv4Address,
+                      cfg: NetworkConfig | None = None) -> Lease:
+        """A key with no etcd lease: never expires, only ``public_ip`` may use it."""
+        if cfg is not None and cfg.subnet_index(subnet) is None:
+            raise LeaseError(f"{subnet} is not a /{cfg.subnet_len} subnet between "
+                             f"{cfg.subnet_min} and {cfg.subnet_max} of {cfg.network}")
+        found = await self._find(subnet)
+        if found is not None:
+            existing, key = found
+            if existing.public_ip != public_ip:
+                holder = "reserved for" if existing.reserved else "leased by"
+                raise LeaseError(f"{subnet} is {holder} {existing.public_ip}")
+            reservation = replace(existing, etcd_lease_id=0, expiration=None)
+            await self.etcd.put(key, reservation.value_json(), lease=0)
+            if existing.etcd_lease_id:
+                # The key no longer references that lease, so revoking it deletes nothing.
+                await self.etcd.revoke(existing.etcd_lease_id)
+            return reservation
+        reservation = Lease(subnet=subnet, public_ip=public_ip, backend_type="")
+        if not await self.etcd.create(self.key_for(reservation), reservation.value_json()):
+            raise LeaseError(f"{subnet} was taken while reserving it; try again")
+        return reservation
+
+    # --- watching ---------------------------------------------------------------------------
+
+    async def watch(self, leases: list[Lease], revision: int,
+                    retry_delay: float = 1.0) -> AsyncIterator[list[LeaseEvent]]:
+        """Events after ``revision`` relative to ``leases``. On compaction or a broken stream,
+        re-list and yield the difference, so the caller's view always converges to etcd's."""
+        known: dict[str, Lease] = {self.key_for(le): le for le in leases}
+        rev = revision
+        while True:
+            try:
+                async for batch in self.etcd.watch_prefix(self.subnets_prefix, rev + 1):
+                    events: list[LeaseEvent] = []
+                    last = rev
+                    for ev in batch.events:
+                        last = max(last, ev.kv.mod_revision)
+                        if ev.type is EventType.PUT:
+                            lease = _kv_to_lease(ev.kv, self.subnets_prefix)
+                            if lease is not None:
+                                known[ev.kv.key] = lease
+                                events.append(LeaseEvent("added", lease))
+                        else:
+                            old = known.pop(ev.kv.key, None)
+                            if old is None:
+                                old = _kv_to_lease(ev.kv, self.subnets_prefix)
+                            if old is not None:
+                                events.append(LeaseEvent("removed", old))
+                    rev = last if batch.events else max(rev, batch.revision)
+                    if events:
+                        yield events
+            except (CompactedError, EtcdError) as exc:
+                log.warning("lease watch interrupted (%s); re-listing", exc)
+            while True:
+                try:
+                    current, rev = await self.list()
+                    break
+                except EtcdError as exc:
+                    log.warning("re-list failed (%s); retrying in %.1fs", exc, retry_delay)
+                    await asyncio.sleep(retry_delay)
+            diff = diff_leases(known, {self.key_for(le): le for le in current})
+            known = {self.key_for(le): le for le in current}
+            if diff:
+                yield diff
+            await asyncio.sleep(0)
+
+
+def diff_leases(old: dict[str, Lease], new: dict[str, Lease]) -> list[LeaseEvent]:
+    """Events that turn ``old`` into ``new`` (keyed by etcd key)."""
+    events = [LeaseEvent("removed", lease) for key, lease in old.items() if key not in new]
+    for key, lease in new.items():
+        prev = old.get(key)
+        changed = prev is None or prev.value() != lease.value()
+        if changed or prev.etcd_lease_id != lease.etcd_lease_id:  # type: ignore[union-attr]
+            events.append(LeaseEvent("added", lease))
+    return events

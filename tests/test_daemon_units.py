@@ -1,0 +1,115 @@
+"""Pure parts of the daemon: firewall rendering, metrics, subnet.env for a lease, iface errors."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from daemon.agent import AgentError, make_backend, subnet_env_for
+from daemon.firewall import FirewallSpec, iptables_rules, make_firewall, render_nft
+from daemon.iface import IfaceError, parse_options
+from daemon.metrics import HttpEndpoint, daemon_metrics
+from ipam.config import parse_config
+from ipam.lease import Lease
+
+SPEC = FirewallSpec(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"))
+
+
+def test_nft_ruleset_has_flannels_masquerade_rules_in_order() -> None:
+    text = render_nft(SPEC)
+    rules = [line.strip() for line in text.splitlines() if "return" in line or "masq" in line]
+    assert rules == [
+        "meta mark & 0x00004000 == 0x00004000 return",
+        "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return",
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+        "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random",
+    ]
+    assert "ip saddr 10.244.0.0/16 accept" in text and "ip daddr 10.244.0.0/16 accept" in text
+    assert text.startswith("table ip netweft {")
+
+
+def test_nft_without_masquerade_keeps_forward_only() -> None:
+    text = render_nft(FirewallSpec(SPEC.network, SPEC.subnet, masquerade=False))
+    assert "postrouting" not in text and "chain forward" in text
+
+
+def test_iptables_rules_only_in_own_chains() -> None:
+    rules = iptables_rules(SPEC)
+    assert all(r.startswith("-A NETWEFT-POSTRTG ") for r in rules["nat"])
+    assert all(r.startswith("-A NETWEFT-FWD ") for r in rules["filter"])
+    assert "-A NETWEFT-POSTRTG -m mark --mark 0x4000/0x4000 " in rules["nat"][0]
+    with pytest.raises(ValueError, match="--firewall: 'pf'"):
+        make_firewall("pf")
+
+
+def test_subnet_env_for_lease() -> None:
+    cfg = parse_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+    lease = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("192.0.2.10"))
+    env = subnet_env_for(cfg, lease, 1450, True)
+    assert env.render() == ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
+                            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+
+
+def test_unknown_backend_is_one_clear_line() -> None:
+    from dataclasses import replace
+
+    cfg = parse_config('{"Network": "10.244.0.0/16"}')
+    cfg = replace(cfg, backend=replace(cfg.backend, type="wireguard"))
+    with pytest.raises(AgentError, match="Backend.Type: 'wireguard' is not supported"):
+        make_backend(cfg, None, None, None)  # type: ignore[arg-type]
+
+
+def test_iface_option_errors_name_the_option() -> None:
+    with pytest.raises(IfaceError, match="--iface-can-reach: 'x' is not an IPv4 address"):
+        parse_options([], [], "x", None)
+    with pytest.raises(IfaceError, match="--public-ip"):
+        parse_options([], [], None, "1.2.3")
+
+
+def test_metrics_text_format_and_http_endpoints() -> None:
+    m = daemon_metrics()
+    m.inc("netweft_reconcile_runs_total")
+    m.set("netweft_peers_programmed", 7)
+    m.set("netweft_last_reconcile_timestamp_seconds", 1795320000.25)
+    m.add_collector(lambda mm: mm.set("netweft_cni_requests_total", 3,
+                                      {"command": "ADD", "result": "ok"}))
+    m.set("netweft_cni_request_duration_seconds_sum", 0.012, {"command": "ADD"})
+    m.set("netweft_cni_request_duration_seconds_count", 3, {"command": "ADD"})
+    m.observe("netweft_reconcile_duration_seconds", 0.004)
+    text = m.render()
+    assert "# TYPE netweft_reconcile_runs_total counter" in text
+    assert "netweft_peers_programmed 7\n" in text
+    assert "netweft_last_reconcile_timestamp_seconds 1795320000.25\n" in text
+    assert 'netweft_cni_requests_total{command="ADD",result="ok"} 3' in text
+    assert "# TYPE netweft_cni_request_duration_seconds summary" in text
+    assert 'netweft_cni_request_duration_seconds_count{command="ADD"} 3' in text
+    assert "# TYPE netweft_cni_request_duration_seconds_count" not in text
+    assert 'netweft_reconcile_duration_seconds_bucket{le="0.005"} 1' in text
+    assert 'netweft_reconcile_duration_seconds_bucket{le="0.0025"} 0' in text
+
+    async def scenario() -> list[bytes]:
+        state = {"ready": (False, "waiting for the network config")}
+        ep = HttpEndpoint(m, lambda: state["ready"])
+        host, port = await ep.start("127.0.0.1:0")
+        out = []
+        for path in ("/healthz", "/readyz", "/metrics", "/nope"):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            out.append(await reader.read())
+            writer.close()
+        state["ready"] = (True, "ready")
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+        out.append(await reader.read())
+        await ep.stop()
+        return out
+
+    healthz, notready, metrics, missing, ready = asyncio.run(scenario())
+    assert healthz.startswith(b"HTTP/1.0 200")
+    assert notready.startswith(b"HTTP/1.0 503") and b"waiting for the network config" in notready
+    assert metrics.startswith(b"HTTP/1.0 200") and b"netweft_peers_programmed 7" in metrics
+    assert missing.startswith(b"HTTP/1.0 404")
+    assert ready.startswith(b"HTTP/1.0 200")

@@ -1,0 +1,288 @@
+"""Subnet leases against a real etcd: concurrency, exhaustion, restart reuse, expiry,
+reservations and a watch that survives compaction and reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, TypeVar
+
+import pytest
+
+from daemon.etcd_process import EtcdProcess
+from ipam.config import NetworkConfig, parse_config
+from ipam.etcd import EtcdClient, EtcdSettings
+from ipam.lease import Lease
+from ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
+
+T = TypeVar("T")
+
+VXLAN_DATA = {"VNI": 1, "VtepMAC": "aa:bb:cc:00:00:01"}
+
+
+def run(endpoint: str, prefix: str, body: Callable[[LeaseStore], Awaitable[T]],
+        ttl: int = 60) -> T:
+    """Run ``body`` with a fresh client and store (one client per call, like one process)."""
+
+    async def main() -> T:
+        async with EtcdClient(EtcdSettings.from_strings(endpoint, prefix)) as etcd:
+            return await body(LeaseStore(etcd, prefix, ttl=ttl))
+
+    return asyncio.run(main())
+
+
+def setup_network(endpoint: str, prefix: str, config: str) -> NetworkConfig:
+    cfg = parse_config(config)
+
+    async def body(store: LeaseStore) -> None:
+        await store.set_config(cfg)
+
+    run(endpoint, prefix, body)
+    return cfg
+
+
+def node_ip(i: int) -> IPv4Address:
+    return IPv4Address("192.0.2.0") + 10 + i
+
+
+def test_thirty_concurrent_acquirers_get_distinct_subnets(etcd_endpoint: str,
+                                                          etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    results: dict[int, Lease] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(30)
+
+    def acquirer(i: int) -> None:
+        async def body(store: LeaseStore) -> Lease:
+            return await store.acquire(cfg, node_ip(i), "vxlan", VXLAN_DATA)
+
+        try:
+            start.wait()
+            results[i] = run(etcd_endpoint, etcd_prefix, body)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=acquirer, args=(i,)) for i in range(30)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    assert not errors, errors
+    subnets = {lease.subnet for lease in results.values()}
+    assert len(subnets) == 30
+    assert all(cfg.subnet_index(s) is not None for s in subnets if s)
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list())
+    assert {le.subnet: le.public_ip for le in listed} == {
+        le.subnet: le.public_ip for le in results.values()}
+    print(f"30 concurrent acquisitions took {elapsed:.3f}s")
+
+
+def test_small_network_gives_three_leases_then_exhaustion(etcd_endpoint: str,
+                                                          etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix,
+                        '{"Network": "10.5.0.0/22", "SubnetLen": 24}')
+    got = []
+    for i in range(3):
+        got.append(run(etcd_endpoint, etcd_prefix,
+                       lambda s, i=i: s.acquire(cfg, node_ip(i), "vxlan", VXLAN_DATA)))
+    assert sorted(str(le.subnet) for le in got) == ["10.5.1.0/24", "10.5.2.0/24", "10.5.3.0/24"]
+    with pytest.raises(SubnetsExhausted) as info:
+        run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(9), "vxlan", {}))
+    assert "10.5.0.0/22" in str(info.value) and "all 3 /24 subnets" in str(info.value)
+
+
+def test_restart_reuses_the_lease_holding_our_public_ip(etcd_endpoint: str,
+                                                        etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    first = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(1), "vxlan",
+                                                                   VXLAN_DATA))
+    # "crash": nothing released; a new process acquires again with the same public IP
+    again = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(1), "vxlan",
+                                                                   VXLAN_DATA))
+    assert again.subnet == first.subnet
+    assert again.vtep_mac == "aa:bb:cc:00:00:01"
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list())
+    assert len(listed) == 1
+
+
+def test_lost_lease_with_old_subnet_env_gets_the_old_subnet_back(etcd_endpoint: str,
+                                                                 etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    first = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(1), "vxlan", {}))
+
+    async def lose(store: LeaseStore) -> None:
+        await store.etcd.revoke(first.etcd_lease_id)  # the key goes with its etcd lease
+
+    run(etcd_endpoint, etcd_prefix, lose)
+    assert run(etcd_endpoint, etcd_prefix, lambda s: s.list())[0] == []
+    back = run(etcd_endpoint, etcd_prefix,
+               lambda s: s.acquire(cfg, node_ip(1), "vxlan", {}, previous=first.subnet))
+    assert back.subnet == first.subnet
+
+
+def test_old_subnet_taken_by_another_node_is_not_stolen(etcd_endpoint: str,
+                                                        etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    other = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(2), "vxlan", {}))
+    mine = run(etcd_endpoint, etcd_prefix,
+               lambda s: s.acquire(cfg, node_ip(1), "vxlan", {}, previous=other.subnet))
+    assert mine.subnet != other.subnet
+
+
+def _watch_until(store: LeaseStore, leases: list[Lease], rev: int,
+                 stop: Callable[[list[LeaseEvent]], bool], timeout: float) -> Awaitable[bool]:
+    async def go() -> bool:
+        async def consume() -> bool:
+            async for events in store.watch(leases, rev):
+                if stop(events):
+                    return True
+            return False
+
+        try:
+            return await asyncio.wait_for(consume(), timeout)
+        except TimeoutError:
+            return False
+
+    return go()
+
+
+def test_lease_without_renewal_expires_and_watcher_reports_removal(etcd_endpoint: str,
+                                                                   etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+
+    async def body(store: LeaseStore) -> tuple[bool, list[Lease]]:
+        leases, rev = await store.list()
+        lease = await store.acquire(cfg, node_ip(1), "vxlan", {})
+        removed = await _watch_until(
+            store, leases, rev,
+            lambda evs: any(e.kind == "removed" and e.lease.subnet == lease.subnet for e in evs),
+            timeout=15)
+        return removed, (await store.list())[0]
+
+    removed, left = run(etcd_endpoint, etcd_prefix, body, ttl=2)
+    assert removed
+    assert left == []
+
+
+def test_lease_with_renewal_survives_ten_seconds(etcd_endpoint: str, etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+
+    async def body(store: LeaseStore) -> list[Lease]:
+        lease = await store.acquire(cfg, node_ip(1), "vxlan", {})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lease = await store.renew(lease)
+            await asyncio.sleep(0.5)
+        return (await store.list())[0]
+
+    left = run(etcd_endpoint, etcd_prefix, body, ttl=2)
+    assert [le.public_ip for le in left] == [node_ip(1)]
+
+
+def test_reservations_never_expire_nor_go_to_another_node(etcd_endpoint: str,
+                                                          etcd_prefix: str) -> None:
+    cfg = setup_network(etcd_endpoint, etcd_prefix,
+                        '{"Network": "10.5.0.0/22", "SubnetLen": 24}')
+    reserved = IPv4Network("10.5.2.0/24")
+    run(etcd_endpoint, etcd_prefix, lambda s: s.reserve(reserved, node_ip(7), cfg))
+    others = [run(etcd_endpoint, etcd_prefix,
+                  lambda s, i=i: s.acquire(cfg, node_ip(i), "vxlan", {}), ttl=2)
+              for i in (1, 2)]
+    assert reserved not in {le.subnet for le in others}
+    with pytest.raises(SubnetsExhausted):
+        run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(3), "vxlan", {}))
+    time.sleep(4)  # the two TTL=2 leases expire; the reservation must not
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list(with_expiry=True))
+    assert [(le.subnet, le.reserved, le.expiration) for le in listed] == [(reserved, True, None)]
+    # the node the reservation is for gets it, and it stays a reservation
+    mine = run(etcd_endpoint, etcd_prefix,
+               lambda s: s.acquire(cfg, node_ip(7), "vxlan", VXLAN_DATA))
+    assert mine.subnet == reserved and mine.reserved
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list())
+    assert listed[0].reserved and listed[0].vtep_mac == VXLAN_DATA["VtepMAC"]
+
+
+def test_watch_resyncs_after_compaction_to_the_true_set(etcd_factory: Callable[[], EtcdProcess],
+                                                        etcd_prefix: str) -> None:
+    server = etcd_factory()
+    cfg = setup_network(server.endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+
+    async def body(store: LeaseStore) -> tuple[set[str], set[str]]:
+        for i in range(5):
+            await store.acquire(cfg, node_ip(i), "vxlan", {})
+        leases, rev = await store.list()
+        # changes the watcher has not seen yet, then compaction past its revision
+        for i in range(5, 10):
+            await store.acquire(cfg, node_ip(i), "vxlan", {})
+        await store.release(leases[0].subnet)  # type: ignore[arg-type]
+        await store.release(leases[1].subnet)  # type: ignore[arg-type]
+        _, now = await store.list()
+        await store.etcd.compact(now)
+        view = {store.key_for(le): le for le in leases}
+
+        async def more_changes() -> None:
+            for i in range(10, 15):
+                await store.acquire(cfg, node_ip(i), "vxlan", {})
+                await asyncio.sleep(0.05)
+            current, _ = await store.list()
+            await store.release(current[-1].subnet)  # type: ignore[arg-type]
+
+        async def consume() -> None:
+            async for events in store.watch(leases, rev):
+                for ev in events:
+                    key = store.key_for(ev.lease)
+                    if ev.kind == "added":
+                        view[key] = ev.lease
+                    else:
+                        view.pop(key, None)
+
+        changer = asyncio.create_task(more_changes())
+        watcher = asyncio.create_task(consume())
+        await changer
+        await asyncio.sleep(1.0)
+        watcher.cancel()
+        truth, _ = await store.list()
+        return set(view), {store.key_for(le) for le in truth}
+
+    seen, truth = run(server.endpoint, etcd_prefix, body)
+    assert seen == truth
+    assert len(truth) == 12
+
+
+def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess],
+                                          etcd_prefix: str) -> None:
+    server = etcd_factory()
+    cfg = setup_network(server.endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+
+    async def body(store: LeaseStore) -> tuple[set[Any], set[Any]]:
+        await store.acquire(cfg, node_ip(0), "vxlan", {})
+        leases, rev = await store.list()
+        view = {store.key_for(le) for le in leases}
+
+        async def consume() -> None:
+            async for events in store.watch(leases, rev, retry_delay=0.2):
+                for ev in events:
+                    (view.add if ev.kind == "added" else view.discard)(store.key_for(ev.lease))
+
+        watcher = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(server.restart)
+        for i in range(1, 4):
+            await store.acquire(cfg, node_ip(i), "vxlan", {})
+        deadline = time.monotonic() + 10
+        truth: set[Any] = set()
+        while time.monotonic() < deadline:
+            truth = {store.key_for(le) for le in (await store.list())[0]}
+            if view == truth:
+                break
+            await asyncio.sleep(0.1)
+        watcher.cancel()
+        return view, truth
+
+    view, truth = run(server.endpoint, etcd_prefix, body)
+    assert view == truth and len(truth) == 4
