@@ -103,7 +103,8 @@ class WiringState:
             if link is not None and link.index == cached.index and link.up:
                 return wiring.BridgeState(cached.name, cached.index, link.mac, key), link.mac
         with self.lock:
-            state = wiring.ensure_bridge(conf.bridge, gateways, mtu, conf.force_address)
+            state = wiring.bridge_ready(conf.bridge, gateways) or wiring.ensure_bridge(
+                conf.bridge, gateways, mtu, conf.force_address)
             self.bridges[conf.bridge] = wiring.BridgeState(state.name, state.index, state.mac,
                                                            key)
         return state, state.mac

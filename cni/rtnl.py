@@ -26,7 +26,8 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLM_F_REPLACE = 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_NEWROUTE = 20, 24
+RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 20, 22, 24
+NLM_F_DUMP = 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
@@ -93,6 +94,7 @@ class Link:
     mtu: int
     master: int
     up: bool
+    kind: str = ""
 
 
 def _parse_link(body: bytes) -> Link:
@@ -105,6 +107,8 @@ def _parse_link(body: bytes) -> Link:
         mtu=struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0,
         master=struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0,
         up=bool(flags & IFF_UP),
+        kind=parse_attrs(attrs.get(IFLA_LINKINFO, b""), 0).get(IFLA_INFO_KIND, b"")
+        .rstrip(b"\0").decode(),
     )
 
 
@@ -177,6 +181,36 @@ class Rtnl:
                 return None
             raise
         return _parse_link(body) if body else None
+
+    def addresses(self, index: int) -> list[tuple[str, int]]:
+        """(address, prefix length) of every address on link ``index`` (one dump)."""
+        seq, msg = _msg(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
+                        IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        self.sock.send(msg)
+        out: list[tuple[str, int]] = []
+        while True:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, rseq, _pid = NLMSG_HDR.unpack_from(data, offset)
+                body = data[offset + NLMSG_HDR.size: offset + length]
+                offset += (length + 3) & ~3
+                if rseq != seq:
+                    continue
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body, 0)[0]
+                    if code:
+                        raise RtnlError(code, os.strerror(code))
+                    return out
+                family, plen, _f, _scope, ifindex = IFADDRMSG.unpack_from(body, 0)
+                if ifindex != index:
+                    continue
+                attrs = parse_attrs(body, IFADDRMSG.size)
+                raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+                if raw:
+                    out.append((socket.inet_ntop(family, raw), plen))
 
     @staticmethod
     def veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: int, master: int,

@@ -108,6 +108,19 @@ def enable_forwarding(families: set[int]) -> None:
         _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
 
+def bridge_ready(name: str, gateways: list[IPv4Interface | IPv6Interface]) -> BridgeState | None:
+    """The bridge's state when it already is what we want (a bridge, up, holding every gateway
+    address): two raw netlink requests, no pyroute2. None means :func:`ensure_bridge` must act."""
+    with Rtnl() as rt:
+        link = rt.link(name)
+        if link is None or link.kind != "bridge" or not link.up:
+            return None
+        have = set(rt.addresses(link.index))
+    if any((str(g.ip), g.network.prefixlen) not in have for g in gateways):
+        return None
+    return BridgeState(name, link.index, link.mac, tuple(str(g) for g in gateways))
+
+
 def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu: int,
                   force_address: bool) -> BridgeState:
     """Create the bridge if absent, give it the gateway addresses, bring it up (pyroute2).
@@ -155,11 +168,8 @@ def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu:
             for addr, plen in others:
                 with contextlib.suppress(NetlinkError):
                     ipr.addr("del", index=index, address=addr, prefixlen=plen)
-            try:
-                ipr.addr("add", index=index, address=str(gw.ip), prefixlen=gw.network.prefixlen)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
+            with Rtnl() as rt:  # IPv6 without DAD: a tentative gateway would drop pod traffic
+                rt.batch([Rtnl.addr_msg(index, gw)], ignore=(errno.EEXIST,))
         ipr.link("set", index=index, state="up")
         mac = link.get_attr("IFLA_ADDRESS") or ""
     return BridgeState(name, index, mac, tuple(str(g) for g in gateways), created)
