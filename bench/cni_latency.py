@@ -190,6 +190,18 @@ def report(title: str, data: dict[str, dict[str, list[float]]]) -> None:
         print(f"  {command:4} {nw:11.1f} {ref:13.1f} {nw / ref:7.2f}x")
 
 
+def server_times(log_file: str) -> dict[str, list[float]]:
+    """Per-request times the server logged (``... server ADD <id>/<if> code=0 3.1ms``)."""
+    out: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    with open(log_file) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[1] == "server" and parts[2] in out \
+                    and parts[4] == "code=0" and not parts[3].startswith("warm"):
+                out[parts[2]].append(float(parts[5].rstrip("ms")))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequential", type=int, default=30, help="N sequential ADDs then DELs")
@@ -218,6 +230,10 @@ def main() -> None:
               f"({os.path.join(REF_DIR, 'bridge')}), subnet {SUBNET}, MTU {MTU}")
         report(f"sequential, N={opts.sequential} (median per call)", seq)
         report(f"parallel, M={opts.parallel} (median per call)", par)
+        server_side = server_times(os.path.join(tmp, "cni.log"))
+        print("\ninside the CNI server (median of all requests above): "
+              f"ADD {median(server_side['ADD']):.1f} ms, DEL {median(server_side['DEL']):.1f} ms "
+              "(the rest is process start-up and scheduling)")
         if opts.inproc:
             bench.stop_server()
             pods = [bench.netns(f"i{i}") for i in range(opts.inproc)]
