@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import dataclasses
 import itertools
 import json
 import os
@@ -292,7 +293,8 @@ def _nullctx() -> Iterator[None]:
 def first_packet(mode: str, sizes: list[int], connects: int, rounds: int = 6) -> dict[str, object]:
     """Two identical testbeds, one per ruleset size, measured in alternation (same noise)."""
     items_all = model(max(sizes))
-    target_svc, _ = items_all[0]
+    # the target sorts last: iptables walks NETWEFT-SERVICES in service order (worst case)
+    target_svc = dataclasses.replace(items_all[0][0], key=ServiceKey("zzz", "target"))
     pods = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
     target_eps = tuple(Endpoint(ip, (EndpointPort("http", 8080),), node="node-0") for ip in pods)
     beds = []
