@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from daemon.clicontext import fail, settings
+from daemon.clicontext import fail, services_prefix_option, settings
 
 SKIP_IFACES = re.compile(r"^(lo|cni|flannel|veth|docker|kube-ipvs|cali|vxlan)")
 
@@ -49,16 +49,14 @@ def _check_ips(values: tuple[str, ...], field: str, network: bool = False) -> tu
 
 
 def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
-                services_prefix: str | None) -> Any:
+                services_prefix: str) -> Any:
     """The source, imported lazily (its dependencies load only when used)."""
     try:
         if kind == "kube":
             from proxy.sources.kube import KubeSource
             return KubeSource(kubeconfig)
         from proxy.sources.etcd import EtcdSource
-        if services_prefix:
-            return EtcdSource(settings(ctx), services_prefix)
-        return EtcdSource(settings(ctx))
+        return EtcdSource(settings(ctx), services_prefix)
     except ImportError as exc:
         fail(f"--source {kind}: the {kind} source is not available in this build ({exc})")
 
@@ -79,7 +77,7 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True,
               help="subnet.env to read the pod network from.")
 @click.option("--kubeconfig", default=None, help="kubeconfig for --source kube.")
-@click.option("--services-prefix", default=None, help="etcd prefix for --source etcd.")
+@services_prefix_option
 @click.option("--min-sync-interval", type=click.FloatRange(0, 3600), default=1.0,
               show_default=True, help="Seconds between two syncs; changes meanwhile coalesce.")
 @click.option("--healthz-bind-address", default="0.0.0.0", show_default=True)
@@ -90,7 +88,7 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @click.pass_context
 def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: str | None,
                   node_ips: tuple[str, ...], cluster_cidrs: tuple[str, ...], subnet_file: str,
-                  kubeconfig: str | None, services_prefix: str | None,
+                  kubeconfig: str | None, services_prefix: str,
                   min_sync_interval: float, healthz_bind_address: str, healthz_port: int,
                   cleanup: bool, verbose: bool) -> None:
     """Make Services work on this node: ClusterIP, NodePort, externalIPs, LoadBalancer IPs."""
