@@ -380,7 +380,7 @@ class Agent:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        desired = backend.desired(own, peers)
+        desired = backend.last_desired
         programmed = len([p for p in desired.peers if p.error is None])
         self.metrics.set("netweft_peers_programmed", programmed)
         self.metrics.set("netweft_leases", len(self.leases))
