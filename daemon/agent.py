@@ -76,6 +76,7 @@ class AgentConfig:
     reconcile_interval: float = 10.0
     firewall_interval: float = 30.0
     config_retry: float = 2.0
+    etcd_probe_interval: float = 5.0
     metrics_addr: str | None = None
     cni_socket: str | None = None
     cleanup_on_exit: bool = False
@@ -318,6 +319,8 @@ class Agent:
         self.etcd.connect()  # _call() reads the stubs before it connects
         self.store = LeaseStore(self.etcd, self.cfg.etcd.prefix, ttl=self.cfg.lease_ttl)
         self.netcfg = await self._wait_config(self.store)
+        self.metrics.set("netweft_etcd_up", 1)
+        self.metrics.inc("netweft_etcd_errors_total", 0)  # the series exists from the start
         store = self.store
         leases, _rev = await self._etcd_retry("listing leases", store.list)
         previous_mac = next((le.vtep_mac for le in leases
@@ -453,6 +456,24 @@ class Agent:
         self.metrics.set("netweft_peers_programmed", programmed)
         self._write_status(programmed)
 
+    async def _etcd_probe_loop(self) -> None:
+        """etcd reachability for /metrics (the watch and renewals retry on their own)."""
+        assert self.etcd is not None
+        up = True
+        while True:
+            await asyncio.sleep(self.cfg.etcd_probe_interval)
+            try:
+                await asyncio.wait_for(self.etcd.status(), self.cfg.etcd_probe_interval)
+                ok = True
+            except (EtcdError, TimeoutError):
+                ok = False
+                self.metrics.inc("netweft_etcd_errors_total")
+            self.metrics.set("netweft_etcd_up", 1 if ok else 0)
+            if ok != up:
+                log.log(logging.INFO if ok else logging.WARNING, "etcd is %s",
+                        "reachable again" if ok else "unreachable; the dataplane stays as it is")
+                up = ok
+
     async def _firewall_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.firewall_interval)
@@ -556,7 +577,7 @@ class Agent:
             starting.result()  # AgentError and the like propagate
             self._tasks = [asyncio.create_task(c) for c in (
                 self._reconcile_loop(), self._watch_loop(), self._lease_loop(),
-                self._firewall_loop())]
+                self._firewall_loop(), self._etcd_probe_loop())]
             if self.cfg.netlink_events:
                 watcher = NetlinkWatcher(
                     self.cfg.netns,
