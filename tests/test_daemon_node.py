@@ -269,6 +269,10 @@ def test_hostgw_daemons_and_iptables_firewall(make_lab) -> None:
     # A route deleted by hand comes back.
     subprocess.run(["ip", "-n", a, "route", "del", str(subnets[1])], check=True)
     wait_for(lambda: str(subnets[1]) in ip(a, "route"), timeout=10, what="host-gw route back")
+    p = lab.paths(a)
+    out = lab.netweft(a, "routes", "--subnet-file", p["subnet_file"], "--state-dir",
+                      p["state_dir"]).stdout
+    assert f"ok      route     {subnets[1]} via 192.0.2.11 dev eth0" in out
 
 
 def test_daemon_waits_for_the_network_config(make_lab) -> None:
