@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "daemon.commands.leases",
     "daemon.commands.daemon",
     "daemon.commands.inspect",
+    "daemon.commands.proxy",
+    "daemon.commands.service",
 ]
 
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from ipam.etcd import EtcdSettings
+from proxy.records import DEFAULT_SERVICES_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,3 +57,19 @@ def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit with ``code`` (for expected failures: no traceback)."""
     click.echo(f"netweft: {message}", err=True)
     raise SystemExit(code)
+
+
+def services_prefix_option(func: F) -> F:
+    """``--services-prefix`` (env NETWEFT_SERVICES_PREFIX): where service and pod records live in
+    etcd, apart from the Flannel network under --etcd-prefix. The command gets
+    ``services_prefix: str``."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+        if not value.startswith("/"):
+            raise click.BadParameter(f"{value!r} must start with '/'")
+        return value.rstrip("/") or "/"
+
+    return click.option(
+        "--services-prefix", envvar="NETWEFT_SERVICES_PREFIX", default=DEFAULT_SERVICES_PREFIX,
+        show_default=True, callback=check,
+        help="etcd key prefix of service and pod records (etcd service source).")(func)

@@ -246,6 +246,27 @@ class EtcdClient:
         resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=[put]))
         return bool(resp.succeeded)
 
+    async def create_all(self, items: dict[str, bytes | str]) -> bool:
+        """Put every key only if none of them exists (one transaction). True if created."""
+        compare, success = [], []
+        for key, value in items.items():
+            k = key.encode()
+            v = value.encode() if isinstance(value, str) else value
+            compare.append(rpc.Compare(key=k, result=rpc.Compare.EQUAL,
+                                       target=rpc.Compare.CREATE, create_revision=0))
+            success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)))
+        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=compare, success=success))
+        return bool(resp.succeeded)
+
+    async def delete_all(self, keys: list[str], guard_key: str, mod_revision: int) -> bool:
+        """Delete ``keys`` only if ``guard_key`` is still at ``mod_revision`` (one transaction)."""
+        cmp = rpc.Compare(key=guard_key.encode(), result=rpc.Compare.EQUAL,
+                          target=rpc.Compare.MOD, mod_revision=mod_revision)
+        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+               for k in keys]
+        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=ops))
+        return bool(resp.succeeded)
+
     async def compact(self, revision: int) -> None:
         await self._call(self._kv.Compact, rpc.CompactionRequest(revision=revision, physical=True))
 

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Service proxy scale benchmark (root; everything happens in namespaces this script creates).
+
+1. Full sync, end to end from the model (plans + render + kernel), of N services x 3 endpoints,
+   nftables and iptables, beside a kube-proxy-style nftables ruleset of the same services (a
+   chain per service and per endpoint, ``numgen random mod N vmap { ... }``) loaded by ``nft -f``
+   in the same namespace (1,000 and 10,000 only: it grows quadratically). Endpoints are spread
+   over 10 nodes, the proxy runs on one of them (its hairpin set holds only its own endpoints).
+2. One-service change at 10,000 services: event (tracker call) to kernel, median and p90.
+3. First-packet latency (TCP connect + first byte) to a service with 10 and with 10,000
+   services loaded, from a client namespace through a node namespace to a pod.
+
+    sudo .venv/bin/python bench/proxy_scale.py [--sizes 1000,10000,30000] [--quick] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.dataplane import IptablesDataplane, NftablesDataplane  # noqa: E402
+from proxy.ipt_apply import IptablesApplier  # noqa: E402
+from proxy.model import (  # noqa: E402
+    Endpoint,
+    EndpointPort,
+    Protocol,
+    Service,
+    ServiceKey,
+    ServicePort,
+    ServiceType,
+)
+from proxy.nft_apply import NftApplier  # noqa: E402
+from proxy.plan import NodeContext  # noqa: E402
+from proxy.runner import ProxyRunner, RunnerOptions  # noqa: E402
+from proxy.testbed import build  # noqa: E402
+
+PREFIX = f"nwp-bench{os.getpid() % 100000}"
+NODE = NodeContext("node-0", ("192.0.2.11",), ("10.128.0.0/9",))
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_made: list[str] = []
+_counter = itertools.count()
+
+
+def make_ns(tag: str) -> str:
+    name = f"{PREFIX}-{tag}-{next(_counter)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    _made.append(name)
+    return name
+
+
+def delete_all() -> None:
+    for name in reversed(_made):
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    _made.clear()
+
+
+@contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Move this thread (and the libnftables context created within) into ``ns``."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(target)
+        os.close(home)
+
+
+def ip_of(base: int) -> str:
+    return f"{base >> 24 & 255}.{base >> 16 & 255}.{base >> 8 & 255}.{base & 255}"
+
+
+SVC_BASE = (10 << 24) | (96 << 16)
+EP_BASE = (10 << 24) | (128 << 16)
+
+
+NODES = 10   # endpoints are spread over this many nodes; the proxy runs on "node-0"
+
+
+def model(n: int, endpoints: int = 3) -> list[tuple[Service, tuple[Endpoint, ...]]]:
+    out = []
+    for i in range(n):
+        svc = Service(ServiceKey("bench", f"svc-{i}"), ServiceType.CLUSTER_IP,
+                      (ip_of(SVC_BASE + 1 + i),), (ServicePort("http", Protocol.TCP, 80, 8080),))
+        eps = tuple(Endpoint(ip_of(EP_BASE + 1 + i * endpoints + k),
+                             (EndpointPort("http", 8080),),
+                             node=f"node-{(i * endpoints + k) % NODES}")
+                    for k in range(endpoints))
+        out.append((svc, eps))
+    return out
+
+
+def kube_proxy_style(items: list[tuple[Service, tuple[Endpoint, ...]]]) -> str:
+    """What kube-proxy's nftables mode loads: a verdict map of service IPs, a chain per service
+    with an anonymous numgen vmap, a chain per endpoint doing the DNAT."""
+    lines = ["add table ip nwp-kp", "delete table ip nwp-kp", "table ip nwp-kp {",
+             "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
+             "\tchain mark-for-masquerade {", "\t\tmeta mark set meta mark | 0x4000", "\t}"]
+    elements = []
+    for i, (svc, eps) in enumerate(items):
+        for k, ep in enumerate(eps):
+            lines += [f"\tchain endpoint-{i}-{k} {{",
+                      f"\t\tip saddr {ep.address} jump mark-for-masquerade",
+                      f"\t\tmeta l4proto tcp dnat to {ep.address}:8080", "\t}"]
+        picks = ", ".join(f"{k} : goto endpoint-{i}-{k}" for k in range(len(eps)))
+        lines += [f"\tchain service-{i} {{",
+                  f"\t\tip daddr {svc.cluster_ips[0]} tcp dport 80 ip saddr != 10.128.0.0/9 "
+                  "jump mark-for-masquerade",
+                  f"\t\tnumgen random mod {len(eps)} vmap {{ {picks} }}", "\t}"]
+        elements.append(f"{svc.cluster_ips[0]} . tcp . 80 : goto service-{i}")
+    lines += ["\tchain services {", "\t\tip daddr . meta l4proto . th dport vmap @service-ips",
+              "\t}", "\tchain nat-prerouting {",
+              "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+              "\t\tjump services", "\t}", "}"]
+    lines.append(f"add element ip nwp-kp service-ips {{ {', '.join(elements)} }}")
+    return "\n".join(lines) + "\n"
+
+
+def runner_for(mode: str, applier_ns: str | None = None) -> ProxyRunner:
+    if mode == "nftables":
+        dp: NftablesDataplane | IptablesDataplane = NftablesDataplane(
+            NODE, NftApplier(netns=applier_ns))
+    else:   # "iptables-legacy" or "iptables" (Debian's default, the nf_tables backend)
+        dp = IptablesDataplane(NODE, IptablesApplier(netns=applier_ns, binary=mode))
+    runner = ProxyRunner(NODE, dp, None, RunnerOptions(status_port=None,
+                                                       health_check_ports=False))
+    return runner
+
+
+def feed(runner: ProxyRunner, items: list[tuple[Service, tuple[Endpoint, ...]]]) -> float:
+    t0 = time.perf_counter()
+    for svc, eps in items:
+        runner.tracker.service_updated(svc)
+        runner.tracker.endpoints_updated(svc.key, eps)
+    runner.tracker.synced()
+    return time.perf_counter() - t0
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def full_sync(mode: str, n: int, runs: int) -> dict[str, object]:
+    items = model(n)
+    times, ingest = [], []
+    counts: tuple[int, int, int] = (0, 0, 0)
+    for _ in range(runs):
+        ns = make_ns("full")
+        with inside(ns):
+            runner = runner_for(mode)
+            ingest.append(feed(runner, items))
+            t0 = time.perf_counter()
+            result = runner.sync_once()
+            times.append(time.perf_counter() - t0)
+            assert result is not None
+            counts = (result.chains, result.rules, result.elements)
+        subprocess.run(["ip", "netns", "delete", ns], check=True)
+        _made.remove(ns)
+    return {"mode": mode, "services": n, "runs": runs, "median_s": statistics.median(times),
+            "all_s": times, "ingest_s": statistics.median(ingest), "chains": counts[0],
+            "rules": counts[1], "elements": counts[2],
+            "applier": "libnftables" if mode == "nftables" and NftApplier()._lib else "process"}
+
+
+def kube_proxy_load(n: int) -> dict[str, object]:
+    text = kube_proxy_style(model(n))
+    path = Path(f"/tmp/{PREFIX}-kp-{n}.nft")
+    path.write_text(text)
+    ns = make_ns("kp")
+    try:
+        t = timed(lambda: subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(path)],
+                                         check=True))
+    finally:
+        path.unlink()
+        subprocess.run(["ip", "netns", "delete", ns], check=True)
+        _made.remove(ns)
+    return {"mode": "kube-proxy-style nft -f", "services": n, "median_s": t,
+            "chains": n * 4 + 3, "anonymous_vmaps": n}
+
+
+def one_change(mode: str, n: int, changes: int, applier_ns: bool = False) -> dict[str, object]:
+    items = model(n)
+    ns = make_ns("chg")
+    lat = []
+    try:
+        with inside(ns) if not applier_ns else _nullctx():
+            runner = runner_for(mode, ns if applier_ns else None)
+            feed(runner, items)
+            runner.sync_once()
+            svc, eps = items[n // 2]
+            for j in range(changes):
+                new_eps = (eps[0], eps[1], Endpoint(ip_of(EP_BASE + 200000 + j),
+                                                    (EndpointPort("http", 8080),), node="node-0"))
+                t0 = time.perf_counter()
+                runner.tracker.endpoints_updated(svc.key, new_eps)
+                result = runner.sync_once()
+                lat.append(time.perf_counter() - t0)
+                assert result is not None and not result.full
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=True)
+        _made.remove(ns)
+    lat.sort()
+    return {"mode": mode, "services": n, "changes": changes,
+            "applier": ("nft -f - process" if applier_ns else "libnftables")
+            if mode == "nftables" else f"{mode}-restore --noflush",
+            "median_ms": 1000 * statistics.median(lat),
+            "p90_ms": 1000 * lat[int(0.9 * (len(lat) - 1))]}
+
+
+@contextmanager
+def _nullctx() -> Iterator[None]:
+    yield
+
+
+def first_packet(mode: str, sizes: list[int], connects: int) -> dict[str, object]:
+    bed = build(make_ns)
+    out: dict[str, object] = {"mode": mode, "connects": connects}
+    try:
+        pods = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
+        for ip in pods:
+            bed.add_pod(ip)
+        items_all = model(max(sizes))
+        target_svc, _ = items_all[0]
+        target_eps = tuple(Endpoint(ip, (EndpointPort("http", 8080),), node="node-0")
+                           for ip in pods)
+        for n in sizes:
+            runner = runner_for(mode, bed.node)
+            items = [(target_svc, target_eps), *items_all[1:n]]
+            feed(runner, items)
+            runner.sync_once()
+            bed.connect(bed.client, target_svc.cluster_ips[0], 80, count=20)   # warm up
+            samples = []
+            for _ in range(3):
+                attempts = bed.connect(bed.client, target_svc.cluster_ips[0], 80, count=connects)
+                bad = [a for a in attempts if a.error]
+                if bad:
+                    raise RuntimeError(f"{len(bad)} failed connections: {bad[0]}")
+                samples += [a.seconds for a in attempts]
+            out[f"median_us_{n}"] = 1e6 * statistics.median(samples)
+            out[f"p90_us_{n}"] = 1e6 * sorted(samples)[int(0.9 * (len(samples) - 1))]
+            runner.dataplane.cleanup()
+        a, b = sizes[0], sizes[-1]
+        out["ratio_median"] = out[f"median_us_{b}"] / out[f"median_us_{a}"]  # type: ignore[operator]
+    finally:
+        bed.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,30000")
+    ap.add_argument("--kube-proxy-sizes", default="1000,10000")
+    ap.add_argument("--iptables-sizes", default="1000,10000,30000", help="iptables-legacy")
+    ap.add_argument("--iptables-nft-sizes", default="1000",
+                    help="iptables with the nf_tables backend (10,000 takes about 90 s)")
+    ap.add_argument("--runs", type=int, default=3, help="full-sync repetitions (30k: 1)")
+    ap.add_argument("--changes", type=int, default=30)
+    ap.add_argument("--connects", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("proxy_scale.py: run as root (it creates network namespaces)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # clean up namespaces on kill
+    sizes = [int(x) for x in args.sizes.split(",")]
+    kp_sizes = [int(x) for x in args.kube_proxy_sizes.split(",") if x]
+    ipt_sizes = [int(x) for x in args.iptables_sizes.split(",") if x]
+    iptn_sizes = [int(x) for x in args.iptables_nft_sizes.split(",") if x]
+    big = 10000
+    if args.quick:
+        sizes, kp_sizes, ipt_sizes, big = [100, 1000], [100, 1000], [100, 1000], 1000
+        iptn_sizes = [100]
+        args.changes, args.connects, args.runs = 10, 50, 1
+    results: dict[str, list[dict[str, object]]] = {"full": [], "change": [], "first_packet": []}
+
+    def show(section: str, row: dict[str, object]) -> None:
+        results[section].append(row)
+        print(json.dumps(row), flush=True)
+
+    try:
+        for n in sizes:
+            show("full", full_sync("nftables", n, args.runs if n < 30000 else 1))
+        for n in kp_sizes:
+            show("full", kube_proxy_load(n))
+        for n in ipt_sizes:
+            show("full", full_sync("iptables-legacy", n, args.runs if n < 10000 else 1))
+        for n in iptn_sizes:
+            show("full", full_sync("iptables", n, args.runs if n < 10000 else 1))
+        show("change", one_change("nftables", big, args.changes))
+        show("change", one_change("nftables", big, args.changes, applier_ns=True))
+        show("change", one_change("iptables-legacy", big, max(5, args.changes // 3)))
+        show("first_packet", first_packet("nftables", [10, big], args.connects))
+        show("first_packet", first_packet("iptables-legacy", [10, big], args.connects))
+    finally:
+        delete_all()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

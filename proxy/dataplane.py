@@ -1,0 +1,88 @@
+"""The two dataplanes behind one small interface: keep the desired state, push deltas, fall back
+to a full resync when a transaction fails."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.ipt_apply import IptablesApplier, IptablesError
+from proxy.iptables import IptState
+from proxy.model import ServiceKey
+from proxy.nft_apply import NftApplier, NftError
+from proxy.nftables import NftState
+from proxy.plan import NodeContext, ServicePlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    full: bool              # a full load happened (start, or after a failed delta)
+    chains: int
+    rules: int
+    elements: int           # set/map elements (0 for iptables)
+    delta_bytes: int        # size of the text sent to the kernel
+
+
+class Dataplane(Protocol):
+    mode: str
+
+    def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult: ...
+
+    def cleanup(self) -> None: ...
+
+
+class NftablesDataplane:
+    mode = "nftables"
+
+    def __init__(self, node: NodeContext, applier: NftApplier | None = None) -> None:
+        self.state = NftState(node)
+        self.applier = applier or NftApplier()
+
+    def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
+        text = self.state.update(plans, delta=not full)
+        if not full:
+            try:
+                self.applier.apply(text)
+            except NftError as exc:
+                log.warning("nft delta failed (%s): full resync", exc)
+                full = True
+        if full:
+            text = self.state.full_text(sort=False)
+            self.applier.apply(text)
+        chains, rules, elements = self.state.counts()
+        return SyncResult(full, chains, rules, elements, len(text))
+
+    def cleanup(self) -> None:
+        from proxy.nftables import delete_text
+        self.applier.apply(delete_text())
+
+
+class IptablesDataplane:
+    mode = "iptables"
+
+    def __init__(self, node: NodeContext, applier: IptablesApplier | None = None) -> None:
+        self.state = IptState(node)
+        self.applier = applier or IptablesApplier()
+
+    def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
+        delta = self.state.update(plans)
+        text = delta
+        if not full:
+            try:
+                self.applier.restore(delta)
+            except IptablesError as exc:
+                log.warning("iptables delta failed (%s): full resync", exc)
+                full = True
+        if full:
+            text = self.state.full_text(self.applier.existing_chains())
+            self.applier.restore(text)
+            self.applier.ensure_jumps()
+        chains, rules = self.state.counts()
+        return SyncResult(full, chains, rules, 0, len(text))
+
+    def cleanup(self) -> None:
+        self.applier.remove_all()

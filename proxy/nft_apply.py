@@ -1,0 +1,69 @@
+"""Applying nft command text to the kernel: libnftables (Debian's python3-nftables) when it can
+be imported and no namespace is asked for, else an ``nft -f -`` process (optionally inside a
+network namespace, for tests and benchmarks driven from outside the node)."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+
+class NftError(RuntimeError):
+    """nft refused a transaction (nothing of it was applied: transactions are atomic)."""
+
+
+def netns_prefix(netns: str | None) -> list[str]:
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+class NftApplier:
+    def __init__(self, netns: str | None = None, use_library: bool = True) -> None:
+        self.netns = netns
+        self._lib: Any = None
+        if use_library and netns is None:
+            try:
+                import nftables  # type: ignore[import-not-found]
+            except ImportError:
+                self._lib = None
+            else:
+                lib = nftables.Nftables()
+                lib.set_echo_output(False)
+                self._lib = lib
+
+    @property
+    def kind(self) -> str:
+        return "libnftables" if self._lib is not None else "nft -f -"
+
+    def apply(self, text: str) -> None:
+        if not text:
+            return
+        if self._lib is not None:
+            rc, _out, err = self._lib.cmd(text)
+            if rc != 0:
+                raise NftError(_first_error(err))
+            return
+        proc = subprocess.run([*netns_prefix(self.netns), "nft", "-f", "-"], input=text,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise NftError(_first_error(proc.stderr))
+
+    def run(self, command: str) -> str:
+        """One nft command (e.g. ``list table ...``); returns its output."""
+        if self._lib is not None:
+            rc, out, err = self._lib.cmd(command)
+            if rc != 0:
+                raise NftError(_first_error(err))
+            return str(out)
+        proc = subprocess.run([*netns_prefix(self.netns), "nft", *command.split()],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise NftError(_first_error(proc.stderr))
+        return proc.stdout
+
+
+def _first_error(text: str) -> str:
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    for ln in lines:
+        if "Error" in ln:
+            return ln.strip()
+    return lines[0].strip() if lines else "nft failed"

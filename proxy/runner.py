@@ -1,0 +1,166 @@
+"""The proxy main loop: source -> change tracker -> rate-limited sync -> dataplane, conntrack
+cleanup, health-check node ports, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from dataclasses import dataclass
+
+from proxy.conntrack import ConntrackCleaner, stale_udp_flows
+from proxy.dataplane import Dataplane, SyncResult
+from proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
+from proxy.metrics import ProxyMetrics
+from proxy.model import ServiceKey
+from proxy.plan import NodeContext, ServicePlan, plan_service
+from proxy.sources.base import Source
+from proxy.tracker import ChangeTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerOptions:
+    min_sync_interval: float = 1.0      # seconds between two syncs (bursts coalesce)
+    retry_interval: float = 5.0         # after a failed sync
+    status_address: str = "0.0.0.0"
+    status_port: int | None = 10256     # /healthz and /metrics; None: no server
+    health_check_ports: bool = True
+
+
+class ProxyRunner:
+    def __init__(self, node: NodeContext, dataplane: Dataplane,
+                 conntrack: ConntrackCleaner | None = None,
+                 options: RunnerOptions | None = None) -> None:
+        self.node = node
+        self.dataplane = dataplane
+        self.conntrack = conntrack
+        self.options = options or RunnerOptions()
+        self.wakeup = asyncio.Event()
+        self.tracker = ChangeTracker(on_change=self._changed)
+        self.plans: dict[ServiceKey, ServicePlan] = {}
+        self.health_plans: dict[ServiceKey, ServicePlan] = {}   # those with a health-check port
+        self.metrics = ProxyMetrics(mode=dataplane.mode)
+        self.status = StatusHandler(self.metrics.render)
+        self.health_ports = HealthCheckPorts()
+        self.last_sync_start = 0.0
+        self.synced_event = asyncio.Event()      # set after each successful sync (for tests)
+
+    def _changed(self) -> None:
+        if self.status.pending_since is None:
+            self.status.pending_since = time.time()
+        self.wakeup.set()
+
+    # -- one sync --------------------------------------------------------------------------------
+    def compute(self, keys: frozenset[ServiceKey]) -> dict[ServiceKey, ServicePlan | None]:
+        out: dict[ServiceKey, ServicePlan | None] = {}
+        for key in keys:
+            svc = self.tracker.services.get(key)
+            out[key] = None if svc is None else plan_service(
+                svc, self.tracker.endpoints.get(key, ()), self.node)
+        return out
+
+    def sync_once(self) -> SyncResult | None:
+        """Take the dirty services and push them; raises on a failed full sync.
+
+        The cyclic garbage collector is paused meanwhile (a full sync allocates hundreds of
+        thousands of small objects, none cyclic: collections would make it superlinear), and
+        what a full sync leaves behind is frozen out of later collections."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            result = self._sync_once()
+        finally:
+            if enabled:
+                gc.enable()
+        if result is not None and result.full:
+            gc.freeze()
+        return result
+
+    def _sync_once(self) -> SyncResult | None:
+        batch = self.tracker.take()
+        start = time.perf_counter()
+        self.last_sync_start = time.monotonic()
+        self.status.pending_since = None
+        plans = self.compute(batch.keys)
+        if batch.full:
+            plans.update({k: None for k in self.plans if k not in plans})
+        try:
+            result = self.dataplane.sync(plans, batch.full)
+        except Exception:
+            self.metrics.sync_errors += 1
+            self.tracker.request_full()
+            raise
+        old_plans = {k: self.plans.get(k) for k in plans}
+        for key, plan in plans.items():
+            if plan is None:
+                self.plans.pop(key, None)
+                self.health_plans.pop(key, None)
+            else:
+                self.plans[key] = plan
+                if plan.health_check_node_port:
+                    self.health_plans[key] = plan
+                else:
+                    self.health_plans.pop(key, None)
+        if self.conntrack is not None:
+            flows = [f for k, p in plans.items() for f in stale_udp_flows(old_plans[k], p)]
+            if flows:
+                self.conntrack.delete(flows)
+                self.metrics.conntrack_deletes += len(flows)
+        elapsed = time.perf_counter() - start
+        m = self.metrics
+        m.syncs += 1
+        m.sync_duration.observe(elapsed)
+        if result.full:
+            m.full_sync_duration.observe(elapsed)
+        m.services, m.chains, m.rules, m.elements = (
+            len(self.plans), result.chains, result.rules, result.elements)
+        m.last_sync_timestamp = time.time()
+        self.status.last_ok = m.last_sync_timestamp
+        log.info("synced %d service(s)%s in %.1f ms", len(plans),
+                 " (full)" if result.full else "", elapsed * 1000)
+        return result
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run(self, source: Source) -> None:
+        status_server = None
+        if self.options.status_port is not None:
+            status_server = await start_http(self.options.status_address,
+                                             self.options.status_port, self.status)
+        source_task = asyncio.create_task(source.run(self.tracker), name="proxy-source")
+        source_task.add_done_callback(lambda _t: self.wakeup.set())
+        try:
+            await self.loop(source_task)
+        finally:
+            source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await source_task
+            if status_server is not None:
+                status_server.close()
+            await self.health_ports.close()
+
+    async def loop(self, source_task: asyncio.Task[None] | None = None) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            if source_task is not None and source_task.done():
+                source_task.result()            # a source that stops is an error: raise it
+                raise RuntimeError("the service source stopped")
+            if not self.tracker.pending:
+                continue
+            wait = self.last_sync_start + self.options.min_sync_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)       # changes arriving now join this batch
+            try:
+                self.sync_once()                # in the loop: the tracker is not shared
+            except Exception as exc:            # noqa: BLE001 - keep serving, retry later
+                log.error("sync failed: %s", exc)
+                asyncio.get_running_loop().call_later(self.options.retry_interval,
+                                                      self.wakeup.set)
+                continue
+            if self.options.health_check_ports:
+                await self.health_ports.update(self.health_plans)
+            self.synced_event.set()

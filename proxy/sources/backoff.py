@@ -1,0 +1,27 @@
+"""Exponential backoff with jitter for sources that retry forever."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    _next: float = field(default=0.0, init=False)
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """The next delay (0.5-1.0 x the nominal value), growing up to ``maximum``."""
+        nominal = self.initial if self._next == 0.0 else min(self._next * self.factor, self.maximum)
+        self._next = nominal
+        return nominal * random.uniform(0.5, 1.0)
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay())
