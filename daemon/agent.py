@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -191,6 +192,7 @@ class Agent:
         self.cni_host: Any = None
         self.etcd: EtcdClient | None = None
         self._revision = 0
+        self._lock_fd: int | None = None
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -294,9 +296,28 @@ class Agent:
             log.error("firewall: %s", exc)
             self.metrics.inc("netweft_reconcile_errors_total")
 
+    def _lock_state_dir(self) -> None:
+        """One daemon per state directory (two would fight over the same device)."""
+        if not self.cfg.state_dir:
+            return
+        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        path = os.path.join(self.cfg.state_dir, "daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentError(f"another netweft daemon (pid {holder}) uses --state-dir "
+                             f"{self.cfg.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
     async def start(self) -> None:
         """Everything up to the first reconcile; raises AgentError for fatal problems."""
         self._loop = asyncio.get_running_loop()
+        self._lock_state_dir()
         self.nl = Netlink(self.cfg.netns)
         try:
             self.side = await self._nl(iface.select, self.nl, self.cfg.iface)
@@ -643,6 +664,9 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._nl(self.nl.close)
         self._executor.shutdown(wait=False)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     async def cleanup(self) -> None:
         """``--cleanup-on-exit``: remove the device, our routes and our firewall rules."""

@@ -290,8 +290,14 @@ def test_daemon_waits_for_the_network_config(make_lab) -> None:
     lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
     wait_for(lambda: lab.http(ns, "/readyz")[0] == 200, timeout=30, what="ready after config")
     assert lab.subnet(ns) is not None
-    # A second daemon on the same metrics port fails with one line.
+    # A second daemon on the same state directory, or the same metrics port: one line, exit 1.
     p = lab.paths(ns)
+    second = lab.netweft(ns, "daemon", "--subnet-file", p["subnet_file"] + ".2", "--state-dir",
+                         p["state_dir"], "--cni-socket", "", check=False)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"netweft: another netweft daemon (pid {lab.procs[ns].pid}) uses --state-dir "
+        f"{p['state_dir']}")
     second = lab.netweft(ns, "daemon", "--subnet-file", p["subnet_file"] + ".2", "--state-dir",
                          p["state_dir"] + ".2", "--cni-socket", "", check=False)
     assert second.returncode == 1
