@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -76,6 +77,7 @@ class AgentConfig:
     reconcile_interval: float = 10.0
     firewall_interval: float = 30.0
     config_retry: float = 2.0
+    etcd_probe_interval: float = 5.0
     metrics_addr: str | None = None
     cni_socket: str | None = None
     cleanup_on_exit: bool = False
@@ -190,6 +192,7 @@ class Agent:
         self.cni_host: Any = None
         self.etcd: EtcdClient | None = None
         self._revision = 0
+        self._lock_fd: int | None = None
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -293,9 +296,28 @@ class Agent:
             log.error("firewall: %s", exc)
             self.metrics.inc("netweft_reconcile_errors_total")
 
+    def _lock_state_dir(self) -> None:
+        """One daemon per state directory (two would fight over the same device)."""
+        if not self.cfg.state_dir:
+            return
+        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        path = os.path.join(self.cfg.state_dir, "daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentError(f"another netweft daemon (pid {holder}) uses --state-dir "
+                             f"{self.cfg.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
     async def start(self) -> None:
         """Everything up to the first reconcile; raises AgentError for fatal problems."""
         self._loop = asyncio.get_running_loop()
+        self._lock_state_dir()
         self.nl = Netlink(self.cfg.netns)
         try:
             self.side = await self._nl(iface.select, self.nl, self.cfg.iface)
@@ -318,6 +340,8 @@ class Agent:
         self.etcd.connect()  # _call() reads the stubs before it connects
         self.store = LeaseStore(self.etcd, self.cfg.etcd.prefix, ttl=self.cfg.lease_ttl)
         self.netcfg = await self._wait_config(self.store)
+        self.metrics.set("netweft_etcd_up", 1)
+        self.metrics.inc("netweft_etcd_errors_total", 0)  # the series exists from the start
         store = self.store
         leases, _rev = await self._etcd_retry("listing leases", store.list)
         previous_mac = next((le.vtep_mac for le in leases
@@ -380,7 +404,7 @@ class Agent:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        desired = backend.desired(own, peers)
+        desired = backend.last_desired
         programmed = len([p for p in desired.peers if p.error is None])
         self.metrics.set("netweft_peers_programmed", programmed)
         self.metrics.set("netweft_leases", len(self.leases))
@@ -452,6 +476,24 @@ class Agent:
         programmed = len([p for p in desired.peers if p.error is None])
         self.metrics.set("netweft_peers_programmed", programmed)
         self._write_status(programmed)
+
+    async def _etcd_probe_loop(self) -> None:
+        """etcd reachability for /metrics (the watch and renewals retry on their own)."""
+        assert self.etcd is not None
+        up = True
+        while True:
+            await asyncio.sleep(self.cfg.etcd_probe_interval)
+            try:
+                await asyncio.wait_for(self.etcd.status(), self.cfg.etcd_probe_interval)
+                ok = True
+            except (EtcdError, TimeoutError):
+                ok = False
+                self.metrics.inc("netweft_etcd_errors_total")
+            self.metrics.set("netweft_etcd_up", 1 if ok else 0)
+            if ok != up:
+                log.log(logging.INFO if ok else logging.WARNING, "etcd is %s",
+                        "reachable again" if ok else "unreachable; the dataplane stays as it is")
+                up = ok
 
     async def _firewall_loop(self) -> None:
         while True:
@@ -556,7 +598,7 @@ class Agent:
             starting.result()  # AgentError and the like propagate
             self._tasks = [asyncio.create_task(c) for c in (
                 self._reconcile_loop(), self._watch_loop(), self._lease_loop(),
-                self._firewall_loop())]
+                self._firewall_loop(), self._etcd_probe_loop())]
             if self.cfg.netlink_events:
                 watcher = NetlinkWatcher(
                     self.cfg.netns,
@@ -622,14 +664,21 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._nl(self.nl.close)
         self._executor.shutdown(wait=False)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     async def cleanup(self) -> None:
         """``--cleanup-on-exit``: remove the device, our routes and our firewall rules."""
         log.info("cleaning up the dataplane")
         if self.backend is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._nl(self.backend.teardown)
+            except Exception as exc:  # keep going: the firewall must still be removed
+                log.warning("removing the %s dataplane failed: %s", self.backend.type_name, exc)
         if self.firewall is not None:
-            with contextlib.suppress(FirewallError):
+            try:
                 await asyncio.to_thread(self.firewall.teardown)
+            except FirewallError as exc:
+                log.warning("removing the firewall rules failed: %s", exc)
         # subnet.env stays: it names our subnet, which the next start asks for again.
