@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every VM: install netweft with deploy/setup.sh, install the CNI plugin, and run
-# `netweft daemon` as the systemd unit netweft.service on the private-network interface.
+# `netweft daemon` as the systemd unit netweft.service on the private-network interface
+# (and `netweft proxy` as netweft-proxy.service).
 #   provision-node.sh NODE_IP ETCD_ENDPOINTS BACKEND config|join
 set -euo pipefail
 IP=${1:?usage: provision-node.sh NODE_IP ETCD_ENDPOINTS BACKEND config|join}
@@ -43,9 +44,26 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 UNIT
+# The service proxy, with Services and pod records from etcd (`netweft service create ...`).
+cat > /etc/systemd/system/netweft-proxy.service <<UNIT
+[Unit]
+Description=netweft service proxy (ClusterIP, NodePort; services from etcd)
+Wants=netweft.service
+After=netweft.service
+
+[Service]
+Type=simple
+Environment=NETWEFT_ETCD_ENDPOINTS=${ETCD}
+ExecStart=${NETWEFT} proxy --source etcd --node-ip ${IP}
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+UNIT
 systemctl daemon-reload
-systemctl enable netweft.service >/dev/null 2>&1
-systemctl restart netweft.service
+systemctl enable netweft.service netweft-proxy.service >/dev/null 2>&1
+systemctl restart netweft.service netweft-proxy.service
 
 # The CNI plugin for a container runtime on this VM (/opt/cni/bin, /etc/cni/net.d).
 "$NETWEFT" cni install
