@@ -53,8 +53,17 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
     """The source, imported lazily (its dependencies load only when used)."""
     try:
         if kind == "kube":
+            import yaml
+            from lightkube import ConfigError as KubeConfigError
+
             from proxy.sources.kube import KubeSource
-            return KubeSource(kubeconfig)
+            source = KubeSource(kubeconfig)
+            try:
+                source.load_config()  # fail now, with one line, not inside the event loop
+            except (KubeConfigError, OSError, ValueError, yaml.YAMLError) as exc:
+                where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
+                fail(f"{where}: {' '.join(str(exc).split())}")
+            return source
         from proxy.sources.etcd import EtcdSource
         return EtcdSource(settings(ctx), services_prefix)
     except ImportError as exc:
