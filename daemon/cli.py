@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "daemon.commands.inspect",
     "daemon.commands.proxy",
     "daemon.commands.service",
+    "daemon.commands.cni",
+    "daemon.commands.lab",
 ]
 
 

@@ -327,7 +327,8 @@ def test_cleanup_on_exit_and_inspection_cli(make_lab) -> None:
     assert f"peer {subnets[1]} at 192.0.2.11" in out and "MISSING" not in out
     subprocess.run(["ip", "-n", a, "route", "add", "10.244.252.0/24", "via", "10.244.252.0",
                     "dev", "flannel.1", "onlink", "proto", "78"], check=True)
-    code = lab.stop_daemon(a)  # cleanup-on-exit: the device and our routes and rules go
+    # cleanup-on-exit: the device and our routes and rules go (a clean exit, not a SIGKILL)
+    code = lab.stop_daemon(a, timeout=60)
     assert code == 0, "\n".join(line[:200] for line in lab.log(a).splitlines()
                                  if "DEBUG pyroute2" not in line)[-6000:]
     assert "flannel.1" not in ip(a, "link"), lab.log(a)[-3000:]

@@ -1,0 +1,252 @@
+"""CNI ADD/DEL latency: netweft (installed executable + CNI server) against the reference Go
+plugins (Debian's containernetworking-plugins: bridge + host-local), side by side in one run.
+
+Each plugin gets its own node namespace with the same subnet (10.250.1.0/24) and MTU (1450);
+this process enters the node namespace itself and executes the plugin binary directly with the
+CNI_* environment and the config on stdin, exactly as a runtime does. Sequential calls alternate
+netweft/reference so machine noise hits both alike; then M ADDs (and DELs) run in parallel.
+
+    sudo .venv/bin/python bench/cni_latency.py [--sequential 30] [--parallel 20] [--inproc 5]
+
+Prints medians (ms) and the ratio netweft/reference. Only namespaces named nwc-bench-<pid>-*
+are created, and all of them are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cni import nsenter  # noqa: E402
+from cni.install import install  # noqa: E402
+
+REF_DIR = "/usr/lib/cni"
+SUBNET = "10.250.1.0/24"
+GATEWAY = "10.250.1.1"
+NETWORK = "10.250.0.0/16"
+MTU = 1450
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+class Bench:
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        self.prefix = f"nwc-bench-{os.getpid()}"
+        self.namespaces: list[str] = []
+        self.server: subprocess.Popen[bytes] | None = None
+
+    # -- namespaces -----------------------------------------------------------------------
+    def netns(self, tag: str) -> str:
+        name = f"{self.prefix}-{tag}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.server.wait(timeout=10)
+        for name in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+    @contextlib.contextmanager
+    def inside(self, netns: str) -> Iterator[None]:
+        fd = nsenter.open_netns(f"/run/netns/{netns}")
+        try:
+            with nsenter.entered(fd):
+                yield
+        finally:
+            os.close(fd)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.node_nw = self.netns("node-nw")
+        self.node_ref = self.netns("node-ref")
+        subnet_env = os.path.join(self.tmp, "subnet.env")
+        with open(subnet_env, "w") as f:
+            f.write(f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\n"
+                    f"FLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n")
+        self.sock = os.path.join(self.tmp, "cni.sock")
+        done = install(os.path.join(self.tmp, "bin"), os.path.join(self.tmp, "conf"),
+                       subnet_file=subnet_env, data_dir=os.path.join(self.tmp, "nwdata"),
+                       socket_path=self.sock, log_file=os.path.join(self.tmp, "cni.log"),
+                       ip_masq=False)
+        self.exe = done.executable
+        with open(done.conflist) as f:
+            conflist = json.load(f)
+        plugin = dict(conflist["plugins"][0])
+        plugin.pop("capabilities", None)
+        # the reference speaks at most 1.0.0: both get the same version
+        self.nw_conf = json.dumps({"cniVersion": "1.0.0", "name": "netweft", **plugin}).encode()
+        self.ref_conf = json.dumps({
+            "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cni0",
+            "isGateway": True, "isDefaultGateway": True, "hairpinMode": True, "mtu": MTU,
+            "ipam": {"type": "host-local", "subnet": SUBNET,
+                     "dataDir": os.path.join(self.tmp, "refdata"),
+                     "routes": [{"dst": NETWORK}]},
+        }).encode()
+
+    def start_server(self) -> None:
+        log = open(os.path.join(self.tmp, "server.out"), "wb")  # noqa: SIM115
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.node_nw, sys.executable, "-m", "cni.server",
+             "--socket-path", self.sock, "--log-file", os.path.join(self.tmp, "server.log")],
+            stdout=log, stderr=subprocess.STDOUT,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("CNI server did not start")
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=10)
+            self.server = None
+
+    # -- calls ------------------------------------------------------------------------------
+    def call(self, which: str, command: str, cid: str, pod_ns: str) -> float:
+        exe = self.exe if which == "nw" else os.path.join(REF_DIR, "bridge")
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": REF_DIR, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        conf = self.nw_conf if which == "nw" else self.ref_conf
+        started = time.perf_counter()
+        proc = subprocess.run([exe], input=conf, env=env, capture_output=True)
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{which} {command} {cid}: {proc.stdout.decode()} "
+                               f"{proc.stderr.decode()}")
+        return elapsed * 1000
+
+    def run_in(self, which: str, fn: Callable[[], Any]) -> Any:
+        with self.inside(self.node_nw if which == "nw" else self.node_ref):
+            return fn()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def sequential(b: Bench, n: int, tag: str) -> dict[str, dict[str, list[float]]]:
+    pods = {w: [b.netns(f"{tag}{w}{i}") for i in range(n)] for w in ("nw", "ref")}
+    out: dict[str, dict[str, list[float]]] = {w: {"ADD": [], "DEL": []} for w in ("nw", "ref")}
+    for command in ("ADD", "DEL"):
+        for i in range(n):
+            for which in (("nw", "ref") if i % 2 == 0 else ("ref", "nw")):
+                out[which][command].append(
+                    b.run_in(which, lambda w=which, p=pods[which][i], c=command, i=i:
+                             b.call(w, c, f"{tag}-{i}", p)))
+    return out
+
+
+def parallel(b: Bench, m: int, tag: str) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {w: {"ADD": [], "DEL": []} for w in ("nw", "ref")}
+    for which in ("nw", "ref"):
+        pods = [b.netns(f"{tag}{which}{i}") for i in range(m)]
+        for command in ("ADD", "DEL"):
+            results: list[float] = []
+            lock = threading.Lock()
+
+            def one(i: int, w: str = which, c: str = command,
+                    results: list[float] = results, lock: threading.Lock = lock) -> None:
+                ms = b.run_in(w, lambda: b.call(w, c, f"{tag}-{i}", pods[i]))  # noqa: B023
+                with lock:
+                    results.append(ms)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(m)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if len(results) != m:
+                raise RuntimeError(f"{which} parallel {command}: {m - len(results)} calls failed")
+            out[which][command] = results
+    return out
+
+
+def report(title: str, data: dict[str, dict[str, list[float]]]) -> None:
+    print(f"\n{title}")
+    print(f"  {'op':4} {'netweft ms':>11} {'reference ms':>13} {'ratio':>7}")
+    for command in ("ADD", "DEL"):
+        nw, ref = median(data["nw"][command]), median(data["ref"][command])
+        print(f"  {command:4} {nw:11.1f} {ref:13.1f} {nw / ref:7.2f}x")
+
+
+def server_times(log_file: str) -> dict[str, list[float]]:
+    """Per-request times the server logged (``... server ADD <id>/<if> code=0 3.1ms``)."""
+    out: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    with open(log_file) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[1] == "server" and parts[2] in out \
+                    and parts[4] == "code=0" and not parts[3].startswith("warm"):
+                out[parts[2]].append(float(parts[5].rstrip("ms")))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequential", type=int, default=30, help="N sequential ADDs then DELs")
+    parser.add_argument("--parallel", type=int, default=20, help="M ADDs (then DELs) at once")
+    parser.add_argument("--inproc", type=int, default=5,
+                        help="also time N ADD/DELs without the CNI server (0: skip)")
+    opts = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("cni_latency: run as root (network namespaces)")
+    if not os.path.exists(os.path.join(REF_DIR, "bridge")):
+        raise SystemExit(f"cni_latency: {REF_DIR}/bridge missing: apt-get install "
+                         "containernetworking-plugins")
+    tmp = tempfile.mkdtemp(prefix="nwc-bench-")
+    bench = Bench(tmp)
+    try:
+        bench.setup()
+        bench.start_server()
+        # warm-up (bridge creation, page cache) for both, not measured
+        for which in ("nw", "ref"):
+            warm = bench.netns(f"warm{which}")
+            bench.run_in(which, lambda w=which, p=warm: bench.call(w, "ADD", "warm", p))
+            bench.run_in(which, lambda w=which, p=warm: bench.call(w, "DEL", "warm", p))
+        seq = sequential(bench, opts.sequential, "s")
+        par = parallel(bench, opts.parallel, "p")
+        print(f"netweft CNI latency vs reference bridge+host-local "
+              f"({os.path.join(REF_DIR, 'bridge')}), subnet {SUBNET}, MTU {MTU}")
+        report(f"sequential, N={opts.sequential} (median per call)", seq)
+        report(f"parallel, M={opts.parallel} (median per call)", par)
+        server_side = server_times(os.path.join(tmp, "cni.log"))
+        print("\ninside the CNI server (median of all requests above): "
+              f"ADD {median(server_side['ADD']):.1f} ms, DEL {median(server_side['DEL']):.1f} ms "
+              "(the rest is process start-up and scheduling)")
+        if opts.inproc:
+            bench.stop_server()
+            pods = [bench.netns(f"i{i}") for i in range(opts.inproc)]
+            adds = [bench.run_in("nw", lambda i=i, p=p: bench.call("nw", "ADD", f"i-{i}", p))
+                    for i, p in enumerate(pods)]
+            dels = [bench.run_in("nw", lambda i=i, p=p: bench.call("nw", "DEL", f"i-{i}", p))
+                    for i, p in enumerate(pods)]
+            print(f"\nwithout the CNI server (in-process fallback), N={opts.inproc}: "
+                  f"ADD {median(adds):.1f} ms, DEL {median(dels):.1f} ms")
+    finally:
+        bench.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The ``CNI_*`` environment: parsing and validation (stdlib only).
+
+Pod labels travel in ``CNI_ARGS`` as ``NETWEFT_POD_LABELS=key=value,key2=value2`` (CNI_ARGS
+itself is ``;``-separated, and Kubernetes label keys/values never contain ``,`` or ``=``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cni.spec import ERR_INVALID_ENV, CniError
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+MAX_IFNAME = 15
+
+
+@dataclass(frozen=True)
+class CniEnv:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    path: str = ""
+    args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pod_namespace(self) -> str:
+        return self.args.get("K8S_POD_NAMESPACE", "")
+
+    @property
+    def pod_name(self) -> str:
+        return self.args.get("K8S_POD_NAME", "")
+
+    @property
+    def pod_uid(self) -> str:
+        return self.args.get("K8S_POD_UID", "")
+
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        return parse_labels(self.args.get("NETWEFT_POD_LABELS", ""))
+
+    @property
+    def requested_ip(self) -> str:
+        return self.args.get("IP", "")
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``K1=V1;K2=V2`` -> dict; a pair without ``=`` is an error (code 4)."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {part!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for part in text.split(","):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        labels[key] = value
+    return labels
+
+
+def validate_ifname(name: str) -> None:
+    if not name:
+        raise CniError(ERR_INVALID_ENV, "CNI_IFNAME is required")
+    if len(name) > MAX_IFNAME:
+        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {name!r} is longer than {MAX_IFNAME} chars")
+    if name in (".", "..") or any(c in name for c in "/: \t\n\r\x00"):
+        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
+
+
+def validate_container_id(cid: str) -> None:
+    if not cid:
+        raise CniError(ERR_INVALID_ENV, "CNI_CONTAINERID is required")
+    if not CONTAINER_ID_RE.match(cid):
+        raise CniError(ERR_INVALID_ENV,
+                       f"CNI_CONTAINERID {cid!r} must match {CONTAINER_ID_RE.pattern}")
+
+
+def validate_netns(path: str) -> None:
+    if not path:
+        raise CniError(ERR_INVALID_ENV, "CNI_NETNS is required")
+    if not path.startswith("/") or "\x00" in path:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {path!r} must be an absolute path")
+
+
+def parse_env(environ: Mapping[str, str]) -> CniEnv:
+    """Validate the environment for the requested command (error code 4 when wrong)."""
+    command = environ.get("CNI_COMMAND", "")
+    if not command:
+        raise CniError(ERR_INVALID_ENV, "CNI_COMMAND is required")
+    if command not in COMMANDS:
+        raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND {command!r} is unknown "
+                                        f"(one of {', '.join(COMMANDS)})")
+    cid = environ.get("CNI_CONTAINERID", "")
+    netns = environ.get("CNI_NETNS", "")
+    ifname = environ.get("CNI_IFNAME", "")
+    if command in ("ADD", "CHECK", "DEL"):
+        validate_container_id(cid)
+        validate_ifname(ifname)
+        if command != "DEL" or netns:
+            validate_netns(netns)
+    args = parse_cni_args(environ.get("CNI_ARGS", ""))
+    return CniEnv(command, cid, netns, ifname, environ.get("CNI_PATH", ""), args)

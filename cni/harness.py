@@ -1,0 +1,100 @@
+"""A CNI node harness for tests, benchmarks and the lab: the plugin installed into private
+directories of one node namespace, an optional CNI server for that node, and calls made exactly
+as a runtime makes them (``ip netns exec <node> <bin>/netweft`` with ``CNI_*`` and stdin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.install import install
+from cni.invoke import PluginCall, PluginReply, invoke
+
+
+@dataclass
+class CniNode:
+    node_netns: str
+    root: str  # private directory for bin/conf/data/log/subnet.env/socket
+    subnet: str = "10.244.1.1/24"
+    network: str = "10.244.0.0/16"
+    mtu: int = 1450
+    ipmasq: bool = True
+    name: str = "netweft"
+    options: dict[str, Any] = field(default_factory=dict)
+    server: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self.subnet_file = os.path.join(self.root, "subnet.env")
+        self.data_dir = os.path.join(self.root, "data")
+        self.socket_path = os.path.join(self.root, "cni.sock")
+        self.log_file = os.path.join(self.root, "cni.log")
+        self.bin_dir = os.path.join(self.root, "bin")
+        self.conf_dir = os.path.join(self.root, "conf")
+        self.write_subnet_env()
+        done = install(self.bin_dir, self.conf_dir, name=self.name, subnet_file=self.subnet_file,
+                       data_dir=self.data_dir, socket_path=self.socket_path,
+                       log_file=self.log_file, extra=self.options)
+        self.executable = done.executable
+        self.conflist_path = done.conflist
+
+    def write_subnet_env(self) -> None:
+        with open(self.subnet_file, "w") as f:
+            masq = "true" if self.ipmasq else "false"
+            f.write(f"FLANNEL_NETWORK={self.network}\nFLANNEL_SUBNET={self.subnet}\n"
+                    f"FLANNEL_MTU={self.mtu}\nFLANNEL_IPMASQ={masq}\n")
+
+    @property
+    def ipam_dir(self) -> str:
+        return os.path.join(self.data_dir, self.name)
+
+    def config(self, version: str = "1.1.0", **overrides: Any) -> dict[str, Any]:
+        """The plugin entry of the installed conflist as a runtime passes it (name, version)."""
+        with open(self.conflist_path) as f:
+            conflist = json.load(f)
+        conf = {"cniVersion": version, "name": conflist["name"], **conflist["plugins"][0]}
+        conf.pop("capabilities", None)
+        conf.update(overrides)
+        return conf
+
+    def call(self, command: str, container_id: str = "", netns: str = "", ifname: str = "eth0",
+             config: dict[str, Any] | str | bytes | None = None, args: dict[str, str] | None = None,
+             version: str = "1.1.0", extra_env: dict[str, str] | None = None) -> PluginReply:
+        return invoke(PluginCall(
+            self.executable, command, config if config is not None else self.config(version),
+            container_id, netns, ifname, args or {}, cni_path=self.bin_dir,
+            node_netns=self.node_netns, extra_env=extra_env or {}))
+
+    # -- the CNI server of this node ------------------------------------------------------
+    def start_server(self) -> None:
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.node_netns, sys.executable, "-m", "cni.server",
+             "--socket-path", self.socket_path, "--log-file", self.log_file],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket_path):
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"CNI server did not start (see {self.log_file})")
+            time.sleep(0.05)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+            self.server = None
+
+    def ip_files(self) -> list[str]:
+        if not os.path.isdir(self.ipam_dir):
+            return []
+        return sorted(n for n in os.listdir(self.ipam_dir)
+                      if n[0].isdigit() or ":" in n)

@@ -1,0 +1,67 @@
+"""Execute a CNI plugin binary the way a container runtime does (libcni's exec), for tests,
+benchmarks and the lab: ``CNI_*`` environment, the network config on stdin, the result on
+stdout; optionally inside a node's network namespace through ``ip netns exec``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PluginCall:
+    plugin: str  # path of the executable
+    command: str
+    config: dict[str, Any] | str | bytes
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = "eth0"
+    args: dict[str, str] = field(default_factory=dict)
+    cni_path: str = "/opt/cni/bin"
+    node_netns: str = ""  # run inside `ip netns exec <node_netns>`
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = {"CNI_COMMAND": self.command, "CNI_PATH": self.cni_path,
+               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        if self.container_id:
+            env["CNI_CONTAINERID"] = self.container_id
+        if self.netns or self.command in ("ADD", "CHECK"):
+            env["CNI_NETNS"] = self.netns
+        if self.ifname:
+            env["CNI_IFNAME"] = self.ifname
+        if self.args:
+            env["CNI_ARGS"] = ";".join(f"{k}={v}" for k, v in self.args.items())
+        env.update(self.extra_env)
+        return env
+
+    def argv(self) -> list[str]:
+        if self.node_netns:
+            return ["ip", "netns", "exec", self.node_netns, self.plugin]
+        return [self.plugin]
+
+    def stdin(self) -> bytes:
+        if isinstance(self.config, bytes):
+            return self.config
+        if isinstance(self.config, str):
+            return self.config.encode()
+        return json.dumps(self.config).encode()
+
+
+@dataclass
+class PluginReply:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+
+def invoke(call: PluginCall, timeout: float = 60) -> PluginReply:
+    proc = subprocess.run(call.argv(), input=call.stdin(), env=call.env(), capture_output=True,
+                          timeout=timeout)
+    return PluginReply(proc.returncode, proc.stdout.decode(errors="replace"),
+                       proc.stderr.decode(errors="replace"))

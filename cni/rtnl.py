@@ -1,0 +1,289 @@
+"""A small rtnetlink codec for the CNI hot path: links, addresses and routes.
+
+pyroute2 is the general tool (bridge management, CHECK, GC listing) but its marshalling costs
+0.4-0.5 ms per message and every call goes through an event loop; the ADD/DEL path needs about a
+dozen messages, so it packs them with :mod:`struct` and sends several in one ``send`` (the kernel
+processes a batch in order and acknowledges each message).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_network
+
+NLMSG_HDR = struct.Struct("=IHHII")
+IFINFOMSG = struct.Struct("=BxHiII")
+IFADDRMSG = struct.Struct("=BBBBI")
+RTMSG = struct.Struct("=BBBBBBBBI")
+NLA_HDR = struct.Struct("=HH")
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLM_F_REPLACE = 0x100
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
+RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 20, 22, 24
+NLM_F_DUMP = 0x300
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFLA_BRPORT_MODE = 4
+IFA_LOCAL, IFA_ADDRESS = 2, 1
+IFA_F_NODAD = 0x02
+IFA_FLAGS = 8
+RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+NLA_F_NESTED = 0x8000
+IFF_UP = 0x1
+AF_BRIDGE = 7
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
+
+_seq = itertools.count(1)
+
+
+class RtnlError(OSError):
+    """A netlink request failed; ``errno`` is the kernel's error."""
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = NLA_HDR.size + len(payload)
+    return NLA_HDR.pack(length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+def _str(kind: int, value: str) -> bytes:
+    return _attr(kind, value.encode() + b"\0")
+
+
+def _u32(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("=I", value))
+
+
+def _mac(value: str) -> bytes:
+    return bytes(int(x, 16) for x in value.split(":"))
+
+
+def format_mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _msg(kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
+    seq = next(_seq) & 0x7FFFFFFF
+    return seq, NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
+
+
+def parse_attrs(data: bytes, offset: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = NLA_HDR.unpack_from(data, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[offset + 4: offset + length]
+        offset += (length + 3) & ~3
+    return out
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    master: int
+    up: bool
+    kind: str = ""
+
+
+def _parse_link(body: bytes) -> Link:
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(body, 0)
+    attrs = parse_attrs(body, IFINFOMSG.size)
+    return Link(
+        index=index,
+        name=attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(),
+        mac=format_mac(attrs.get(IFLA_ADDRESS, b"")),
+        mtu=struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0,
+        master=struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0,
+        up=bool(flags & IFF_UP),
+        kind=parse_attrs(attrs.get(IFLA_LINKINFO, b""), 0).get(IFLA_INFO_KIND, b"")
+        .rstrip(b"\0").decode(),
+    )
+
+
+class Rtnl:
+    """One NETLINK_ROUTE socket in the namespace current when it was opened."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def batch(self, messages: list[tuple[int, bytes]],
+              ignore: tuple[int, ...] = ()) -> dict[int, bytes]:
+        """Send messages in one write; return {seq: reply body} for non-ack replies.
+
+        Raises the first error (by message order) whose errno is not in ``ignore``."""
+        self.sock.send(b"".join(m for _, m in messages))
+        pending = {seq for seq, _ in messages}
+        order = [seq for seq, _ in messages]
+        replies: dict[int, bytes] = {}
+        errors: dict[int, int] = {}
+        while pending:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+                body = data[offset + NLMSG_HDR.size: offset + length]
+                offset += (length + 3) & ~3
+                if seq not in pending:
+                    continue
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body, 0)[0]
+                    if code:
+                        errors[seq] = code
+                    pending.discard(seq)
+                elif kind == NLMSG_DONE:
+                    pending.discard(seq)
+                else:
+                    replies[seq] = body
+        for seq in order:
+            code = errors.get(seq)
+            if code and code not in ignore:
+                raise RtnlError(code, os.strerror(code))
+        return replies
+
+    def call(self, message: tuple[int, bytes], ignore: tuple[int, ...] = ()) -> bytes | None:
+        return self.batch([message], ignore).get(message[0])
+
+    # -- requests -----------------------------------------------------------------------------
+    @staticmethod
+    def getlink_msg(name: str) -> tuple[int, bytes]:
+        return _msg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK,
+                    IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name))
+
+    def link(self, name: str) -> Link | None:
+        seq, msg = self.getlink_msg(name)
+        try:
+            body = self.batch([(seq, msg)]).get(seq)
+        except RtnlError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
+        return _parse_link(body) if body else None
+
+    def addresses(self, index: int) -> list[tuple[str, int]]:
+        """(address, prefix length) of every address on link ``index`` (one dump)."""
+        seq, msg = _msg(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
+                        IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        self.sock.send(msg)
+        out: list[tuple[str, int]] = []
+        while True:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + NLMSG_HDR.size <= len(data):
+                length, kind, _flags, rseq, _pid = NLMSG_HDR.unpack_from(data, offset)
+                body = data[offset + NLMSG_HDR.size: offset + length]
+                offset += (length + 3) & ~3
+                if rseq != seq:
+                    continue
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body, 0)[0]
+                    if code:
+                        raise RtnlError(code, os.strerror(code))
+                    return out
+                family, plen, _f, _scope, ifindex = IFADDRMSG.unpack_from(body, 0)
+                if ifindex != index:
+                    continue
+                attrs = parse_attrs(body, IFADDRMSG.size)
+                raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+                if raw:
+                    out.append((socket.inet_ntop(family, raw), plen))
+
+    @staticmethod
+    def veth_msg(name: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
+                 peer_mac: str, up: bool = True) -> tuple[int, bytes]:
+        """veth ``name`` here (enslaved to ``master``, up), its ``peer`` created (down) in
+        another netns: a veth cannot come up before its peer exists (the kernel answers
+        ENOTCONN), so the peer is brought up by its own namespace's socket afterwards."""
+        peer_body = (IFINFOMSG.pack(0, 0, 0, 0, 0)
+                     + _str(IFLA_IFNAME, peer) + _u32(IFLA_MTU, mtu)
+                     + _u32(IFLA_NET_NS_FD, peer_netns_fd))
+        if peer_mac:
+            peer_body += _attr(IFLA_ADDRESS, _mac(peer_mac))
+        info = _str(IFLA_INFO_KIND, "veth") + _attr(
+            IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_body))
+        body = (IFINFOMSG.pack(0, 0, 0, IFF_UP if up else 0, IFF_UP) + _str(IFLA_IFNAME, name)
+                + _u32(IFLA_MTU, mtu) + _attr(IFLA_LINKINFO | NLA_F_NESTED, info))
+        if master:
+            body += _u32(IFLA_MASTER, master)
+        return _msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+    @staticmethod
+    def hairpin_msg(index: int, on: bool = True) -> tuple[int, bytes]:
+        body = IFINFOMSG.pack(AF_BRIDGE, 0, index, 0, 0) + _attr(
+            IFLA_PROTINFO | NLA_F_NESTED, _attr(IFLA_BRPORT_MODE, bytes([1 if on else 0])))
+        return _msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, body)
+
+    @staticmethod
+    def dellink_msg(name: str) -> tuple[int, bytes]:
+        return _msg(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
+                    IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name))
+
+    @staticmethod
+    def setlink_msg(index: int, up: bool | None = None, master: int | None = None,
+                    mtu: int | None = None) -> tuple[int, bytes]:
+        flags = change = 0
+        if up is not None:
+            flags, change = (IFF_UP if up else 0), IFF_UP
+        body = IFINFOMSG.pack(0, 0, index, flags, change)
+        if master is not None:
+            body += _u32(IFLA_MASTER, master)
+        if mtu is not None:
+            body += _u32(IFLA_MTU, mtu)
+        return _msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
+
+    @staticmethod
+    def addr_msg(index: int, address: IPv4Interface | IPv6Interface) -> tuple[int, bytes]:
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        raw = address.ip.packed
+        body = IFADDRMSG.pack(family, address.network.prefixlen,
+                              IFA_F_NODAD if address.version == 6 else 0, RT_SCOPE_UNIVERSE, index)
+        body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
+        if address.version == 6:
+            body += _u32(IFA_FLAGS, IFA_F_NODAD)
+        return _msg(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+    @staticmethod
+    def route_msg(dst: str, gateway: IPv4Address | IPv6Address | None,
+                  oif: int) -> tuple[int, bytes]:
+        net = ip_network(dst, strict=False)
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        scope = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
+        body = RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+                          RTN_UNICAST, 0)
+        if net.prefixlen:
+            body += _attr(RTA_DST, net.network_address.packed)
+        if gateway is not None:
+            body += _attr(RTA_GATEWAY, gateway.packed)
+        body += _u32(RTA_OIF, oif)
+        return _msg(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, body)
+
+    @staticmethod
+    def parse_link(body: bytes) -> Link:
+        return _parse_link(body)
+
+
+__all__ = ["Link", "Rtnl", "RtnlError", "format_mac", "parse_attrs", "IPv6Address"]

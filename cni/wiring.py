@@ -1,0 +1,322 @@
+"""Pod wiring in the kernel: bridge, veth pair, pod addresses and routes (and their removal).
+
+The node side runs in the calling thread's namespace (the node's); the pod side through a netlink
+socket opened inside the pod's namespace (:mod:`cni.nsenter`). One veth request creates the pair:
+the pod end (``eth0``: MTU, MAC, up) is placed in the pod namespace by the same message that
+creates the host end (enslaved to the bridge, up), so no interface ever appears under a temporary
+name in the wrong namespace. Everything created is removed again when a later step fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from typing import Any
+
+from cni import nsenter
+from cni.rtnl import Link, Rtnl, RtnlError
+from cni.spec import (
+    ERR_BRIDGE_ADDRESS,
+    ERR_CHECK_FAILED,
+    ERR_INTERNAL,
+    ERR_INVALID_CONFIG,
+    ERR_INVALID_ENV,
+    CniError,
+)
+
+HOST_VETH_PREFIX = "nw"
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """Stable host-side name: ``nw`` + 12 hex digits of sha256(container id, ifname)."""
+    digest = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()
+    return HOST_VETH_PREFIX + digest[:12]
+
+
+def is_host_veth_name(name: str) -> bool:
+    rest = name[len(HOST_VETH_PREFIX):]
+    return (name.startswith(HOST_VETH_PREFIX) and len(rest) == 12
+            and all(c in "0123456789abcdef" for c in rest))
+
+
+def pod_mac(addresses: list[IPv4Interface | IPv6Interface], seed: str) -> str:
+    """``0a:58:`` + the pod's IPv4 address (kubenet's convention), else 4 bytes of a hash."""
+    v4 = next((a for a in addresses if a.version == 4), None)
+    tail = v4.ip.packed if v4 is not None else hashlib.sha256(seed.encode()).digest()[:4]
+    return "0a:58:" + ":".join(f"{b:02x}" for b in tail)
+
+
+@dataclass(frozen=True)
+class PodRoute:
+    dst: str
+    gw: IPv4Address | IPv6Address | None
+
+
+@dataclass
+class PodPlan:
+    """Desired state of one attachment, computed from config + subnet.env + IPAM."""
+
+    container_id: str
+    ifname: str
+    netns: str
+    bridge: str
+    mtu: int
+    addresses: list[IPv4Interface | IPv6Interface]
+    routes: list[PodRoute] = field(default_factory=list)
+    hairpin: bool = True
+
+    @property
+    def host_veth(self) -> str:
+        return host_veth_name(self.container_id, self.ifname)
+
+    @property
+    def mac(self) -> str:
+        return pod_mac(self.addresses, f"{self.container_id}/{self.ifname}")
+
+
+@dataclass(frozen=True)
+class Wired:
+    host_veth: Link
+    pod_link: Link
+
+
+@dataclass
+class BridgeState:
+    name: str
+    index: int
+    mac: str
+    gateways: tuple[str, ...]
+    created: bool = False
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with contextlib.suppress(FileNotFoundError), open(path, "r+") as f:
+        if f.read().strip() != value:
+            f.seek(0)
+            f.write(value)
+
+
+def enable_forwarding(families: set[int]) -> None:
+    """The node forwards pod traffic (what the reference bridge plugin does for a gateway)."""
+    if 4 in families:
+        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    if 6 in families:
+        _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+
+
+def bridge_ready(name: str, gateways: list[IPv4Interface | IPv6Interface]) -> BridgeState | None:
+    """The bridge's state when it already is what we want (a bridge, up, holding every gateway
+    address): two raw netlink requests, no pyroute2. None means :func:`ensure_bridge` must act."""
+    with Rtnl() as rt:
+        link = rt.link(name)
+        if link is None or link.kind != "bridge" or not link.up:
+            return None
+        have = set(rt.addresses(link.index))
+    if any((str(g.ip), g.network.prefixlen) not in have for g in gateways):
+        return None
+    return BridgeState(name, link.index, link.mac, tuple(str(g) for g in gateways))
+
+
+def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu: int,
+                  force_address: bool) -> BridgeState:
+    """Create the bridge if absent, give it the gateway addresses, bring it up (pyroute2).
+
+    A bridge holding another address of the same family is an error (code 102) unless
+    ``force_address``, which replaces it."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    created = False
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            try:
+                extra = {"address": pod_mac(gateways, name)} if gateways else {}
+                # a fixed MAC: otherwise the bridge takes its ports' MACs and changes with them
+                ipr.link("add", ifname=name, kind="bridge", mtu=mtu, **extra)
+                created = True
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            found = ipr.link_lookup(ifname=name)
+        index = found[0]
+        link = ipr.link("get", index=index)[0]
+        kind = None
+        info = link.get_attr("IFLA_LINKINFO")
+        if info is not None:
+            kind = info.get_attr("IFLA_INFO_KIND")
+        if kind != "bridge":
+            raise CniError(ERR_INVALID_CONFIG,
+                           f"bridge: {name} exists and is a {kind or 'device'}, not a bridge")
+        have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"], a["family"])
+                for a in ipr.get_addr(index=index)]
+        for gw in gateways:
+            family = 2 if gw.version == 4 else 10
+            if (str(gw.ip), gw.network.prefixlen, family) in have:
+                continue
+            others = [(a, p) for a, p, f in have
+                      if f == family and not ip_address(a).is_link_local]
+            if others and not force_address:
+                raise CniError(
+                    ERR_BRIDGE_ADDRESS,
+                    f"bridge {name} has address {others[0][0]}/{others[0][1]}, expected {gw} "
+                    "(set forceAddress to replace it)")
+            for addr, plen in others:
+                with contextlib.suppress(NetlinkError):
+                    ipr.addr("del", index=index, address=addr, prefixlen=plen)
+            with Rtnl() as rt:  # IPv6 without DAD: a tentative gateway would drop pod traffic
+                rt.batch([Rtnl.addr_msg(index, gw)], ignore=(errno.EEXIST,))
+        ipr.link("set", index=index, state="up")
+        mac = link.get_attr("IFLA_ADDRESS") or ""
+    return BridgeState(name, index, mac, tuple(str(g) for g in gateways), created)
+
+
+def delete_bridge_if_unused(state: BridgeState) -> None:
+    """Rollback of a bridge this ADD created, only while no port uses it."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ports = [link for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == state.index]
+        if not ports:
+            with contextlib.suppress(Exception):
+                ipr.link("del", index=state.index)
+
+
+def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
+    """Create and configure the veth pair for ``plan``; on failure remove what was created."""
+    try:
+        pod_fd = nsenter.open_netns(plan.netns)
+    except nsenter.NetnsGone as exc:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
+    host = Rtnl()
+    created = False
+    try:
+        stale = Rtnl.dellink_msg(plan.host_veth)  # a previous ADD of the same attachment
+        veth = Rtnl.veth_msg(plan.host_veth, plan.ifname, pod_fd, plan.mtu, bridge_index,
+                             plan.mac)
+        get = Rtnl.getlink_msg(plan.host_veth)
+        try:
+            host.batch([stale], ignore=(errno.ENODEV,))
+            replies = host.batch([veth, get])
+        except RtnlError as exc:
+            if exc.errno == errno.EEXIST:
+                raise CniError(ERR_INTERNAL,
+                               f"interface {plan.ifname} already exists in {plan.netns} "
+                               f"(or {plan.host_veth} on the node)") from None
+            raise
+        created = True
+        host_link = Rtnl.parse_link(replies[get[0]])
+        if plan.hairpin:
+            host.call(Rtnl.hairpin_msg(host_link.index))
+        with nsenter.entered(pod_fd):
+            pod = Rtnl()
+            _write_sysctl(f"/proc/sys/net/ipv6/conf/{plan.ifname}/accept_dad", "0")
+        try:
+            pod_link = pod.link(plan.ifname)
+            if pod_link is None:
+                raise CniError(ERR_INTERNAL, f"{plan.ifname} vanished from {plan.netns}")
+            msgs = [Rtnl.setlink_msg(pod_link.index, up=True)]
+            msgs += [Rtnl.addr_msg(pod_link.index, a) for a in plan.addresses]
+            msgs += [Rtnl.route_msg(r.dst, r.gw, pod_link.index) for r in plan.routes]
+            pod.batch(msgs)
+        finally:
+            pod.close()
+        return Wired(host_link, pod_link)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                host.batch([Rtnl.dellink_msg(plan.host_veth)], ignore=(errno.ENODEV,))
+        raise
+    finally:
+        host.close()
+        os.close(pod_fd)
+
+
+def unwire_pod(container_id: str, ifname: str, netns: str) -> bool:
+    """Delete the pair (removing the host end removes the pod end); True if it existed.
+
+    Works whether or not the pod namespace still exists."""
+    name = host_veth_name(container_id, ifname)
+    with Rtnl() as host:
+        try:
+            host.batch([Rtnl.dellink_msg(name)])
+            return True
+        except RtnlError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+    return False
+
+
+def delete_links(names: list[str]) -> None:
+    if not names:
+        return
+    with Rtnl() as host:
+        host.batch([Rtnl.dellink_msg(n) for n in names], ignore=(errno.ENODEV,))
+
+
+def bridge_ports(bridge: str) -> list[str]:
+    """Names of the links enslaved to ``bridge`` in the node namespace (pyroute2 dump)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            return []
+        return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+                if link.get_attr("IFLA_MASTER") == found[0]]
+
+
+def _fail(msg: str) -> CniError:
+    return CniError(ERR_CHECK_FAILED, msg)
+
+
+def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
+              addresses: list[Any], routes: list[tuple[str, str]]) -> None:
+    """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference."""
+    from pyroute2 import IPRoute
+
+    name = host_veth_name(container_id, ifname)
+    with IPRoute() as ipr:
+        host = ipr.link_lookup(ifname=name)
+        if not host:
+            raise _fail(f"host interface {name} of {container_id}/{ifname} is missing")
+        br = ipr.link_lookup(ifname=bridge)
+        link = ipr.link("get", index=host[0])[0]
+        if not br or link.get_attr("IFLA_MASTER") != br[0]:
+            raise _fail(f"host interface {name} is not attached to bridge {bridge}")
+    try:
+        fd = nsenter.open_netns(netns)
+    except nsenter.NetnsGone as exc:
+        raise _fail(f"network namespace {netns}: {exc.strerror}") from None
+    try:
+        with nsenter.entered(fd):
+            ipr = IPRoute()
+    finally:
+        os.close(fd)
+    with ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise _fail(f"{ifname} is missing in {netns}")
+        link = ipr.link("get", index=found[0])[0]
+        if mac and (link.get_attr("IFLA_ADDRESS") or "").lower() != mac.lower():
+            raise _fail(f"{ifname} has MAC {link.get_attr('IFLA_ADDRESS')}, expected {mac}")
+        if not link["flags"] & 1:
+            raise _fail(f"{ifname} in {netns} is down")
+        have = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                for a in ipr.get_addr(index=found[0])}
+        for addr in addresses:
+            if str(addr) not in have:
+                raise _fail(f"{ifname} in {netns} lacks address {addr}")
+        table = set()
+        for family in (2, 10):
+            for r in ipr.get_routes(family=family, table=254):
+                dst = r.get_attr("RTA_DST")
+                dst = f"{dst}/{r['dst_len']}" if dst else ("0.0.0.0/0" if family == 2 else "::/0")
+                table.add((dst, r.get_attr("RTA_GATEWAY") or ""))
+        for dst, gw in routes:
+            if (dst, gw) not in table:
+                raise _fail(f"{netns} lacks route {dst}" + (f" via {gw}" if gw else ""))
