@@ -105,6 +105,33 @@ def subnet_env_for(cfg: NetworkConfig, lease: Lease, mtu: int, ipmasq: bool) -> 
     return subnetenv.SubnetEnv(network=cfg.network, subnet=gw, mtu=mtu, ipmasq=ipmasq)
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """``event.wait()`` with a timeout. Unlike ``asyncio.wait_for`` on Python 3.11, a
+    cancellation that races with the event can never be swallowed (which would leave the task
+    running after shutdown cancelled it)."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait([waiter], timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)
+
+
+async def with_timeout(coro: Any, timeout: float) -> Any:
+    """Await ``coro`` for at most ``timeout`` seconds (TimeoutError), cancellation-safe."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait([task], timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise TimeoutError
+    return task.result()
+
+
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -436,8 +463,7 @@ class Agent:
         interval = self.cfg.reconcile_interval
         while True:
             timeout = max(0.0, interval - (time.monotonic() - last_full))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             await asyncio.sleep(0.01)  # let a burst of events land in one pass
             self._wake.clear()
             if self._full or time.monotonic() - last_full >= interval:
@@ -484,7 +510,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.etcd_probe_interval)
             try:
-                await asyncio.wait_for(self.etcd.status(), self.cfg.etcd_probe_interval)
+                await with_timeout(self.etcd.status(), self.cfg.etcd_probe_interval)
                 ok = True
             except (EtcdError, TimeoutError):
                 ok = False
@@ -541,8 +567,7 @@ class Agent:
                 wait = 60.0
             else:
                 wait = max(1.0, lease.expiration - self.cfg.renew_margin - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reacquire.wait(), wait)
+            await wait_event(self._reacquire, wait)
             if self._reacquire.is_set():
                 self._reacquire.clear()
                 await self._reacquire_lease()
@@ -596,9 +621,10 @@ class Agent:
                     await starting
                 return
             starting.result()  # AgentError and the like propagate
-            self._tasks = [asyncio.create_task(c) for c in (
-                self._reconcile_loop(), self._watch_loop(), self._lease_loop(),
-                self._firewall_loop(), self._etcd_probe_loop())]
+            self._tasks = [asyncio.create_task(c, name=n) for n, c in (
+                ("reconcile", self._reconcile_loop()), ("lease watch", self._watch_loop()),
+                ("lease renewal", self._lease_loop()), ("firewall", self._firewall_loop()),
+                ("etcd probe", self._etcd_probe_loop()))]
             if self.cfg.netlink_events:
                 watcher = NetlinkWatcher(
                     self.cfg.netns,
@@ -611,12 +637,16 @@ class Agent:
             done, _ = await asyncio.wait([waiter, *self._tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not waiter and task.exception() is not None:
+                if task is waiter:
+                    continue
+                if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+                raise AgentError(f"internal error: the {task.get_name()} loop stopped")
         finally:
             waiter.cancel()
             if watcher is not None:
                 await asyncio.to_thread(watcher.stop)
+                log.debug("netlink listener stopped")
             await self.shutdown()
 
     async def _start_cni_server(self) -> None:
@@ -644,12 +674,17 @@ class Agent:
         if self.lease is not None:
             log.info("stopping; %s", "cleaning up the dataplane" if self.cfg.cleanup_on_exit
                      else "the dataplane stays in place")
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        pending = set(self._tasks)
+        for _attempt in range(10):  # a task that swallowed one cancellation gets another
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning("%d task(s) did not stop", len(pending))
         self._tasks = []
+        log.debug("tasks stopped")
         if self.cni_host is not None:
             await asyncio.to_thread(self.cni_host.stop)
             self.cni_host = None
