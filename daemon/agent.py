@@ -669,6 +669,24 @@ class Agent:
             self.cni_host = None
         except OSError as exc:
             raise AgentError(f"--cni-socket {self.cfg.cni_socket}: {exc}") from None
+        if self.cni_host is not None:
+            await self._prune_pod_records()
+
+    async def _prune_pod_records(self) -> None:
+        """Pods deleted while no daemon served the plugin left records behind: drop them."""
+        assert self.cni_host is not None and self.nl is not None
+        nl = self.nl
+
+        async def link_exists(name: str) -> bool:
+            return await self._nl(nl.link_index, name) is not None
+
+        try:
+            removed = await self.cni_host.prune_stale(link_exists)
+        except EtcdError as exc:
+            log.warning("stale pod records not checked: %s", exc)
+            return
+        if removed:
+            log.info("removed %d stale pod record(s)", removed)
 
     async def shutdown(self) -> None:
         if self.lease is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daemon.metrics import Metrics
@@ -84,7 +84,8 @@ class CniHost:
                                                      self.node_name)
             return PodRecord(base.container_id, pod.pod_namespace or base.namespace,
                              pod.pod_name or base.name, self.node_name, ips,
-                             {**base.labels, **dict(pod.labels)}, ports=base.ports)
+                             {**base.labels, **dict(pod.labels)}, ports=base.ports,
+                             host_veth=pod.host_veth or "")
         return PodRecord(
             container_id=pod.container_id,
             namespace=pod.pod_namespace or "default",
@@ -92,6 +93,7 @@ class CniHost:
             node=self.node_name,
             ips=ips,
             labels=dict(pod.labels),
+            host_veth=pod.host_veth or "",
         )
 
     async def _put(self, pod: Any) -> None:
@@ -110,6 +112,29 @@ class CniHost:
             log.warning("pod record for %s not removed: %s", container_id[:12], exc)
             if self.on_etcd_error:
                 self.on_etcd_error(exc)
+
+    async def prune_stale(self, link_exists: Callable[[str], Awaitable[bool]]) -> int:
+        """Remove this node's pod records whose pod link is gone: pods deleted while no daemon
+        served the CNI plugin (it then works in-process and cannot reach etcd). Records without
+        a ``hostVeth`` (older ones) are kept. Returns how many were removed."""
+        if not self.pod_records:
+            return 0
+        from proxy.records import PodRecord, RecordError
+
+        node_dir = self._records.pod_key(self.services_prefix, self.node_name, "")
+        kvs, _ = await self.etcd.get_prefix(node_dir)
+        removed = 0
+        for kv in kvs:
+            try:
+                record = PodRecord.from_json(kv.value)
+            except RecordError:
+                continue
+            if record.host_veth and not await link_exists(record.host_veth):
+                await self.etcd.delete(kv.key)
+                log.info("removed the record of pod %s/%s: its link %s is gone",
+                         record.namespace, record.name, record.host_veth)
+                removed += 1
+        return removed
 
     # --- metrics ------------------------------------------------------------------------------
 

@@ -230,13 +230,17 @@ class PodRecord:
     labels: dict[str, str] = field(default_factory=dict)
     ready: bool = True
     ports: dict[str, int] = field(default_factory=dict)  # named container ports
+    host_veth: str = ""  # the pod's link on the node: the record is stale once it is gone
 
     def to_json(self) -> str:
-        return json.dumps({
+        out = {
             "containerID": self.container_id, "namespace": self.namespace, "name": self.name,
             "node": self.node, "ips": list(self.ips), "labels": self.labels,
             "ready": self.ready, "ports": self.ports,
-        }, sort_keys=True)
+        }
+        if self.host_veth:
+            out["hostVeth"] = self.host_veth
+        return json.dumps(out, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: bytes | str) -> PodRecord:
@@ -258,6 +262,7 @@ class PodRecord:
             ips=tuple(str(ip) for ip in ips), labels=_labels(d.get("labels"), "labels"),
             ready=bool(d.get("ready", True)),
             ports={str(k): _port(v, f"ports.{k}") for k, v in ports.items()},
+            host_veth=str(d.get("hostVeth") or ""),
         )
 
 

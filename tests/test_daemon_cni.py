@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
+from cni.install import install
+from cni.invoke import PluginCall, invoke
 from daemon import underlay
 from daemon.nodelab import NodeLab, wait_for
 
@@ -77,5 +79,55 @@ def test_cni_add_and_del_through_the_daemon(netns_factory: Callable[[str], str],
         assert code == 0, body
         if records:
             wait_for(lambda: not lab.etcdctl("get", key), what="pod record removed")
+    finally:
+        lab.close()
+
+
+def test_records_of_pods_deleted_while_the_daemon_was_down_are_pruned_at_start(
+        netns_factory: Callable[[str], str], tmp_path) -> None:
+    lab = NodeLab(netns_factory("dul"), [netns_factory("dn")], netns_factory("dout"),
+                  str(tmp_path))
+    pods = [netns_factory("dpod"), netns_factory("dpod")]
+    try:
+        lab.build()
+        lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
+        ns = lab.node_nss[0]
+        lab.start_daemon(ns)
+        wait_for(lambda: lab.http(ns, "/readyz")[0] == 200, what="daemon ready")
+        sock = os.path.join(str(tmp_path), ns, "cni.sock")
+        wait_for(lambda: os.path.exists(sock), what="CNI socket")
+        conf = {"cniVersion": "1.1.0", "name": "netweft", "type": "netweft",
+                "subnetFile": lab.paths(ns)["subnet_file"],
+                "dataDir": str(tmp_path / "ipam"), "socketPath": sock,
+                "logFile": str(tmp_path / "cni.log")}
+
+        def call(command: str, cid: str, pod_ns: str) -> tuple[int, str]:
+            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+                   "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+                   "CNI_PATH": "/usr/lib/cni",
+                   "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=p-{cid[:4]}"}
+            out = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", REQUEST, json.dumps(env),
+                 sock], input=json.dumps(conf), capture_output=True, text=True,
+                timeout=60).stdout
+            code, _, body = out.partition("\n")
+            return int(code), body
+
+        kept, gone = "aaaa000011112222", "bbbb000011112222"
+        for cid, pod_ns in ((kept, pods[0]), (gone, pods[1])):
+            assert call("ADD", cid, pod_ns)[0] == 0
+        key = f"/netweft/pods/{ns}"
+        wait_for(lambda: lab.etcdctl("get", f"{key}/{gone}"), what="both records")
+        assert json.loads(lab.etcdctl("get", f"{key}/{gone}", "--print-value-only"))["hostVeth"]
+        lab.stop_daemon(ns)
+        # With no daemon the installed plugin works in-process: the DEL cannot reach etcd.
+        installed = install(str(tmp_path / "bin"), str(tmp_path / "net.d"))
+        reply = invoke(PluginCall(installed.executable, "DEL", conf, container_id=gone,
+                                  netns=f"/run/netns/{pods[1]}", node_netns=ns))
+        assert reply.exit_code == 0, reply.stdout + reply.stderr
+        assert lab.etcdctl("get", f"{key}/{gone}")  # still there: nobody told etcd
+        lab.start_daemon(ns)
+        wait_for(lambda: not lab.etcdctl("get", f"{key}/{gone}"), what="stale record pruned")
+        assert lab.etcdctl("get", f"{key}/{kept}")
     finally:
         lab.close()
