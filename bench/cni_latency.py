@@ -196,7 +196,7 @@ def server_times(log_file: str) -> dict[str, list[float]]:
     with open(log_file) as f:
         for line in f:
             parts = line.split()
-            if len(parts) >= 6 and parts[1] == "server" and parts[2] in out \
+            if len(parts) >= 6 and parts[1] in ("server", "tcp") and parts[2] in out \
                     and parts[4] == "code=0" and not parts[3].startswith("warm"):
                 out[parts[2]].append(float(parts[5].rstrip("ms")))
     return out

@@ -19,7 +19,7 @@ IFS= read -r -d '' nw_in
 nw_nul=$?  # 1: EOF (CNI JSON); 0: stdin holds a NUL byte, the rest of it is still unread
 
 nw_fallback() {
-    exec 3>&- 2>/dev/null
+    exec 3>&-
     if [[ $nw_lc_set ]]; then LC_ALL=$nw_lc; else unset LC_ALL; fi
     trap - PIPE
     if (( nw_nul == 0 )); then

@@ -70,7 +70,7 @@ def _handle(owner: CniServer, sock: socket.socket) -> None:
     except (OSError, ValueError) as exc:
         _log(owner.default_log, f"cni-server: bad request: {exc}")
         return
-    _serve(owner, sock, env, stdin, started)
+    _serve(owner, sock, env, stdin, started, "server")
 
 
 def _handle_tcp(owner: CniServer, sock: socket.socket) -> None:
@@ -84,13 +84,14 @@ def _handle_tcp(owner: CniServer, sock: socket.socket) -> None:
     except (OSError, ValueError) as exc:
         _log(owner.default_log, f"cni-server: tcp request dropped: {exc}")
         return
-    _serve(owner, sock, env, stdin, started)
+    _serve(owner, sock, env, stdin, started, "tcp")
 
 
 def _serve(owner: CniServer, sock: socket.socket, env: dict[str, str], stdin: bytes,
-           started: float) -> None:
+           started: float, via: str) -> None:
+    """Run the request and send the reply: the same for both listeners (``via`` is logged)."""
     default_log = env.pop(DEFAULT_LOG_KEY, owner.default_log)
-    outcome = run(env, stdin, owner.state, default_log=default_log, via="server")
+    outcome = run(env, stdin, owner.state, default_log=default_log, via=via)
     with contextlib.suppress(OSError):
         body = outcome.stdout.encode()
         sock.sendall(b"%d %d\n" % (outcome.code, len(body)) + body)

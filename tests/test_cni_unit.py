@@ -125,16 +125,22 @@ def test_install_and_uninstall(tmp_path) -> None:
                    socket_path="/x/cni.sock", log_file="/x/cni.log", mtu=1400)
     mode = os.stat(done.executable).st_mode
     assert stat.S_IMODE(mode) == 0o755
-    text = read(done.executable)
-    assert text.startswith("#!") and " -IS\n" in text.splitlines()[0] + "\n" and MARKER in text
+    text = read(done.executable)  # the bash launcher, falling back to the Python one
+    assert text.startswith("#!/bin/bash -p\n") and MARKER in text
+    assert "nw_port=1019\n" in text and "nw_token='/x/cni.token'\n" in text
+    assert f"nw_py='{bin_dir}/netweft-py'\n" in text and "@PORT@" not in text
+    py_text = read(os.path.join(bin_dir, "netweft-py"))
+    assert py_text.startswith("#!") and " -IS\n" in py_text.splitlines()[0] + "\n"
+    assert MARKER in py_text
     conf = json.loads(read(done.conflist))
     assert done.conflist.endswith(CONF_NAME) and conf["cniVersion"] == "1.1.0"
     plugin = conf["plugins"][0]
     assert plugin["type"] == "netweft" and plugin["mtu"] == 1400
     assert plugin["subnetFile"] == "/x/subnet.env" and plugin["socketPath"] == "/x/cni.sock"
     assert plugin["capabilities"] == {"ips": True}
-    assert sorted(os.listdir(bin_dir)) == ["netweft"]  # no temp files left
-    assert sorted(uninstall(bin_dir, conf_dir)) == sorted([done.executable, done.conflist])
+    assert sorted(os.listdir(bin_dir)) == ["netweft", "netweft-py"]  # no temp files left
+    assert sorted(uninstall(bin_dir, conf_dir)) == sorted(
+        [done.executable, os.path.join(bin_dir, "netweft-py"), done.conflist])
     assert os.listdir(bin_dir) == [] and os.listdir(conf_dir) == []
 
 
@@ -162,4 +168,4 @@ def test_cli_install_uninstall(tmp_path) -> None:
     assert plugin["ipMasq"] is False and plugin["dataDir"] == "/s/data"
     res = runner.invoke(root, ["cni", "uninstall", "--bin-dir", str(tmp_path / "b"),
                                "--conf-dir", str(tmp_path / "c")])
-    assert res.exit_code == 0 and res.output.count("removed") == 2
+    assert res.exit_code == 0 and res.output.count("removed") == 3
