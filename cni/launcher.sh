@@ -35,6 +35,9 @@ case $nw_in in  # a config naming another server's socket: the Python launcher f
         [[ $nw_in == *"\"socketPath\": \"$nw_sock\""* || \
            $nw_in == *"\"socketPath\":\"$nw_sock\""* ]] || nw_fallback ;;
 esac
+# the port must still be one only root can bind (the sysctl is per network namespace)
+{ read -r nw_unpriv < /proc/sys/net/ipv4/ip_unprivileged_port_start; } 2>/dev/null
+(( nw_port < ${nw_unpriv:-0} )) || nw_fallback
 { IFS= read -r nw_tok < "$nw_token"; } 2>/dev/null || nw_fallback
 (( ${#nw_tok} == 64 )) || nw_fallback
 nw_env=

@@ -217,6 +217,11 @@ class CniServer:
         then falls back to the unix socket; the reason is kept in ``tcp_error`` and logged."""
         if not 0 < self.tcp_port < 1024:
             raise ValueError(f"tcp_port {self.tcp_port}: must be a privileged port (1-1023)")
+        if self.tcp_port >= tcpwire.unprivileged_port_start():
+            self.tcp_error = (f"127.0.0.1:{self.tcp_port}: not a privileged port here "
+                              "(net.ipv4.ip_unprivileged_port_start)")
+            _log(self.default_log, f"cni-server: TCP fast path disabled: {self.tcp_error}")
+            return
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

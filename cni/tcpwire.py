@@ -55,6 +55,16 @@ def write_token(path: str, token: str) -> None:
         raise
 
 
+def unprivileged_port_start() -> int:
+    """The lowest port a non-root process may bind in this network namespace (0 if unknown:
+    then no port counts as privileged)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
 def token_ok(first_line: bytes, token: bytes) -> bool:
     return bool(token) and hmac.compare_digest(first_line, MAGIC + b" " + token)
 

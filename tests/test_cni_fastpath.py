@@ -20,7 +20,7 @@ import pytest
 from cni import nsenter, tcpwire
 from cni.harness import CniNode
 from cni.invoke import PluginCall, invoke
-from cni.server import _read_request, read_tcp_request
+from cni.server import CniServer, _read_request, read_tcp_request
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
@@ -196,6 +196,8 @@ class FakeServers:
                 conn.sendall(b"0 %d\n" % len(self.unix_body) + self.unix_body)
 
     def close(self) -> None:
+        if self.stop.is_set():
+            return
         self.stop.set()
         for s in (self.tcp, self.unix):
             s.shutdown(socket.SHUT_RDWR)
@@ -295,3 +297,22 @@ def test_stdout_is_byte_identical_between_paths(node: CniNode,
         log = f.read()
     assert log.count(" tcp ADD same1/eth0 code=0") == 2  # the bash launcher used TCP
     assert log.count(" server ADD same1/eth0 code=0") == 2  # the Python one the unix socket
+
+
+def test_no_fast_path_where_the_port_is_not_privileged(node: CniNode, fakes) -> None:
+    subprocess.run(["ip", "netns", "exec", node.node_netns, "sysctl", "-qw",
+                    "net.ipv4.ip_unprivileged_port_start=1000"], check=True)
+    # the launcher does not trust the port (anyone could have bound it) ...
+    f = fakes("full", BODY)
+    r = invoke(PluginCall(node.executable, "VERSION", b"{}", node_netns=node.node_netns))
+    assert r.exit_code == 0 and f.tcp_seen == [] and len(f.unix_seen) == 1
+    f.close()
+    # ... and the server does not listen on it nor write a token
+    os.unlink(node.token_file)
+    server = CniServer(node.socket_path, tcp_port=node.tcp_port, default_log=node.log_file)
+    in_netns(node.node_netns, server.bind)
+    try:
+        assert server.token == b"" and "ip_unprivileged_port_start" in server.tcp_error
+        assert not os.path.exists(node.token_file)
+    finally:
+        server.stop()
