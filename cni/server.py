@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from cni import tcpwire
 from cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
+from cni.peeruid import tcp_peer_uid
 from cni.plugin import Outcome, PodInfo, WiringState, _log, run
 from cni.shim import DEFAULT_LOG_KEY, MAGIC
 from cni.spec import ERR_INVALID_ENV, CniError, dumps
@@ -74,10 +75,15 @@ def _handle(owner: CniServer, sock: socket.socket) -> None:
 
 
 def _handle_tcp(owner: CniServer, sock: socket.socket) -> None:
-    """One request on the loopback TCP listener (the bash launcher's fast path): it must start
-    with the token; anything else is dropped without a reply."""
+    """One request on the loopback TCP listener (the bash launcher's fast path): the peer's
+    socket must belong to an allowed uid (the kernel's socket table: SO_PEERCRED's TCP
+    equivalent) and the request must start with the token; anything else is dropped without a
+    reply."""
     started = time.monotonic()
     try:
+        uid = tcp_peer_uid(sock)
+        if uid is None or uid not in owner.allowed_uids:
+            raise ValueError(f"peer uid {uid} may not use the netweft CNI server")
         sock.settimeout(TCP_READ_TIMEOUT)
         env, stdin = read_tcp_request(sock, owner.token)
         sock.settimeout(None)

@@ -15,7 +15,8 @@ right token gets no reply at all.
 
 The token (64 hex digits, fresh at every server start) is in a root-only 0600 file, and the
 listener is on a privileged port (only root can bind it), so only root can talk to the server
-and only the server can receive the token.
+and only the server can receive the token. The server also checks the uid owning the peer's
+socket (``cni/peeruid.py``) before reading anything, as SO_PEERCRED does on the unix socket.
 """
 
 from __future__ import annotations

@@ -99,12 +99,20 @@ def test_wrong_or_missing_token_gets_no_answer_and_changes_nothing(
                     no_token_line,
                     b"NWCNI1 10 10\n" + conf):  # the unix socket's framing
         assert send_raw(node, request) == b""
+    # a non-root peer is dropped even with the right token (the uid of its socket is checked)
+    sent = subprocess.run(["ip", "netns", "exec", node.node_netns, *NOBODY, "bash", "-c",
+                           f'exec 3<>/dev/tcp/127.0.0.1/{node.tcp_port}; cat >&3; '
+                           'IFS= read -r -d "" reply <&3; printf %s "$reply"'],
+                          input=tcpwire.encode_request(good, env, conf), capture_output=True,
+                          timeout=30)
+    assert sent.stdout == b""
     assert node.ip_files() == []
     assert links(node.node_netns) == ["lo"]
     assert links(pod) == ["lo"]
     with open(node.log_file) as f:
         log = f.read()
-    assert " ADD tok1/" not in log and log.count("tcp request dropped") == 5
+    assert " ADD tok1/" not in log and log.count("tcp request dropped") == 6
+    assert "peer uid 65534 may not" in log
     # the right token on the same listener works
     reply = send_raw(node, tcpwire.encode_request(good, env, conf))
     head, _, body = reply.partition(b"\n")
