@@ -169,3 +169,34 @@ def test_cli_install_uninstall(tmp_path) -> None:
     res = runner.invoke(root, ["cni", "uninstall", "--bin-dir", str(tmp_path / "b"),
                                "--conf-dir", str(tmp_path / "c")])
     assert res.exit_code == 0 and res.output.count("removed") == 3
+
+
+def test_tcp_wire_format_roundtrip_and_token_check() -> None:
+    from cni import tcpwire
+    from cni.server import read_tcp_request
+
+    token = "ab" * 32
+    env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "a=b;c=d", "NETWEFT_CNI_DEFAULT_LOG": "/l"}
+    for stdin in (b"", b'{"x":"\xc3\xa9"}\n\n\n', b"\n" * 3):
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(tcpwire.encode_request(token, env, stdin))
+            assert read_tcp_request(b, token.encode()) == (env, stdin)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(tcpwire.encode_request("cd" * 32, env, b"{}"))
+        with pytest.raises(ValueError, match="bad token"):
+            read_tcp_request(b, token.encode())
+    assert not tcpwire.token_ok(b"NWTCP1 ", b"")  # no token yet: nothing matches
+    with pytest.raises(ValueError):
+        tcpwire.parse_header([b"CNI_COMMAND=ADD"])
+    assert tcpwire.default_token_file("/run/netweft/cni.sock") == "/run/netweft/cni.token"
+
+
+def test_install_tcp_port_options(tmp_path) -> None:
+    done = install(str(tmp_path / "b"), str(tmp_path / "c"), socket_path="/s/x.sock",
+                   tcp_port=0, token_file="/t/tok")
+    text = read(done.executable)
+    assert "nw_port=0\n" in text and "nw_token='/t/tok'\n" in text
+    with pytest.raises(ValueError, match="tcp_port"):
+        install(str(tmp_path / "b"), str(tmp_path / "c"), tcp_port=8080)
