@@ -214,6 +214,7 @@ class Backend(abc.ABC):
     """One dataplane: set up the device for our lease, program peers, reconcile."""
 
     type_name: str = ""
+    last_desired: DesiredState = DesiredState()  # what the last reconcile() wanted
 
     @abc.abstractmethod
     def backend_data(self) -> dict[str, object]:
@@ -257,6 +258,7 @@ class Backend(abc.ABC):
     def reconcile(self, own: Lease, leases: Iterable[Lease]) -> tuple[Changes, list[str]]:
         """Desired minus actual, applied. Returns the changes and the errors (per entry)."""
         desired = self.desired(own, leases)
+        self.last_desired = desired
         changes = diff(desired, self.actual())
         errors = list(desired.errors)
         if not changes.empty:

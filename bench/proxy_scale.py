@@ -16,10 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
+import dataclasses
 import itertools
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -82,6 +85,14 @@ def inside(ns: str) -> Iterator[None]:
         _libc.setns(home, CLONE_NEWNET)
         os.close(target)
         os.close(home)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (libnftables and its netlink work run in it) and of finished
+    children (nft, iptables-restore): unlike wall time, barely moved by a busy machine."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def ip_of(base: int) -> str:
@@ -162,22 +173,28 @@ def timed(fn: Callable[[], object]) -> float:
 
 def full_sync(mode: str, n: int, runs: int) -> dict[str, object]:
     items = model(n)
-    times, ingest = [], []
+    times, ingest, kernel, cpu = [], [], [], []
+    load = os.getloadavg()[0]
     counts: tuple[int, int, int] = (0, 0, 0)
     for _ in range(runs):
         ns = make_ns("full")
         with inside(ns):
             runner = runner_for(mode)
             ingest.append(feed(runner, items))
+            c0 = cpu_seconds()
             t0 = time.perf_counter()
             result = runner.sync_once()
             times.append(time.perf_counter() - t0)
+            cpu.append(cpu_seconds() - c0)
+            kernel.append(runner.dataplane.apply_seconds)  # type: ignore[attr-defined]
             assert result is not None
             counts = (result.chains, result.rules, result.elements)
         subprocess.run(["ip", "netns", "delete", ns], check=True)
         _made.remove(ns)
     return {"mode": mode, "services": n, "runs": runs, "median_s": statistics.median(times),
-            "all_s": times, "ingest_s": statistics.median(ingest), "chains": counts[0],
+            "all_s": times, "cpu_s": statistics.median(cpu),
+            "kernel_load_s": statistics.median(kernel),
+            "ingest_s": statistics.median(ingest), "loadavg_1m": load, "chains": counts[0],
             "rules": counts[1], "elements": counts[2],
             "applier": "libnftables" if mode == "nftables" and NftApplier()._lib else "process"}
 
@@ -188,13 +205,16 @@ def kube_proxy_load(n: int) -> dict[str, object]:
     path.write_text(text)
     ns = make_ns("kp")
     try:
+        c0 = cpu_seconds()
         t = timed(lambda: subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(path)],
                                          check=True))
+        cpu = cpu_seconds() - c0
     finally:
         path.unlink()
         subprocess.run(["ip", "netns", "delete", ns], check=True)
         _made.remove(ns)
-    return {"mode": "kube-proxy-style nft -f", "services": n, "median_s": t,
+    return {"mode": "kube-proxy-style nft -f", "services": n, "median_s": t, "cpu_s": cpu,
+            "loadavg_1m": os.getloadavg()[0],
             "chains": n * 4 + 3, "anonymous_vmaps": n}
 
 
@@ -227,42 +247,89 @@ def one_change(mode: str, n: int, changes: int, applier_ns: bool = False) -> dic
             "p90_ms": 1000 * lat[int(0.9 * (len(lat) - 1))]}
 
 
+def one_change_loop(n: int, changes: int, min_interval: float) -> dict[str, object]:
+    """The same change through the runner's asyncio loop: tracker call -> rate limiter ->
+    sync -> kernel, measured until the runner reports the sync done."""
+    items = model(n)
+    ns = make_ns("loop")
+    lat: list[float] = []
+    try:
+        with inside(ns):
+            runner = runner_for("nftables")
+            runner.options.min_sync_interval = min_interval
+            feed(runner, items)
+            runner.sync_once()
+            svc, eps = items[n // 2]
+
+            async def drive() -> None:
+                task = asyncio.create_task(runner.loop())
+                for j in range(changes):
+                    await asyncio.sleep(min_interval * 1.05 + 0.01)   # the limiter is idle
+                    runner.synced_event.clear()
+                    new_eps = (eps[0], eps[1], Endpoint(ip_of(EP_BASE + 300000 + j),
+                                                        (EndpointPort("http", 8080),),
+                                                        node="node-0"))
+                    t0 = time.perf_counter()
+                    runner.tracker.endpoints_updated(svc.key, new_eps)
+                    await runner.synced_event.wait()
+                    lat.append(time.perf_counter() - t0)
+                task.cancel()
+            asyncio.run(drive())
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=True)
+        _made.remove(ns)
+    lat.sort()
+    return {"mode": "nftables via runner loop", "services": n, "changes": changes,
+            "min_sync_interval_s": min_interval, "applier": "libnftables",
+            "median_ms": 1000 * statistics.median(lat),
+            "p90_ms": 1000 * lat[int(0.9 * (len(lat) - 1))]}
+
+
 @contextmanager
 def _nullctx() -> Iterator[None]:
     yield
 
 
-def first_packet(mode: str, sizes: list[int], connects: int) -> dict[str, object]:
-    bed = build(make_ns)
-    out: dict[str, object] = {"mode": mode, "connects": connects}
+def first_packet(mode: str, sizes: list[int], connects: int, rounds: int = 6) -> dict[str, object]:
+    """Two identical testbeds, one per ruleset size, measured in alternation (same noise)."""
+    items_all = model(max(sizes))
+    # the target sorts last: iptables walks NETWEFT-SERVICES in service order (worst case)
+    target_svc = dataclasses.replace(items_all[0][0], key=ServiceKey("zzz", "target"))
+    pods = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
+    target_eps = tuple(Endpoint(ip, (EndpointPort("http", 8080),), node="node-0") for ip in pods)
+    beds = []
+    out: dict[str, object] = {"mode": mode, "connects_per_round": connects, "rounds": rounds}
     try:
-        pods = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
-        for ip in pods:
-            bed.add_pod(ip)
-        items_all = model(max(sizes))
-        target_svc, _ = items_all[0]
-        target_eps = tuple(Endpoint(ip, (EndpointPort("http", 8080),), node="node-0")
-                           for ip in pods)
         for n in sizes:
+            bed = build(make_ns)
+            beds.append(bed)
+            for ip in pods:
+                bed.add_pod(ip)
             runner = runner_for(mode, bed.node)
-            items = [(target_svc, target_eps), *items_all[1:n]]
-            feed(runner, items)
+            feed(runner, [(target_svc, target_eps), *items_all[1:n]])
             runner.sync_once()
             bed.connect(bed.client, target_svc.cluster_ips[0], 80, count=20)   # warm up
-            samples = []
-            for _ in range(3):
+        samples: dict[int, list[float]] = {n: [] for n in sizes}
+        ratios = []
+        for _ in range(rounds):
+            medians = {}
+            for n, bed in zip(sizes, beds, strict=True):
                 attempts = bed.connect(bed.client, target_svc.cluster_ips[0], 80, count=connects)
                 bad = [a for a in attempts if a.error]
                 if bad:
                     raise RuntimeError(f"{len(bad)} failed connections: {bad[0]}")
-                samples += [a.seconds for a in attempts]
-            out[f"median_us_{n}"] = 1e6 * statistics.median(samples)
-            out[f"p90_us_{n}"] = 1e6 * sorted(samples)[int(0.9 * (len(samples) - 1))]
-            runner.dataplane.cleanup()
-        a, b = sizes[0], sizes[-1]
-        out["ratio_median"] = out[f"median_us_{b}"] / out[f"median_us_{a}"]  # type: ignore[operator]
+                secs = [a.seconds for a in attempts]
+                samples[n] += secs
+                medians[n] = statistics.median(secs)
+            ratios.append(medians[sizes[-1]] / medians[sizes[0]])
+        for n in sizes:
+            out[f"median_us_{n}"] = 1e6 * statistics.median(samples[n])
+            out[f"p90_us_{n}"] = 1e6 * sorted(samples[n])[int(0.9 * (len(samples[n]) - 1))]
+        out["ratio_median"] = out[f"median_us_{sizes[-1]}"] / out[f"median_us_{sizes[0]}"]  # type: ignore[operator]
+        out["ratio_per_round"] = [round(r, 3) for r in ratios]
     finally:
-        bed.close()
+        for bed in beds:
+            bed.close()
     return out
 
 
@@ -275,7 +342,9 @@ def main() -> None:
                     help="iptables with the nf_tables backend (10,000 takes about 90 s)")
     ap.add_argument("--runs", type=int, default=3, help="full-sync repetitions (30k: 1)")
     ap.add_argument("--changes", type=int, default=30)
-    ap.add_argument("--connects", type=int, default=200)
+    ap.add_argument("--connects", type=int, default=100, help="per round (6 rounds)")
+    ap.add_argument("--sections", default="all",
+                    help="comma list of: nftables, kube-proxy, iptables, change, first-packet")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -290,27 +359,35 @@ def main() -> None:
     if args.quick:
         sizes, kp_sizes, ipt_sizes, big = [100, 1000], [100, 1000], [100, 1000], 1000
         iptn_sizes = [100]
-        args.changes, args.connects, args.runs = 10, 50, 1
+        args.changes, args.connects, args.runs = 10, 30, 1
     results: dict[str, list[dict[str, object]]] = {"full": [], "change": [], "first_packet": []}
 
     def show(section: str, row: dict[str, object]) -> None:
         results[section].append(row)
         print(json.dumps(row), flush=True)
 
+    want = set(args.sections.split(","))
+
+    def on(name: str) -> bool:
+        return "all" in want or name in want
+
     try:
-        for n in sizes:
+        for n in sizes if on("nftables") else []:
             show("full", full_sync("nftables", n, args.runs if n < 30000 else 1))
-        for n in kp_sizes:
+        for n in kp_sizes if on("kube-proxy") else []:
             show("full", kube_proxy_load(n))
-        for n in ipt_sizes:
+        for n in ipt_sizes if on("iptables") else []:
             show("full", full_sync("iptables-legacy", n, args.runs if n < 10000 else 1))
-        for n in iptn_sizes:
+        for n in iptn_sizes if on("iptables") else []:
             show("full", full_sync("iptables", n, args.runs if n < 10000 else 1))
-        show("change", one_change("nftables", big, args.changes))
-        show("change", one_change("nftables", big, args.changes, applier_ns=True))
-        show("change", one_change("iptables-legacy", big, max(5, args.changes // 3)))
-        show("first_packet", first_packet("nftables", [10, big], args.connects))
-        show("first_packet", first_packet("iptables-legacy", [10, big], args.connects))
+        if on("change"):
+            show("change", one_change("nftables", big, args.changes))
+            show("change", one_change_loop(big, args.changes, 0.1))
+            show("change", one_change("nftables", big, args.changes, applier_ns=True))
+            show("change", one_change("iptables-legacy", big, max(5, args.changes // 3)))
+        if on("first-packet"):
+            show("first_packet", first_packet("nftables", [10, big], args.connects))
+            show("first_packet", first_packet("iptables-legacy", [10, big], args.connects))
     finally:
         delete_all()
     if args.json:

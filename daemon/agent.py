@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -76,6 +77,7 @@ class AgentConfig:
     reconcile_interval: float = 10.0
     firewall_interval: float = 30.0
     config_retry: float = 2.0
+    etcd_probe_interval: float = 5.0
     metrics_addr: str | None = None
     cni_socket: str | None = None
     cni_tcp_port: int = 1019  # the bash launcher's loopback fast path (0: off)
@@ -103,6 +105,33 @@ def subnet_env_for(cfg: NetworkConfig, lease: Lease, mtu: int, ipmasq: bool) -> 
     assert lease.subnet is not None
     gw = IPv4Interface(f"{lease.subnet.network_address + 1}/{lease.subnet.prefixlen}")
     return subnetenv.SubnetEnv(network=cfg.network, subnet=gw, mtu=mtu, ipmasq=ipmasq)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """``event.wait()`` with a timeout. Unlike ``asyncio.wait_for`` on Python 3.11, a
+    cancellation that races with the event can never be swallowed (which would leave the task
+    running after shutdown cancelled it)."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait([waiter], timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)
+
+
+async def with_timeout(coro: Any, timeout: float) -> Any:
+    """Await ``coro`` for at most ``timeout`` seconds (TimeoutError), cancellation-safe."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait([task], timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise TimeoutError
+    return task.result()
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
@@ -192,6 +221,7 @@ class Agent:
         self.cni_host: Any = None
         self.etcd: EtcdClient | None = None
         self._revision = 0
+        self._lock_fd: int | None = None
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -295,9 +325,28 @@ class Agent:
             log.error("firewall: %s", exc)
             self.metrics.inc("netweft_reconcile_errors_total")
 
+    def _lock_state_dir(self) -> None:
+        """One daemon per state directory (two would fight over the same device)."""
+        if not self.cfg.state_dir:
+            return
+        os.makedirs(self.cfg.state_dir, exist_ok=True)
+        path = os.path.join(self.cfg.state_dir, "daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentError(f"another netweft daemon (pid {holder}) uses --state-dir "
+                             f"{self.cfg.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
     async def start(self) -> None:
         """Everything up to the first reconcile; raises AgentError for fatal problems."""
         self._loop = asyncio.get_running_loop()
+        self._lock_state_dir()
         self.nl = Netlink(self.cfg.netns)
         try:
             self.side = await self._nl(iface.select, self.nl, self.cfg.iface)
@@ -320,6 +369,8 @@ class Agent:
         self.etcd.connect()  # _call() reads the stubs before it connects
         self.store = LeaseStore(self.etcd, self.cfg.etcd.prefix, ttl=self.cfg.lease_ttl)
         self.netcfg = await self._wait_config(self.store)
+        self.metrics.set("netweft_etcd_up", 1)
+        self.metrics.inc("netweft_etcd_errors_total", 0)  # the series exists from the start
         store = self.store
         leases, _rev = await self._etcd_retry("listing leases", store.list)
         previous_mac = next((le.vtep_mac for le in leases
@@ -382,7 +433,7 @@ class Agent:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        desired = backend.desired(own, peers)
+        desired = backend.last_desired
         programmed = len([p for p in desired.peers if p.error is None])
         self.metrics.set("netweft_peers_programmed", programmed)
         self.metrics.set("netweft_leases", len(self.leases))
@@ -414,8 +465,7 @@ class Agent:
         interval = self.cfg.reconcile_interval
         while True:
             timeout = max(0.0, interval - (time.monotonic() - last_full))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             await asyncio.sleep(0.01)  # let a burst of events land in one pass
             self._wake.clear()
             if self._full or time.monotonic() - last_full >= interval:
@@ -454,6 +504,24 @@ class Agent:
         programmed = len([p for p in desired.peers if p.error is None])
         self.metrics.set("netweft_peers_programmed", programmed)
         self._write_status(programmed)
+
+    async def _etcd_probe_loop(self) -> None:
+        """etcd reachability for /metrics (the watch and renewals retry on their own)."""
+        assert self.etcd is not None
+        up = True
+        while True:
+            await asyncio.sleep(self.cfg.etcd_probe_interval)
+            try:
+                await with_timeout(self.etcd.status(), self.cfg.etcd_probe_interval)
+                ok = True
+            except (EtcdError, TimeoutError):
+                ok = False
+                self.metrics.inc("netweft_etcd_errors_total")
+            self.metrics.set("netweft_etcd_up", 1 if ok else 0)
+            if ok != up:
+                log.log(logging.INFO if ok else logging.WARNING, "etcd is %s",
+                        "reachable again" if ok else "unreachable; the dataplane stays as it is")
+                up = ok
 
     async def _firewall_loop(self) -> None:
         while True:
@@ -501,8 +569,7 @@ class Agent:
                 wait = 60.0
             else:
                 wait = max(1.0, lease.expiration - self.cfg.renew_margin - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reacquire.wait(), wait)
+            await wait_event(self._reacquire, wait)
             if self._reacquire.is_set():
                 self._reacquire.clear()
                 await self._reacquire_lease()
@@ -556,9 +623,10 @@ class Agent:
                     await starting
                 return
             starting.result()  # AgentError and the like propagate
-            self._tasks = [asyncio.create_task(c) for c in (
-                self._reconcile_loop(), self._watch_loop(), self._lease_loop(),
-                self._firewall_loop())]
+            self._tasks = [asyncio.create_task(c, name=n) for n, c in (
+                ("reconcile", self._reconcile_loop()), ("lease watch", self._watch_loop()),
+                ("lease renewal", self._lease_loop()), ("firewall", self._firewall_loop()),
+                ("etcd probe", self._etcd_probe_loop()))]
             if self.cfg.netlink_events:
                 watcher = NetlinkWatcher(
                     self.cfg.netns,
@@ -571,12 +639,16 @@ class Agent:
             done, _ = await asyncio.wait([waiter, *self._tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not waiter and task.exception() is not None:
+                if task is waiter:
+                    continue
+                if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+                raise AgentError(f"internal error: the {task.get_name()} loop stopped")
         finally:
             waiter.cancel()
             if watcher is not None:
                 await asyncio.to_thread(watcher.stop)
+                log.debug("netlink listener stopped")
             await self.shutdown()
 
     async def _start_cni_server(self) -> None:
@@ -605,12 +677,17 @@ class Agent:
         if self.lease is not None:
             log.info("stopping; %s", "cleaning up the dataplane" if self.cfg.cleanup_on_exit
                      else "the dataplane stays in place")
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        pending = set(self._tasks)
+        for _attempt in range(10):  # a task that swallowed one cancellation gets another
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning("%d task(s) did not stop", len(pending))
         self._tasks = []
+        log.debug("tasks stopped")
         if self.cni_host is not None:
             await asyncio.to_thread(self.cni_host.stop)
             self.cni_host = None
@@ -625,6 +702,9 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._nl(self.nl.close)
         self._executor.shutdown(wait=False)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     async def cleanup(self) -> None:
         """``--cleanup-on-exit``: remove the device, our routes and our firewall rules."""

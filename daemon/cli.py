@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "daemon.commands.proxy",
     "daemon.commands.service",
     "daemon.commands.cni",
+    "daemon.commands.lab",
 ]
 
 

@@ -82,13 +82,25 @@ class CniHost:
             asyncio.run_coroutine_threadsafe(self._delete(pod.container_id), self.loop)
 
     def record_for(self, pod: Any) -> Any:
+        """The pod record for a wired pod. Labels: the CNI plugin's (``NETWEFT_POD_LABELS``);
+        when the pod info also carries the raw ``CNI_ARGS`` (``cni_args``), the proxy's own
+        parser adds its labels and named ports (``NETWEFT_PORTS``) too."""
         from proxy.records import PodRecord
+
+        ips = tuple(ip.split("/", 1)[0] for ip in pod.ips)
+        cni_args = getattr(pod, "cni_args", None)
+        if cni_args is not None:
+            base = self._records.pod_record_from_cni(pod.container_id, cni_args, ips,
+                                                     self.node_name)
+            return PodRecord(base.container_id, pod.pod_namespace or base.namespace,
+                             pod.pod_name or base.name, self.node_name, ips,
+                             {**base.labels, **dict(pod.labels)}, ports=base.ports)
         return PodRecord(
             container_id=pod.container_id,
             namespace=pod.pod_namespace or "default",
             name=pod.pod_name or pod.container_id[:12],
             node=self.node_name,
-            ips=tuple(ip.split("/", 1)[0] for ip in pod.ips),
+            ips=ips,
             labels=dict(pod.labels),
         )
 

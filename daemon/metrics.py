@@ -134,7 +134,9 @@ def daemon_metrics() -> Metrics:
                "Kernel entries changed directly from lease events (between full passes).")
     m.describe("netweft_last_reconcile_timestamp_seconds", "gauge",
                "Unix time of the last completed reconcile pass.")
-    m.describe("netweft_etcd_errors_total", "counter", "Failed etcd operations.")
+    m.describe("netweft_etcd_errors_total", "counter",
+               "Failed etcd operations (including the periodic reachability probe).")
+    m.describe("netweft_etcd_up", "gauge", "1 when the last etcd probe succeeded.")
     m.describe("netweft_lease_expiration_timestamp_seconds", "gauge",
                "When this node's etcd lease expires unless renewed.")
     m.describe("netweft_lease_acquisitions_total", "counter",

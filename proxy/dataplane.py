@@ -4,6 +4,7 @@ to a full resync when a transaction fails."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,20 +42,29 @@ class NftablesDataplane:
     def __init__(self, node: NodeContext, applier: NftApplier | None = None) -> None:
         self.state = NftState(node)
         self.applier = applier or NftApplier()
+        self.apply_seconds = 0.0      # time the last sync spent in the kernel transaction(s)
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
         text = self.state.update(plans, delta=not full)
+        self.apply_seconds = 0.0
         if not full:
             try:
-                self.applier.apply(text)
+                self._apply(text)
             except NftError as exc:
                 log.warning("nft delta failed (%s): full resync", exc)
                 full = True
         if full:
             text = self.state.full_text(sort=False)
-            self.applier.apply(text)
+            self._apply(text)
         chains, rules, elements = self.state.counts()
         return SyncResult(full, chains, rules, elements, len(text))
+
+    def _apply(self, text: str) -> None:
+        start = time.perf_counter()
+        try:
+            self.applier.apply(text)
+        finally:
+            self.apply_seconds += time.perf_counter() - start
 
     def cleanup(self) -> None:
         from proxy.nftables import delete_text
@@ -67,10 +77,12 @@ class IptablesDataplane:
     def __init__(self, node: NodeContext, applier: IptablesApplier | None = None) -> None:
         self.state = IptState(node)
         self.applier = applier or IptablesApplier()
+        self.apply_seconds = 0.0
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
         delta = self.state.update(plans)
         text = delta
+        start = time.perf_counter()
         if not full:
             try:
                 self.applier.restore(delta)
@@ -78,9 +90,12 @@ class IptablesDataplane:
                 log.warning("iptables delta failed (%s): full resync", exc)
                 full = True
         if full:
-            text = self.state.full_text(self.applier.existing_chains())
+            existing = self.applier.existing_chains()
+            text = self.state.full_text(existing)
+            start = time.perf_counter()
             self.applier.restore(text)
             self.applier.ensure_jumps()
+        self.apply_seconds = time.perf_counter() - start
         chains, rules = self.state.counts()
         return SyncResult(full, chains, rules, 0, len(text))
 

@@ -168,7 +168,7 @@ class IptState:
 
     def _aggregate(self, chain: ChainId) -> tuple[str, ...]:
         lines: list[str] = []
-        for key in sorted(self.contribs):
+        for key in sorted(self.contribs, key=lambda k: (k.namespace, k.name)):
             lines.extend(self.contribs[key].fragments.get(chain, ()))
         if chain == ("nat", SERVICES):
             lines.extend(f"-d {ip}/32 -j {NODEPORTS}" for ip in self.node.node_ips)
@@ -181,9 +181,10 @@ class IptState:
         for key, plan in plans.items():
             old = self.contribs.pop(key, None)
             new = contribution(plan, self.node) if plan is not None else None
-            for c in (old, new):
-                if c is not None:
-                    touched_aggr.update(c.fragments)
+            old_f = old.fragments if old is not None else {}
+            new_f = new.fragments if new is not None else {}
+            touched_aggr.update(cid for cid in old_f.keys() | new_f.keys()
+                                if old_f.get(cid) != new_f.get(cid))
             if old is not None:
                 for cid in old.chains:
                     before.setdefault(cid, self.owned.pop(cid, None))

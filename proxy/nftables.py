@@ -5,13 +5,15 @@ sets/maps, so the common path has neither per service nor per endpoint):
 
 * ``service-ips`` (``daddr . l4proto . dport : verdict``) and ``service-nodeports``
   (``l4proto . dport : verdict``) send the first packet of a connection to a *group chain* named
-  after what the frontend needs and how many backends it has: ``cluster-3``, ``external-2``,
-  ``local-1``, ``nodeport-3``, ``nodeport-local-1``. There is one group chain per (kind, count)
-  in use -- a handful, whatever the number of services.
+  after what the frontend needs, its protocol and how many backends it has: ``cluster-tcp-3``,
+  ``external-udp-2``, ``local-tcp-1``, ``nodeport-tcp-3``, ``nodeport-local-sctp-1``. There is
+  one group chain per (kind, protocol, count) in use -- a handful, whatever the number of
+  services.
 * a group chain sets the masquerade mark when the kind needs it, then DNATs through one shared
-  named map: ``dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @backends``
-  (``@nodeport-backends`` keyed without the address for nodePorts). A service with 3 backends
-  contributes elements ``<frontend> . 0|1|2 : <backend>``.
+  named map per protocol: ``meta l4proto tcp dnat ip to ip daddr . th dport . numgen random
+  mod N map @backends-tcp`` (``@nodeport-backends-tcp`` keyed without the address for nodePorts; the
+  protocol is in the map's name rather than in its key: a shorter key is cheaper to load). A
+  service with 3 backends contributes elements ``<address> . <port> . 0|1|2 : <backend>``.
 * ``no-endpoint-ips`` / ``no-endpoint-nodeports`` (filter input/forward/output, new connections):
   ``goto reject-new`` for services without endpoints (ICMP port unreachable / TCP reset),
   ``drop`` when endpoints exist but none is local under a Local policy.
@@ -44,6 +46,8 @@ NODEPORT_KEY = "meta l4proto . th dport"
 MARK = f"0x{MASQUERADE_MARK:x}"
 SET_MARK = f"meta mark set meta mark | {MARK}"
 REJECT_CHAIN = "reject-new"
+PROTOCOLS = ("tcp", "udp", "sctp")
+ELEMENTS_PER_STATEMENT = 200
 
 # Static sets and maps: name -> declaration.
 STATIC_SETS: dict[str, str] = {
@@ -53,14 +57,16 @@ STATIC_SETS: dict[str, str] = {
     "service-nodeports": "type inet_proto . inet_service : verdict;",
     "no-endpoint-ips": "type ipv4_addr . inet_proto . inet_service : verdict;",
     "no-endpoint-nodeports": "type inet_proto . inet_service : verdict;",
-    "backends": f"typeof {IP_KEY} . numgen random mod 1 : ip daddr . th dport;",
-    "nodeport-backends": f"typeof {NODEPORT_KEY} . numgen random mod 1 : ip daddr . th dport;",
+    **{f"backends-{p}": "typeof ip daddr . th dport . numgen random mod 1 : ip daddr . th dport;"
+       for p in PROTOCOLS},
+    **{f"nodeport-backends-{p}": "typeof th dport . numgen random mod 1 : ip daddr . th dport;"
+       for p in PROTOCOLS},
     "firewall-ips": "type ipv4_addr . inet_proto . inet_service;",
     "firewall-allow": "type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval;",
     "hairpin": "type ipv4_addr . ipv4_addr;",
 }
 MAPS = {"service-ips", "service-nodeports", "no-endpoint-ips", "no-endpoint-nodeports",
-        "backends", "nodeport-backends"}
+        *(f"{m}-{p}" for m in ("backends", "nodeport-backends") for p in PROTOCOLS)}
 
 
 def static_chains(node: NodeContext) -> dict[str, tuple[str, ...]]:
@@ -131,17 +137,19 @@ def mark_rule(fam: str, has_cidrs: bool) -> tuple[str, ...]:
     return ()
 
 
-def group_chain(fam: str, count: int, node: NodeContext) -> NftObject:
-    return _group_chain(fam, count, bool(node.cluster_cidrs))
+def group_chain(fam: str, proto: str, count: int, node: NodeContext) -> NftObject:
+    return _group_chain(fam, proto, count, bool(node.cluster_cidrs))
 
 
 @functools.lru_cache(maxsize=4096)
-def _group_chain(fam: str, count: int, has_cidrs: bool) -> NftObject:
+def _group_chain(fam: str, proto: str, count: int, has_cidrs: bool) -> NftObject:
     if fam.startswith("nodeport"):
-        dnat = f"dnat ip to {NODEPORT_KEY} . numgen random mod {count} map @nodeport-backends"
+        dnat = (f"meta l4proto {proto} dnat ip to th dport . numgen random mod {count} "
+                f"map @nodeport-backends-{proto}")
     else:
-        dnat = f"dnat ip to {IP_KEY} . numgen random mod {count} map @backends"
-    return NftObject("chain", f"{fam}-{count}", 2, (*mark_rule(fam, has_cidrs), dnat))
+        dnat = (f"meta l4proto {proto} dnat ip to ip daddr . th dport . numgen random mod "
+                f"{count} map @backends-{proto}")
+    return NftObject("chain", f"{fam}-{proto}-{count}", 2, (*mark_rule(fam, has_cidrs), dnat))
 
 
 def _short_hash(*parts: object) -> str:
@@ -210,12 +218,16 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
                 out.objects[obj.name] = obj
             verdict = f"goto {entry}"
         else:
-            chain = group_chain(fam, len(fe.backends), node)
+            proto = fe.protocol.lower()
+            chain = group_chain(fam, proto, len(fe.backends), node)
             out.objects[chain.name] = chain
             verdict = f"goto {chain.name}"
-            backends = "nodeport-backends" if nodeport else "backends"
+            if nodeport:
+                backends, short = f"nodeport-backends-{proto}", str(fe.port)
+            else:
+                backends, short = f"backends-{proto}", f"{fe.address} . {fe.port}"
             for i, b in enumerate(fe.backends):
-                el[(backends, f"{key} . {i}")] = f"{b.address} . {b.port}"
+                el[(backends, f"{short} . {i}")] = f"{b.address} . {b.port}"
         el[("service-nodeports" if nodeport else "service-ips", key)] = verdict
         for b in fe.backends:
             if b.address in plan.local_addresses:      # only a pod of this node can hairpin
@@ -241,12 +253,14 @@ class NftState:
         self.values: dict[EKey, str | None] = {}
         # one owner (the common case) or {owner: value} when services share an element
         self.owners: dict[EKey, ServiceKey | dict[ServiceKey, str | None]] = {}
-        self.objects: dict[str, dict[ServiceKey, NftObject]] = {}
+        # object name -> the services needing it (group chains are shared by thousands), and
+        # its definition (every service renders the same one for a shared name)
+        self.objects: dict[str, set[ServiceKey]] = {}
+        self.object_defs: dict[str, NftObject] = {}
 
     # -- state ---------------------------------------------------------------------------------
     def _object(self, name: str) -> NftObject | None:
-        owners = self.objects.get(name)
-        return None if not owners else owners[min(owners)]
+        return self.object_defs.get(name)
 
     def _remove(self, key: ServiceKey, c: Contribution) -> None:
         values, owners = self.values, self.owners
@@ -264,9 +278,10 @@ class NftState:
                 del values[k]
         for name in c.objects:
             owners_o = self.objects[name]
-            del owners_o[key]
+            owners_o.discard(key)
             if not owners_o:
                 del self.objects[name]
+                del self.object_defs[name]
 
     def _add(self, key: ServiceKey, c: Contribution) -> None:
         values, owners = self.values, self.owners
@@ -283,7 +298,8 @@ class NftState:
                 owners[k] = d
                 values[k] = d[min(d)]
         for name, obj in c.objects.items():
-            self.objects.setdefault(name, {})[key] = obj
+            self.objects.setdefault(name, set()).add(key)
+            self.object_defs[name] = obj
 
     def update(self, plans: Mapping[ServiceKey, ServicePlan | None], delta: bool = True) -> str:
         """Record new plans (None: the service is gone); return the delta as nft commands
@@ -412,7 +428,10 @@ def full_text(node: NodeContext, elements: Mapping[EKey, object],
         (("nodeport-ips", ip), None) for ip in node.node_ips]
     static_el += [(("cluster-cidrs", c), None) for c in node.cluster_cidrs]
     for name, items in _grouped([*static_el, *elements.items()], sort).items():
-        out.append(f"add element {T} {name} {{ {', '.join(items)} }}")
+        # statements of a few hundred elements load measurably faster than one huge one
+        for i in range(0, len(items), ELEMENTS_PER_STATEMENT):
+            chunk = items[i:i + ELEMENTS_PER_STATEMENT]
+            out.append(f"add element {T} {name} {{ {', '.join(chunk)} }}")
     return "\n".join(out) + "\n"
 
 

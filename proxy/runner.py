@@ -29,6 +29,9 @@ class RunnerOptions:
     status_address: str = "0.0.0.0"
     status_port: int | None = 10256     # /healthz and /metrics; None: no server
     health_check_ports: bool = True
+    # rewrite everything now and then, healing out-of-band edits (nftables: this also empties
+    # the affinity sets, so it is off by default); None: never
+    full_resync_interval: float | None = None
 
 
 class ProxyRunner:
@@ -125,6 +128,13 @@ class ProxyRunner:
         return result
 
     # -- the loop --------------------------------------------------------------------------------
+    async def _periodic_resync(self, interval: float) -> None:
+        """Rewrite everything now and then: deltas assume nobody else edits our table."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.tracker.is_synced:
+                self.tracker.request_full()
+
     async def run(self, source: Source) -> None:
         status_server = None
         if self.options.status_port is not None:
@@ -143,6 +153,15 @@ class ProxyRunner:
             await self.health_ports.close()
 
     async def loop(self, source_task: asyncio.Task[None] | None = None) -> None:
+        resync = (asyncio.create_task(self._periodic_resync(self.options.full_resync_interval))
+                  if self.options.full_resync_interval else None)
+        try:
+            await self._loop(source_task)
+        finally:
+            if resync is not None:
+                resync.cancel()
+
+    async def _loop(self, source_task: asyncio.Task[None] | None) -> None:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()

@@ -4,7 +4,9 @@ port) reach, is it rejected or dropped, and is it masqueraded?
 Both interpreters read the exact text the renderers hand to the kernel (``nft -f`` input and
 ``iptables-restore`` input) and follow every random branch (``numgen``/``statistic``), so a test
 sees the full set of backends a packet may reach. They understand precisely the rule forms the
-renderers emit and raise on anything else. Dynamic affinity state is empty (a first connection).
+renderers emit and raise on anything else. Session-affinity state is given by the caller
+(``sticky``: client address -> the backend it was sent to before); empty, a connection is a
+client's first.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class _Tracer:
 
 _ELEMENTS = re.compile(r"^add element ip \S+ (\S+) \{ (.*) \}$")
 _CHAIN = re.compile(r"^\tchain (\S+) \{$")
-_NUMGEN_MAP = re.compile(r"^dnat ip to (ip daddr \. )?meta l4proto \. th dport \. "
+_NUMGEN_MAP = re.compile(r"^meta l4proto (tcp|udp|sctp) dnat ip to (ip daddr \. )?th dport \. "
                          r"numgen random mod (\d+) map @(\S+)$")
 _NUMGEN_VMAP = re.compile(r"^numgen random mod (\d+) vmap \{ (.*) \}$")
 _STATIC_DNAT = re.compile(r"^meta l4proto (\w+) dnat ip to ([\d.]+):(\d+)$")
@@ -121,7 +123,8 @@ _MARK = f"meta mark set meta mark | 0x{MASQUERADE_MARK:x}"
 
 
 class NftTracer(_Tracer):
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, sticky: dict[str, Backend] | None = None) -> None:
+        self.sticky = sticky or {}
         self.chains: dict[str, list[str]] = {}
         self.elements: dict[str, dict[str, str | None]] = {}
         current: str | None = None
@@ -184,9 +187,12 @@ class NftTracer(_Tracer):
         m = _NUMGEN_MAP.match(rule)
         if m:
             out: list[tuple[str, str | None, _State]] = []
-            table = self._set(m.group(3))
-            for i in range(int(m.group(2))):
-                v = table.get(f"{self._key(pkt, bool(m.group(1)))} . {i}")
+            if m.group(1) != pkt.proto:
+                return nxt
+            table = self._set(m.group(4))
+            prefix = f"{pkt.dst} . {pkt.dport}" if m.group(2) else str(pkt.dport)
+            for i in range(int(m.group(3))):
+                v = table.get(f"{prefix} . {i}")
                 if v is None:
                     out.append(("next", None, st))      # lookup failed: the rule breaks
                 else:
@@ -201,8 +207,10 @@ class NftTracer(_Tracer):
                 out += self._verdict(v, st)
             return out
         m = re.match(r"^ip saddr @(aff-\S+) goto (\S+)$", rule)
-        if m:
-            return nxt                                  # no affinity state yet
+        if m:       # the client is in the endpoint's set if it was sent to that endpoint before
+            if self.sticky.get(pkt.src) == self._chain_target(m.group(2)):
+                return [("goto", m.group(2), st)]
+            return nxt
         if rule.startswith("update @") or rule == "masquerade fully-random":
             return nxt if rule.startswith("update") else [("term", "masquerade", st)]
         m = _STATIC_DNAT.match(rule)
@@ -233,6 +241,13 @@ class NftTracer(_Tracer):
         if rule == f"meta mark set meta mark ^ 0x{MASQUERADE_MARK:x}":
             return [("next", None, replace(st, mark=st.mark ^ MASQUERADE_MARK))]
         raise UnknownRule(rule)
+
+    def _chain_target(self, chain: str) -> Backend | None:
+        for rule in self.chains.get(chain, []):
+            m = _STATIC_DNAT.match(rule)
+            if m:
+                return Backend(m.group(2), int(m.group(3)))
+        return None
 
     def run(self, chain: str, pkt: Packet, st: _State, start: int = 0) -> Result:
         rules = self.chains[chain]
@@ -274,7 +289,8 @@ class NftTracer(_Tracer):
 # iptables
 
 class IptablesTracer(_Tracer):
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, sticky: dict[str, Backend] | None = None) -> None:
+        self.sticky = sticky or {}
         self.chains: dict[tuple[str, str], list[list[str]]] = {}
         table = ""
         for line in text.splitlines():
@@ -321,8 +337,10 @@ class IptablesTracer(_Tracer):
                     i += 4                                  # --mode random --probability p
                 elif mod == "recent":
                     rest = args[i:args.index("-j")] if "-j" in args[i:] else args[i:]
-                    if "--rcheck" in rest:
-                        outcomes = [False for _ in outcomes]   # no affinity state yet
+                    if "--rcheck" in rest:   # recent list <SEP>: clients sent to that SEP
+                        hit = self.sticky.get(pkt.src) == self._sep_target(
+                            rest[rest.index("--name") + 1])
+                        outcomes = [o and hit for o in outcomes]
                     i += len(rest)
                 elif mod == "mark":
                     if args[i] == "!":
@@ -344,6 +362,13 @@ class IptablesTracer(_Tracer):
                 raise UnknownRule(" ".join(args))
             neg = False
         return outcomes, []
+
+    def _sep_target(self, chain: str) -> Backend | None:
+        for rule in self.chains.get(("nat", chain), []):
+            if "DNAT" in rule:
+                addr, _, port = rule[rule.index("--to-destination") + 1].partition(":")
+                return Backend(addr, int(port))
+        return None
 
     def _target(self, table: str, target: list[str], st: _State) -> tuple[str, object, _State]:
         if not target:

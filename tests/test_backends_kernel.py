@@ -155,6 +155,22 @@ def test_vxlan_direct_routing_uses_underlay_routes_for_on_link_peers(nodes: list
     assert underlay.ping(a.ns, "10.244.2.1", src="10.244.1.1")
 
 
+def test_add_and_remove_one_peer(nodes: list[Node]) -> None:
+    backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=1)) for n in nodes]
+    leases = vxlan_leases(nodes, backends)
+    be, own, peer = backends[0], leases[0], leases[1]
+    be.setup(own)
+    assert be.add_peer(own, peer) == []
+    a = nodes[0]
+    assert "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 78 onlink" in ip_out(a.ns, "route")
+    changes, _ = be.reconcile(own, leases)
+    assert changes.empty  # add_peer programmed exactly what reconcile wants
+    assert be.remove_peer(own, peer) == []
+    assert be.remove_peer(own, peer) == []  # already gone: not an error
+    assert "10.244.2.0" not in ip_out(a.ns, "route")
+    assert "10.244.2.0" not in ip_out(a.ns, "neigh", "show", "dev", "flannel.1")
+
+
 def test_hostgw_programs_gateway_routes(nodes: list[Node]) -> None:
     backends = [HostGwBackend(n.nl, n.side.underlay) for n in nodes]
     leases = [Lease(n.subnet, n.side.public_ip, "host-gw", {}, etcd_lease_id=1) for n in nodes]

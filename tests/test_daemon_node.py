@@ -56,6 +56,13 @@ def kernel_dump(ns: str, dev: str = "flannel.1") -> str:
     return "\n".join(parts).replace("state UNKNOWN", "")
 
 
+def metric(lab: NodeLab, ns: str, name: str) -> float:
+    for line in lab.http(ns, "/metrics")[1].splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return -1.0
+
+
 def start_all(lab: NodeLab, *extra: str) -> list[IPv4Network]:
     for ns in lab.node_nss:
         lab.start_daemon(ns, "--reconcile-interval", "1", *extra)
@@ -192,9 +199,8 @@ def test_etcd_outage_keeps_dataplane_and_resyncs(make_lab) -> None:
     before = kernel_dump(a)
     assert lab.etcd is not None
     lab.etcd.stop()
-    wait_for(lambda: lab.http(a, "/metrics")[1].count("netweft_etcd_errors_total") and
-             "netweft_etcd_errors_total 0" not in lab.http(a, "/metrics")[1], timeout=30,
-             what="etcd errors counted")
+    wait_for(lambda: metric(lab, a, "netweft_etcd_errors_total") >= 1
+             and metric(lab, a, "netweft_etcd_up") == 0, timeout=30, what="etcd errors counted")
     assert proc.poll() is None
     assert kernel_dump(a) == before
     assert underlay.ping(a, subnets[1].network_address, src=subnets[0].network_address)
@@ -202,6 +208,7 @@ def test_etcd_outage_keeps_dataplane_and_resyncs(make_lab) -> None:
     lab.put_lease("10.244.251.0/24", {"PublicIP": "192.0.2.98", "BackendType": "vxlan",
                                       "BackendData": {"VNI": 1, "VtepMAC": "0e:aa:bb:cc:dd:02"}})
     wait_for(lambda: "10.244.251.0/24" in ip(a, "route"), timeout=30, what="resync after etcd")
+    wait_for(lambda: metric(lab, a, "netweft_etcd_up") == 1, timeout=30, what="etcd up again")
     assert proc.poll() is None
 
 
@@ -262,6 +269,10 @@ def test_hostgw_daemons_and_iptables_firewall(make_lab) -> None:
     # A route deleted by hand comes back.
     subprocess.run(["ip", "-n", a, "route", "del", str(subnets[1])], check=True)
     wait_for(lambda: str(subnets[1]) in ip(a, "route"), timeout=10, what="host-gw route back")
+    p = lab.paths(a)
+    out = lab.netweft(a, "routes", "--subnet-file", p["subnet_file"], "--state-dir",
+                      p["state_dir"]).stdout
+    assert f"ok      route     {subnets[1]} via 192.0.2.11 dev eth0" in out
 
 
 def test_daemon_waits_for_the_network_config(make_lab) -> None:
@@ -279,8 +290,14 @@ def test_daemon_waits_for_the_network_config(make_lab) -> None:
     lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
     wait_for(lambda: lab.http(ns, "/readyz")[0] == 200, timeout=30, what="ready after config")
     assert lab.subnet(ns) is not None
-    # A second daemon on the same metrics port fails with one line.
+    # A second daemon on the same state directory, or the same metrics port: one line, exit 1.
     p = lab.paths(ns)
+    second = lab.netweft(ns, "daemon", "--subnet-file", p["subnet_file"] + ".2", "--state-dir",
+                         p["state_dir"], "--cni-socket", "", check=False)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"netweft: another netweft daemon (pid {lab.procs[ns].pid}) uses --state-dir "
+        f"{p['state_dir']}")
     second = lab.netweft(ns, "daemon", "--subnet-file", p["subnet_file"] + ".2", "--state-dir",
                          p["state_dir"] + ".2", "--cni-socket", "", check=False)
     assert second.returncode == 1
@@ -311,8 +328,10 @@ def test_cleanup_on_exit_and_inspection_cli(make_lab) -> None:
     subprocess.run(["ip", "-n", a, "route", "add", "10.244.252.0/24", "via", "10.244.252.0",
                     "dev", "flannel.1", "onlink", "proto", "78"], check=True)
     # cleanup-on-exit: the device and our routes and rules go (a clean exit, not a SIGKILL)
-    assert lab.stop_daemon(a, timeout=60) == 0, lab.log(a)
-    assert "flannel.1" not in ip(a, "link")
+    code = lab.stop_daemon(a, timeout=60)
+    assert code == 0, "\n".join(line[:200] for line in lab.log(a).splitlines()
+                                 if "DEBUG pyroute2" not in line)[-6000:]
+    assert "flannel.1" not in ip(a, "link"), lab.log(a)[-3000:]
     assert "proto 78" not in ip(a, "route")
     assert "netweft" not in subprocess.run(["ip", "netns", "exec", a, "nft", "list", "tables"],
                                            capture_output=True, text=True).stdout

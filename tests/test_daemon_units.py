@@ -113,3 +113,32 @@ def test_metrics_text_format_and_http_endpoints() -> None:
     assert metrics.startswith(b"HTTP/1.0 200") and b"netweft_peers_programmed 7" in metrics
     assert missing.startswith(b"HTTP/1.0 404")
     assert ready.startswith(b"HTTP/1.0 200")
+
+
+def test_wait_helpers_time_out_and_never_swallow_cancellation() -> None:
+    from daemon.agent import wait_event, with_timeout
+
+    async def scenario() -> None:
+        ev = asyncio.Event()
+        assert await wait_event(ev, 0.01) is False
+        ev.set()
+        assert await wait_event(ev, 0.01) is True
+        with pytest.raises(TimeoutError):
+            await with_timeout(asyncio.sleep(5), 0.01)
+        assert await with_timeout(asyncio.sleep(0, result=7), 1) == 7
+
+        async def loop(flag: asyncio.Event) -> None:
+            while True:  # what the daemon's loops look like
+                await wait_event(flag, 0.001)
+                flag.set()
+                await asyncio.sleep(0)
+                flag.clear()
+
+        for _ in range(200):
+            task = asyncio.create_task(loop(asyncio.Event()))
+            await asyncio.sleep(0.0005)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=2)
+            assert done and task.cancelled()
+
+    asyncio.run(scenario())

@@ -18,27 +18,33 @@ def run(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str
                           timeout=60, cwd=Path(__file__).parent.parent)
 
 
-def test_bad_arguments_are_one_line() -> None:
+def test_bad_arguments_are_one_line(netns_factory: Callable[[str], str]) -> None:
+    ns = netns_factory("pargs")  # never run the proxy in the root namespace, even to fail
     for args, field in ((["--node-ip", "127.0.0.1"], "--node-ip"),
                         (["--node-ip", "nope"], "--node-ip"),
                         (["--node-ip", "192.0.2.1", "--cluster-cidr", "10.0.0.0/99"],
                          "--cluster-cidr"),
                         (["--node-ip", "192.0.2.1", "--subnet-file", "/nonexistent"],
                          "--cluster-cidr")):
-        proc = run("proxy", *args)
+        proc = run("proxy", *args, netns=ns)
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and field in lines[0], proc.stderr
 
 
-def test_unreadable_kubeconfig_is_one_line(netns_factory: Callable[[str], str]) -> None:
+def test_unreadable_or_malformed_kubeconfig_is_one_line(netns_factory: Callable[[str], str],
+                                                        tmp_path: Path) -> None:
     ns = netns_factory("pcli")
-    proc = run("proxy", "--source", "kube", "--kubeconfig", "/nonexistent/kubeconfig",
-               "--node-ip", "192.0.2.1", "--cluster-cidr", "10.244.0.0/16",
-               "--healthz-port", "0", netns=ns)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("netweft: "), proc.stderr
+    malformed = tmp_path / "kubeconfig"
+    malformed.write_text('{"apiVersion": \n')
+    for path in ("/nonexistent/kubeconfig", str(malformed)):
+        proc = run("proxy", "--source", "kube", "--kubeconfig", path,
+                   "--node-ip", "192.0.2.1", "--cluster-cidr", "10.244.0.0/16",
+                   "--healthz-port", "0", netns=ns)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"netweft: --kubeconfig {path}: "), \
+            proc.stderr
 
 
 def test_cleanup_removes_both_rulesets(netns_factory: Callable[[str], str]) -> None:

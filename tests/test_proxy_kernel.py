@@ -5,6 +5,7 @@ driven through its runner (tracker -> plans -> dataplane -> conntrack cleanup)."
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -199,3 +200,24 @@ def test_restart_does_not_flap(bed: Testbed, proxy: ProxyRunner) -> None:
         assert save.count("-j NETWEFT-SERVICES") == 2      # PREROUTING + OUTPUT, once each
     [a] = bed.connect(bed.client, "10.96.0.10", 80)
     assert a.server == "10.244.1.11"
+
+
+def test_node_port_without_endpoints_is_refused(bed: Testbed, proxy: ProxyRunner) -> None:
+    push(proxy, service("np-empty", "10.96.0.90", type=ServiceType.NODE_PORT, node_port=30099),
+         ())
+    [a] = bed.connect(bed.client, bed.node_ip, 30099, timeout=5.0)
+    assert a.error == "refused", a
+
+
+def test_load_balancer_source_ranges(bed: Testbed, proxy: ProxyRunner) -> None:
+    bed.add_pod("10.244.1.11")
+    svc = service("lb", "10.96.0.40", type=ServiceType.LOAD_BALANCER, node_port=30090,
+                  load_balancer_ips=("203.0.113.40",),
+                  load_balancer_source_ranges=("192.0.2.0/28",))
+    push(proxy, svc, endpoints("10.244.1.11"))
+    [a] = bed.connect(bed.client, "203.0.113.40", 80)
+    assert a.server == "10.244.1.11", a                  # 192.0.2.1 is inside the range
+    push(proxy, dataclasses.replace(svc, load_balancer_source_ranges=("198.51.100.0/24",)),
+         endpoints("10.244.1.11"))
+    [a] = bed.connect(bed.client, "203.0.113.40", 80, timeout=1.0)
+    assert a.error == "timeout", a                       # outside: dropped

@@ -186,6 +186,20 @@ def test_session_affinity_first_connection_balances(trace) -> None:
     assert trace(POD, "10.96.0.50", 80).backends == {B("10.244.1.10"), B("10.244.1.11")}
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_session_affinity_returning_client_sticks(mode: str) -> None:
+    text = render(mode)
+    cls = NftTracer if mode == "nftables" else IptablesTracer
+    for backend in (B("10.244.1.10"), B("10.244.1.11")):
+        t = cls(text, sticky={POD: backend}).trace(Packet(POD, "10.96.0.50", "tcp", 80))
+        assert t.backends == {backend}
+    # another client, or a service without affinity, is not affected
+    t = cls(text, sticky={POD: B("10.244.1.10")}).trace(Packet(OUTSIDE, "10.96.0.50", "tcp", 80))
+    assert t.backends == {B("10.244.1.10"), B("10.244.1.11")}
+    t = cls(text, sticky={POD: B("10.244.1.2")}).trace(Packet(POD, "10.96.0.10", "tcp", 80))
+    assert len(t.backends) == 3
+
+
 def test_internal_traffic_local(trace) -> None:
     assert trace(POD, "10.96.0.60", 80).backends == {B("10.244.1.12")}
     assert trace(POD, "10.96.0.61", 80).verdicts == {"drop"}
@@ -212,16 +226,15 @@ def test_nft_delta_touches_only_the_changed_service() -> None:
     s, _ = services[key]
     delta = state.update({key: plan_service(s, eps("10.244.1.2", "10.244.1.99"), NODE)})
     lines = delta.splitlines()
-    assert lines == [      # cluster-2 exists already (np's ClusterIP uses it)
-        "delete element ip netweft-proxy backends { 10.96.0.10 . tcp . 80 . 1, "
-        "10.96.0.10 . tcp . 80 . 2 }",
+    assert lines == [      # cluster-tcp-2 exists already (np's ClusterIP uses it)
+        "delete element ip netweft-proxy backends-tcp { 10.96.0.10 . 80 . 1, 10.96.0.10 . 80 . 2 }",
         # 10.244.2.2 is on another node: never in the hairpin set
         "delete element ip netweft-proxy hairpin { 10.244.1.3 . 10.244.1.3 }",
         "delete element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 }",
-        "add element ip netweft-proxy backends { 10.96.0.10 . tcp . 80 . 1 : 10.244.1.99 . 8080 }",
+        "add element ip netweft-proxy backends-tcp { 10.96.0.10 . 80 . 1 : 10.244.1.99 . 8080 }",
         "add element ip netweft-proxy hairpin { 10.244.1.99 . 10.244.1.99 }",
-        "add element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 : goto cluster-2 }",
-        "delete chain ip netweft-proxy cluster-3",
+        "add element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 : goto cluster-tcp-2 }",
+        "delete chain ip netweft-proxy cluster-tcp-3",
     ]
     # the state after the delta equals a fresh full render of the new world
     services[key] = (s, eps("10.244.1.2", "10.244.1.99"))
@@ -237,10 +250,10 @@ def test_nft_shared_elements_are_refcounted() -> None:
     state.update({a.key: plan_service(a, eps("10.244.1.2"), NODE),
                   b.key: plan_service(b, eps("10.244.1.2"), NODE)})
     delta = state.update({a.key: None})
-    assert "hairpin" not in delta and "cluster-1" not in delta       # b still needs both
+    assert "hairpin" not in delta and "cluster-tcp-1" not in delta   # b still needs both
     delta = state.update({b.key: None})
     assert "delete element ip netweft-proxy hairpin { 10.244.1.2 . 10.244.1.2 }" in delta
-    assert "delete chain ip netweft-proxy cluster-1" in delta
+    assert "delete chain ip netweft-proxy cluster-tcp-1" in delta
 
 
 def test_nft_affinity_chains_only_for_affinity_services() -> None:

@@ -132,6 +132,28 @@ def test_runner_full_sync_then_coalesced_incremental_syncs() -> None:
     assert runner.metrics.syncs == 2
 
 
+def test_runner_full_resync_now_and_then() -> None:
+    dp = RecordingDataplane()
+    runner = ProxyRunner(NODE, dp, None, RunnerOptions(
+        min_sync_interval=0.0, status_port=None, health_check_ports=False,
+        full_resync_interval=0.2))
+
+    async def script(sink: ChangeSink) -> None:
+        sink.service_updated(web())
+        sink.synced()
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run(ScriptedSource(script)))
+        deadline = asyncio.get_running_loop().time() + 10
+        while sum(1 for _, full in dp.calls if full) < 3:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(main())
+    assert all(full for _, full in dp.calls[:3]) and set(dp.calls[1][0]) == {KEY}
+
+
 def test_runner_failed_sync_requests_a_full_resync() -> None:
     dp = RecordingDataplane()
     runner = ProxyRunner(NODE, dp, None, RunnerOptions(status_port=None,

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from daemon.clicontext import fail, settings
+from daemon.clicontext import fail, services_prefix_option, settings
 
 SKIP_IFACES = re.compile(r"^(lo|cni|flannel|veth|docker|kube-ipvs|cali|vxlan)")
 
@@ -49,16 +49,23 @@ def _check_ips(values: tuple[str, ...], field: str, network: bool = False) -> tu
 
 
 def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
-                services_prefix: str | None) -> Any:
+                services_prefix: str) -> Any:
     """The source, imported lazily (its dependencies load only when used)."""
     try:
         if kind == "kube":
+            import yaml
+            from lightkube import ConfigError as KubeConfigError
+
             from proxy.sources.kube import KubeSource
-            return KubeSource(kubeconfig)
+            source = KubeSource(kubeconfig)
+            try:
+                source.load_config()  # fail now, with one line, not inside the event loop
+            except (KubeConfigError, OSError, ValueError, yaml.YAMLError) as exc:
+                where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
+                fail(f"{where}: {' '.join(str(exc).split())}")
+            return source
         from proxy.sources.etcd import EtcdSource
-        if services_prefix:
-            return EtcdSource(settings(ctx), services_prefix)
-        return EtcdSource(settings(ctx))
+        return EtcdSource(settings(ctx), services_prefix)
     except ImportError as exc:
         fail(f"--source {kind}: the {kind} source is not available in this build ({exc})")
 
@@ -79,9 +86,12 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True,
               help="subnet.env to read the pod network from.")
 @click.option("--kubeconfig", default=None, help="kubeconfig for --source kube.")
-@click.option("--services-prefix", default=None, help="etcd prefix for --source etcd.")
+@services_prefix_option
 @click.option("--min-sync-interval", type=click.FloatRange(0, 3600), default=1.0,
               show_default=True, help="Seconds between two syncs; changes meanwhile coalesce.")
+@click.option("--full-resync-interval", type=click.FloatRange(0, 86400), default=0,
+              show_default=True, help="Seconds between full rewrites of the ruleset, healing "
+              "edits made by others (0: never; nftables: also resets session affinity).")
 @click.option("--healthz-bind-address", default="0.0.0.0", show_default=True)
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=10256, show_default=True,
               help="Port of /healthz and /metrics (0: none).")
@@ -90,8 +100,9 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @click.pass_context
 def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: str | None,
                   node_ips: tuple[str, ...], cluster_cidrs: tuple[str, ...], subnet_file: str,
-                  kubeconfig: str | None, services_prefix: str | None,
-                  min_sync_interval: float, healthz_bind_address: str, healthz_port: int,
+                  kubeconfig: str | None, services_prefix: str,
+                  min_sync_interval: float, full_resync_interval: float,
+                  healthz_bind_address: str, healthz_port: int,
                   cleanup: bool, verbose: bool) -> None:
     """Make Services work on this node: ClusterIP, NodePort, externalIPs, LoadBalancer IPs."""
     from proxy.conntrack import ConntrackCleaner
@@ -126,7 +137,7 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
     source = make_source(source_kind, ctx, kubeconfig, services_prefix)
     runner = ProxyRunner(node, dataplane, ConntrackCleaner(), RunnerOptions(
         min_sync_interval=min_sync_interval, status_address=healthz_bind_address,
-        status_port=healthz_port or None))
+        status_port=healthz_port or None, full_resync_interval=full_resync_interval or None))
     try:
         asyncio.run(runner.run(source))
     except KeyboardInterrupt:

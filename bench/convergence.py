@@ -1,0 +1,237 @@
+"""Convergence benchmark: time from a lease appearing in etcd to the route being usable on
+another node, p50/p99 over 20 joins.
+
+A 2-node netweft lab plus a hand-programmed "joiner" host on the underlay (its VXLAN device or
+host-gw route back to node1 set up by hand, so only node1's reaction is measured). Each join:
+
+1. node1 pings an address in the joiner's next subnet every 2 ms (``ping -D`` timestamps);
+   without a route those pings go to the default gateway and are lost;
+2. an agent inside the etcd namespace grants an etcd lease and puts the joiner's subnet lease
+   (Flannel JSON) and reports the wall-clock time the put returned;
+3. convergence = first echo reply - put returned (same clock: one machine).
+
+Then the lease is deleted, node1 drops the route, and the next join uses a fresh subnet.
+
+    sudo .venv/bin/python bench/convergence.py [--joins 20] [--backend vxlan|host-gw]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from daemon.lab import inspect, underlay  # noqa: E402
+from daemon.lab.lab import Lab, down  # noqa: E402
+from daemon.lab.topology import NODE_IFACE, LabSpec  # noqa: E402
+
+JOINER_IP = IPv4Address("192.0.2.200")
+JOINER_MAC = "0e:00:00:00:00:c8"
+PING_INTERVAL = "0.002"
+
+
+# ---- the etcd agent (runs inside the etcd namespace) ------------------------------------------
+async def agent(endpoint: str) -> None:
+    from ipam.etcd import EtcdClient, EtcdSettings
+
+    client = EtcdClient(EtcdSettings.from_strings(endpoint))
+    client.connect()
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        req = json.loads(line)
+        if req["op"] == "put":
+            lease = await client.grant(int(req["ttl"]))
+            t0 = time.time()
+            await client.put(req["key"], req["value"], lease=lease)
+            t1 = time.time()
+            reply = {"t0": t0, "t1": t1}
+        else:
+            await client.delete(req["key"])
+            reply = {"ok": True}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    await client.close()
+
+
+@dataclass
+class Agent:
+    proc: subprocess.Popen[str]
+
+    @classmethod
+    def start(cls, lab: Lab) -> Agent:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.topo.etcd_ns, sys.executable, os.path.abspath(__file__),
+             "--agent", lab.topo.etcd_endpoint],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        return cls(proc)
+
+    def call(self, req: dict[str, object]) -> dict[str, float]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("etcd agent exited")
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---- the joiner ---------------------------------------------------------------------------------
+def ip(ns: str, *lines: str, tool: str = "ip") -> None:
+    underlay.ip_batch(ns, list(lines), tool=tool)
+
+
+def build_joiner(lab: Lab) -> str:
+    ns = f"{lab.topo.prefix}-joiner"
+    underlay.attach_host(lab.topo, underlay.Host(ns, "joiner", JOINER_IP))
+    node1 = lab.topo.node("node1")
+    subnet = lab.node_network(node1)
+    assert subnet is not None
+    spec = lab.topo.spec
+    if spec.backend == "vxlan":
+        lease = lab.node_lease(node1)
+        assert lease is not None
+        mac = lease["BackendData"]["VtepMAC"]
+        dev = f"flannel.{spec.vni}"
+        ip(ns, f"link add {dev} address {JOINER_MAC} type vxlan id {spec.vni} local {JOINER_IP} "
+               f"dev {NODE_IFACE} dstport {spec.port} nolearning",
+           f"link set {dev} up",
+           f"neigh replace {subnet.network_address} lladdr {mac} dev {dev} nud permanent",
+           f"route replace {subnet} via {subnet.network_address} dev {dev} onlink")
+        ip(ns, f"fdb append {mac} dev {dev} dst {node1.ip} self permanent", tool="bridge")
+    return ns
+
+
+def free_subnets(lab: Lab, count: int) -> list[IPv4Network]:
+    spec = lab.topo.spec
+    used = {lab.node_network(n) for n in lab.topo.nodes}
+    candidates = list(spec.network.subnets(new_prefix=spec.subnet_len))[::-1]
+    return [s for s in candidates if s not in used][:count]
+
+
+def lease_value(lab: Lab) -> str:
+    spec = lab.topo.spec
+    if spec.backend == "vxlan":
+        return json.dumps({"PublicIP": str(JOINER_IP), "BackendType": "vxlan",
+                           "BackendData": {"VNI": spec.vni, "VtepMAC": JOINER_MAC}})
+    return json.dumps({"PublicIP": str(JOINER_IP), "BackendType": "host-gw"})
+
+
+def first_reply(output: str) -> float | None:
+    for line in output.splitlines():
+        if "bytes from" in line and line.startswith("["):
+            return float(line[1:line.index("]")])
+    return None
+
+
+def join_once(lab: Lab, agent_: Agent, joiner_ns: str, subnet: IPv4Network,
+              timeout: float) -> tuple[float, float]:
+    node1 = lab.topo.node("node1")
+    target = subnet.network_address + 1
+    ip(joiner_ns, f"addr add {target}/32 dev lo")
+    ping = subprocess.Popen(
+        # no -w: with a deadline, ping exits at the first ICMP error (net unreachable)
+        ["ip", "netns", "exec", node1.netns, "ping", "-D", "-n", "-i", PING_INTERVAL,
+         "-W", "1", str(target)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(0.05)
+    key = lab.lease_key(subnet)
+    times = agent_.call({"op": "put", "key": key, "value": lease_value(lab), "ttl": 600})
+    # the route is usable once one echo comes back; then stop pinging
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and inspect.route_to(node1.netns, str(subnet)) is None:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    ping.send_signal(signal.SIGINT)   # ping flushes its (piped, buffered) output on SIGINT
+    out, _ = ping.communicate(timeout=5)
+    agent_.call({"op": "del", "key": key})
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and inspect.route_to(node1.netns, str(subnet)) is not None:
+        time.sleep(0.01)
+    ip(joiner_ns, f"addr del {target}/32 dev lo")
+    reply = first_reply(out)
+    if reply is None:
+        raise RuntimeError(f"no echo reply from {target} within {timeout}s")
+    return reply - times["t1"], reply - times["t0"]
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, int(-(-pct * len(ordered) // 100)))
+    return ordered[rank - 1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--joins", type=int, default=20)
+    parser.add_argument("--backend", choices=["vxlan", "host-gw"], default="vxlan")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--agent", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.agent:
+        asyncio.run(agent(args.agent))
+        return 0
+    if os.geteuid() != 0:
+        print("convergence.py: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    prefix = f"nwlc{os.getpid() % 10000:04d}"
+    spec = LabSpec(prefix=prefix, nodes=2, pods_per_node=0, backend=args.backend)
+    samples: list[float] = []
+    upper: list[float] = []
+    try:
+        lab = Lab.up(spec)
+        joiner_ns = build_joiner(lab)
+        agent_ = Agent.start(lab)
+        try:
+            for i, subnet in enumerate(free_subnets(lab, args.joins)):
+                conv, conv_upper = join_once(lab, agent_, joiner_ns, subnet, args.timeout)
+                samples.append(conv)
+                upper.append(conv_upper)
+                print(f"  join {i + 1:2d} {subnet}: {conv * 1000:7.1f} ms", flush=True)
+        finally:
+            agent_.stop()
+    finally:
+        down(prefix)
+    ms = [s * 1000 for s in samples]
+    result = {
+        "backend": args.backend, "joins": len(ms),
+        "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1),
+        "mean_ms": round(statistics.mean(ms), 1), "max_ms": round(max(ms), 1),
+        "p50_ms_from_put_start": round(percentile([u * 1000 for u in upper], 50), 1),
+    }
+    print(f"\nconvergence ({args.backend}, {len(ms)} joins, lease put -> first echo reply on "
+          f"another node): p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+          f"max {result['max_ms']} ms")
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump({**result, "samples_ms": [round(m, 2) for m in ms]}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""``netweft lab up|status|check|down|exec|add-node|remove-node``: a multi-node cluster in network
+namespaces on this machine (see daemon/lab/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from ipaddress import IPv4Network
+
+import click
+
+from daemon.clicontext import fail
+from daemon.lab.lab import Lab, LabError, down
+from daemon.lab.topology import (
+    BACKENDS,
+    DATAPLANES,
+    DEFAULT_NETWORK,
+    DEFAULT_PREFIX,
+    STATE_ROOT,
+    LabSpec,
+    LabSpecError,
+)
+
+
+def _prefix_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--prefix", envvar="NETWEFT_LAB_PREFIX", default=DEFAULT_PREFIX, show_default=True,
+        help="Name prefix of the lab's namespaces (several labs may coexist).")(func)
+
+
+def _load(prefix: str) -> Lab:
+    try:
+        return Lab.load(prefix, STATE_ROOT)
+    except LabError as exc:
+        fail(str(exc))
+        raise AssertionError from None  # unreachable: fail exits
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        fail("the lab needs root (it creates network namespaces)")
+
+
+def register(group: click.Group) -> None:
+    @group.group("lab")
+    def lab() -> None:
+        """A netweft cluster in network namespaces: underlay bridge, etcd, N nodes, pods."""
+
+    @lab.command("up")
+    @_prefix_option
+    @click.option("--nodes", default=3, show_default=True, type=int, help="Number of nodes.")
+    @click.option("--pods-per-node", default=2, show_default=True, type=int,
+                  help="Pods created on each node through the CNI plugin.")
+    @click.option("--backend", type=click.Choice(BACKENDS), default="vxlan", show_default=True)
+    @click.option("--vni", default=1, show_default=True, type=int, help="VXLAN network id.")
+    @click.option("--port", default=8472, show_default=True, type=int, help="VXLAN UDP port.")
+    @click.option("--network", default=str(DEFAULT_NETWORK), show_default=True,
+                  help="Pod network (Flannel's Network).")
+    @click.option("--subnet-len", default=24, show_default=True, type=int,
+                  help="Per-node subnet length (Flannel's SubnetLen).")
+    @click.option("--dataplane", type=click.Choice(DATAPLANES), default="netweft",
+                  show_default=True,
+                  help="reference: wire the same topology by hand with `ip` (no daemons), the "
+                       "yardstick of bench/dataplane.py.")
+    @click.option("--proxy/--no-proxy", default=True, show_default=True,
+                  help="Run `netweft proxy` on every node and a NodePort service over the pods.")
+    @click.option("--check/--no-check", "run_check", default=False,
+                  help="Run `lab check` once the lab is up.")
+    def up(prefix: str, nodes: int, pods_per_node: int, backend: str, vni: int, port: int,
+           network: str, subnet_len: int, dataplane: str, proxy: bool,
+           run_check: bool) -> None:
+        """Build the lab and start netweft on every node."""
+        _need_root()
+        try:
+            net = IPv4Network(network)
+        except ValueError as exc:
+            fail(f"--network: {exc}")
+            return
+        spec = LabSpec(prefix=prefix, nodes=nodes, pods_per_node=pods_per_node, backend=backend,
+                       vni=vni, port=port, network=net, subnet_len=subnet_len,
+                       state_root=STATE_ROOT, dataplane=dataplane, proxy=proxy)
+        try:
+            spec.validate()
+            built = Lab.up(spec, log=lambda msg: click.echo(f"  {msg}"))
+        except (LabSpecError, LabError) as exc:
+            fail(str(exc))
+            return
+        click.echo(f"lab {prefix!r} is up ({nodes} nodes, {backend}); "
+                   f"`netweft lab check` proves it, `netweft lab down` removes it")
+        if run_check:
+            report = built.check()
+            click.echo(report.render())
+            if not report.ok:
+                sys.exit(1)
+
+    @lab.command("status")
+    @_prefix_option
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def status(prefix: str, as_json: bool) -> None:
+        """Show the lab's nodes, daemons, subnets, pods and leases."""
+        _need_root()
+        st = _load(prefix).status()
+        if as_json:
+            click.echo(json.dumps(st, indent=2))
+            return
+        click.echo(f"lab {st['prefix']} ({st['backend']}), etcd {st['etcd']} "
+                   f"{'running' if st['etcd_running'] else 'STOPPED'}, state {st['state_dir']}")
+        for n in st["nodes"]:
+            daemon = f"daemon pid {n['daemon_pid']}" if n["daemon_pid"] else "daemon STOPPED"
+            proxy = ""
+            if n["name"] in st["proxies"]:
+                proxy = "  proxy " + ("running" if st["proxies"][n["name"]] else "STOPPED")
+            click.echo(f"  {n['name']:<8} {n['ip']:<14} {daemon:<20} subnet {n['subnet']}{proxy}")
+        for p in st["pods"]:
+            click.echo(f"  {p['name']:<14} on {p['node']:<8} {p['ip']}")
+        click.echo(f"  {len([k for k in st['leases'] if k != 'error'])} leases in etcd")
+        svc = st["service"]
+        if svc:
+            click.echo(f"  service {svc['name']}: {svc['cluster_ip']}:{svc['port']}, "
+                       f"NodePort {svc['node_port']} on every node")
+
+    @lab.command("check")
+    @_prefix_option
+    @click.option("--iperf-seconds", default=3.0, show_default=True, type=float,
+                  help="Length of the iperf3 run (0 skips it).")
+    def check(prefix: str, iperf_seconds: float) -> None:
+        """Connectivity matrix + iperf3 throughput; exits 1 on any failure."""
+        _need_root()
+        report = _load(prefix).check(iperf_seconds=iperf_seconds)
+        click.echo(report.render())
+        if not report.ok:
+            sys.exit(1)
+
+    @lab.command("down")
+    @_prefix_option
+    def down_cmd(prefix: str) -> None:
+        """Remove every namespace, process and file of the lab (also after a crash)."""
+        _need_root()
+        try:
+            removed = down(prefix, STATE_ROOT)
+        except LabSpecError as exc:
+            fail(str(exc))
+            return
+        for item in removed:
+            click.echo(f"  removed {item}")
+        click.echo(f"lab {prefix!r} is down" if removed else f"no lab {prefix!r} was found")
+
+    @lab.command("exec", context_settings={"ignore_unknown_options": True})
+    @_prefix_option
+    @click.argument("node")
+    @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+    def exec_cmd(prefix: str, node: str, cmd: tuple[str, ...]) -> None:
+        """Run CMD in lab NODE (a node, a pod, etcd, outside or underlay):
+        `netweft lab exec node1 -- netweft routes`."""
+        _need_root()
+        lab_ = _load(prefix)
+        try:
+            proc = lab_.exec(node, list(cmd))
+        except LabError as exc:
+            fail(str(exc))
+            return
+        except FileNotFoundError as exc:
+            fail(f"CMD: {exc}")
+            return
+        sys.exit(proc.returncode)
+
+    @lab.command("add-node")
+    @_prefix_option
+    @click.option("--pods", default=None, type=int, help="Pods to start on it (default: as up).")
+    def add_node(prefix: str, pods: int | None) -> None:
+        """Join one more node to a running lab."""
+        _need_root()
+        lab_ = _load(prefix)
+        try:
+            node = lab_.add_node(pods)
+        except LabError as exc:
+            fail(str(exc))
+            return
+        click.echo(f"{node.name} ({node.ip}) joined, subnet {lab_.node_subnet(node)}")
+
+    @lab.command("remove-node")
+    @_prefix_option
+    @click.argument("node")
+    def remove_node(prefix: str, node: str) -> None:
+        """Stop a node's daemon and remove its namespace and pods (its lease stays in etcd)."""
+        _need_root()
+        lab_ = _load(prefix)
+        try:
+            lab_.remove_node(node)
+        except KeyError:
+            fail(f"NODE: no node {node!r} in lab {prefix!r}")
+        click.echo(f"{node} removed")

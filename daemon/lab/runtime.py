@@ -1,0 +1,169 @@
+"""The container-runtime side of the lab: create a pod's namespace and run the node's CNI
+network config list inside the node's namespace, the way libcni does it (each plugin's
+executable found in ``CNI_PATH`` by its ``type``, config on stdin with ``name``/``cniVersion``
+injected and the previous plugin's result as ``prevResult``, results cached for DEL)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from typing import Any
+
+from daemon import netns
+from daemon.lab.topology import POD_IFACE, Node, Pod, cni_args
+
+CNI_TIMEOUT = 30.0
+
+
+class CniError(RuntimeError):
+    """A plugin failed; the message carries its CNI error code and msg."""
+
+
+@dataclass(frozen=True)
+class PodNetwork:
+    pod: str
+    address: IPv4Interface
+    gateway: str | None
+    result: dict[str, Any]
+
+
+def load_conflist(node: Node) -> dict[str, Any]:
+    with open(node.conflist_path) as f:
+        conf = json.load(f)
+    if not isinstance(conf, dict) or not isinstance(conf.get("plugins"), list):
+        raise CniError(f"{node.conflist_path}: plugins: missing or not a list")
+    return conf
+
+
+def plugin_stdin(conflist: dict[str, Any], plugin: dict[str, Any],
+                 prev_result: dict[str, Any] | None) -> dict[str, Any]:
+    conf = dict(plugin)
+    conf["name"] = conflist["name"]
+    conf["cniVersion"] = conflist["cniVersion"]
+    if prev_result is not None:
+        conf["prevResult"] = prev_result
+    return conf
+
+
+def find_plugin(node: Node, plugin_type: str) -> str:
+    path = os.path.join(node.cni_bin_dir, plugin_type)
+    if not os.access(path, os.X_OK):
+        raise CniError(f"CNI plugin {plugin_type!r} not found in {node.cni_bin_dir}")
+    return path
+
+
+def cni_env(command: str, node: Node, pod: Pod, netns_path: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update({
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": pod.container_id,
+        "CNI_NETNS": netns_path,
+        "CNI_IFNAME": POD_IFACE,
+        "CNI_ARGS": cni_args(pod),
+        "CNI_PATH": node.cni_bin_dir,
+    })
+    return env
+
+
+def exec_plugin(node: Node, pod: Pod, command: str, plugin_type: str, stdin: dict[str, Any],
+                netns_path: str) -> dict[str, Any] | None:
+    """Run one plugin inside the node namespace; its parsed stdout (None when empty)."""
+    exe = find_plugin(node, plugin_type)
+    try:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", node.netns, exe], input=json.dumps(stdin),
+            capture_output=True, text=True, env=cni_env(command, node, pod, netns_path),
+            timeout=CNI_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise CniError(f"{plugin_type} {command} {pod.name}: no answer in {CNI_TIMEOUT:.0f}s "
+                       f"(see {node.cni_log})") from None
+    out = proc.stdout.strip()
+    parsed: Any = None
+    if out:
+        try:
+            parsed = json.loads(out)
+        except json.JSONDecodeError:
+            parsed = None
+    if proc.returncode != 0:
+        if isinstance(parsed, dict) and "code" in parsed:
+            raise CniError(f"{plugin_type} {command} {pod.name}: code {parsed.get('code')}: "
+                           f"{parsed.get('msg')} {parsed.get('details', '')}".rstrip())
+        raise CniError(f"{plugin_type} {command} {pod.name}: exit {proc.returncode}: "
+                       f"{(proc.stderr or out).strip()[:500]}")
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _cache_path(node: Node, conflist: dict[str, Any], pod: Pod) -> str:
+    return os.path.join(node.state_dir, "cni", "results",
+                        f"{conflist['name']}-{pod.container_id}-{POD_IFACE}.json")
+
+
+def pod_address(result: dict[str, Any]) -> tuple[IPv4Interface, str | None]:
+    for ip in result.get("ips", []):
+        addr = IPv4Interface(ip["address"]) if ":" not in ip["address"] else None
+        if addr is not None:
+            return addr, ip.get("gateway")
+    raise CniError("CNI result has no IPv4 address in ips")
+
+
+def add(node: Node, pod: Pod) -> PodNetwork:
+    """Create ``pod``'s namespace and run ADD through the node's conflist."""
+    conflist = load_conflist(node)
+    if not netns.exists(pod.netns):
+        netns.add(pod.netns)
+    prev: dict[str, Any] | None = None
+    for plugin in conflist["plugins"]:
+        result = exec_plugin(node, pod, "ADD", plugin["type"],
+                             plugin_stdin(conflist, plugin, prev), pod.netns_path)
+        if result is None:
+            raise CniError(f"{plugin['type']} ADD {pod.name}: printed no result")
+        prev = result
+    assert prev is not None
+    cache = _cache_path(node, conflist, pod)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump(prev, f)
+    address, gateway = pod_address(prev)
+    return PodNetwork(pod.name, address, gateway, prev)
+
+
+def check(node: Node, pod: Pod) -> None:
+    conflist = load_conflist(node)
+    prev = cached_result(node, pod)
+    for plugin in conflist["plugins"]:
+        exec_plugin(node, pod, "CHECK", plugin["type"], plugin_stdin(conflist, plugin, prev),
+                    pod.netns_path)
+
+
+def cached_result(node: Node, pod: Pod) -> dict[str, Any] | None:
+    try:
+        conflist = load_conflist(node)
+        with open(_cache_path(node, conflist, pod)) as f:
+            data = json.load(f)
+    except (OSError, ValueError, CniError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def delete(node: Node, pod: Pod) -> None:
+    """Run DEL (plugins in reverse order) and remove the pod's namespace."""
+    conflist = load_conflist(node)
+    prev = cached_result(node, pod)
+    path = pod.netns_path if netns.exists(pod.netns) else ""
+    errors = []
+    for plugin in reversed(conflist["plugins"]):
+        try:
+            exec_plugin(node, pod, "DEL", plugin["type"], plugin_stdin(conflist, plugin, prev),
+                        path)
+        except CniError as exc:
+            errors.append(str(exc))
+    netns.delete(pod.netns)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_cache_path(node, conflist, pod))
+    if errors:
+        raise CniError("; ".join(errors))

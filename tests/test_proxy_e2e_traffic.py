@@ -1,0 +1,134 @@
+"""The real ``netweft proxy`` process, in both modes, fed by the etcd source, carrying traffic:
+etcd and the proxy run in the testbed's node namespace, pods on its bridge, the client outside.
+A service created with ``netweft service create`` and pod records as the node daemon writes them
+become reachable through the NodePort and the ClusterIP; removing a pod record takes that pod
+out; ``/healthz`` and ``/metrics`` answer."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.etcd_process import EtcdProcess
+from proxy.testbed import Testbed, build, run_in
+
+pytestmark = pytest.mark.lab
+NETWEFT = str(Path(sys.executable).parent / "netweft")
+PREFIX = "/nwp-e2e"
+
+PODS = """
+import asyncio, sys
+from ipam.etcd import EtcdClient, EtcdSettings
+from proxy.podrecords import delete_pod, pod_record_from_cni, put_pod
+async def main():
+    async with EtcdClient(EtcdSettings.from_strings(sys.argv[1]), timeout=30) as etcd:
+        if sys.argv[2] == "add":
+            for cid, ip in (("c1", "10.244.1.11"), ("c2", "10.244.1.12")):
+                args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-{cid};app=web"
+                await put_pod(etcd, sys.argv[3], pod_record_from_cni(cid, args, [ip], "node1"))
+        else:
+            await delete_pod(etcd, sys.argv[3], "node1", "c1")
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def bed(netns_factory: Callable[[str], str]) -> Iterator[Testbed]:
+    testbed = build(netns_factory)
+    try:
+        yield testbed
+    finally:
+        testbed.close()
+
+
+def wait_for(check: Callable[[], bool], what: str, deadline: float = 60) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"never reached: {what}")
+
+
+def http_get(ns: str, url: str) -> tuple[int, str]:
+    code = ("import sys, urllib.request, urllib.error\n"
+            "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status)\n"
+            " print(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+    out = run_in(ns, [sys.executable, "-c", code, url]).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+@pytest.mark.parametrize("mode", ["nftables", "iptables"])
+def test_proxy_process_carries_traffic(bed: Testbed, mode: str, tmp_path: Path) -> None:
+    for ip in ("10.244.1.11", "10.244.1.12"):
+        bed.add_pod(ip)
+    etcd = EtcdProcess(netns=bed.node).start()
+    proxy = None
+    log = tmp_path / "proxy.log"
+    try:
+        env = dict(os.environ, NETWEFT_ETCD_ENDPOINTS=etcd.endpoint)
+        service = [NETWEFT, "service", "create", "web", "--port", "80:8080/tcp", "--selector",
+                   "app=web", "--type", "NodePort", "--node-port", "30080", "--json",
+                   "--services-prefix", PREFIX]
+        created: dict[str, object] = {}
+
+        def create() -> bool:
+            proc = subprocess.run(["ip", "netns", "exec", bed.node, *service], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            if proc.returncode == 0:
+                created.update(json.loads(proc.stdout))
+            return proc.returncode == 0
+        wait_for(create, "etcd answers and the service is created")
+        cluster_ip = str(created["clusterIP"])
+        subprocess.run(["ip", "netns", "exec", bed.node, sys.executable, "-c", PODS,
+                        etcd.endpoint, "add", PREFIX], check=True, timeout=60)
+        with open(log, "wb") as out:
+            proxy = subprocess.Popen(
+                ["ip", "netns", "exec", bed.node, NETWEFT, "proxy", "--source", "etcd",
+                 "--mode", mode, "--services-prefix", PREFIX, "--node-name", "node1",
+                 "--node-ip", bed.node_ip, "--cluster-cidr", "10.244.0.0/16",
+                 "--min-sync-interval", "0.1"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def reaches_both() -> bool:
+            assert proxy is not None and proxy.poll() is None, log.read_text()
+            got = collections.Counter(a.server for a in bed.connect(
+                bed.client, bed.node_ip, 30080, count=20, timeout=1.0))
+            return set(got) == {"10.244.1.11", "10.244.1.12"}
+        wait_for(reaches_both, "NodePort reaches both pods")
+        got = {a.server for a in bed.connect(bed.client, cluster_ip, 80, count=20)}
+        assert got == {"10.244.1.11", "10.244.1.12"}
+
+        status, body = http_get(bed.node, "http://127.0.0.1:10256/healthz")
+        assert status == 200 and json.loads(body)["healthy"] is True
+        status, body = http_get(bed.node, "http://127.0.0.1:10256/metrics")
+        assert status == 200 and 'netweft_proxy_services{mode="' + mode + '"} 1' in body
+
+        subprocess.run(["ip", "netns", "exec", bed.node, sys.executable, "-c", PODS,
+                        etcd.endpoint, "del", PREFIX], check=True, timeout=60)
+
+        def only_second() -> bool:
+            got = {a.server for a in bed.connect(bed.client, bed.node_ip, 30080, count=20)}
+            return got == {"10.244.1.12"}
+        wait_for(only_second, "the removed pod is out")
+        assert proxy.poll() is None, log.read_text()
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proxy.pid, signal.SIGKILL)
+                proxy.wait(5)
+        etcd.remove()
