@@ -132,10 +132,7 @@ class EtcdClient:
         self.settings = settings
         self.timeout = timeout
         self._channel: grpc.aio.Channel | None = None
-        self._kv: Any = None
-        self._lease: Any = None
-        self._watch: Any = None
-        self._maint: Any = None
+        self._stubs: dict[str, Any] = {}
 
     async def __aenter__(self) -> EtcdClient:
         self.connect()
@@ -166,10 +163,24 @@ class EtcdClient:
             self._channel = grpc.aio.secure_channel(s.grpc_target(), creds, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(s.grpc_target(), options=options)
-        self._kv = rpc.KVStub(self._channel)
-        self._lease = rpc.LeaseStub(self._channel)
-        self._watch = rpc.WatchStub(self._channel)
-        self._maint = rpc.MaintenanceStub(self._channel)
+        self._stubs = {"kv": rpc.KVStub(self._channel), "lease": rpc.LeaseStub(self._channel),
+                       "watch": rpc.WatchStub(self._channel)}
+
+    # The stubs connect on first use, so a client works without an explicit connect().
+    @property
+    def _kv(self) -> Any:
+        self.connect()
+        return self._stubs["kv"]
+
+    @property
+    def _lease(self) -> Any:
+        self.connect()
+        return self._stubs["lease"]
+
+    @property
+    def _watch(self) -> Any:
+        self.connect()
+        return self._stubs["watch"]
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -9,7 +9,7 @@ import socket
 
 import click
 
-from daemon.clicontext import fail, settings
+from daemon.clicontext import fail, services_prefix_option, settings
 
 
 @click.command("daemon")
@@ -47,8 +47,7 @@ from daemon.clicontext import fail, settings
               help="Token of that fast path (root only; default: next to --cni-socket).")
 @click.option("--node-name", default=None,
               help="This node's name in pod records (default: the host name).")
-@click.option("--services-prefix", default="/netweft", show_default=True,
-              help="etcd prefix of service and pod records (the service proxy's).")
+@services_prefix_option
 @click.option("--pod-records/--no-pod-records", default=True, show_default=True,
               help="Write a pod record to etcd for every pod the CNI server wires.")
 @click.option("--cleanup-on-exit", is_flag=True,
