@@ -7,9 +7,12 @@ CNI_* environment and the config on stdin, exactly as a runtime does. Sequential
 netweft/reference so machine noise hits both alike; then M ADDs (and DELs) run in parallel.
 
     sudo .venv/bin/python bench/cni_latency.py [--sequential 30] [--parallel 20] [--inproc 5]
+        [--launcher both|bash|python] [--repeat R]
 
-Prints medians (ms) and the ratio netweft/reference. Only namespaces named nwc-bench-<pid>-*
-are created, and all of them are removed at the end.
+``bash`` is the installed executable (bash builtins, TCP fast path), ``python`` the Python
+launcher it falls back to (``netweft-py``, unix socket); both talk to the same CNI server.
+Prints medians and means (ms) and the ratio netweft/reference. Only namespaces named
+<--ns-prefix, default nwc-bench>-<pid>-* are created, and all of them are removed at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cni import nsenter  # noqa: E402
-from cni.install import install  # noqa: E402
+from cni.install import PY_BIN_NAME, install  # noqa: E402
 
 REF_DIR = "/usr/lib/cni"
 SUBNET = "10.250.1.0/24"
@@ -45,9 +48,9 @@ def sh(*cmd: str) -> None:
 
 
 class Bench:
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, ns_prefix: str = "nwc-bench") -> None:
         self.tmp = tmp
-        self.prefix = f"nwc-bench-{os.getpid()}"
+        self.prefix = f"{ns_prefix}-{os.getpid()}"
         self.namespaces: list[str] = []
         self.server: subprocess.Popen[bytes] | None = None
 
@@ -89,6 +92,7 @@ class Bench:
                        socket_path=self.sock, log_file=os.path.join(self.tmp, "cni.log"),
                        ip_masq=False)
         self.exe = done.executable
+        self.exe_py = os.path.join(os.path.dirname(done.executable), PY_BIN_NAME)
         with open(done.conflist) as f:
             conflist = json.load(f)
         plugin = dict(conflist["plugins"][0])
@@ -104,6 +108,7 @@ class Bench:
         }).encode()
 
     def start_server(self) -> None:
+        sh("ip", "-n", self.node_nw, "link", "set", "lo", "up")  # the TCP fast path's loopback
         log = open(os.path.join(self.tmp, "server.out"), "wb")  # noqa: SIM115
         self.server = subprocess.Popen(
             ["ip", "netns", "exec", self.node_nw, sys.executable, "-m", "cni.server",
@@ -111,7 +116,7 @@ class Bench:
             stdout=log, stderr=subprocess.STDOUT,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         for _ in range(200):
-            if os.path.exists(self.sock):
+            if os.path.exists(self.sock) and os.path.exists(self.sock[:-5] + ".token"):
                 return
             time.sleep(0.05)
         raise RuntimeError("CNI server did not start")
@@ -124,10 +129,11 @@ class Bench:
 
     # -- calls ------------------------------------------------------------------------------
     def call(self, which: str, command: str, cid: str, pod_ns: str) -> float:
-        exe = self.exe if which == "nw" else os.path.join(REF_DIR, "bridge")
+        exe = {"nw": self.exe, "bash": self.exe, "python": self.exe_py}.get(
+            which, os.path.join(REF_DIR, "bridge"))
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
                "CNI_IFNAME": "eth0", "CNI_PATH": REF_DIR, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        conf = self.nw_conf if which == "nw" else self.ref_conf
+        conf = self.ref_conf if which == "ref" else self.nw_conf
         started = time.perf_counter()
         proc = subprocess.run([exe], input=conf, env=env, capture_output=True)
         elapsed = time.perf_counter() - started
@@ -137,7 +143,7 @@ class Bench:
         return elapsed * 1000
 
     def run_in(self, which: str, fn: Callable[[], Any]) -> Any:
-        with self.inside(self.node_nw if which == "nw" else self.node_ref):
+        with self.inside(self.node_ref if which == "ref" else self.node_nw):
             return fn()
 
 
@@ -145,22 +151,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def sequential(b: Bench, n: int, tag: str) -> dict[str, dict[str, list[float]]]:
-    pods = {w: [b.netns(f"{tag}{w}{i}") for i in range(n)] for w in ("nw", "ref")}
-    out: dict[str, dict[str, list[float]]] = {w: {"ADD": [], "DEL": []} for w in ("nw", "ref")}
+def sequential(b: Bench, n: int, tag: str,
+               kinds: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
+    pods = {w: [b.netns(f"{tag}{w[0]}{i}") for i in range(n)] for w in kinds}
+    out: dict[str, dict[str, list[float]]] = {w: {"ADD": [], "DEL": []} for w in kinds}
     for command in ("ADD", "DEL"):
         for i in range(n):
-            for which in (("nw", "ref") if i % 2 == 0 else ("ref", "nw")):
+            for which in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:  # rotate the order
                 out[which][command].append(
                     b.run_in(which, lambda w=which, p=pods[which][i], c=command, i=i:
                              b.call(w, c, f"{tag}-{i}", p)))
     return out
 
 
-def parallel(b: Bench, m: int, tag: str) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {w: {"ADD": [], "DEL": []} for w in ("nw", "ref")}
-    for which in ("nw", "ref"):
-        pods = [b.netns(f"{tag}{which}{i}") for i in range(m)]
+def parallel(b: Bench, m: int, tag: str,
+             kinds: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {w: {"ADD": [], "DEL": []} for w in kinds}
+    for which in kinds:
+        pods = [b.netns(f"{tag}{which[0]}{i}") for i in range(m)]
         for command in ("ADD", "DEL"):
             results: list[float] = []
             lock = threading.Lock()
@@ -183,11 +191,18 @@ def parallel(b: Bench, m: int, tag: str) -> dict[str, dict[str, list[float]]]:
 
 
 def report(title: str, data: dict[str, dict[str, list[float]]]) -> None:
+    """Median (and mean) per call of each netweft launcher against the reference."""
     print(f"\n{title}")
-    print(f"  {'op':4} {'netweft ms':>11} {'reference ms':>13} {'ratio':>7}")
+    print(f"  {'op':4} {'launcher':8} {'median ms':>10} {'ref median':>11} {'ratio':>7} "
+          f"{'mean ms':>9} {'ref mean':>9} {'ratio':>7}")
     for command in ("ADD", "DEL"):
-        nw, ref = median(data["nw"][command]), median(data["ref"][command])
-        print(f"  {command:4} {nw:11.1f} {ref:13.1f} {nw / ref:7.2f}x")
+        ref = data["ref"][command]
+        for which in (w for w in data if w != "ref"):
+            nw = data[which][command]
+            mean_nw, mean_ref = statistics.fmean(nw), statistics.fmean(ref)
+            print(f"  {command:4} {which:8} {median(nw):10.1f} {median(ref):11.1f} "
+                  f"{median(nw) / median(ref):7.2f}x {mean_nw:9.1f} "
+                  f"{mean_ref:9.1f} {mean_nw / mean_ref:7.2f}x")
 
 
 def server_times(log_file: str) -> dict[str, list[float]]:
@@ -196,7 +211,7 @@ def server_times(log_file: str) -> dict[str, list[float]]:
     with open(log_file) as f:
         for line in f:
             parts = line.split()
-            if len(parts) >= 6 and parts[1] == "server" and parts[2] in out \
+            if len(parts) >= 6 and parts[1] in ("server", "tcp") and parts[2] in out \
                     and parts[4] == "code=0" and not parts[3].startswith("warm"):
                 out[parts[2]].append(float(parts[5].rstrip("ms")))
     return out
@@ -208,28 +223,49 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=20, help="M ADDs (then DELs) at once")
     parser.add_argument("--inproc", type=int, default=5,
                         help="also time N ADD/DELs without the CNI server (0: skip)")
+    parser.add_argument("--launcher", choices=["both", "bash", "python"], default="both",
+                        help="bash: the installed executable (TCP fast path); python: the "
+                             "Python launcher (unix socket)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="repeat the sequential and parallel runs R times (spread)")
+    parser.add_argument("--ns-prefix", default="nwc-bench",
+                        help="names of the namespaces this run creates (<prefix>-<pid>-*)")
     opts = parser.parse_args()
+    kinds = (("bash", "python") if opts.launcher == "both" else (opts.launcher,)) + ("ref",)
     if os.geteuid() != 0:
         raise SystemExit("cni_latency: run as root (network namespaces)")
     if not os.path.exists(os.path.join(REF_DIR, "bridge")):
         raise SystemExit(f"cni_latency: {REF_DIR}/bridge missing: apt-get install "
                          "containernetworking-plugins")
     tmp = tempfile.mkdtemp(prefix="nwc-bench-")
-    bench = Bench(tmp)
+    bench = Bench(tmp, opts.ns_prefix)
     try:
         bench.setup()
         bench.start_server()
         # warm-up (bridge creation, page cache) for both, not measured
-        for which in ("nw", "ref"):
+        for which in kinds:
             warm = bench.netns(f"warm{which}")
             bench.run_in(which, lambda w=which, p=warm: bench.call(w, "ADD", "warm", p))
             bench.run_in(which, lambda w=which, p=warm: bench.call(w, "DEL", "warm", p))
-        seq = sequential(bench, opts.sequential, "s")
-        par = parallel(bench, opts.parallel, "p")
         print(f"netweft CNI latency vs reference bridge+host-local "
               f"({os.path.join(REF_DIR, 'bridge')}), subnet {SUBNET}, MTU {MTU}")
-        report(f"sequential, N={opts.sequential} (median per call)", seq)
-        report(f"parallel, M={opts.parallel} (median per call)", par)
+        ratios: dict[str, list[float]] = {}
+        for r in range(opts.repeat):
+            seq = sequential(bench, opts.sequential, f"s{r}", kinds)
+            par = parallel(bench, opts.parallel, f"p{r}", kinds)
+            load = os.getloadavg()[0]
+            report(f"run {r + 1}: sequential, N={opts.sequential} (load {load:.1f})", seq)
+            report(f"run {r + 1}: parallel, M={opts.parallel}", par)
+            for mode, data in (("seq", seq), ("par", par)):
+                for command in ("ADD", "DEL"):
+                    for which in kinds[:-1]:
+                        ratios.setdefault(f"{mode} {command} {which}", []).append(
+                            median(data[which][command]) / median(data["ref"][command]))
+        if opts.repeat > 1:
+            print("\nmedian ratio netweft/reference over the runs (min .. max)")
+            for key, values in ratios.items():
+                print(f"  {key:18} {median(values):5.2f}x ({min(values):.2f} .. "
+                      f"{max(values):.2f})")
         server_side = server_times(os.path.join(tmp, "cni.log"))
         print("\ninside the CNI server (median of all requests above): "
               f"ADD {median(server_side['ADD']):.1f} ms, DEL {median(server_side['DEL']):.1f} ms "
@@ -237,9 +273,10 @@ def main() -> None:
         if opts.inproc:
             bench.stop_server()
             pods = [bench.netns(f"i{i}") for i in range(opts.inproc)]
-            adds = [bench.run_in("nw", lambda i=i, p=p: bench.call("nw", "ADD", f"i-{i}", p))
+            nw = kinds[0]
+            adds = [bench.run_in(nw, lambda i=i, p=p: bench.call(nw, "ADD", f"i-{i}", p))
                     for i, p in enumerate(pods)]
-            dels = [bench.run_in("nw", lambda i=i, p=p: bench.call("nw", "DEL", f"i-{i}", p))
+            dels = [bench.run_in(nw, lambda i=i, p=p: bench.call(nw, "DEL", f"i-{i}", p))
                     for i, p in enumerate(pods)]
             print(f"\nwithout the CNI server (in-process fallback), N={opts.inproc}: "
                   f"ADD {median(adds):.1f} ms, DEL {median(dels):.1f} ms")

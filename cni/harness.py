@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni.install import install
+from cni.install import DEFAULT_TCP_TIMEOUT, PY_BIN_NAME, install
 from cni.invoke import PluginCall, PluginReply, invoke
+from cni.tcpwire import DEFAULT_TCP_PORT
 
 
 @dataclass
@@ -28,6 +29,8 @@ class CniNode:
     name: str = "netweft"
     options: dict[str, Any] = field(default_factory=dict)
     server: subprocess.Popen[bytes] | None = None
+    tcp_port: int = DEFAULT_TCP_PORT  # the bash launcher's fast path (0: the launcher skips it)
+    tcp_timeout: int = DEFAULT_TCP_TIMEOUT  # seconds the bash launcher waits for a reply
 
     def __post_init__(self) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -40,8 +43,11 @@ class CniNode:
         self.write_subnet_env()
         done = install(self.bin_dir, self.conf_dir, name=self.name, subnet_file=self.subnet_file,
                        data_dir=self.data_dir, socket_path=self.socket_path,
-                       log_file=self.log_file, extra=self.options)
+                       log_file=self.log_file, extra=self.options, tcp_port=self.tcp_port,
+                       tcp_timeout=self.tcp_timeout)
+        self.token_file = os.path.join(self.root, "cni.token")
         self.executable = done.executable
+        self.python_executable = os.path.join(self.bin_dir, PY_BIN_NAME)
         self.conflist_path = done.conflist
 
     def write_subnet_env(self) -> None:
@@ -65,20 +71,30 @@ class CniNode:
 
     def call(self, command: str, container_id: str = "", netns: str = "", ifname: str = "eth0",
              config: dict[str, Any] | str | bytes | None = None, args: dict[str, str] | None = None,
-             version: str = "1.1.0", extra_env: dict[str, str] | None = None) -> PluginReply:
+             version: str = "1.1.0", extra_env: dict[str, str] | None = None,
+             executable: str | None = None) -> PluginReply:
+        """``executable``: another launcher than the installed one (e.g. the Python one)."""
         return invoke(PluginCall(
-            self.executable, command, config if config is not None else self.config(version),
+            executable or self.executable, command,
+            config if config is not None else self.config(version),
             container_id, netns, ifname, args or {}, cni_path=self.bin_dir,
             node_netns=self.node_netns, extra_env=extra_env or {}))
 
     # -- the CNI server of this node ------------------------------------------------------
-    def start_server(self) -> None:
+    def start_server(self, tcp: bool = True) -> None:
+        """``tcp=False``: the server has no TCP listener (no token file), so the bash launcher
+        falls back to the Python launcher and the unix socket."""
+        # the loopback the TCP fast path listens on (a runtime's node namespace has it up)
+        subprocess.run(["ip", "-n", self.node_netns, "link", "set", "lo", "up"], check=True)
+        port = self.tcp_port if tcp else 0
         self.server = subprocess.Popen(
             ["ip", "netns", "exec", self.node_netns, sys.executable, "-m", "cni.server",
-             "--socket-path", self.socket_path, "--log-file", self.log_file],
+             "--socket-path", self.socket_path, "--log-file", self.log_file,
+             "--tcp-port", str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket_path):
+        while not os.path.exists(self.socket_path) or (port and not os.path.exists(
+                self.token_file)):
             if self.server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"CNI server did not start (see {self.log_file})")
             time.sleep(0.05)

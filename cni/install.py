@@ -26,8 +26,11 @@ from cni.config import (
     DEFAULT_SUBNET_FILE,
 )
 from cni.spec import CURRENT_VERSION
+from cni.tcpwire import DEFAULT_TCP_PORT, default_token_file
 
 BIN_NAME = "netweft"
+PY_BIN_NAME = "netweft-py"  # the Python launcher the bash one falls back to
+DEFAULT_TCP_TIMEOUT = 120  # seconds the bash launcher waits for a reply before falling back
 CONF_NAME = "10-netweft.conflist"
 MARKER = "# netweft CNI plugin launcher"
 DEFAULT_BIN_DIR = "/opt/cni/bin"
@@ -78,6 +81,24 @@ def launcher_text(default_socket: str, default_log: str, python: str | None = No
     )
 
 
+def bash_launcher_text(python_launcher: str, default_socket: str, default_log: str,
+                       tcp_port: int, token_file: str,
+                       timeout: int = DEFAULT_TCP_TIMEOUT) -> str:
+    """The executable a runtime runs: ``cni/launcher.sh`` with this installation's values."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(cni.__file__)), "launcher.sh"),
+              encoding="utf-8") as f:
+        text = f.read()
+    for key, value in (("@PY@", _sh_quote(python_launcher)), ("@PORT@", str(int(tcp_port))),
+                       ("@TOKEN@", _sh_quote(token_file)), ("@SOCK@", _sh_quote(default_socket)),
+                       ("@LOG@", _sh_quote(default_log)), ("@TIMEOUT@", str(int(timeout)))):
+        text = text.replace(key, value)
+    return text
+
+
+def _sh_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
 def conflist(name: str, options: dict[str, object]) -> dict[str, object]:
     plugin: dict[str, object] = {"type": BIN_NAME}
     plugin.update(options)
@@ -107,7 +128,12 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
             subnet_file: str = DEFAULT_SUBNET_FILE, data_dir: str = DEFAULT_DATA_DIR,
             socket_path: str = DEFAULT_SOCKET_PATH, log_file: str = DEFAULT_LOG_FILE,
             mtu: int | None = None, ip_masq: bool | None = None,
-            extra: dict[str, object] | None = None) -> Installed:
+            extra: dict[str, object] | None = None, tcp_port: int = DEFAULT_TCP_PORT,
+            token_file: str | None = None,
+            tcp_timeout: int = DEFAULT_TCP_TIMEOUT) -> Installed:
+    """``tcp_port``/``token_file`` must match the CNI server's (0: no TCP fast path)."""
+    if not 0 <= tcp_port < 1024:
+        raise ValueError(f"tcp_port {tcp_port}: must be 0 (off) or a privileged port < 1024")
     options: dict[str, object] = {
         "bridge": bridge, "isGateway": True, "isDefaultGateway": True, "hairpinMode": True,
         "subnetFile": subnet_file, "dataDir": data_dir, "socketPath": socket_path,
@@ -122,7 +148,11 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
         py_compile.compile(os.path.join(package_root(), "cni", "shim.py"), doraise=True)
     exe = os.path.join(bin_dir, BIN_NAME)
     conf = os.path.join(conf_dir, CONF_NAME)
-    write_atomic(exe, launcher_text(socket_path, log_file), 0o755)
+    py_exe = os.path.join(bin_dir, PY_BIN_NAME)
+    write_atomic(py_exe, launcher_text(socket_path, log_file), 0o755)
+    write_atomic(exe, bash_launcher_text(py_exe, socket_path, log_file, tcp_port,
+                                         token_file or default_token_file(socket_path),
+                                         tcp_timeout), 0o755)
     write_atomic(conf, json.dumps(conflist(name, options), indent=2) + "\n", 0o644)
     return Installed(exe, conf)
 
@@ -130,12 +160,12 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
 def uninstall(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR) -> list[str]:
     """Remove what :func:`install` wrote (an executable not ours is left alone)."""
     removed = []
-    exe = os.path.join(bin_dir, BIN_NAME)
-    with contextlib.suppress(OSError), open(exe, encoding="utf-8", errors="replace") as f:
-        ours = MARKER in f.read(4096)
-        if ours:
-            os.unlink(exe)
-            removed.append(exe)
+    for exe in (os.path.join(bin_dir, BIN_NAME), os.path.join(bin_dir, PY_BIN_NAME)):
+        with contextlib.suppress(OSError), open(exe, encoding="utf-8", errors="replace") as f:
+            ours = MARKER in f.read(4096)
+            if ours:
+                os.unlink(exe)
+                removed.append(exe)
     conf = os.path.join(conf_dir, CONF_NAME)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(conf)

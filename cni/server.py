@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import struct
 import threading
@@ -27,12 +28,18 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from cni import tcpwire
 from cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
+from cni.peeruid import tcp_peer_uid
 from cni.plugin import Outcome, PodInfo, WiringState, _log, run
 from cni.shim import DEFAULT_LOG_KEY, MAGIC
 from cni.spec import ERR_INVALID_ENV, CniError, dumps
 
 MAX_REQUEST = 4 * 1024 * 1024
+MAX_TCP_HEADER = 64 * 1024
+TCP_READ_TIMEOUT = 2.0  # an authentic request arrives at once; anything slower is dropped
+DEFAULT_TCP_PORT = tcpwire.DEFAULT_TCP_PORT
+default_token_file = tcpwire.default_token_file
 
 
 @dataclass
@@ -50,6 +57,7 @@ class CommandStats:
 
 
 def _handle(owner: CniServer, sock: socket.socket) -> None:
+    """One request on the unix socket: the peer must be an allowed uid (SO_PEERCRED)."""
     started = time.monotonic()
     try:
         uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -63,8 +71,33 @@ def _handle(owner: CniServer, sock: socket.socket) -> None:
     except (OSError, ValueError) as exc:
         _log(owner.default_log, f"cni-server: bad request: {exc}")
         return
+    _serve(owner, sock, env, stdin, started, "server")
+
+
+def _handle_tcp(owner: CniServer, sock: socket.socket) -> None:
+    """One request on the loopback TCP listener (the bash launcher's fast path): the peer's
+    socket must belong to an allowed uid (the kernel's socket table: SO_PEERCRED's TCP
+    equivalent) and the request must start with the token; anything else is dropped without a
+    reply."""
+    started = time.monotonic()
+    try:
+        uid = tcp_peer_uid(sock)
+        if uid is None or uid not in owner.allowed_uids:
+            raise ValueError(f"peer uid {uid} may not use the netweft CNI server")
+        sock.settimeout(TCP_READ_TIMEOUT)
+        env, stdin = read_tcp_request(sock, owner.token)
+        sock.settimeout(None)
+    except (OSError, ValueError) as exc:
+        _log(owner.default_log, f"cni-server: tcp request dropped: {exc}")
+        return
+    _serve(owner, sock, env, stdin, started, "tcp")
+
+
+def _serve(owner: CniServer, sock: socket.socket, env: dict[str, str], stdin: bytes,
+           started: float, via: str) -> None:
+    """Run the request and send the reply: the same for both listeners (``via`` is logged)."""
     default_log = env.pop(DEFAULT_LOG_KEY, owner.default_log)
-    outcome = run(env, stdin, owner.state, default_log=default_log, via="server")
+    outcome = run(env, stdin, owner.state, default_log=default_log, via=via)
     with contextlib.suppress(OSError):
         body = outcome.stdout.encode()
         sock.sendall(b"%d %d\n" % (outcome.code, len(body)) + body)
@@ -102,11 +135,47 @@ def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes]:
     return env, rest[env_len:env_len + stdin_len]
 
 
+def read_tcp_request(sock: socket.socket, token: bytes) -> tuple[dict[str, str], bytes]:
+    """Parse one TCP request (see :mod:`cni.tcpwire`); ValueError when it is not authentic."""
+    buf = b""
+    while True:
+        end = buf.find(b"\n\n")
+        if end >= 0:
+            break
+        if len(buf) > MAX_TCP_HEADER:
+            raise ValueError("request header too long")
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ValueError("connection closed before the request header")
+        buf += chunk
+        if b"\n" in buf and not tcpwire.token_ok(buf.partition(b"\n")[0], token):
+            raise ValueError("bad token")
+    head, rest = buf[:end], buf[end + 2:]
+    lines = head.split(b"\n")
+    if not tcpwire.token_ok(lines[0], token):
+        raise ValueError("bad token")
+    env, length = tcpwire.parse_header(lines[1:])
+    if length > MAX_REQUEST:
+        raise ValueError("request too large")
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ValueError("connection closed in the middle of the request")
+        rest += chunk
+    return env, rest[:length]
+
+
 class CniServer:
     def __init__(self, socket_path: str = DEFAULT_SOCKET_PATH, hooks: CniHooks | None = None,
                  default_log: str = DEFAULT_LOG_FILE,
-                 allowed_uids: tuple[int, ...] | None = None, workers: int = 16) -> None:
+                 allowed_uids: tuple[int, ...] | None = None, workers: int = 16,
+                 tcp_port: int = DEFAULT_TCP_PORT, token_file: str | None = None) -> None:
         self.socket_path = socket_path
+        self.tcp_port = tcp_port
+        self.token_file = token_file or default_token_file(socket_path)
+        self.token = b""
+        self.tcp_error = ""  # why the TCP listener is not up (the launcher then uses the socket)
+        self._tcp_listener: socket.socket | None = None
         self.hooks = hooks or CniHooks()
         self.default_log = default_log
         self.allowed_uids = allowed_uids or tuple({0, os.getuid()})
@@ -145,6 +214,35 @@ class CniServer:
         os.chmod(self.socket_path, 0o600)
         listener.listen(256)
         self._listener = listener
+        if self.tcp_port:
+            self.bind_tcp()
+
+    def bind_tcp(self) -> None:
+        """Listen on 127.0.0.1:<tcp_port> (a privileged port: only root can bind it) and write
+        a fresh token (0600) the launcher must present. Failure is not fatal: the launcher
+        then falls back to the unix socket; the reason is kept in ``tcp_error`` and logged."""
+        if not 0 < self.tcp_port < 1024:
+            raise ValueError(f"tcp_port {self.tcp_port}: must be a privileged port (1-1023)")
+        if self.tcp_port >= tcpwire.unprivileged_port_start():
+            self.tcp_error = (f"127.0.0.1:{self.tcp_port}: not a privileged port here "
+                              "(net.ipv4.ip_unprivileged_port_start)")
+            _log(self.default_log, f"cni-server: TCP fast path disabled: {self.tcp_error}")
+            return
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            listener.bind(("127.0.0.1", self.tcp_port))
+            listener.listen(256)
+            token = secrets.token_hex(32)
+            tcpwire.write_token(self.token_file, token)
+        except OSError as exc:
+            listener.close()
+            self.tcp_error = f"127.0.0.1:{self.tcp_port}: {exc.strerror or exc}"
+            _log(self.default_log, f"cni-server: TCP fast path disabled: {self.tcp_error}")
+            return
+        self.token = token.encode()
+        self._tcp_listener = listener
 
     def serve_forever(self) -> None:
         """Serve until :meth:`stop` (from another thread or a signal handler)."""
@@ -163,13 +261,20 @@ class CniServer:
         extra wake-up is a scheduling delay added to the pod's start)."""
         self._stopping.clear()
         for i in range(self.workers):
-            t = threading.Thread(target=self._worker, name=f"netweft-cni-{i}", daemon=True)
+            t = threading.Thread(target=self._worker, name=f"netweft-cni-{i}", daemon=True,
+                                 args=(self._listener, _handle))
             t.start()
             self._threads.append(t)
+        if self._tcp_listener is not None:  # its own pool: unauthenticated peers can't starve
+            for i in range(self.workers):   # the unix socket's workers
+                t = threading.Thread(target=self._worker, name=f"netweft-cni-tcp-{i}",
+                                     daemon=True, args=(self._tcp_listener, _handle_tcp))
+                t.start()
+                self._threads.append(t)
         return self
 
-    def _worker(self) -> None:
-        listener = self._listener
+    def _worker(self, listener: socket.socket | None,
+                handle: Callable[[CniServer, socket.socket], None]) -> None:
         while listener is not None and not self._stopping.is_set():
             try:
                 conn, _ = listener.accept()
@@ -179,7 +284,7 @@ class CniServer:
                 time.sleep(0.01)
                 continue
             try:
-                _handle(self, conn)
+                handle(self, conn)
             except Exception:  # noqa: BLE001 - one bad request must not kill a worker
                 _log(self.default_log, f"cni-server: request failed:\n{traceback.format_exc()}")
             finally:
@@ -187,16 +292,21 @@ class CniServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked in accept()
-            listener.close()
+        for listener in (self._listener, self._tcp_listener):
+            if listener is not None:
+                with contextlib.suppress(OSError):
+                    listener.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked in accept()
+                listener.close()
+        self._listener = self._tcp_listener = None
         for t in self._threads:
             t.join(timeout=10)
         self._threads = []
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        if self.token:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.token_file)
+            self.token = b""
 
     # -- numbers for the daemon's metrics -----------------------------------------------
     def stats(self) -> dict[str, CommandStats]:
@@ -233,12 +343,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="netweft cni-server")
     parser.add_argument("--socket-path", default=DEFAULT_SOCKET_PATH)
     parser.add_argument("--log-file", default=DEFAULT_LOG_FILE)
+    parser.add_argument("--tcp-port", type=int, default=DEFAULT_TCP_PORT,
+                        help="loopback port of the bash launcher's fast path (<1024; 0: off)")
+    parser.add_argument("--token-file", default=None,
+                        help="where the TCP token is written (default: next to the socket)")
     opts = parser.parse_args(argv)
+    if not 0 <= opts.tcp_port < 1024:
+        parser.error(f"--tcp-port {opts.tcp_port}: must be 0 (off) or a privileged port < 1024")
     # a dedicated process: hand the GIL over quickly so concurrent requests interleave finely
     import sys
 
     sys.setswitchinterval(0.0005)
-    server = CniServer(opts.socket_path, default_log=opts.log_file)
+    server = CniServer(opts.socket_path, default_log=opts.log_file, tcp_port=opts.tcp_port,
+                       token_file=opts.token_file)
     try:
         server.bind()
     except OSError as exc:
@@ -248,6 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start_bound()
     print(f"netweft cni-server listening on {opts.socket_path}", flush=True)
+    if server.tcp_port and server.token:
+        print(f"netweft cni-server listening on 127.0.0.1:{server.tcp_port} "
+              f"(token {server.token_file})", flush=True)
+    elif server.tcp_port:
+        print(f"netweft cni-server: TCP fast path disabled: {server.tcp_error}", flush=True)
     while not stop.wait(1):
         pass
     server.stop()

@@ -80,6 +80,8 @@ class AgentConfig:
     etcd_probe_interval: float = 5.0
     metrics_addr: str | None = None
     cni_socket: str | None = None
+    cni_tcp_port: int = 1019  # the bash launcher's loopback fast path (0: off)
+    cni_token_file: str | None = None  # default: next to cni_socket
     cleanup_on_exit: bool = False
     netlink_events: bool = True
     node_name: str = ""
@@ -660,7 +662,8 @@ class Agent:
             self.cfg.cni_socket, self._loop, self.metrics, etcd=self.etcd,
             services_prefix=self.cfg.services_prefix, node_name=self.cfg.node_name,
             pod_records=self.cfg.pod_records,
-            on_etcd_error=lambda _exc: self.metrics.inc("netweft_etcd_errors_total"))
+            on_etcd_error=lambda _exc: self.metrics.inc("netweft_etcd_errors_total"),
+            tcp_port=self.cfg.cni_tcp_port, token_file=self.cfg.cni_token_file)
         try:
             await asyncio.to_thread(self.cni_host.start)
         except CniUnavailable as exc:

@@ -26,8 +26,11 @@ class CniHost:
     def __init__(self, socket_path: str, loop: asyncio.AbstractEventLoop, metrics: Metrics,
                  etcd: Any = None, services_prefix: str = "/netweft", node_name: str = "",
                  pod_records: bool = True,
-                 on_etcd_error: Callable[[Exception], None] | None = None) -> None:
+                 on_etcd_error: Callable[[Exception], None] | None = None,
+                 tcp_port: int = 1019, token_file: str | None = None) -> None:
         self.socket_path = socket_path
+        self.tcp_port = tcp_port  # the bash launcher's loopback fast path (0: off)
+        self.token_file = token_file
         self.loop = loop
         self.metrics = metrics
         self.etcd = etcd
@@ -51,10 +54,17 @@ class CniHost:
                 log.warning("pod records are not written: proxy/podrecords.py is not in this build")
                 self.pod_records = False
         self.server = CniServer(self.socket_path,
-                                hooks=CniHooks(on_add=self._on_add, on_del=self._on_del))
+                                hooks=CniHooks(on_add=self._on_add, on_del=self._on_del),
+                                tcp_port=self.tcp_port, token_file=self.token_file)
         self.server.start()
         self.metrics.add_collector(self.collect)
         log.info("CNI server listening on %s", self.socket_path)
+        if self.server.tcp_error:
+            log.warning("CNI server: no TCP fast path (%s); the plugin uses the unix socket",
+                        self.server.tcp_error)
+        elif self.tcp_port:
+            log.info("CNI server listening on 127.0.0.1:%d (token %s)", self.tcp_port,
+                     self.server.token_file)
 
     def stop(self) -> None:
         if self.server is not None:

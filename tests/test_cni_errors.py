@@ -77,13 +77,15 @@ def module_ns() -> Iterator[Callable[[str], str]]:
             nsmod.delete(name)
 
 
-@pytest.fixture(scope="module", params=["server", "inproc"])
+@pytest.fixture(scope="module", params=["bash", "python", "inproc"])
 def node(request: pytest.FixtureRequest, module_ns: Callable[[str], str],
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[CniNode]:
     n = CniNode(module_ns("cnode"), str(tmp_path_factory.mktemp("cni")),
                 options={"ipMasq": False})
-    if request.param == "server":
-        n.start_server()
+    # bash: the installed launcher's TCP fast path; python: the server without its TCP
+    # listener (no token file: the launcher falls back to the unix socket); inproc: no server
+    if request.param != "inproc":
+        n.start_server(tcp=request.param == "bash")
     try:
         yield n
     finally:

@@ -125,16 +125,22 @@ def test_install_and_uninstall(tmp_path) -> None:
                    socket_path="/x/cni.sock", log_file="/x/cni.log", mtu=1400)
     mode = os.stat(done.executable).st_mode
     assert stat.S_IMODE(mode) == 0o755
-    text = read(done.executable)
-    assert text.startswith("#!") and " -IS\n" in text.splitlines()[0] + "\n" and MARKER in text
+    text = read(done.executable)  # the bash launcher, falling back to the Python one
+    assert text.startswith("#!/bin/bash -p\n") and MARKER in text
+    assert "nw_port=1019\n" in text and "nw_token='/x/cni.token'\n" in text
+    assert f"nw_py='{bin_dir}/netweft-py'\n" in text and "@PORT@" not in text
+    py_text = read(os.path.join(bin_dir, "netweft-py"))
+    assert py_text.startswith("#!") and " -IS\n" in py_text.splitlines()[0] + "\n"
+    assert MARKER in py_text
     conf = json.loads(read(done.conflist))
     assert done.conflist.endswith(CONF_NAME) and conf["cniVersion"] == "1.1.0"
     plugin = conf["plugins"][0]
     assert plugin["type"] == "netweft" and plugin["mtu"] == 1400
     assert plugin["subnetFile"] == "/x/subnet.env" and plugin["socketPath"] == "/x/cni.sock"
     assert plugin["capabilities"] == {"ips": True}
-    assert sorted(os.listdir(bin_dir)) == ["netweft"]  # no temp files left
-    assert sorted(uninstall(bin_dir, conf_dir)) == sorted([done.executable, done.conflist])
+    assert sorted(os.listdir(bin_dir)) == ["netweft", "netweft-py"]  # no temp files left
+    assert sorted(uninstall(bin_dir, conf_dir)) == sorted(
+        [done.executable, os.path.join(bin_dir, "netweft-py"), done.conflist])
     assert os.listdir(bin_dir) == [] and os.listdir(conf_dir) == []
 
 
@@ -162,4 +168,35 @@ def test_cli_install_uninstall(tmp_path) -> None:
     assert plugin["ipMasq"] is False and plugin["dataDir"] == "/s/data"
     res = runner.invoke(root, ["cni", "uninstall", "--bin-dir", str(tmp_path / "b"),
                                "--conf-dir", str(tmp_path / "c")])
-    assert res.exit_code == 0 and res.output.count("removed") == 2
+    assert res.exit_code == 0 and res.output.count("removed") == 3
+
+
+def test_tcp_wire_format_roundtrip_and_token_check() -> None:
+    from cni import tcpwire
+    from cni.server import read_tcp_request
+
+    token = "ab" * 32
+    env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "a=b;c=d", "NETWEFT_CNI_DEFAULT_LOG": "/l"}
+    for stdin in (b"", b'{"x":"\xc3\xa9"}\n\n\n', b"\n" * 3):
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(tcpwire.encode_request(token, env, stdin))
+            assert read_tcp_request(b, token.encode()) == (env, stdin)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(tcpwire.encode_request("cd" * 32, env, b"{}"))
+        with pytest.raises(ValueError, match="bad token"):
+            read_tcp_request(b, token.encode())
+    assert not tcpwire.token_ok(b"NWTCP1 ", b"")  # no token yet: nothing matches
+    with pytest.raises(ValueError):
+        tcpwire.parse_header([b"CNI_COMMAND=ADD"])
+    assert tcpwire.default_token_file("/run/netweft/cni.sock") == "/run/netweft/cni.token"
+
+
+def test_install_tcp_port_options(tmp_path) -> None:
+    done = install(str(tmp_path / "b"), str(tmp_path / "c"), socket_path="/s/x.sock",
+                   tcp_port=0, token_file="/t/tok")
+    text = read(done.executable)
+    assert "nw_port=0\n" in text and "nw_token='/t/tok'\n" in text
+    with pytest.raises(ValueError, match="tcp_port"):
+        install(str(tmp_path / "b"), str(tmp_path / "c"), tcp_port=8080)

@@ -27,13 +27,15 @@ def links(ns: str) -> list[str]:
     return [link["ifname"] for link in json.loads(out)]
 
 
-@pytest.fixture(params=["server", "inproc"])
+@pytest.fixture(params=["bash", "python", "inproc"])
 def node(request: pytest.FixtureRequest, netns_factory: Callable[[str], str],
          tmp_path: os.PathLike[str]) -> Iterator[CniNode]:
     name = netns_factory("cnode")
     n = CniNode(name, str(tmp_path), options={"ipMasq": False})
-    if request.param == "server":
-        n.start_server()
+    # bash: the installed launcher's TCP fast path; python: the server without its TCP
+    # listener (no token file: the launcher falls back to the unix socket); inproc: no server
+    if request.param != "inproc":
+        n.start_server(tcp=request.param == "bash")
     try:
         yield n
     finally:

@@ -12,6 +12,7 @@ from cni.config import (
     DEFAULT_SUBNET_FILE,
 )
 from cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from cni.tcpwire import DEFAULT_TCP_PORT
 from daemon.clicontext import fail
 
 
@@ -29,6 +30,11 @@ def register(group: click.Group) -> None:
     @click.option("--socket-path", default=DEFAULT_SOCKET_PATH, show_default=True,
                   help="The CNI server's unix socket.")
     @click.option("--log-file", default=DEFAULT_LOG_FILE, show_default=True)
+    @click.option("--tcp-port", type=click.IntRange(0, 1023), default=DEFAULT_TCP_PORT,
+                  show_default=True, help="The CNI server's loopback port for the bash "
+                  "launcher's fast path (must match the server's; 0: Python launcher only).")
+    @click.option("--token-file", default=None,
+                  help="The server's token file (default: next to --socket-path).")
     @click.option("--name", default="netweft", show_default=True, help="Network name.")
     @click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True)
     @click.option("--mtu", type=click.IntRange(68, 65535), default=None,
@@ -37,15 +43,16 @@ def register(group: click.Group) -> None:
                   help="Masquerade pod traffic leaving the cluster network "
                        "(default: not FLANNEL_IPMASQ).")
     def install_cmd(bin_dir: str, conf_dir: str, subnet_file: str, data_dir: str,
-                    socket_path: str, log_file: str, name: str, bridge: str, mtu: int | None,
-                    ip_masq: bool | None) -> None:
+                    socket_path: str, log_file: str, tcp_port: int, token_file: str | None,
+                    name: str, bridge: str, mtu: int | None, ip_masq: bool | None) -> None:
         """Write the netweft executable and 10-netweft.conflist (atomically)."""
         from cni.install import install
 
         try:
             done = install(bin_dir, conf_dir, name=name, bridge=bridge, subnet_file=subnet_file,
                            data_dir=data_dir, socket_path=socket_path, log_file=log_file,
-                           mtu=mtu, ip_masq=ip_masq)
+                           mtu=mtu, ip_masq=ip_masq, tcp_port=tcp_port,
+                           token_file=token_file)
         except OSError as exc:
             fail(f"cni install: {exc.filename or ''}: {exc.strerror or exc}")
             return
@@ -66,8 +73,16 @@ def register(group: click.Group) -> None:
     @click.option("--socket-path", default=DEFAULT_SOCKET_PATH, show_default=True)
     @click.option("--log-file", default=DEFAULT_LOG_FILE, show_default=True,
                   help="Log for requests whose config names no logFile.")
-    def cni_server_cmd(socket_path: str, log_file: str) -> None:
-        """Serve CNI requests from the netweft executable on a unix socket (0600, root)."""
+    @click.option("--tcp-port", type=click.IntRange(0, 1023), default=DEFAULT_TCP_PORT,
+                  show_default=True, help="Also listen on 127.0.0.1:PORT (privileged) for the "
+                  "bash launcher, authenticated by a token file (0: off).")
+    @click.option("--token-file", default=None,
+                  help="Where the token is written, mode 0600 (default: next to the socket).")
+    def cni_server_cmd(socket_path: str, log_file: str, tcp_port: int,
+                       token_file: str | None) -> None:
+        """Serve CNI requests from the netweft executable on a unix socket (0600, root) and
+        on a loopback TCP port (token, root only)."""
         from cni.server import main
 
-        main(["--socket-path", socket_path, "--log-file", log_file])
+        argv = ["--socket-path", socket_path, "--log-file", log_file, "--tcp-port", str(tcp_port)]
+        main(argv + (["--token-file", token_file] if token_file else []))

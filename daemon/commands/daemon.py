@@ -41,6 +41,10 @@ from daemon.clicontext import fail, services_prefix_option, settings
               help="host:port for /healthz, /readyz and /metrics ('' to disable).")
 @click.option("--cni-socket", default="/run/netweft/cni.sock", show_default=True,
               help="Unix socket of the CNI request server ('' to not host it).")
+@click.option("--cni-tcp-port", type=click.IntRange(0, 1023), default=1019, show_default=True,
+              help="Loopback port (privileged) of the bash CNI launcher's fast path (0: off).")
+@click.option("--cni-token-file", default=None,
+              help="Token of that fast path (root only; default: next to --cni-socket).")
 @click.option("--node-name", default=None,
               help="This node's name in pod records (default: the host name).")
 @services_prefix_option
@@ -55,7 +59,8 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                iface_can_reach: str | None, public_ip: str | None, subnet_file: str,
                state_dir: str, ip_masq: bool, firewall: str, lease_ttl: int, renew_margin: int,
                reconcile_interval: float, firewall_interval: float, metrics_addr: str,
-               cni_socket: str, node_name: str | None, services_prefix: str, pod_records: bool,
+               cni_socket: str, cni_tcp_port: int, cni_token_file: str | None,
+               node_name: str | None, services_prefix: str, pod_records: bool,
                cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
     from daemon import iface
@@ -77,6 +82,7 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,
         reconcile_interval=reconcile_interval, firewall_interval=firewall_interval,
         metrics_addr=metrics_addr or None, cni_socket=cni_socket or None,
+        cni_tcp_port=cni_tcp_port, cni_token_file=cni_token_file,
         cleanup_on_exit=cleanup_on_exit, node_name=node_name or socket.gethostname(),
         services_prefix=services_prefix, pod_records=pod_records,
     )

@@ -1,0 +1,62 @@
+#!/bin/bash -p
+# netweft CNI plugin launcher (written by `netweft cni install`; do not edit).
+# Fast path in bash builtins only (no fork, no exec): stdin and the CNI_* environment go to the
+# node's CNI server over 127.0.0.1:@PORT@ (a privileged port), authenticated by the root-only
+# token file. Anything unusual execs the Python launcher with stdin intact; it uses the unix
+# socket, then does the work in-process. See cni/tcpwire.py for the framing.
+nw_py=@PY@
+nw_port=@PORT@
+nw_token=@TOKEN@
+nw_sock=@SOCK@
+nw_log=@LOG@
+nw_timeout=@TIMEOUT@
+
+nw_lc_set=${LC_ALL+x} nw_lc=${LC_ALL-}
+LC_ALL=C  # ${#var} counts bytes
+trap '' PIPE  # a server gone mid-write is a fallback, not a death by signal (python ignores it too)
+nw_in=
+IFS= read -r -d '' nw_in
+nw_nul=$?  # 1: EOF (CNI JSON); 0: stdin holds a NUL byte, the rest of it is still unread
+
+nw_fallback() {
+    exec 3>&-
+    if [[ $nw_lc_set ]]; then LC_ALL=$nw_lc; else unset LC_ALL; fi
+    trap - PIPE
+    if (( nw_nul == 0 )); then
+        exec "$nw_py" < <(printf '%s\0' "$nw_in"; exec cat)
+    fi
+    exec "$nw_py" < <(printf '%s' "$nw_in")
+}
+
+(( nw_port && nw_nul )) || nw_fallback
+case $nw_in in  # a config naming another server's socket: the Python launcher finds it
+    *'"socketPath"'*)
+        [[ ${nw_in#*'"socketPath"'} == *'"socketPath"'* ]] && nw_fallback
+        [[ $nw_in == *"\"socketPath\": \"$nw_sock\""* || \
+           $nw_in == *"\"socketPath\":\"$nw_sock\""* ]] || nw_fallback ;;
+esac
+# the port must still be one only root can bind (the sysctl is per network namespace)
+{ read -r nw_unpriv < /proc/sys/net/ipv4/ip_unprivileged_port_start; } 2>/dev/null
+(( nw_port < ${nw_unpriv:-0} )) || nw_fallback
+{ IFS= read -r nw_tok < "$nw_token"; } 2>/dev/null || nw_fallback
+(( ${#nw_tok} == 64 )) || nw_fallback
+nw_env=
+for nw_k in "${!CNI_@}"; do
+    nw_v=${!nw_k}
+    [[ $nw_v == *$'\n'* ]] && nw_fallback
+    nw_env+="$nw_k=$nw_v"$'\n'
+done
+nw_env+="NETWEFT_CNI_DEFAULT_LOG=$nw_log"$'\n'
+{ exec 3<>"/dev/tcp/127.0.0.1/$nw_port"; } 2>/dev/null || nw_fallback
+printf 'NWTCP1 %s\n%s%d\n\n%s' "$nw_tok" "$nw_env" "${#nw_in}" "$nw_in" >&3 2>/dev/null \
+    || nw_fallback
+IFS=' ' read -r -t "$nw_timeout" nw_code nw_len <&3 || nw_fallback
+[[ $nw_code =~ ^[0-9]+$ && $nw_len =~ ^[0-9]+$ ]] || nw_fallback
+nw_out=
+if (( nw_len )); then
+    IFS= read -r -d '' -N "$nw_len" -t "$nw_timeout" nw_out <&3
+    (( ${#nw_out} == nw_len )) || nw_fallback
+fi
+exec 3>&-
+printf '%s' "$nw_out"
+exit "$nw_code"

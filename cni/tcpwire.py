@@ -1,0 +1,89 @@
+"""The loopback TCP framing of the bash launcher's fast path (``cni/launcher.sh``), and its
+token file. Only the framing differs from the unix socket's: the server runs the same code.
+
+Request (bash builtins can write it; every header line is non-empty, so the first blank line
+ends the header)::
+
+    NWTCP1 <token>\\n
+    KEY=VALUE\\n ...        (the CNI_* environment and NETWEFT_CNI_DEFAULT_LOG; no newlines)
+    <stdin length in bytes>\\n
+    \\n
+    <stdin bytes>
+
+Reply: ``<exit code> <stdout length>\\n<stdout>`` (as on the unix socket). A request without the
+right token gets no reply at all.
+
+The token (64 hex digits, fresh at every server start) is in a root-only 0600 file, and the
+listener is on a privileged port (only root can bind it), so only root can talk to the server
+and only the server can receive the token. The server also checks the uid owning the peer's
+socket (``cni/peeruid.py``) before reading anything, as SO_PEERCRED does on the unix socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import tempfile
+
+MAGIC = b"NWTCP1"
+DEFAULT_TCP_PORT = 1019
+
+
+def default_token_file(socket_path: str) -> str:
+    """Next to the socket: ``/run/netweft/cni.sock`` -> ``/run/netweft/cni.token``."""
+    base, ext = os.path.splitext(socket_path)
+    return (base if ext == ".sock" else socket_path) + ".token"
+
+
+def write_token(path: str, token: str) -> None:
+    """Atomically (temp file + rename), mode 0600 from creation on."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cni-token.", dir=directory)  # created 0600
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, token.encode() + b"\n")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port a non-root process may bind in this network namespace (0 if unknown:
+    then no port counts as privileged)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def token_ok(first_line: bytes, token: bytes) -> bool:
+    return bool(token) and hmac.compare_digest(first_line, MAGIC + b" " + token)
+
+
+def parse_header(lines: list[bytes]) -> tuple[dict[str, str], int]:
+    """``KEY=VALUE`` lines then the stdin length; ValueError on anything else."""
+    if not lines or not lines[-1].isdigit():
+        raise ValueError("request header without the stdin length")
+    env: dict[str, str] = {}
+    for line in lines[:-1]:
+        key, sep, value = line.decode("utf-8", "replace").partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad header line {line[:40]!r}")
+        env[key] = value
+    return env, int(lines[-1])
+
+
+def encode_request(token: str, env: dict[str, str], stdin: bytes) -> bytes:
+    """What the bash launcher sends (for tests and tools)."""
+    head = b"".join(f"{k}={v}\n".encode() for k, v in env.items())
+    return b"%s %s\n%s%d\n\n%s" % (MAGIC, token.encode(), head, len(stdin), stdin)
