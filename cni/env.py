@@ -43,6 +43,10 @@ class CniEnv:
         return parse_labels(self.args.get("NETWEFT_POD_LABELS", ""))
 
     @property
+    def pod_ports(self) -> dict[str, int]:
+        return parse_named_ports(self.args.get("NETWEFT_PORTS", ""))
+
+    @property
     def requested_ip(self) -> str:
         return self.args.get("IP", "")
 
@@ -68,6 +72,20 @@ def parse_labels(text: str) -> dict[str, str]:
         key, _, value = part.partition("=")
         labels[key] = value
     return labels
+
+
+def parse_named_ports(text: str) -> dict[str, int]:
+    """``http:8080,dns:53`` -> {"http": 8080, "dns": 53}: the pod's named container ports, so a
+    Service's named targetPort resolves per pod; a bad item is an error (code 4)."""
+    ports: dict[str, int] = {}
+    for item in text.split(","):
+        if not item:
+            continue
+        name, sep, number = item.partition(":")
+        if not sep or not name or not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS NETWEFT_PORTS: {item!r} is not name:port")
+        ports[name] = int(number)
+    return ports
 
 
 def validate_ifname(name: str) -> None:
@@ -111,4 +129,7 @@ def parse_env(environ: Mapping[str, str]) -> CniEnv:
         if command != "DEL" or netns:
             validate_netns(netns)
     args = parse_cni_args(environ.get("CNI_ARGS", ""))
-    return CniEnv(command, cid, netns, ifname, environ.get("CNI_PATH", ""), args)
+    env = CniEnv(command, cid, netns, ifname, environ.get("CNI_PATH", ""), args)
+    if command == "ADD":
+        env.pod_ports  # noqa: B018 - refuse a malformed NETWEFT_PORTS before anything is wired
+    return env

@@ -71,6 +71,7 @@ class PodInfo:
     ips: tuple[str, ...] = ()  # ADD: "10.244.1.5/24"; DEL: the released "10.244.1.5"
     host_veth: str = ""
     mac: str = ""
+    ports: dict[str, int] = field(default_factory=dict)  # NETWEFT_PORTS: named container ports
 
 
 @dataclass
@@ -242,7 +243,7 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
     )
     pod = PodInfo("ADD", conf.name, env.container_id, env.ifname, env.netns, env.pod_namespace,
                   env.pod_name, env.pod_uid, env.pod_labels, tuple(str(a) for a in addresses),
-                  wired.host_veth.name, plan.mac)
+                  wired.host_veth.name, plan.mac, env.pod_ports)
     return dumps(render_result(result, conf.cni_version)), pod
 
 

@@ -655,7 +655,7 @@ class Agent:
         """Host the CNI request server (its hooks write pod records for the service proxy)."""
         if not self.cfg.cni_socket:
             return
-        from daemon.cnihost import CniHost, CniUnavailable
+        from daemon.cnihost import CniHost
 
         assert self._loop is not None
         self.cni_host = CniHost(
@@ -666,10 +666,6 @@ class Agent:
             tcp_port=self.cfg.cni_tcp_port, token_file=self.cfg.cni_token_file)
         try:
             await asyncio.to_thread(self.cni_host.start)
-        except CniUnavailable as exc:
-            log.warning("--cni-socket %s: %s; pods are wired in-process by the plugin",
-                        self.cfg.cni_socket, exc)
-            self.cni_host = None
         except OSError as exc:
             raise AgentError(f"--cni-socket {self.cfg.cni_socket}: {exc}") from None
         if self.cni_host is not None:

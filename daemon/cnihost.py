@@ -13,13 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cni.plugin import PodInfo
+from cni.server import CniHooks, CniServer
 from daemon.metrics import Metrics
+from proxy.podrecords import delete_pod, put_pod
+from proxy.records import PodRecord, RecordError, pod_key
 
 log = logging.getLogger("netweft.cni-host")
-
-
-class CniUnavailable(Exception):
-    """The CNI server module is not part of this build."""
 
 
 class CniHost:
@@ -38,21 +38,9 @@ class CniHost:
         self.node_name = node_name
         self.pod_records = pod_records and etcd is not None
         self.on_etcd_error = on_etcd_error
-        self.server: Any = None
-        self._records: Any = None
+        self.server: CniServer | None = None
 
     def start(self) -> None:
-        try:
-            from cni.server import CniHooks, CniServer
-        except ImportError as exc:
-            raise CniUnavailable(f"the CNI server is not in this build ({exc})") from None
-        if self.pod_records:
-            try:
-                from proxy import podrecords
-                self._records = podrecords
-            except ImportError:
-                log.warning("pod records are not written: proxy/podrecords.py is not in this build")
-                self.pod_records = False
         self.server = CniServer(self.socket_path,
                                 hooks=CniHooks(on_add=self._on_add, on_del=self._on_del),
                                 tcp_port=self.tcp_port, token_file=self.token_file)
@@ -81,34 +69,23 @@ class CniHost:
         if self.pod_records:
             asyncio.run_coroutine_threadsafe(self._delete(pod.container_id), self.loop)
 
-    def record_for(self, pod: Any) -> Any:
-        """The pod record for a wired pod. Labels: the CNI plugin's (``NETWEFT_POD_LABELS``);
-        when the pod info also carries the raw ``CNI_ARGS`` (``cni_args``), the proxy's own
-        parser adds its labels and named ports (``NETWEFT_PORTS``) too."""
-        from proxy.records import PodRecord
-
-        ips = tuple(ip.split("/", 1)[0] for ip in pod.ips)
-        cni_args = getattr(pod, "cni_args", None)
-        if cni_args is not None:
-            base = self._records.pod_record_from_cni(pod.container_id, cni_args, ips,
-                                                     self.node_name)
-            return PodRecord(base.container_id, pod.pod_namespace or base.namespace,
-                             pod.pod_name or base.name, self.node_name, ips,
-                             {**base.labels, **dict(pod.labels)}, ports=base.ports,
-                             host_veth=pod.host_veth or "")
+    def record_for(self, pod: PodInfo) -> PodRecord:
+        """The pod record of a wired pod: identity, labels and named ports as the CNI plugin
+        parsed them from ``CNI_ARGS`` (``NETWEFT_POD_LABELS``, ``NETWEFT_PORTS``)."""
         return PodRecord(
             container_id=pod.container_id,
             namespace=pod.pod_namespace or "default",
             name=pod.pod_name or pod.container_id[:12],
             node=self.node_name,
-            ips=ips,
+            ips=tuple(ip.split("/", 1)[0] for ip in pod.ips),
             labels=dict(pod.labels),
-            host_veth=pod.host_veth or "",
+            ports=dict(pod.ports),
+            host_veth=pod.host_veth,
         )
 
     async def _put(self, pod: Any) -> None:
         try:
-            await self._records.put_pod(self.etcd, self.services_prefix, self.record_for(pod))
+            await put_pod(self.etcd, self.services_prefix, self.record_for(pod))
         except Exception as exc:  # noqa: BLE001 - logged and counted; the pod itself is fine
             log.warning("pod record for %s not written: %s", pod.container_id[:12], exc)
             if self.on_etcd_error:
@@ -116,7 +93,7 @@ class CniHost:
 
     async def _delete(self, container_id: str) -> None:
         try:
-            await self._records.delete_pod(self.etcd, self.services_prefix, self.node_name,
+            await delete_pod(self.etcd, self.services_prefix, self.node_name,
                                            container_id)
         except Exception as exc:  # noqa: BLE001
             log.warning("pod record for %s not removed: %s", container_id[:12], exc)
@@ -129,9 +106,7 @@ class CniHost:
         a ``hostVeth`` (older ones) are kept. Returns how many were removed."""
         if not self.pod_records:
             return 0
-        from proxy.records import PodRecord, RecordError
-
-        node_dir = self._records.pod_key(self.services_prefix, self.node_name, "")
+        node_dir = pod_key(self.services_prefix, self.node_name, "")
         kvs, _ = await self.etcd.get_prefix(node_dir)
         removed = 0
         for kv in kvs:

@@ -61,6 +61,24 @@ def test_env_parsing() -> None:
     assert exc.value.code == 4 and "CNI_NETNS" in exc.value.msg
 
 
+def test_named_ports_come_from_cni_args_beside_the_labels() -> None:
+    env = parse_env({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_IFNAME": "eth0",
+                     "CNI_NETNS": "/run/netns/x",
+                     "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;"
+                                 "NETWEFT_POD_LABELS=app=web,tier=front;"
+                                 "NETWEFT_PORTS=http:8080,dns:53"})
+    assert env.pod_labels == {"app": "web", "tier": "front"}
+    assert env.pod_ports == {"http": 8080, "dns": 53}
+
+
+@pytest.mark.parametrize("ports", ["http", "http:0", "http:70000", ":80", "http:8o"])
+def test_malformed_named_ports_refuse_the_add_up_front(ports: str) -> None:
+    with pytest.raises(CniError) as info:
+        parse_env({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_IFNAME": "eth0",
+                   "CNI_NETNS": "/run/netns/x", "CNI_ARGS": f"NETWEFT_PORTS={ports}"})
+    assert info.value.code == 4 and "NETWEFT_PORTS" in info.value.msg
+
+
 def test_config_defaults_and_errors() -> None:
     conf = cniconfig.parse({"cniVersion": "1.0.0", "name": "n", "type": "netweft"})
     assert conf.bridge == "cni0" and conf.is_gateway and conf.is_default_gateway

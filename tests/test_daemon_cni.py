@@ -1,5 +1,5 @@
 """The daemon hosts the CNI server: ADD/DEL through its socket wire a pod, count requests, and
-write/remove the pod record for the service proxy. Skipped until cni/server.py is merged."""
+write/remove the pod record for the service proxy."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-import pytest
-
 from cni.install import install
 from cni.invoke import PluginCall, invoke
 from daemon import underlay
 from daemon.nodelab import NodeLab, wait_for
-
-pytest.importorskip("cni.server")
 
 REQUEST = ("import sys, json\n"
            "from cni.shim import call_server, encode_request\n"
@@ -63,22 +59,14 @@ def test_cni_add_and_del_through_the_daemon(netns_factory: Callable[[str], str],
         metrics = lab.http(ns, "/metrics")[1]
         assert 'netweft_cni_requests_total{command="ADD",result="ok"} 1' in metrics
         assert 'netweft_cni_request_duration_seconds_count{command="ADD"} 1' in metrics
-        try:
-            import proxy.podrecords  # noqa: F401
-        except ImportError:
-            records = False
-        else:
-            records = True
         key = f"/netweft/pods/{ns}/c0ffee0123456789"
-        if records:
-            wait_for(lambda: lab.etcdctl("get", key), what="pod record")
-            record = json.loads(lab.etcdctl("get", key, "--print-value-only"))
-            assert record["ips"] == [pod_ip] and record["name"] == "web-1"
-            assert record["labels"] == {"app": "web"}
+        wait_for(lambda: lab.etcdctl("get", key), what="pod record")
+        record = json.loads(lab.etcdctl("get", key, "--print-value-only"))
+        assert record["ips"] == [pod_ip] and record["name"] == "web-1"
+        assert record["labels"] == {"app": "web"}
         code, body = call("DEL")
         assert code == 0, body
-        if records:
-            wait_for(lambda: not lab.etcdctl("get", key), what="pod record removed")
+        wait_for(lambda: not lab.etcdctl("get", key), what="pod record removed")
     finally:
         lab.close()
 

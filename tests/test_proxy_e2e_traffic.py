@@ -28,13 +28,14 @@ PREFIX = "/nwp-e2e"
 PODS = """
 import asyncio, sys
 from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.podrecords import delete_pod, pod_record_from_cni, put_pod
+from proxy.podrecords import delete_pod, put_pod
+from proxy.records import PodRecord
 async def main():
     async with EtcdClient(EtcdSettings.from_strings(sys.argv[1]), timeout=30) as etcd:
         if sys.argv[2] == "add":
             for cid, ip in (("c1", "10.244.1.11"), ("c2", "10.244.1.12")):
-                args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-{cid};app=web"
-                await put_pod(etcd, sys.argv[3], pod_record_from_cni(cid, args, [ip], "node1"))
+                pod = PodRecord(cid, "default", f"web-{cid}", "node1", (ip,), {"app": "web"})
+                await put_pod(etcd, sys.argv[3], pod)
         else:
             await delete_pod(etcd, sys.argv[3], "node1", "c1")
 asyncio.run(main())

@@ -24,7 +24,7 @@ from proxy.model import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
-from proxy.podrecords import delete_pod, pod_record_from_cni, put_pod, sync_pods  # noqa: E402
+from proxy.podrecords import delete_pod, put_pod, sync_pods  # noqa: E402
 from proxy.records import (  # noqa: E402
     PodIndex,
     PodRecord,
@@ -124,16 +124,6 @@ def test_pod_index_selects_like_a_full_scan() -> None:
     for key in list(index.pods):
         index.remove(key)
     assert index.by_label == {}
-
-
-def test_pod_record_from_the_labs_cni_args() -> None:
-    args = ("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;"
-            "K8S_POD_INFRA_CONTAINER_ID=abc123;app=web;tier=front;NETWEFT_PORTS=http:8080")
-    record = pod_record_from_cni("abc123", args, ["10.244.1.5/24"], "node1")
-    assert record == PodRecord("abc123", "shop", "web-1", "node1", ("10.244.1.5",),
-                               {"app": "web", "tier": "front"}, True, {"http": 8080})
-    bare = pod_record_from_cni("0123456789abcdef", "", ["10.244.1.6"], "node2")
-    assert (bare.namespace, bare.name, bare.labels) == ("default", "0123456789ab", {})
 
 
 # --- against etcd -------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("daemon.commands.proxy")
-
 from daemon.etcd_process import EtcdProcess  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -106,13 +104,14 @@ def test_etcd_records_reach_the_kernel(node: str, etcd_in: EtcdProcess, tmp_path
     pods = """
 import asyncio, sys
 from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.podrecords import delete_pod, pod_record_from_cni, put_pod
+from proxy.podrecords import delete_pod, put_pod
+from proxy.records import PodRecord
 async def main():
     async with EtcdClient(EtcdSettings.from_strings(sys.argv[1]), timeout=30) as etcd:
         if sys.argv[2] == "add":
             for cid, ip, node in (("c1", "10.244.1.5", "node1"), ("c2", "10.244.2.5", "node2")):
-                args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-{cid};app=web"
-                await put_pod(etcd, "/nws-e2e", pod_record_from_cni(cid, args, [ip], node))
+                pod = PodRecord(cid, "default", f"web-{cid}", node, (ip,), {"app": "web"})
+                await put_pod(etcd, "/nws-e2e", pod)
         else:
             await delete_pod(etcd, "/nws-e2e", "node1", "c1")
 asyncio.run(main())

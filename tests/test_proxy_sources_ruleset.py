@@ -30,13 +30,12 @@ from proxy_sink import eventually  # noqa: E402
 
 from daemon.etcd_process import EtcdProcess  # noqa: E402
 from ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from proxy import nftables as nft_mod  # noqa: E402
+from proxy import plan as plan_mod  # noqa: E402
+from proxy import tracker as tracker_mod  # noqa: E402
 from proxy.sources.backoff import Backoff  # noqa: E402
 from proxy.sources.etcd import EtcdSource  # noqa: E402
 from proxy.sources.kube import KubeSource  # noqa: E402
-
-tracker_mod = pytest.importorskip("proxy.tracker")
-plan_mod = pytest.importorskip("proxy.plan")
-nft_mod = pytest.importorskip("proxy.nftables")
 
 NODE = plan_mod.NodeContext("node1", ("192.0.2.11",), ("10.244.0.0/16",))
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.podrecords import pod_record_from_cni, put_pod
+from proxy.podrecords import put_pod
+from proxy.records import PodRecord
 
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 
@@ -20,10 +21,11 @@ def netweft(endpoint: str, prefix: str, *args: str) -> subprocess.CompletedProce
                           env={"NETWEFT_SERVICES_PREFIX": prefix, "PATH": "/usr/bin:/bin"})
 
 
-def add_pod(endpoint: str, prefix: str, cid: str, ip: str, args: str, node: str) -> None:
+def add_pod(endpoint: str, prefix: str, cid: str, ip: str, name: str, node: str) -> None:
     async def main() -> None:
         async with EtcdClient(EtcdSettings.from_strings(endpoint), timeout=30) as etcd:
-            await put_pod(etcd, prefix, pod_record_from_cni(cid, args, [ip], node))
+            await put_pod(etcd, prefix, PodRecord(cid, "default", name, node, (ip,),
+                                                  {"app": "web"}))
 
     asyncio.run(main())
 
@@ -45,9 +47,9 @@ def test_create_list_show_delete(etcd_endpoint: str, etcd_prefix: str) -> None:
     assert dns["clusterIP"] == "10.96.0.10" and len(dns["ports"]) == 2
 
     add_pod(etcd_endpoint, prefix, "c1", "10.244.1.5",
-            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;app=web", "node1")
+            "web-1", "node1")
     add_pod(etcd_endpoint, prefix, "c2", "10.244.2.5",
-            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-2;app=web", "node2")
+            "web-2", "node2")
 
     r = netweft(etcd_endpoint, prefix, "service", "list")
     assert r.returncode == 0, r.stderr

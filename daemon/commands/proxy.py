@@ -50,24 +50,21 @@ def _check_ips(values: tuple[str, ...], field: str, network: bool = False) -> tu
 
 def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
                 services_prefix: str) -> Any:
-    """The source, imported lazily (its dependencies load only when used)."""
-    try:
-        if kind == "kube":
-            import yaml
-            from lightkube import ConfigError as KubeConfigError
+    """The source, imported lazily (the Kubernetes client loads only when used)."""
+    if kind == "kube":
+        import yaml
+        from lightkube import ConfigError as KubeConfigError
 
-            from proxy.sources.kube import KubeSource
-            source = KubeSource(kubeconfig)
-            try:
-                source.load_config()  # fail now, with one line, not inside the event loop
-            except (KubeConfigError, OSError, ValueError, yaml.YAMLError) as exc:
-                where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
-                fail(f"{where}: {' '.join(str(exc).split())}")
-            return source
-        from proxy.sources.etcd import EtcdSource
-        return EtcdSource(settings(ctx), services_prefix)
-    except ImportError as exc:
-        fail(f"--source {kind}: the {kind} source is not available in this build ({exc})")
+        from proxy.sources.kube import KubeSource
+        source = KubeSource(kubeconfig)
+        try:
+            source.load_config()  # fail now, with one line, not inside the event loop
+        except (KubeConfigError, OSError, ValueError, yaml.YAMLError) as exc:
+            where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
+            fail(f"{where}: {' '.join(str(exc).split())}")
+        return source
+    from proxy.sources.etcd import EtcdSource
+    return EtcdSource(settings(ctx), services_prefix)
 
 
 @click.command("proxy")
