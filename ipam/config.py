@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 BACKEND_TYPES = ("vxlan", "host-gw")
@@ -168,6 +168,40 @@ def _parse_backend(raw: Any) -> BackendConfig:
     return BackendConfig(type=btype, vni=vni, port=port, direct_routing=direct, mtu=mtu or None)
 
 
+def _subnet_bounds(d: dict[str, Any], min_key: str, max_key: str,
+                   network: IPv4Network | IPv6Network,
+                   subnet_len: int) -> tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]:
+    """SubnetMin/SubnetMax (or the IPv6 ones): inside the network, on a subnet boundary, in
+    order; by default the second subnet and the last one."""
+    size = 1 << (network.max_prefixlen - subnet_len)
+    first = int(network.network_address)
+    family = f"IPv{network.version}"
+    net_field = "Network" if network.version == 4 else "IPv6Network"
+    len_field = "SubnetLen" if network.version == 4 else "IPv6SubnetLen"
+
+    def bound(key: str, default: int) -> IPv4Address | IPv6Address:
+        value = _str(d, key)
+        if value is None:
+            return type(network.network_address)(default)
+        try:
+            addr = ip_address(value)
+        except ValueError:
+            addr = None
+        if addr is None or addr.version != network.version:
+            raise ConfigError(f"{key}: {value!r} is not an {family} address")
+        if addr not in network:
+            raise ConfigError(f"{key}: {addr} is outside the {net_field} {network}")
+        if (int(addr) - first) % size:
+            raise ConfigError(f"{key}: {addr} is not on a /{subnet_len} boundary ({len_field})")
+        return addr
+
+    smin = bound(min_key, first + size)
+    smax = bound(max_key, first + network.num_addresses - size)
+    if smin > smax:  # type: ignore[operator]
+        raise ConfigError(f"{min_key}: {smin} is above {max_key} {smax}")
+    return smin, smax
+
+
 def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
     text = _str(d, "Network")
     if text is None:
@@ -187,30 +221,9 @@ def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Add
     if not network.prefixlen < subnet_len <= 30:
         raise ConfigError(f"SubnetLen: {subnet_len} is out of range: it must be longer than "
                           f"the Network's /{network.prefixlen} and at most 30")
-    size = 1 << (32 - subnet_len)
-    first = int(network.network_address)
-    last_subnet = first + network.num_addresses - size
-
-    def bound(key: str, default: int) -> IPv4Address:
-        value = _str(d, key)
-        if value is None:
-            return IPv4Address(default)
-        try:
-            addr = IPv4Address(value)
-        except ValueError:
-            raise ConfigError(f"{key}: {value!r} is not an IPv4 address") from None
-        if addr not in network:
-            raise ConfigError(f"{key}: {addr} is outside the Network {network}")
-        if (int(addr) - first) % size:
-            raise ConfigError(f"{key}: {addr} is not on a /{subnet_len} boundary (SubnetLen)")
-        return addr
-
     # Flannel skips the first subnet by default (its network address doubles as the network's).
-    smin = bound("SubnetMin", first + size)
-    smax = bound("SubnetMax", last_subnet)
-    if smin > smax:
-        raise ConfigError(f"SubnetMin: {smin} is above SubnetMax {smax}")
-    return network, subnet_len, smin, smax
+    smin, smax = _subnet_bounds(d, "SubnetMin", "SubnetMax", network, subnet_len)
+    return network, subnet_len, smin, smax  # type: ignore[return-value]
 
 
 def _v6_range(d: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Address]:
@@ -229,28 +242,8 @@ def _v6_range(d: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Add
     if not network.prefixlen < subnet_len <= 126:
         raise ConfigError(f"IPv6SubnetLen: {subnet_len} is out of range: it must be longer than "
                           f"the IPv6Network's /{network.prefixlen} and at most 126")
-    size = 1 << (128 - subnet_len)
-    first = int(network.network_address)
-
-    def bound(key: str, default: int) -> IPv6Address:
-        value = _str(d, key)
-        if value is None:
-            return IPv6Address(default)
-        try:
-            addr = IPv6Address(value)
-        except ValueError:
-            raise ConfigError(f"{key}: {value!r} is not an IPv6 address") from None
-        if addr not in network:
-            raise ConfigError(f"{key}: {addr} is outside the IPv6Network {network}")
-        if (int(addr) - first) % size:
-            raise ConfigError(f"{key}: {addr} is not on a /{subnet_len} boundary")
-        return addr
-
-    smin = bound("IPv6SubnetMin", first + size)
-    smax = bound("IPv6SubnetMax", first + network.num_addresses - size)
-    if smin > smax:
-        raise ConfigError(f"IPv6SubnetMin: {smin} is above IPv6SubnetMax {smax}")
-    return network, subnet_len, smin, smax
+    smin, smax = _subnet_bounds(d, "IPv6SubnetMin", "IPv6SubnetMax", network, subnet_len)
+    return network, subnet_len, smin, smax  # type: ignore[return-value]
 
 
 def from_dict(d: Any) -> NetworkConfig:
