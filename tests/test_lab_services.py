@@ -28,6 +28,7 @@ from daemon import netns
 from daemon.lab.lab import Lab, down
 from daemon.lab.topology import GATEWAY_IP, LabSpec
 from proxy import testbed
+from proxy.constants import NFT_TABLE
 from proxy.testbed import Attempt
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -137,6 +138,17 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
                 proc.kill()
                 proc.wait()
         assert netns.list_names(f"{prefix}-") == []
+
+
+def test_proxy_programs_the_requested_mode(cluster: Cluster) -> None:
+    """Every node's proxy runs the lab's mode: the other mode's rules are absent."""
+    for node in cluster.lab.topo.nodes:
+        nft = testbed.run_in(node.netns, ["nft", "list", "table", "ip", NFT_TABLE], check=False)
+        ipt = testbed.run_in(node.netns, ["iptables-save", "-t", "nat"], check=False)
+        assert ipt.returncode == 0, ipt.stderr
+        has_ipt = ":NETWEFT-SERVICES" in ipt.stdout
+        assert (nft.returncode == 0, has_ipt) == (
+            (True, False) if cluster.mode == "nftables" else (False, True)), node.name
 
 
 def test_clusterip_from_another_node_reaches_all_endpoints_evenly(cluster: Cluster) -> None:
