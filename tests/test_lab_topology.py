@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from daemon.lab import check
+from daemon.lab.lab import proxy_command
 from daemon.lab.procs import ProcessRecord
 from daemon.lab.topology import (
     ETCD_IP,
@@ -38,6 +39,7 @@ def test_plan_names_addresses_and_paths() -> None:
     ({"nodes": 0}, "--nodes"), ({"backend": "udp"}, "--backend"), ({"prefix": "NW"}, "--prefix"),
     ({"pods_per_node": -1}, "--pods-per-node"), ({"vni": 2**24}, "--vni"),
     ({"subnet_len": 16}, "--subnet-len"), ({"port": 0}, "--port"),
+    ({"proxy_mode": "ipvs"}, "--proxy-mode"),
 ])
 def test_spec_errors_name_the_option(changes: dict, field: str) -> None:
     with pytest.raises(LabSpecError, match=field):
@@ -45,8 +47,15 @@ def test_spec_errors_name_the_option(changes: dict, field: str) -> None:
 
 
 def test_spec_round_trips_through_dict() -> None:
-    spec = LabSpec(prefix="nwly", nodes=5, backend="host-gw", network=IPv4Network("10.9.0.0/16"))
+    spec = LabSpec(prefix="nwly", nodes=5, backend="host-gw", network=IPv4Network("10.9.0.0/16"),
+                   proxy_mode="iptables")
     assert LabSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_proxy_runs_in_the_labs_mode() -> None:
+    topo = plan(LabSpec(prefix="nwlx", proxy_mode="iptables", state_root="/tmp/st"))
+    cmd = proxy_command(topo, topo.node("node1"))
+    assert cmd[cmd.index("--mode") + 1] == "iptables"
 
 
 def test_network_config_is_flannel_json() -> None:

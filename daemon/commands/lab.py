@@ -17,6 +17,7 @@ from daemon.lab.topology import (
     DATAPLANES,
     DEFAULT_NETWORK,
     DEFAULT_PREFIX,
+    PROXY_MODES,
     STATE_ROOT,
     LabSpec,
     LabSpecError,
@@ -65,11 +66,13 @@ def register(group: click.Group) -> None:
                        "yardstick of bench/dataplane.py.")
     @click.option("--proxy/--no-proxy", default=True, show_default=True,
                   help="Run `netweft proxy` on every node and a NodePort service over the pods.")
+    @click.option("--proxy-mode", type=click.Choice(PROXY_MODES), default="nftables",
+                  show_default=True, help="The proxy's dataplane (`netweft proxy --mode`).")
     @click.option("--check/--no-check", "run_check", default=False,
                   help="Run `lab check` once the lab is up.")
     def up(prefix: str, nodes: int, pods_per_node: int, backend: str, vni: int, port: int,
            network: str, subnet_len: int, dataplane: str, proxy: bool,
-           run_check: bool) -> None:
+           proxy_mode: str, run_check: bool) -> None:
         """Build the lab and start netweft on every node."""
         _need_root()
         try:
@@ -79,7 +82,8 @@ def register(group: click.Group) -> None:
             return
         spec = LabSpec(prefix=prefix, nodes=nodes, pods_per_node=pods_per_node, backend=backend,
                        vni=vni, port=port, network=net, subnet_len=subnet_len,
-                       state_root=STATE_ROOT, dataplane=dataplane, proxy=proxy)
+                       state_root=STATE_ROOT, dataplane=dataplane, proxy=proxy,
+                       proxy_mode=proxy_mode)
         try:
             spec.validate()
             built = Lab.up(spec, log=lambda msg: click.echo(f"  {msg}"))

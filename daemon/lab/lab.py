@@ -96,6 +96,7 @@ def proxy_command(topo: Topology, node: Node) -> list[str]:
         "--etcd-prefix", topo.spec.etcd_prefix,
         "proxy",
         "--source", "etcd",
+        "--mode", topo.spec.proxy_mode,
         "--node-name", node.name,
         "--subnet-file", node.subnet_env,
     ]

@@ -35,6 +35,7 @@ DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 STATE_ROOT = "/run/netweft-lab"
 BACKENDS = ("vxlan", "host-gw")
 DATAPLANES = ("netweft", "reference")
+PROXY_MODES = ("nftables", "iptables")
 MAX_NODES = 200
 UNDERLAY_BRIDGE = "br0"
 NODE_IFACE = "eth0"
@@ -64,6 +65,7 @@ class LabSpec:
     state_root: str = STATE_ROOT
     dataplane: str = "netweft"   # "reference": hand-programmed, no daemons (bench/dataplane.py)
     proxy: bool = True           # run `netweft proxy` on every node and a NodePort service
+    proxy_mode: str = "nftables"  # `netweft proxy --mode`
 
     def validate(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -81,6 +83,9 @@ class LabSpec:
         if self.dataplane not in DATAPLANES:
             raise LabSpecError(
                 f"dataplane: {self.dataplane!r} is not one of {', '.join(DATAPLANES)}")
+        if self.proxy_mode not in PROXY_MODES:
+            raise LabSpecError(
+                f"--proxy-mode: {self.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
         if not 1 <= self.port <= 65535:
             raise LabSpecError(f"--port: {self.port} is out of range 1-65535")
         if not self.network.prefixlen < self.subnet_len <= 30:
@@ -94,7 +99,7 @@ class LabSpec:
             "backend": self.backend, "vni": self.vni, "port": self.port,
             "network": str(self.network), "subnet_len": self.subnet_len,
             "etcd_prefix": self.etcd_prefix, "state_root": self.state_root,
-            "dataplane": self.dataplane, "proxy": self.proxy,
+            "dataplane": self.dataplane, "proxy": self.proxy, "proxy_mode": self.proxy_mode,
         }
 
     @classmethod
@@ -105,6 +110,7 @@ class LabSpec:
             network=IPv4Network(d["network"]), subnet_len=int(d["subnet_len"]),
             etcd_prefix=d["etcd_prefix"], state_root=d["state_root"],
             dataplane=d.get("dataplane", "netweft"), proxy=bool(d.get("proxy", True)),
+            proxy_mode=d.get("proxy_mode", "nftables"),
         )
 
 
