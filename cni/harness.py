@@ -72,9 +72,12 @@ class CniNode:
             node_netns=self.node_netns, extra_env=extra_env or {}))
 
     # -- the CNI server of this node ------------------------------------------------------
-    def start_server(self) -> None:
+    def start_server(self, command: list[str] | None = None) -> None:
+        """Run the CNI server in the node namespace (``python -m cni.server`` unless another
+        command line, e.g. ``netweft cni-server``, is given; the options are appended)."""
+        argv = command or [sys.executable, "-m", "cni.server"]
         self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.node_netns, sys.executable, "-m", "cni.server",
+            ["ip", "netns", "exec", self.node_netns, *argv,
              "--socket-path", self.socket_path, "--log-file", self.log_file],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
