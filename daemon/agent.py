@@ -627,9 +627,13 @@ class Agent:
         """``--cleanup-on-exit``: remove the device, our routes and our firewall rules."""
         log.info("cleaning up the dataplane")
         if self.backend is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._nl(self.backend.teardown)
+            except Exception as exc:  # keep going: the firewall must still be removed
+                log.warning("removing the %s dataplane failed: %s", self.backend.type_name, exc)
         if self.firewall is not None:
-            with contextlib.suppress(FirewallError):
+            try:
                 await asyncio.to_thread(self.firewall.teardown)
+            except FirewallError as exc:
+                log.warning("removing the firewall rules failed: %s", exc)
         # subnet.env stays: it names our subnet, which the next start asks for again.

@@ -82,22 +82,34 @@ class EtcdProcess:
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"etcd exited early; see {self.log_path}")
-            if self._port_open():
+            if self.healthy():
                 return
-            time.sleep(0.05)
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"etcd did not come up in {timeout:.0f}s; see {self.log_path}")
+        raise RuntimeError(f"etcd did not become healthy in {timeout:.0f}s; see {self.log_path}")
 
-    def _port_open(self) -> bool:
-        cmd = ["bash", "-c", f"exec 3<>/dev/tcp/{self.host}/{self.client_port}"]
+    def healthy(self) -> bool:
+        """True once etcd answers ``/health`` with ``"health":"true"`` (it has a leader and
+        serves requests; an open port alone is not enough)."""
+        request = f"GET /health HTTP/1.0\r\nHost: {self.host}\r\n\r\n"
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-            return subprocess.run(cmd, capture_output=True).returncode == 0
-        try:
-            with socket.create_connection((self.host, self.client_port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+            script = (f"exec 3<>/dev/tcp/{self.host}/{self.client_port} || exit 1; "
+                      f"printf '{request}' >&3; timeout 2 cat <&3")
+            proc = subprocess.run(["ip", "netns", "exec", self.netns, "bash", "-c", script],
+                                  capture_output=True, text=True, timeout=10)
+            reply = proc.stdout
+        else:
+            try:
+                with socket.create_connection((self.host, self.client_port), timeout=1) as sock:
+                    sock.sendall(request.encode())
+                    sock.settimeout(2)
+                    chunks = []
+                    while chunk := sock.recv(4096):
+                        chunks.append(chunk)
+                reply = b"".join(chunks).decode(errors="replace")
+            except OSError:
+                return False
+        return '"health":"true"' in reply.replace(" ", "")
 
     def stop(self) -> None:
         """SIGTERM then SIGKILL, by PID; the data dir stays (see :meth:`remove`)."""

@@ -35,7 +35,7 @@ class RecordingSink:
         self.synced_count += 1
 
 
-async def eventually(check: Callable[[], bool], what: str, deadline: float = 20.0) -> None:
+async def eventually(check: Callable[[], bool], what: str, deadline: float = 60.0) -> None:
     """Wait until ``check()`` holds; fail after ``deadline`` seconds (a hang guard, not a timing
     assertion)."""
     loop = asyncio.get_running_loop()

@@ -310,7 +310,8 @@ def test_cleanup_on_exit_and_inspection_cli(make_lab) -> None:
     assert f"peer {subnets[1]} at 192.0.2.11" in out and "MISSING" not in out
     subprocess.run(["ip", "-n", a, "route", "add", "10.244.252.0/24", "via", "10.244.252.0",
                     "dev", "flannel.1", "onlink", "proto", "78"], check=True)
-    lab.stop_daemon(a)  # cleanup-on-exit: the device and our routes and rules go
+    # cleanup-on-exit: the device and our routes and rules go (a clean exit, not a SIGKILL)
+    assert lab.stop_daemon(a, timeout=60) == 0, lab.log(a)
     assert "flannel.1" not in ip(a, "link")
     assert "proto 78" not in ip(a, "route")
     assert "netweft" not in subprocess.run(["ip", "netns", "exec", a, "nft", "list", "tables"],

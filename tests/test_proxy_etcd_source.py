@@ -143,7 +143,7 @@ def run(endpoint: str, body: Callable[[EtcdClient, EtcdSettings], object]) -> No
     settings = EtcdSettings.from_strings(endpoint)
 
     async def main() -> None:
-        async with EtcdClient(settings) as etcd:
+        async with EtcdClient(settings, timeout=30) as etcd:
             await body(etcd, settings)  # type: ignore[misc]
 
     asyncio.run(main())

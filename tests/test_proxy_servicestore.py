@@ -30,7 +30,7 @@ CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 
 def run(endpoint: str, body: Callable[[EtcdClient], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with EtcdClient(EtcdSettings.from_strings(endpoint)) as etcd:
+        async with EtcdClient(EtcdSettings.from_strings(endpoint), timeout=30) as etcd:
             return await body(etcd)
 
     return asyncio.run(main())

@@ -50,7 +50,7 @@ def ruleset(ns: str) -> str:
                           check=True).stdout
 
 
-def wait_ruleset(ns: str, check: Callable[[str], bool], what: str, deadline: float = 30) -> None:
+def wait_ruleset(ns: str, check: Callable[[str], bool], what: str, deadline: float = 60) -> None:
     end = time.monotonic() + deadline
     text = ""
     while time.monotonic() < end:
@@ -92,6 +92,11 @@ def etcd_in(node: str) -> Iterator[EtcdProcess]:
 def test_etcd_records_reach_the_kernel(node: str, etcd_in: EtcdProcess, tmp_path: Path) -> None:
     env = dict(os.environ, NETWEFT_ETCD_ENDPOINTS=etcd_in.endpoint,
                NETWEFT_SERVICES_PREFIX="/nws-e2e")
+    end = time.monotonic() + 60  # a fresh etcd may take a while to elect itself on a busy machine
+    while subprocess.run(in_ns(node, NETWEFT, "service", "list"), env=env,
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < end, "etcd in the namespace never answered"
+        time.sleep(0.5)
     r = subprocess.run(in_ns(node, NETWEFT, "service", "create", "web", "--port", "80:8080/tcp",
                              "--selector", "app=web", "--type", "NodePort", "--node-port",
                              "30080", "--json"),
@@ -103,7 +108,7 @@ import asyncio, sys
 from ipam.etcd import EtcdClient, EtcdSettings
 from proxy.podrecords import delete_pod, pod_record_from_cni, put_pod
 async def main():
-    async with EtcdClient(EtcdSettings.from_strings(sys.argv[1])) as etcd:
+    async with EtcdClient(EtcdSettings.from_strings(sys.argv[1]), timeout=30) as etcd:
         if sys.argv[2] == "add":
             for cid, ip, node in (("c1", "10.244.1.5", "node1"), ("c2", "10.244.2.5", "node2")):
                 args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-{cid};app=web"

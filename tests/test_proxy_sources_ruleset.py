@@ -99,7 +99,7 @@ def test_etcd_records_through_compaction_end_in_exactly_the_right_ruleset(
     settings = EtcdSettings.from_strings(server.endpoint)
 
     async def main() -> None:
-        async with EtcdClient(settings) as etcd:
+        async with EtcdClient(settings, timeout=30) as etcd:
             await random_changes(etcd, prefix, rng, 40)
             tracker = tracker_mod.ChangeTracker()
             state = nft_mod.NftState(NODE)

@@ -22,7 +22,7 @@ def netweft(endpoint: str, prefix: str, *args: str) -> subprocess.CompletedProce
 
 def add_pod(endpoint: str, prefix: str, cid: str, ip: str, args: str, node: str) -> None:
     async def main() -> None:
-        async with EtcdClient(EtcdSettings.from_strings(endpoint)) as etcd:
+        async with EtcdClient(EtcdSettings.from_strings(endpoint), timeout=30) as etcd:
             await put_pod(etcd, prefix, pod_record_from_cni(cid, args, [ip], node))
 
     asyncio.run(main())
