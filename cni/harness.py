@@ -81,14 +81,17 @@ class CniNode:
             node_netns=self.node_netns, extra_env=extra_env or {}))
 
     # -- the CNI server of this node ------------------------------------------------------
-    def start_server(self, tcp: bool = True) -> None:
-        """``tcp=False``: the server has no TCP listener (no token file), so the bash launcher
+    def start_server(self, tcp: bool = True, command: list[str] | None = None) -> None:
+        """Run the CNI server in the node namespace (``python -m cni.server`` unless another
+        command line, e.g. ``netweft cni-server``, is given; the options are appended).
+        ``tcp=False``: the server has no TCP listener (no token file), so the bash launcher
         falls back to the Python launcher and the unix socket."""
         # the loopback the TCP fast path listens on (a runtime's node namespace has it up)
         subprocess.run(["ip", "-n", self.node_netns, "link", "set", "lo", "up"], check=True)
         port = self.tcp_port if tcp else 0
+        argv = command or [sys.executable, "-m", "cni.server"]
         self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.node_netns, sys.executable, "-m", "cni.server",
+            ["ip", "netns", "exec", self.node_netns, *argv,
              "--socket-path", self.socket_path, "--log-file", self.log_file,
              "--tcp-port", str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -247,7 +247,9 @@ class CniServer:
     def serve_forever(self) -> None:
         """Serve until :meth:`stop` (from another thread or a signal handler)."""
         if not self._threads:
-            self.start_bound() if self._listener is not None else self.start()
+            if self._listener is None:
+                self.bind()
+            self.start_bound()
         self._stopping.wait()
 
     def start(self) -> CniServer:

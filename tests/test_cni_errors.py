@@ -241,12 +241,27 @@ def _configs(node: CniNode) -> st.SearchStrategy[object]:
     return st.one_of(mutated, st.binary(max_size=40), st.just([1, 2]), text)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = dict(deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@settings(max_examples=60, **FUZZ)
 @given(data=st.data())
 def test_fuzzed_config_and_env_give_result_or_error(node: CniNode, module_ns, data) -> None:
     if node.server is None:
-        pytest.skip("fuzzed through the CNI server (the in-process path runs the same code)")
+        pytest.skip("the in-process path is fuzzed by the next test (fewer examples: slower)")
+    fuzz_once(node, module_ns, data)
+
+
+@settings(max_examples=15, **FUZZ)
+@given(data=st.data())
+def test_fuzzed_in_process(node: CniNode, module_ns, data) -> None:
+    if node.server is not None:
+        pytest.skip("fuzzed through the server by the previous test")
+    fuzz_once(node, module_ns, data)
+
+
+def fuzz_once(node: CniNode, module_ns, data) -> None:
     pod = getattr(node, "_fuzz_pod", None) or module_ns("cpod")
     node._fuzz_pod = pod  # type: ignore[attr-defined]
     config = data.draw(_configs(node))

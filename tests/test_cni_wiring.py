@@ -314,3 +314,21 @@ def test_dual_stack(netns_factory: Callable[[str], str], tmp_path) -> None:
     for i, pod in enumerate(pods):
         assert n.call("DEL", f"ctr-ds-{i}", f"/run/netns/{pod}").exit_code == 0
     assert n.ip_files() == []
+
+
+def test_netweft_cni_server_command(netns_factory: Callable[[str], str], tmp_path) -> None:
+    """`netweft cni-server` serves the installed executable; SIGTERM removes the socket."""
+    n = CniNode(netns_factory("cnode"), str(tmp_path), options={"ipMasq": False})
+    n.start_server(command=[sys.executable, "-m", "daemon.cli", "cni-server"])
+    try:
+        pod = netns_factory("cpod")
+        r = n.call("ADD", "ctr-cli", f"/run/netns/{pod}")
+        assert r.exit_code == 0, r.stdout
+        assert n.call("DEL", "ctr-cli", f"/run/netns/{pod}").exit_code == 0
+        with open(n.log_file) as f:
+            log = f.read()
+        # served by the server (TCP fast path or unix socket), not in-process
+        assert " tcp ADD ctr-cli/eth0 code=0" in log or " server ADD ctr-cli/eth0 code=0" in log
+    finally:
+        n.stop_server()
+    assert not os.path.exists(n.socket_path)
