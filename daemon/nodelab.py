@@ -23,16 +23,24 @@ from daemon.etcd_process import EtcdProcess
 ETCD_IP = "192.0.2.254"
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.1,
-             what: str = "condition") -> object:
+def poll_until(cond: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
+    """``cond()``'s first truthy value within ``timeout`` seconds, else None (bounded polling)."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(interval)
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.1,
+             what: str = "condition") -> object:
+    value = poll_until(cond, timeout, interval)
+    if not value:
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return value
 
 
 @dataclass

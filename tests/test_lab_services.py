@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import pytest
 from daemon import netns
 from daemon.lab.lab import Lab, down
 from daemon.lab.topology import GATEWAY_IP, LabSpec
+from daemon.nodelab import poll_until
 from proxy import testbed
 from proxy.constants import NFT_TABLE
 from proxy.testbed import Attempt
@@ -90,13 +90,7 @@ class Cluster:
 
 
 def until(pred: Callable[[], bool], timeout: float = CONVERGE, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
+    return bool(poll_until(pred, timeout, step))
 
 
 def servers(attempts: list[Attempt]) -> Counter[str | None]:

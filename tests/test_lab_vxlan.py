@@ -22,6 +22,7 @@ from daemon.lab import check, inspect, whoami
 from daemon.lab.capture import Capture
 from daemon.lab.lab import Lab, down
 from daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, LabSpec
+from daemon.nodelab import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -46,13 +47,7 @@ def lab() -> Iterator[Lab]:
 
 
 def _until(pred, timeout: float, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
+    return bool(poll_until(pred, timeout, step))
 
 
 def _whoami_from(ns: str, host: IPv4Address) -> str:
