@@ -55,10 +55,9 @@ class NetworkConfig:
     @property
     def capacity(self) -> int:
         """How many IPv4 subnets SubnetMin..SubnetMax holds."""
-        if self.network is None or self.subnet_min is None or self.subnet_max is None:
+        if self.network is None:
             return 0
-        size = 1 << (32 - self.subnet_len)
-        return (int(self.subnet_max) - int(self.subnet_min)) // size + 1
+        return _span(self.subnet_min, self.subnet_max, 32 - self.subnet_len)
 
     def subnet_at(self, index: int) -> IPv4Network:
         """The ``index``-th IPv4 subnet counting from SubnetMin."""
@@ -79,10 +78,7 @@ class NetworkConfig:
 
     @property
     def ipv6_capacity(self) -> int:
-        if self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
-            return 0
-        size = 1 << (128 - self.ipv6_subnet_len)
-        return (int(self.ipv6_subnet_max) - int(self.ipv6_subnet_min)) // size + 1
+        return _span(self.ipv6_subnet_min, self.ipv6_subnet_max, 128 - self.ipv6_subnet_len)
 
     def ipv6_subnet_at(self, index: int) -> IPv6Network:
         assert self.ipv6_subnet_min is not None
@@ -110,6 +106,14 @@ class NetworkConfig:
 
     def with_backend(self, **changes: Any) -> NetworkConfig:
         return replace(self, backend=replace(self.backend, **changes))
+
+
+def _span(first: IPv4Address | IPv6Address | None, last: IPv4Address | IPv6Address | None,
+          host_bits: int) -> int:
+    """How many subnets of ``host_bits`` host bits lie from ``first`` to ``last`` inclusive."""
+    if first is None or last is None:
+        return 0
+    return (int(last) - int(first)) // (1 << host_bits) + 1
 
 
 # --- parsing ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ with one line a person can act on.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -343,7 +344,6 @@ class EtcdClient:
         async def requests() -> AsyncIterator[Any]:
             yield rpc.WatchRequest(create_request=create)
             # Keep the request stream open for as long as the caller reads.
-            import asyncio
             await asyncio.Event().wait()
 
         call = self._watch.Watch(requests(), wait_for_ready=True)
