@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from ipam.lease import Lease
+from netweft.ipam.lease import Lease
 
 # Routes netweft installs carry this protocol number (`ip route ... proto 78`), so stray
 # detection only ever looks at, and removes, our own routes. 78 is 'N' and unassigned in

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from backends.base import (
+from netweft.backends.base import (
     RTPROT_NETWEFT,
     ActualState,
     Backend,
@@ -22,8 +22,8 @@ from backends.base import (
     Underlay,
     peers_of,
 )
-from backends.netlink import Netlink, apply_changes
-from ipam.lease import Lease
+from netweft.backends.netlink import Netlink, apply_changes
+from netweft.ipam.lease import Lease
 
 
 def not_on_link_message(lease: Lease, underlay: Underlay) -> str:

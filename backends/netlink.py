@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from netweft.backends.base import RTPROT_NETWEFT, Changes, FdbEntry, Neighbour, Route
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-
-from backends.base import RTPROT_NETWEFT, Changes, FdbEntry, Neighbour, Route
 
 RTNH_F_ONLINK = 4
 AF_INET = 2

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 
-from backends.base import (
+from netweft.backends.base import (
     RTPROT_NETWEFT,
     ActualState,
     Backend,
@@ -37,8 +37,8 @@ from backends.base import (
     Underlay,
     peers_of,
 )
-from backends.netlink import Netlink, apply_changes
-from ipam.lease import Lease
+from netweft.backends.netlink import Netlink, apply_changes
+from netweft.ipam.lease import Lease
 
 log = logging.getLogger("netweft.vxlan")
 

@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cni import nsenter  # noqa: E402
-from cni.install import PY_BIN_NAME, install  # noqa: E402
+from netweft.cni import nsenter  # noqa: E402
+from netweft.cni.install import PY_BIN_NAME, install  # noqa: E402
 
 REF_DIR = "/usr/lib/cni"
 SUBNET = "10.250.1.0/24"
@@ -111,7 +111,7 @@ class Bench:
         sh("ip", "-n", self.node_nw, "link", "set", "lo", "up")  # the TCP fast path's loopback
         log = open(os.path.join(self.tmp, "server.out"), "wb")  # noqa: SIM115
         self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.node_nw, sys.executable, "-m", "cni.server",
+            ["ip", "netns", "exec", self.node_nw, sys.executable, "-m", "netweft.cni.server",
              "--socket-path", self.sock, "--log-file", os.path.join(self.tmp, "server.log")],
             stdout=log, stderr=subprocess.STDOUT,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

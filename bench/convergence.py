@@ -31,9 +31,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daemon.lab import inspect, underlay  # noqa: E402
-from daemon.lab.lab import Lab, down  # noqa: E402
-from daemon.lab.topology import NODE_IFACE, LabSpec  # noqa: E402
+from netweft.daemon.lab import inspect, underlay  # noqa: E402
+from netweft.daemon.lab.lab import Lab, down  # noqa: E402
+from netweft.daemon.lab.topology import NODE_IFACE, LabSpec  # noqa: E402
 
 JOINER_IP = IPv4Address("192.0.2.200")
 JOINER_MAC = "0e:00:00:00:00:c8"
@@ -42,7 +42,7 @@ PING_INTERVAL = "0.002"
 
 # ---- the etcd agent (runs inside the etcd namespace) ------------------------------------------
 async def agent(endpoint: str) -> None:
-    from ipam.etcd import EtcdClient, EtcdSettings
+    from netweft.ipam.etcd import EtcdClient, EtcdSettings
 
     client = EtcdClient(EtcdSettings.from_strings(endpoint))
     client.connect()

@@ -23,12 +23,12 @@ from ipaddress import IPv4Address, IPv4Network
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daemon import netns  # noqa: E402
-from daemon.nodelab import NodeLab, wait_for  # noqa: E402
+from netweft.daemon import netns  # noqa: E402
+from netweft.daemon.nodelab import NodeLab, wait_for  # noqa: E402
 
 PUT_SCRIPT = r"""
 import asyncio, json, sys
-from ipam.etcd import EtcdClient, EtcdSettings
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
 async def main(endpoint, prefix, n):
     async with EtcdClient(EtcdSettings((endpoint,), prefix)) as etcd:
         etcd.connect()

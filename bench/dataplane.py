@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daemon.lab import check  # noqa: E402
-from daemon.lab.lab import Lab, down  # noqa: E402
-from daemon.lab.topology import LabSpec  # noqa: E402
+from netweft.daemon.lab import check  # noqa: E402
+from netweft.daemon.lab.lab import Lab, down  # noqa: E402
+from netweft.daemon.lab.topology import LabSpec  # noqa: E402
 
 TARGET = 0.95
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.dataplane import IptablesDataplane, NftablesDataplane  # noqa: E402
-from proxy.ipt_apply import IptablesApplier  # noqa: E402
-from proxy.model import (  # noqa: E402
+from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane  # noqa: E402
+from netweft.proxy.ipt_apply import IptablesApplier  # noqa: E402
+from netweft.proxy.model import (  # noqa: E402
     Endpoint,
     EndpointPort,
     Protocol,
@@ -45,10 +45,10 @@ from proxy.model import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
-from proxy.nft_apply import NftApplier  # noqa: E402
-from proxy.plan import NodeContext  # noqa: E402
-from proxy.runner import ProxyRunner, RunnerOptions  # noqa: E402
-from proxy.testbed import build  # noqa: E402
+from netweft.proxy.nft_apply import NftApplier  # noqa: E402
+from netweft.proxy.plan import NodeContext  # noqa: E402
+from netweft.proxy.runner import ProxyRunner, RunnerOptions  # noqa: E402
+from netweft.proxy.testbed import build  # noqa: E402
 
 PREFIX = f"nwp-bench{os.getpid() % 100000}"
 NODE = NodeContext("node-0", ("192.0.2.11",), ("10.128.0.0/9",))

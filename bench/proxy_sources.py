@@ -25,13 +25,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import kubeapi_server as kapi  # noqa: E402
 from lightkube import ALL_NS, AsyncClient, KubeConfig  # noqa: E402
-
-from daemon.etcd_process import EtcdProcess  # noqa: E402
-from ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
-from proxy.model import Protocol, ServiceType  # noqa: E402
-from proxy.records import PodRecord, PortRecord, ServiceRecord, pod_key, service_key  # noqa: E402
-from proxy.sources.etcd import EtcdSource  # noqa: E402
-from proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource  # noqa: E402
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.proxy.model import Protocol, ServiceType  # noqa: E402
+from netweft.proxy.records import PodRecord, PortRecord, ServiceRecord, pod_key, service_key  # noqa: E402
+from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
+from netweft.proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource  # noqa: E402
 
 
 class CountingSink:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any
 
-from cni.spec import (
+from netweft.cni.spec import (
     ERR_DECODE,
     ERR_INVALID_CONFIG,
     CniError,

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni.install import DEFAULT_TCP_TIMEOUT, PY_BIN_NAME, install
-from cni.invoke import PluginCall, PluginReply, invoke
-from cni.tcpwire import DEFAULT_TCP_PORT
+from netweft.cni.install import DEFAULT_TCP_TIMEOUT, PY_BIN_NAME, install
+from netweft.cni.invoke import PluginCall, PluginReply, invoke
+from netweft.cni.tcpwire import DEFAULT_TCP_PORT
 
 
 @dataclass
@@ -82,14 +82,14 @@ class CniNode:
 
     # -- the CNI server of this node ------------------------------------------------------
     def start_server(self, tcp: bool = True, command: list[str] | None = None) -> None:
-        """Run the CNI server in the node namespace (``python -m cni.server`` unless another
+        """Run the CNI server in the node namespace (``python -m netweft.cni.server`` unless another
         command line, e.g. ``netweft cni-server``, is given; the options are appended).
         ``tcp=False``: the server has no TCP listener (no token file), so the bash launcher
         falls back to the Python launcher and the unix socket."""
         # the loopback the TCP fast path listens on (a runtime's node namespace has it up)
         subprocess.run(["ip", "-n", self.node_netns, "link", "set", "lo", "up"], check=True)
         port = self.tcp_port if tcp else 0
-        argv = command or [sys.executable, "-m", "cni.server"]
+        argv = command or [sys.executable, "-m", "netweft.cni.server"]
         self.server = subprocess.Popen(
             ["ip", "netns", "exec", self.node_netns, *argv,
              "--socket-path", self.socket_path, "--log-file", self.log_file,

@@ -3,7 +3,7 @@
 
 The executable is a tiny stdlib-only launcher bound to this installation's interpreter
 (``#!<python> -IS``: no site import, no environment-driven path changes) that puts this
-installation's package directory on ``sys.path`` and runs :func:`cni.shim.main`.
+installation's package directory on ``sys.path`` and runs :func:`netweft.cni.shim.main`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 
-import cni
-from cni.config import (
+from netweft import cni
+from netweft.cni.config import (
     DEFAULT_BRIDGE,
     DEFAULT_DATA_DIR,
     DEFAULT_LOG_FILE,
     DEFAULT_SOCKET_PATH,
     DEFAULT_SUBNET_FILE,
 )
-from cni.spec import CURRENT_VERSION
-from cni.tcpwire import DEFAULT_TCP_PORT, default_token_file
+from netweft.cni.spec import CURRENT_VERSION
+from netweft.cni.tcpwire import DEFAULT_TCP_PORT, default_token_file
 
 BIN_NAME = "netweft"
 PY_BIN_NAME = "netweft-py"  # the Python launcher the bash one falls back to
@@ -75,8 +75,12 @@ def launcher_text(default_socket: str, default_log: str, python: str | None = No
         f"#!{python} -IS\n"
         f"{MARKER} (written by `netweft cni install`; do not edit).\n"
         "import sys\n"
-        f"sys.path.insert(0, {root!r})\n"
-        "from cni.shim import main\n"
+        # no site machinery under -S (an editable install's import hook never runs): make
+        # `netweft` a package whose path is the folder holding cni/, daemon/, ipam/, ...
+        "netweft = type(sys)('netweft')\n"
+        f"netweft.__path__ = [{root!r}]\n"
+        "sys.modules['netweft'] = netweft\n"
+        "from netweft.cni.shim import main\n"
         f"main({default_socket!r}, {default_log!r}, {fallback_paths()!r})\n"
     )
 

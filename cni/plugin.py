@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 
-from cni import config as cniconfig
-from cni import masq, wiring
-from cni.config import DEFAULT_LOG_FILE, NetConf
-from cni.env import CniEnv, parse_env
-from cni.rtnl import Rtnl
-from cni.spec import (
+from netweft.cni import config as cniconfig
+from netweft.cni import masq, wiring
+from netweft.cni.config import DEFAULT_LOG_FILE, NetConf
+from netweft.cni.env import CniEnv, parse_env
+from netweft.cni.rtnl import Rtnl
+from netweft.cni.spec import (
     CURRENT_VERSION,
     ERR_CHECK_FAILED,
     ERR_INTERNAL,
@@ -44,8 +44,8 @@ from cni.spec import (
     render_result,
     version_info,
 )
-from ipam import subnetenv
-from ipam.allocator import (
+from netweft.ipam import subnetenv
+from netweft.ipam.allocator import (
     AllocatorError,
     IPRange,
     NodeAllocator,

@@ -28,12 +28,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from cni import tcpwire
-from cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
-from cni.peeruid import tcp_peer_uid
-from cni.plugin import Outcome, PodInfo, WiringState, _log, run
-from cni.shim import DEFAULT_LOG_KEY, MAGIC
-from cni.spec import ERR_INVALID_ENV, CniError, dumps
+from netweft.cni import tcpwire
+from netweft.cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
+from netweft.cni.peeruid import tcp_peer_uid
+from netweft.cni.plugin import Outcome, PodInfo, WiringState, _log, run
+from netweft.cni.shim import DEFAULT_LOG_KEY, MAGIC
+from netweft.cni.spec import ERR_INVALID_ENV, CniError, dumps
 
 MAX_REQUEST = 4 * 1024 * 1024
 MAX_TCP_HEADER = 64 * 1024
@@ -337,7 +337,7 @@ class CniServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cni.server --socket-path P [--log-file F]`` (what ``netweft cni-server``
+    """``python -m netweft.cni.server --socket-path P [--log-file F]`` (what ``netweft cni-server``
     runs): serve until SIGTERM/SIGINT."""
     import argparse
     import signal

@@ -100,7 +100,7 @@ def _in_process(stdin: bytes, default_log: str, fallback_paths: list[str]) -> tu
     for p in fallback_paths:
         if p not in sys.path:
             sys.path.append(p)
-    from cni.plugin import run
+    from netweft.cni.plugin import run
 
     outcome = run(os.environ, stdin, default_log=default_log, via="inproc")
     return outcome.code, outcome.stdout.encode()

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
-from cni import nsenter
-from cni.rtnl import Link, Rtnl, RtnlError
-from cni.spec import (
+from netweft.cni import nsenter
+from netweft.cni.rtnl import Link, Rtnl, RtnlError
+from netweft.cni.spec import (
     ERR_BRIDGE_ADDRESS,
     ERR_CHECK_FAILED,
     ERR_INTERNAL,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface
 from typing import Any, TypeVar
 
-from backends.base import (
+from netweft.backends.base import (
     RTPROT_NETWEFT,
     Backend,
     BackendError,
@@ -40,17 +40,17 @@ from backends.base import (
     lease_change,
     merge,
 )
-from backends.hostgw import HostGwBackend
-from backends.netlink import Netlink
-from backends.vxlan import VxlanBackend, VxlanSettings
-from daemon import iface
-from daemon.firewall import Firewall, FirewallError, FirewallSpec, Runner, make_firewall
-from daemon.metrics import HttpEndpoint, Metrics, daemon_metrics
-from ipam import subnetenv
-from ipam.config import ConfigError, NetworkConfig
-from ipam.etcd import EtcdClient, EtcdError, EtcdSettings
-from ipam.lease import Lease
-from ipam.leases import LeaseError, LeaseEvent, LeaseLost, LeaseStore
+from netweft.backends.hostgw import HostGwBackend
+from netweft.backends.netlink import Netlink
+from netweft.backends.vxlan import VxlanBackend, VxlanSettings
+from netweft.daemon import iface
+from netweft.daemon.firewall import Firewall, FirewallError, FirewallSpec, Runner, make_firewall
+from netweft.daemon.metrics import HttpEndpoint, Metrics, daemon_metrics
+from netweft.ipam import subnetenv
+from netweft.ipam.config import ConfigError, NetworkConfig
+from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
+from netweft.ipam.lease import Lease
+from netweft.ipam.leases import LeaseError, LeaseEvent, LeaseLost, LeaseStore
 
 log = logging.getLogger("netweft.agent")
 
@@ -655,7 +655,7 @@ class Agent:
         """Host the CNI request server (its hooks write pod records for the service proxy)."""
         if not self.cfg.cni_socket:
             return
-        from daemon.cnihost import CniHost
+        from netweft.daemon.cnihost import CniHost
 
         assert self._loop is not None
         self.cni_host = CniHost(

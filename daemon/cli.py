@@ -7,19 +7,18 @@ import importlib
 import sys
 
 import click
-
-from daemon.clicontext import etcd_options
+from netweft.daemon.clicontext import etcd_options
 
 # Each module registers its commands on the main group. Order is the order of `netweft --help`.
 COMMAND_MODULES = [
-    "daemon.commands.config",
-    "daemon.commands.leases",
-    "daemon.commands.daemon",
-    "daemon.commands.inspect",
-    "daemon.commands.proxy",
-    "daemon.commands.service",
-    "daemon.commands.cni",
-    "daemon.commands.lab",
+    "netweft.daemon.commands.config",
+    "netweft.daemon.commands.leases",
+    "netweft.daemon.commands.daemon",
+    "netweft.daemon.commands.inspect",
+    "netweft.daemon.commands.proxy",
+    "netweft.daemon.commands.service",
+    "netweft.daemon.commands.cni",
+    "netweft.daemon.commands.lab",
 ]
 
 
@@ -36,7 +35,7 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(main)
 
 
-def run() -> None:  # pragma: no cover - console entry for `python -m daemon.cli`
+def run() -> None:  # pragma: no cover - console entry for `python -m netweft.daemon.cli`
     sys.exit(main())
 
 

@@ -7,9 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
-from ipam.etcd import EtcdSettings
-from proxy.records import DEFAULT_SERVICES_PREFIX
+from netweft.ipam.etcd import EtcdSettings
+from netweft.proxy.records import DEFAULT_SERVICES_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])
 

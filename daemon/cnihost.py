@@ -13,11 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cni.plugin import PodInfo
-from cni.server import CniHooks, CniServer
-from daemon.metrics import Metrics
-from proxy.podrecords import delete_pod, put_pod
-from proxy.records import PodRecord, RecordError, pod_key
+from netweft.cni.plugin import PodInfo
+from netweft.cni.server import CniHooks, CniServer
+from netweft.daemon.metrics import Metrics
+from netweft.proxy.podrecords import delete_pod, put_pod
+from netweft.proxy.records import PodRecord, RecordError, pod_key
 
 log = logging.getLogger("netweft.cni-host")
 

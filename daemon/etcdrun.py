@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from daemon.clicontext import fail
-from ipam.config import ConfigError
-from ipam.etcd import EtcdClient, EtcdError, EtcdSettings
-from ipam.leases import LeaseError, LeaseStore
+from netweft.daemon.clicontext import fail
+from netweft.ipam.config import ConfigError
+from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
+from netweft.ipam.leases import LeaseError, LeaseStore
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
-from backends.base import Underlay
-from backends.netlink import Netlink
+from netweft.backends.base import Underlay
+from netweft.backends.netlink import Netlink
 
 
 class IfaceError(Exception):

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 
-from daemon import netns, underlay
-from daemon.etcd_process import EtcdProcess
+from netweft.daemon import netns, underlay
+from netweft.daemon.etcd_process import EtcdProcess
 
 ETCD_IP = "192.0.2.254"
 
@@ -80,7 +80,7 @@ class NodeLab:
 
     def netweft(self, ns: str, *args: str, check: bool = True,
                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "daemon.cli", "--etcd-endpoints", self.endpoint,
+        cmd = [sys.executable, "-m", "netweft.daemon.cli", "--etcd-endpoints", self.endpoint,
                "--etcd-prefix", self.prefix, *args]
         return netns.run(ns, cmd, check=check, timeout=timeout)
 
@@ -116,7 +116,7 @@ class NodeLab:
     def start_daemon(self, ns: str, *extra: str) -> subprocess.Popen[bytes]:
         p = self.paths(ns)
         os.makedirs(os.path.dirname(p["log"]), exist_ok=True)
-        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "daemon.cli",
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "netweft.daemon.cli",
                "--etcd-endpoints", self.endpoint, "--etcd-prefix", self.prefix, "daemon",
                "--subnet-file", p["subnet_file"], "--state-dir", p["state_dir"],
                "--metrics-addr", "127.0.0.1:9464",
@@ -158,7 +158,7 @@ class NodeLab:
             return None
 
     def subnet(self, ns: str) -> IPv4Network | None:
-        from ipam import subnetenv
+        from netweft.ipam import subnetenv
         try:
             env = subnetenv.read(self.paths(ns)["subnet_file"])
         except subnetenv.SubnetEnvError:

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from daemon import netns
+from netweft.daemon import netns
 
 
 @dataclass(frozen=True)

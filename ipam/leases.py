@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from ipam.config import ConfigError, NetworkConfig, parse_config
-from ipam.etcd import CompactedError, EtcdClient, EtcdError, EventType, KeyValue
-from ipam.lease import Lease, LeaseFormatError, parse_lease
+from netweft.ipam.config import ConfigError, NetworkConfig, parse_config
+from netweft.ipam.etcd import CompactedError, EtcdClient, EtcdError, EventType, KeyValue
+from netweft.ipam.lease import Lease, LeaseFormatError, parse_lease
 
 log = logging.getLogger(__name__)
 

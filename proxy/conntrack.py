@@ -8,9 +8,9 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from proxy.model import Protocol
-from proxy.nft_apply import netns_prefix
-from proxy.plan import Frontend, Outcome, ServicePlan
+from netweft.proxy.model import Protocol
+from netweft.proxy.nft_apply import netns_prefix
+from netweft.proxy.plan import Frontend, Outcome, ServicePlan
 
 
 @dataclass(frozen=True, order=True)

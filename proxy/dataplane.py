@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.ipt_apply import IptablesApplier, IptablesError
-from proxy.iptables import IptState
-from proxy.model import ServiceKey
-from proxy.nft_apply import NftApplier, NftError
-from proxy.nftables import NftState
-from proxy.plan import NodeContext, ServicePlan
+from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
+from netweft.proxy.iptables import IptState
+from netweft.proxy.model import ServiceKey
+from netweft.proxy.nft_apply import NftApplier, NftError
+from netweft.proxy.nftables import NftState
+from netweft.proxy.plan import NodeContext, ServicePlan
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class NftablesDataplane:
             self.apply_seconds += time.perf_counter() - start
 
     def cleanup(self) -> None:
-        from proxy.nftables import delete_text
+        from netweft.proxy.nftables import delete_text
         self.applier.apply(delete_text())
 
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proxy.model import ServiceKey
-from proxy.plan import ServicePlan
+from netweft.proxy.model import ServiceKey
+from netweft.proxy.plan import ServicePlan
 
 Handler = Callable[[str], tuple[int, str, str]]   # path -> (status, content type, body)
 REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}

@@ -18,9 +18,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from proxy.constants import MASQUERADE_MARK
-from proxy.model import ServiceKey
-from proxy.plan import Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
+from netweft.proxy.constants import MASQUERADE_MARK
+from netweft.proxy.model import ServiceKey
+from netweft.proxy.plan import Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
 
 P = "NETWEFT-"
 SERVICES, NODEPORTS, POSTROUTING = P + "SERVICES", P + "NODEPORTS", P + "POSTROUTING"

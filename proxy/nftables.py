@@ -36,9 +36,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from proxy.constants import MASQUERADE_MARK, NFT_TABLE
-from proxy.model import ServiceKey
-from proxy.plan import Backend, Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
+from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
+from netweft.proxy.model import ServiceKey
+from netweft.proxy.plan import Backend, Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
 
 T = f"ip {NFT_TABLE}"
 IP_KEY = "ip daddr . meta l4proto . th dport"

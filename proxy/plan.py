@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from proxy.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
+from netweft.proxy.model import Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType
 
 
 class FrontendKind(StrEnum):

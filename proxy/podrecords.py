@@ -10,8 +10,8 @@ The daemon builds a :class:`~proxy.records.PodRecord` from what the CNI plugin p
 
 from __future__ import annotations
 
-from ipam.etcd import EtcdClient
-from proxy.records import PodRecord, pod_key
+from netweft.ipam.etcd import EtcdClient
+from netweft.proxy.records import PodRecord, pod_key
 
 
 async def put_pod(etcd: EtcdClient, prefix: str, record: PodRecord) -> None:

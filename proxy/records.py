@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.model import (
+from netweft.proxy.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     Endpoint,
     EndpointPort,

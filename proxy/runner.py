@@ -10,14 +10,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from proxy.conntrack import ConntrackCleaner, stale_udp_flows
-from proxy.dataplane import Dataplane, SyncResult
-from proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
-from proxy.metrics import ProxyMetrics
-from proxy.model import ServiceKey
-from proxy.plan import NodeContext, ServicePlan, plan_service
-from proxy.sources.base import Source
-from proxy.tracker import ChangeTracker
+from netweft.proxy.conntrack import ConntrackCleaner, stale_udp_flows
+from netweft.proxy.dataplane import Dataplane, SyncResult
+from netweft.proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
+from netweft.proxy.metrics import ProxyMetrics
+from netweft.proxy.model import ServiceKey
+from netweft.proxy.plan import NodeContext, ServicePlan, plan_service
+from netweft.proxy.sources.base import Source
+from netweft.proxy.tracker import ChangeTracker
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import ipaddress
 import random
 from dataclasses import replace
 
-from ipam.etcd import EtcdClient
-from proxy.model import ServiceKey, ServiceType
-from proxy.records import (
+from netweft.ipam.etcd import EtcdClient
+from netweft.proxy.model import ServiceKey, ServiceType
+from netweft.proxy.records import (
     NODE_PORT_MAX,
     NODE_PORT_MIN,
     PodRecord,

@@ -16,8 +16,8 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 
-from proxy.constants import MASQUERADE_MARK
-from proxy.plan import Backend
+from netweft.proxy.constants import MASQUERADE_MARK
+from netweft.proxy.plan import Backend
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.model import Endpoint, Service, ServiceKey
+from netweft.proxy.model import Endpoint, Service, ServiceKey
 
 
 def _canonical(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:

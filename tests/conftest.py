@@ -13,9 +13,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from daemon import netns
-from daemon.etcd_process import EtcdProcess
+from netweft.daemon import netns
+from netweft.daemon.etcd_process import EtcdProcess
 
 _counter = itertools.count()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import random
 
-from ipam.etcd import EtcdClient
-from proxy.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
-from proxy.podrecords import delete_pod, put_pod
-from proxy.records import (
+from netweft.ipam.etcd import EtcdClient
+from netweft.proxy.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
+from netweft.proxy.podrecords import delete_pod, put_pod
+from netweft.proxy.records import (
     PodRecord,
     PortRecord,
     RecordError,

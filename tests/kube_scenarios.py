@@ -10,18 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import kubeapi_server as kapi
-from proxy_sink import RecordingSink, eventually
-
-from proxy.model import Endpoint, Service, ServiceKey
-from proxy.sources.backoff import Backoff
-from proxy.sources.base import ChangeSink
-from proxy.sources.kube import KubeSource
-from proxy.sources.kubeconvert import (
+from netweft.proxy.model import Endpoint, Service, ServiceKey
+from netweft.proxy.sources.backoff import Backoff
+from netweft.proxy.sources.base import ChangeSink
+from netweft.proxy.sources.kube import KubeSource
+from netweft.proxy.sources.kubeconvert import (
     endpoints_from_slice,
     merge_endpoints,
     service_from_kube,
     slice_service,
 )
+from proxy_sink import RecordingSink, eventually
 
 Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.model import Endpoint, Service, ServiceKey
+from netweft.proxy.model import Endpoint, Service, ServiceKey
 
 
 class RecordingSink:

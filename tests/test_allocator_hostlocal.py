@@ -11,8 +11,7 @@ from collections.abc import Callable
 from ipaddress import ip_address, ip_network
 
 import pytest
-
-from ipam.allocator import (
+from netweft.ipam.allocator import (
     IPRange,
     NodeAllocator,
     RangeExhausted,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from backends.base import ActualState, FdbEntry, Neighbour, Route, Underlay, diff
-from backends.hostgw import desired_hostgw
-from backends.vxlan import desired_vxlan
-from ipam.lease import Lease
+from netweft.backends.base import ActualState, FdbEntry, Neighbour, Route, Underlay, diff
+from netweft.backends.hostgw import desired_hostgw
+from netweft.backends.vxlan import desired_vxlan
+from netweft.ipam.lease import Lease
 
 UNDERLAY = Underlay("eth0", 2, IPv4Address("192.0.2.10"), 1500, (IPv4Network("192.0.2.0/24"),))
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
-
-from backends.base import RTPROT_NETWEFT, BackendError
-from backends.hostgw import HostGwBackend
-from backends.netlink import Netlink
-from backends.vxlan import VxlanBackend, VxlanSettings, load_vtep_mac
-from daemon import iface, underlay
-from ipam.lease import Lease
+from netweft.backends.base import RTPROT_NETWEFT, BackendError
+from netweft.backends.hostgw import HostGwBackend
+from netweft.backends.netlink import Netlink
+from netweft.backends.vxlan import VxlanBackend, VxlanSettings, load_vtep_mac
+from netweft.daemon import iface, underlay
+from netweft.ipam.lease import Lease
 
 
 @dataclass

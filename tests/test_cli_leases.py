@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.etcd_process import free_port
+from netweft.daemon.etcd_process import free_port
 
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 
@@ -40,10 +40,10 @@ def test_config_set_refuses_bad_config_with_one_line(etcd_endpoint: str, etcd_pr
 def test_leases_list_json_round_trips(etcd_endpoint: str, etcd_prefix: str) -> None:
     import asyncio
 
-    from ipam.config import parse_config
-    from ipam.etcd import EtcdClient, EtcdSettings
-    from ipam.lease import Lease
-    from ipam.leases import LeaseStore
+    from netweft.ipam.config import parse_config
+    from netweft.ipam.etcd import EtcdClient, EtcdSettings
+    from netweft.ipam.lease import Lease
+    from netweft.ipam.leases import LeaseStore
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
 

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cni.harness import CniNode
-from cni.spec import SUPPORTED_VERSIONS
+from netweft.cni.harness import CniNode
+from netweft.cni.spec import SUPPORTED_VERSIONS
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -57,7 +56,7 @@ def validate_error(text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def module_ns() -> Iterator[Callable[[str], str]]:
-    from daemon import netns as nsmod
+    from netweft.daemon import netns as nsmod
 
     made: list[str] = []
     counter = iter(range(10_000))

@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from cni import nsenter, tcpwire
-from cni.harness import CniNode
-from cni.invoke import PluginCall, invoke
-from cni.server import CniServer, _read_request, read_tcp_request
+from netweft.cni import nsenter, tcpwire
+from netweft.cni.harness import CniNode
+from netweft.cni.invoke import PluginCall, invoke
+from netweft.cni.server import CniServer, _read_request, read_tcp_request
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 

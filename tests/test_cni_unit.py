@@ -13,14 +13,21 @@ from ipaddress import ip_interface
 import click
 import pytest
 from click.testing import CliRunner
-
-from cni import config as cniconfig
-from cni.env import parse_env
-from cni.install import CONF_NAME, MARKER, install, uninstall
-from cni.server import _read_request
-from cni.shim import call_server, encode_request, socket_path_of
-from cni.spec import CniError, Interface, IPConfig, Result, Route, parse_result, render_result
-from cni.wiring import host_veth_name, is_host_veth_name, pod_mac
+from netweft.cni import config as cniconfig
+from netweft.cni.env import parse_env
+from netweft.cni.install import CONF_NAME, MARKER, install, uninstall
+from netweft.cni.server import _read_request
+from netweft.cni.shim import call_server, encode_request, socket_path_of
+from netweft.cni.spec import (
+    CniError,
+    Interface,
+    IPConfig,
+    Result,
+    Route,
+    parse_result,
+    render_result,
+)
+from netweft.cni.wiring import host_veth_name, is_host_veth_name, pod_mac
 
 
 def read(path: str) -> str:
@@ -169,7 +176,7 @@ def test_uninstall_leaves_foreign_executable(tmp_path) -> None:
 
 
 def test_cli_install_uninstall(tmp_path) -> None:
-    from daemon.commands import cni as cni_commands
+    from netweft.daemon.commands import cni as cni_commands
 
     @click.group()
     def root() -> None:
@@ -190,8 +197,8 @@ def test_cli_install_uninstall(tmp_path) -> None:
 
 
 def test_tcp_wire_format_roundtrip_and_token_check() -> None:
-    from cni import tcpwire
-    from cni.server import read_tcp_request
+    from netweft.cni import tcpwire
+    from netweft.cni.server import read_tcp_request
 
     token = "ab" * 32
     env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "a=b;c=d", "NETWEFT_CNI_DEFAULT_LOG": "/l"}

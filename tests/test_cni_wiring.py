@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from cni.harness import CniNode
-from cni.wiring import host_veth_name
-from daemon import netns
+from netweft.cni.harness import CniNode
+from netweft.cni.wiring import host_veth_name
+from netweft.daemon import netns
 
 
 def owner(node: CniNode, ip: str) -> str:
@@ -236,9 +235,9 @@ def test_server_hooks_and_stats(netns_factory: Callable[[str], str], tmp_path) -
     n = CniNode(node_ns, str(tmp_path), options={"ipMasq": False})
     script = f"""
 import json, os, sys, time
-from cni import nsenter
-from cni.server import CniServer, CniHooks
-from cni.invoke import PluginCall, invoke
+from netweft.cni import nsenter
+from netweft.cni.server import CniServer, CniHooks
+from netweft.cni.invoke import PluginCall, invoke
 seen = []
 fd = nsenter.open_netns('/run/netns/{node_ns}')
 with nsenter.entered(fd):
@@ -319,7 +318,7 @@ def test_dual_stack(netns_factory: Callable[[str], str], tmp_path) -> None:
 def test_netweft_cni_server_command(netns_factory: Callable[[str], str], tmp_path) -> None:
     """`netweft cni-server` serves the installed executable; SIGTERM removes the socket."""
     n = CniNode(netns_factory("cnode"), str(tmp_path), options={"ipMasq": False})
-    n.start_server(command=[sys.executable, "-m", "daemon.cli", "cni-server"])
+    n.start_server(command=[sys.executable, "-m", "netweft.daemon.cli", "cni-server"])
     try:
         pod = netns_factory("cpod")
         r = n.call("ADD", "ctr-cli", f"/run/netns/{pod}")

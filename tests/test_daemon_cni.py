@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-
-from cni.install import install
-from cni.invoke import PluginCall, invoke
-from daemon import underlay
-from daemon.nodelab import NodeLab, wait_for
+from netweft.cni.install import install
+from netweft.cni.invoke import PluginCall, invoke
+from netweft.daemon import underlay
+from netweft.daemon.nodelab import NodeLab, wait_for
 
 REQUEST = ("import sys, json\n"
            "from cni.shim import call_server, encode_request\n"

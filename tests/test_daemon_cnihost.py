@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from cni.plugin import PodInfo
-from daemon.cnihost import CniHost
-from daemon.metrics import daemon_metrics
-from ipam.etcd import EtcdClient, EtcdSettings
+from netweft.cni.plugin import PodInfo
+from netweft.daemon.cnihost import CniHost
+from netweft.daemon.metrics import daemon_metrics
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
 
 
 def test_add_writes_and_del_removes_the_pod_record(etcd_endpoint: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from daemon.firewall import FirewallSpec, IptablesFirewall, NftFirewall, Runner
+from netweft.daemon.firewall import FirewallSpec, IptablesFirewall, NftFirewall, Runner
 
 SPEC = FirewallSpec(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"))
 

@@ -6,9 +6,8 @@ import subprocess
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-
-from backends.netlink import Netlink
-from daemon.iface import IfaceError, IfaceOptions, select
+from netweft.backends.netlink import Netlink
+from netweft.daemon.iface import IfaceError, IfaceOptions, select
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network
 
 import pytest
-
-from daemon import underlay
-from daemon.nodelab import NodeLab, wait_for
+from netweft.daemon import underlay
+from netweft.daemon.nodelab import NodeLab, wait_for
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-
-from daemon.agent import AgentError, make_backend, subnet_env_for
-from daemon.firewall import FirewallSpec, iptables_rules, make_firewall, render_nft
-from daemon.iface import IfaceError, parse_options
-from daemon.metrics import HttpEndpoint, daemon_metrics
-from ipam.config import parse_config
-from ipam.lease import Lease
+from netweft.daemon.agent import AgentError, make_backend, subnet_env_for
+from netweft.daemon.firewall import FirewallSpec, iptables_rules, make_firewall, render_nft
+from netweft.daemon.iface import IfaceError, parse_options
+from netweft.daemon.metrics import HttpEndpoint, daemon_metrics
+from netweft.ipam.config import parse_config
+from netweft.ipam.lease import Lease
 
 SPEC = FirewallSpec(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"))
 
@@ -116,7 +115,7 @@ def test_metrics_text_format_and_http_endpoints() -> None:
 
 
 def test_wait_helpers_time_out_and_never_swallow_cancellation() -> None:
-    from daemon.agent import wait_event, with_timeout
+    from netweft.daemon.agent import wait_event, with_timeout
 
     async def scenario() -> None:
         ev = asyncio.Event()

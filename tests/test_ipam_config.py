@@ -6,8 +6,7 @@ import json
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-
-from ipam.config import ConfigError, parse_config
+from netweft.ipam.config import ConfigError, parse_config
 
 
 def test_defaults_follow_flannel() -> None:

@@ -11,12 +11,11 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 import pytest
-
-from daemon.etcd_process import EtcdProcess
-from ipam.config import NetworkConfig, parse_config
-from ipam.etcd import EtcdClient, EtcdSettings
-from ipam.lease import Lease
-from ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
+from netweft.daemon.etcd_process import EtcdProcess
+from netweft.ipam.config import NetworkConfig, parse_config
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.ipam.lease import Lease
+from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
 
 T = TypeVar("T")
 

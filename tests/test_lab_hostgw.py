@@ -11,12 +11,11 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
-
-from daemon import netns
-from daemon.lab import inspect
-from daemon.lab.capture import Capture
-from daemon.lab.lab import Lab, down
-from daemon.lab.topology import LabSpec
+from netweft.daemon import netns
+from netweft.daemon.lab import inspect
+from netweft.daemon.lab.capture import Capture
+from netweft.daemon.lab.lab import Lab, down
+from netweft.daemon.lab.topology import LabSpec
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -10,15 +10,14 @@ import sys
 import uuid
 
 import pytest
-
-from daemon import netns
-from daemon.lab import procs
-from daemon.lab.lab import Lab, down
-from daemon.lab.topology import STATE_ROOT, LabSpec
+from netweft.daemon import netns
+from netweft.daemon.lab import procs
+from netweft.daemon.lab.lab import Lab, down
+from netweft.daemon.lab.topology import STATE_ROOT, LabSpec
 
 pytestmark = pytest.mark.lab
 
-NETWEFT = [sys.executable, "-m", "daemon.cli"]
+NETWEFT = [sys.executable, "-m", "netweft.daemon.cli"]
 
 
 def _prefix() -> str:

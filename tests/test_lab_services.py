@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-
-from daemon import netns
-from daemon.lab.lab import Lab, down
-from daemon.lab.topology import GATEWAY_IP, LabSpec
-from daemon.nodelab import poll_until
-from proxy import testbed
-from proxy.constants import NFT_TABLE
-from proxy.testbed import Attempt
+from netweft.daemon import netns
+from netweft.daemon.lab.lab import Lab, down
+from netweft.daemon.lab.topology import GATEWAY_IP, LabSpec
+from netweft.daemon.nodelab import poll_until
+from netweft.proxy import testbed
+from netweft.proxy.constants import NFT_TABLE
+from netweft.proxy.testbed import Attempt
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

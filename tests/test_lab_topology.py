@@ -6,11 +6,10 @@ import json
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-
-from daemon.lab import check
-from daemon.lab.lab import proxy_command
-from daemon.lab.procs import ProcessRecord
-from daemon.lab.topology import (
+from netweft.daemon.lab import check
+from netweft.daemon.lab.lab import proxy_command
+from netweft.daemon.lab.procs import ProcessRecord
+from netweft.daemon.lab.topology import (
     ETCD_IP,
     GATEWAY_IP,
     INTERNET_IP,

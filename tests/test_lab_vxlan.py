@@ -16,13 +16,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
-
-from daemon import netns
-from daemon.lab import check, inspect, whoami
-from daemon.lab.capture import Capture
-from daemon.lab.lab import Lab, down
-from daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, LabSpec
-from daemon.nodelab import poll_until
+from netweft.daemon import netns
+from netweft.daemon.lab import check, inspect, whoami
+from netweft.daemon.lab.capture import Capture
+from netweft.daemon.lab.lab import Lab, down
+from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, LabSpec
+from netweft.daemon.nodelab import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -51,7 +50,7 @@ def _until(pred, timeout: float, step: float = 0.02) -> bool:  # type: ignore[no
 
 
 def _whoami_from(ns: str, host: IPv4Address) -> str:
-    proc = netns.run(ns, [sys.executable, "-m", "daemon.lab.whoami", "ask", str(host)],
+    proc = netns.run(ns, [sys.executable, "-m", "netweft.daemon.lab.whoami", "ask", str(host)],
                      check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
@@ -118,8 +117,8 @@ def test_masquerade_to_outside_but_pod_source_between_pods(lab: Lab) -> None:
         assert _whoami_from(pod.netns, INTERNET_IP) == str(node_ip)
     server, client = lab.pod("node2-pod2"), lab.pod("node1-pod2")
     pid_file = os.path.join(lab.state_dir, "pids", "whoami-pod.pid")
-    from daemon.lab import procs
-    procs.start(server.netns, [sys.executable, "-m", "daemon.lab.whoami", "serve"],
+    from netweft.daemon.lab import procs
+    procs.start(server.netns, [sys.executable, "-m", "netweft.daemon.lab.whoami", "serve"],
                 pid_file, "/dev/null")
     try:
         assert check.wait_listening(server.netns, WHOAMI_PORT)

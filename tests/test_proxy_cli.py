@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy"
-NETWEFT = [sys.executable, "-m", "daemon.cli"]
+NETWEFT = [sys.executable, "-m", "netweft.daemon.cli"]
 
 
 def run(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from daemon.etcd_process import EtcdProcess
-from proxy.testbed import Testbed, build, run_in
+from netweft.daemon.etcd_process import EtcdProcess
+from netweft.proxy.testbed import Testbed, build, run_in
 
 pytestmark = pytest.mark.lab
 NETWEFT = str(Path(sys.executable).parent / "netweft")
@@ -27,9 +26,9 @@ PREFIX = "/nwp-e2e"
 
 PODS = """
 import asyncio, sys
-from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.podrecords import delete_pod, put_pod
-from proxy.records import PodRecord
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.proxy.podrecords import delete_pod, put_pod
+from netweft.proxy.records import PodRecord
 async def main():
     async with EtcdClient(EtcdSettings.from_strings(sys.argv[1]), timeout=30) as etcd:
         if sys.argv[2] == "add":

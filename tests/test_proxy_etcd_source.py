@@ -12,11 +12,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from etcd_scenarios import random_changes, truth  # noqa: E402
-from proxy_sink import RecordingSink, eventually  # noqa: E402
-
-from daemon.etcd_process import EtcdProcess  # noqa: E402
-from ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
-from proxy.model import (  # noqa: E402
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.proxy.model import (  # noqa: E402
     Endpoint,
     EndpointPort,
     Protocol,
@@ -24,8 +22,8 @@ from proxy.model import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
-from proxy.podrecords import delete_pod, put_pod, sync_pods  # noqa: E402
-from proxy.records import (  # noqa: E402
+from netweft.proxy.podrecords import delete_pod, put_pod, sync_pods  # noqa: E402
+from netweft.proxy.records import (  # noqa: E402
     PodIndex,
     PodRecord,
     PortRecord,
@@ -37,8 +35,9 @@ from proxy.records import (  # noqa: E402
     service_key,
     services_dir,
 )
-from proxy.sources.backoff import Backoff  # noqa: E402
-from proxy.sources.etcd import EtcdSource  # noqa: E402
+from netweft.proxy.sources.backoff import Backoff  # noqa: E402
+from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
+from proxy_sink import RecordingSink, eventually  # noqa: E402
 
 
 def web_record(**changes: object) -> ServiceRecord:

@@ -9,11 +9,10 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from proxy.conntrack import ConntrackCleaner
-from proxy.dataplane import IptablesDataplane, NftablesDataplane
-from proxy.ipt_apply import IptablesApplier
-from proxy.model import (
+from netweft.proxy.conntrack import ConntrackCleaner
+from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
+from netweft.proxy.ipt_apply import IptablesApplier
+from netweft.proxy.model import (
     Endpoint,
     EndpointPort,
     Protocol,
@@ -22,10 +21,10 @@ from proxy.model import (
     ServicePort,
     ServiceType,
 )
-from proxy.nft_apply import NftApplier
-from proxy.plan import NodeContext
-from proxy.runner import ProxyRunner, RunnerOptions
-from proxy.testbed import Testbed, build
+from netweft.proxy.nft_apply import NftApplier
+from netweft.proxy.plan import NodeContext
+from netweft.proxy.runner import ProxyRunner, RunnerOptions
+from netweft.proxy.testbed import Testbed, build
 
 pytestmark = pytest.mark.lab
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))
@@ -195,7 +194,7 @@ def test_restart_does_not_flap(bed: Testbed, proxy: ProxyRunner) -> None:
         again_ipt = IptablesDataplane(NODE, IptablesApplier(netns=bed.node))
         again_ipt.sync({svc.key: proxy.plans[svc.key]}, full=True)
         again_ipt.sync({svc.key: proxy.plans[svc.key]}, full=True)
-        from proxy.testbed import run_in
+        from netweft.proxy.testbed import run_in
         save = run_in(bed.node, ["iptables-save", "-t", "nat"]).stdout
         assert save.count("-j NETWEFT-SERVICES") == 2      # PREROUTING + OUTPUT, once each
     [a] = bed.connect(bed.client, "10.96.0.10", 80)

@@ -22,9 +22,7 @@ from kube_scenarios import (  # noqa: E402
     run_with_source,
     tcp,
 )
-from proxy_sink import RecordingSink, eventually  # noqa: E402
-
-from proxy.model import (  # noqa: E402
+from netweft.proxy.model import (  # noqa: E402
     Endpoint,
     EndpointPort,
     Protocol,
@@ -33,13 +31,14 @@ from proxy.model import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
-from proxy.sources.kube import KubeSource  # noqa: E402
-from proxy.sources.kubeconvert import (  # noqa: E402
+from netweft.proxy.sources.kube import KubeSource  # noqa: E402
+from netweft.proxy.sources.kubeconvert import (  # noqa: E402
     endpoints_from_slice,
     merge_endpoints,
     service_from_kube,
     slice_service,
 )
+from proxy_sink import RecordingSink, eventually  # noqa: E402
 
 # --- the converters, by hand ------------------------------------------------------------------
 

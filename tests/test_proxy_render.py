@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from proxy.iptables import IptState
-from proxy.model import (
+from netweft.proxy.iptables import IptState
+from netweft.proxy.model import (
     Endpoint,
     EndpointPort,
     Protocol,
@@ -19,9 +18,9 @@ from proxy.model import (
     ServicePort,
     ServiceType,
 )
-from proxy.nftables import NftState
-from proxy.plan import Backend, NodeContext, plan_service
-from proxy.trace import IptablesTracer, NftTracer, Packet, Trace
+from netweft.proxy.nftables import NftState
+from netweft.proxy.plan import Backend, NodeContext, plan_service
+from netweft.proxy.trace import IptablesTracer, NftTracer, Packet, Trace
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy"
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))

@@ -11,11 +11,10 @@ import sys
 from collections.abc import Callable, Mapping
 
 import pytest
-
-from proxy.conntrack import FlowFilter, stale_udp_flows
-from proxy.dataplane import SyncResult
-from proxy.metrics import ProxyMetrics
-from proxy.model import (
+from netweft.proxy.conntrack import FlowFilter, stale_udp_flows
+from netweft.proxy.dataplane import SyncResult
+from netweft.proxy.metrics import ProxyMetrics
+from netweft.proxy.model import (
     Endpoint,
     EndpointPort,
     Protocol,
@@ -24,10 +23,10 @@ from proxy.model import (
     ServicePort,
     ServiceType,
 )
-from proxy.plan import NodeContext, ServicePlan, plan_service
-from proxy.runner import ProxyRunner, RunnerOptions
-from proxy.sources.base import ChangeSink
-from proxy.tracker import ChangeTracker
+from netweft.proxy.plan import NodeContext, ServicePlan, plan_service
+from netweft.proxy.runner import ProxyRunner, RunnerOptions
+from netweft.proxy.sources.base import ChangeSink
+from netweft.proxy.tracker import ChangeTracker
 
 NODE = NodeContext("n1", ("192.0.2.11",), ("10.244.0.0/16",))
 KEY = ServiceKey("ns", "web")
@@ -206,10 +205,10 @@ def test_metrics_text() -> None:
 
 HTTP_SCRIPT = r"""
 import asyncio, json, sys, urllib.request, urllib.error
-from proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
-from proxy.metrics import ProxyMetrics
-from proxy.model import *
-from proxy.plan import NodeContext, plan_service
+from netweft.proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
+from netweft.proxy.metrics import ProxyMetrics
+from netweft.proxy.model import *
+from netweft.proxy.plan import NodeContext, plan_service
 
 node = NodeContext("n1", (), ())
 svc = Service(ServiceKey("ns", "web"), ServiceType.NODE_PORT, ("10.96.0.10",),

@@ -9,11 +9,16 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-
-from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.model import Protocol, ServiceKey, ServiceType
-from proxy.records import PortRecord, RecordError, ServiceRecord, cluster_ip_key, node_port_key
-from proxy.servicestore import (
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.proxy.model import Protocol, ServiceKey, ServiceType
+from netweft.proxy.records import (
+    PortRecord,
+    RecordError,
+    ServiceRecord,
+    cluster_ip_key,
+    node_port_key,
+)
+from netweft.proxy.servicestore import (
     AllocationError,
     ServiceExists,
     ServiceNotFound,

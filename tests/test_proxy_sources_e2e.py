@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 
 TESTS = Path(__file__).parent
 NETWEFT = str(Path(sys.executable).parent / "netweft")
@@ -103,9 +102,9 @@ def test_etcd_records_reach_the_kernel(node: str, etcd_in: EtcdProcess, tmp_path
     cluster_ip = json.loads(r.stdout)["clusterIP"]
     pods = """
 import asyncio, sys
-from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.podrecords import delete_pod, put_pod
-from proxy.records import PodRecord
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.proxy.podrecords import delete_pod, put_pod
+from netweft.proxy.records import PodRecord
 async def main():
     async with EtcdClient(EtcdSettings.from_strings(sys.argv[1]), timeout=30) as etcd:
         if sys.argv[2] == "add":

@@ -26,16 +26,15 @@ from kube_scenarios import (  # noqa: E402
     random_changes_with_faults,
     run_with_source,
 )
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.proxy import nftables as nft_mod  # noqa: E402
+from netweft.proxy import plan as plan_mod  # noqa: E402
+from netweft.proxy import tracker as tracker_mod  # noqa: E402
+from netweft.proxy.sources.backoff import Backoff  # noqa: E402
+from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
+from netweft.proxy.sources.kube import KubeSource  # noqa: E402
 from proxy_sink import eventually  # noqa: E402
-
-from daemon.etcd_process import EtcdProcess  # noqa: E402
-from ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
-from proxy import nftables as nft_mod  # noqa: E402
-from proxy import plan as plan_mod  # noqa: E402
-from proxy import tracker as tracker_mod  # noqa: E402
-from proxy.sources.backoff import Backoff  # noqa: E402
-from proxy.sources.etcd import EtcdSource  # noqa: E402
-from proxy.sources.kube import KubeSource  # noqa: E402
 
 NODE = plan_mod.NodeContext("node1", ("192.0.2.11",), ("10.244.0.0/16",))
 

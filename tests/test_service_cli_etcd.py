@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipam.etcd import EtcdClient, EtcdSettings
-from proxy.podrecords import put_pod
-from proxy.records import PodRecord
+from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.proxy.podrecords import put_pod
+from netweft.proxy.records import PodRecord
 
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 

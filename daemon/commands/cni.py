@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import click
-
-from cni.config import (
+from netweft.cni.config import (
     DEFAULT_BRIDGE,
     DEFAULT_DATA_DIR,
     DEFAULT_LOG_FILE,
     DEFAULT_SOCKET_PATH,
     DEFAULT_SUBNET_FILE,
 )
-from cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
-from cni.tcpwire import DEFAULT_TCP_PORT
-from daemon.clicontext import fail
+from netweft.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from netweft.cni.tcpwire import DEFAULT_TCP_PORT
+from netweft.daemon.clicontext import fail
 
 
 def register(group: click.Group) -> None:
@@ -46,7 +45,7 @@ def register(group: click.Group) -> None:
                     socket_path: str, log_file: str, tcp_port: int, token_file: str | None,
                     name: str, bridge: str, mtu: int | None, ip_masq: bool | None) -> None:
         """Write the netweft executable and 10-netweft.conflist (atomically)."""
-        from cni.install import install
+        from netweft.cni.install import install
 
         try:
             done = install(bin_dir, conf_dir, name=name, bridge=bridge, subnet_file=subnet_file,
@@ -64,7 +63,7 @@ def register(group: click.Group) -> None:
     @click.option("--conf-dir", default=DEFAULT_CONF_DIR, show_default=True)
     def uninstall_cmd(bin_dir: str, conf_dir: str) -> None:
         """Remove the netweft executable and conflist."""
-        from cni.install import uninstall
+        from netweft.cni.install import uninstall
 
         for path in uninstall(bin_dir, conf_dir):
             click.echo(f"removed {path}")
@@ -82,7 +81,7 @@ def register(group: click.Group) -> None:
                        token_file: str | None) -> None:
         """Serve CNI requests from the netweft executable on a unix socket (0600, root) and
         on a loopback TCP port (token, root only)."""
-        from cni.server import main
+        from netweft.cni.server import main
 
         argv = ["--socket-path", socket_path, "--log-file", log_file, "--tcp-port", str(tcp_port)]
         main(argv + (["--token-file", token_file] if token_file else []))

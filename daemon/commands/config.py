@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 import click
-
-from daemon.clicontext import fail, settings
-from daemon.etcdrun import with_store
-from ipam.config import ConfigError, NetworkConfig, from_dict
+from netweft.daemon.clicontext import fail, settings
+from netweft.daemon.etcdrun import with_store
+from netweft.ipam.config import ConfigError, NetworkConfig, from_dict
 
 
 @click.group("config")

@@ -8,8 +8,7 @@ import signal
 import socket
 
 import click
-
-from daemon.clicontext import fail, services_prefix_option, settings
+from netweft.daemon.clicontext import fail, services_prefix_option, settings
 
 
 @click.command("daemon")
@@ -63,8 +62,8 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                node_name: str | None, services_prefix: str, pod_records: bool,
                cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
-    from daemon import iface
-    from daemon.agent import Agent, AgentConfig, AgentError
+    from netweft.daemon import iface
+    from netweft.daemon.agent import Agent, AgentConfig, AgentError
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

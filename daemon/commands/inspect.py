@@ -14,10 +14,9 @@ from ipaddress import IPv4Network
 from typing import Any
 
 import click
-
-from daemon.clicontext import fail, settings
-from ipam.etcd import EtcdClient, EtcdError, EtcdSettings
-from ipam.lease import Lease
+from netweft.daemon.clicontext import fail, settings
+from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
+from netweft.ipam.lease import Lease
 
 
 @dataclass
@@ -29,7 +28,7 @@ class NodeView:
 
 
 def _local_subnet(subnet_file: str) -> IPv4Network | None:
-    from ipam import subnetenv
+    from netweft.ipam import subnetenv
     try:
         env = subnetenv.read(subnet_file)
     except subnetenv.SubnetEnvError:
@@ -38,7 +37,7 @@ def _local_subnet(subnet_file: str) -> IPv4Network | None:
 
 
 def _read_status(state_dir: str) -> dict[str, Any] | None:
-    from daemon.agent import STATUS_FILE
+    from netweft.daemon.agent import STATUS_FILE
     try:
         with open(os.path.join(state_dir, STATUS_FILE), encoding="utf-8") as f:
             data = json.load(f)
@@ -48,8 +47,8 @@ def _read_status(state_dir: str) -> dict[str, Any] | None:
 
 
 def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None) -> NodeView:
-    from ipam.config import ConfigError
-    from ipam.leases import LeaseStore
+    from netweft.ipam.config import ConfigError
+    from netweft.ipam.leases import LeaseStore
 
     async def main() -> tuple[Any, list[Lease]]:
         async with EtcdClient(s, timeout=3.0) as etcd:
@@ -70,9 +69,9 @@ def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None
 
 
 def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name: str | None):  # type: ignore[no-untyped-def]
-    from backends.netlink import Netlink
-    from daemon import iface
-    from daemon.agent import make_backend
+    from netweft.backends.netlink import Netlink
+    from netweft.daemon import iface
+    from netweft.daemon.agent import make_backend
 
     nl = Netlink()
     name = iface_name or (status or {}).get("iface")
@@ -185,7 +184,7 @@ def routes_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
 @click.pass_context
 def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str) -> None:
     """The node's lease, backend, device, MTU, peers and last reconcile."""
-    from backends.netlink import Netlink
+    from netweft.backends.netlink import Netlink
 
     status = _read_status(state_dir) or {}
     own_subnet = _local_subnet(subnet_file)

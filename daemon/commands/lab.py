@@ -9,10 +9,9 @@ import sys
 from ipaddress import IPv4Network
 
 import click
-
-from daemon.clicontext import fail
-from daemon.lab.lab import Lab, LabError, down
-from daemon.lab.topology import (
+from netweft.daemon.clicontext import fail
+from netweft.daemon.lab.lab import Lab, LabError, down
+from netweft.daemon.lab.topology import (
     BACKENDS,
     DATAPLANES,
     DEFAULT_NETWORK,

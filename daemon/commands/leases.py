@@ -7,11 +7,10 @@ import time
 from ipaddress import IPv4Address, IPv4Network, ip_network
 
 import click
-
-from daemon.clicontext import fail, settings
-from daemon.etcdrun import with_store
-from ipam.lease import Lease
-from ipam.leases import LeaseStore
+from netweft.daemon.clicontext import fail, settings
+from netweft.daemon.etcdrun import with_store
+from netweft.ipam.lease import Lease
+from netweft.ipam.leases import LeaseStore
 
 
 def _expires(lease: Lease, now: float) -> str:

@@ -12,8 +12,7 @@ import subprocess
 from typing import Any
 
 import click
-
-from daemon.clicontext import fail, services_prefix_option, settings
+from netweft.daemon.clicontext import fail, services_prefix_option, settings
 
 SKIP_IFACES = re.compile(r"^(lo|cni|flannel|veth|docker|kube-ipvs|cali|vxlan)")
 
@@ -54,8 +53,7 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
     if kind == "kube":
         import yaml
         from lightkube import ConfigError as KubeConfigError
-
-        from proxy.sources.kube import KubeSource
+        from netweft.proxy.sources.kube import KubeSource
         source = KubeSource(kubeconfig)
         try:
             source.load_config()  # fail now, with one line, not inside the event loop
@@ -63,7 +61,7 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
             where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
             fail(f"{where}: {' '.join(str(exc).split())}")
         return source
-    from proxy.sources.etcd import EtcdSource
+    from netweft.proxy.sources.etcd import EtcdSource
     return EtcdSource(settings(ctx), services_prefix)
 
 
@@ -102,18 +100,18 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
                   healthz_bind_address: str, healthz_port: int,
                   cleanup: bool, verbose: bool) -> None:
     """Make Services work on this node: ClusterIP, NodePort, externalIPs, LoadBalancer IPs."""
-    from proxy.conntrack import ConntrackCleaner
-    from proxy.dataplane import IptablesDataplane, NftablesDataplane
-    from proxy.ipt_apply import IptablesError
-    from proxy.nft_apply import NftError
-    from proxy.plan import NodeContext
-    from proxy.runner import ProxyRunner, RunnerOptions
+    from netweft.proxy.conntrack import ConntrackCleaner
+    from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
+    from netweft.proxy.ipt_apply import IptablesError
+    from netweft.proxy.nft_apply import NftError
+    from netweft.proxy.plan import NodeContext
+    from netweft.proxy.runner import ProxyRunner, RunnerOptions
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node_ips = _check_ips(node_ips, "--node-ip") or discover_node_ips()
     if not cluster_cidrs:
-        from ipam.subnetenv import SubnetEnvError, read
+        from netweft.ipam.subnetenv import SubnetEnvError, read
         try:
             env = read(subnet_file)
         except SubnetEnvError as exc:

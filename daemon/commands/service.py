@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-
-from daemon.clicontext import fail, services_prefix_option, settings
-from ipam.etcd import EtcdClient, EtcdError
-from proxy.model import DEFAULT_AFFINITY_TIMEOUT, Endpoint, ServiceKey, ServiceType
-from proxy.records import (
+from netweft.daemon.clicontext import fail, services_prefix_option, settings
+from netweft.ipam.etcd import EtcdClient, EtcdError
+from netweft.proxy.model import DEFAULT_AFFINITY_TIMEOUT, Endpoint, ServiceKey, ServiceType
+from netweft.proxy.records import (
     DEFAULT_SERVICE_CIDR,
     PodIndex,
     PodRecord,
@@ -25,7 +24,7 @@ from proxy.records import (
     ServiceRecord,
     endpoints_for,
 )
-from proxy.servicestore import (
+from netweft.proxy.servicestore import (
     check_ports,
     create_service,
     delete_service,

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, Topology
+from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, Topology
 
 PING = ("ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1")
 PARALLEL = 16
@@ -103,7 +103,8 @@ def run_probe(probe: Probe) -> ProbeResult:
             summary = [ln for ln in proc.stdout.splitlines() if "packet" in ln]
             return ProbeResult(probe, False, summary[0] if summary else proc.stderr.strip())
         proc = _run(["ip", "netns", "exec", probe.src_ns, sys.executable, "-m",
-                     "daemon.lab.whoami", "ask", str(probe.dst_ip), "--port", str(probe.port)],
+                     "netweft.daemon.lab.whoami", "ask", str(probe.dst_ip),
+                     "--port", str(probe.port)],
                     15)
     except subprocess.TimeoutExpired:
         return ProbeResult(probe, False, "timed out")

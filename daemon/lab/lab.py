@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from daemon import netns
-from daemon.etcd_process import EtcdProcess
-from daemon.lab import check as checks
-from daemon.lab import procs, reference, runtime, underlay
-from daemon.lab.etcdctl import LabEtcd
-from daemon.lab.topology import (
+from netweft.daemon import netns
+from netweft.daemon.etcd_process import EtcdProcess
+from netweft.daemon.lab import check as checks
+from netweft.daemon.lab import procs, reference, runtime, underlay
+from netweft.daemon.lab.etcdctl import LabEtcd
+from netweft.daemon.lab.topology import (
     ETCD_CLIENT_PORT,
     ETCD_IP,
     SERVICE_NAME,
@@ -70,7 +70,7 @@ def netweft_command() -> list[str]:
     found = shutil.which("netweft")
     if found:
         return [found]
-    return [sys.executable, "-m", "daemon.cli"]
+    return [sys.executable, "-m", "netweft.daemon.cli"]
 
 
 def daemon_command(topo: Topology, node: Node) -> list[str]:
@@ -285,7 +285,7 @@ class Lab:
 
     def start_whoami(self) -> None:
         procs.start(self.topo.outside_ns,
-                    [sys.executable, "-m", "daemon.lab.whoami", "serve",
+                    [sys.executable, "-m", "netweft.daemon.lab.whoami", "serve",
                      "--port", str(WHOAMI_PORT)],
                     self.pidfile("whoami"), os.path.join(self.state_dir, "whoami.log"))
         if not checks.wait_listening(self.topo.outside_ns, WHOAMI_PORT):
@@ -338,8 +338,9 @@ class Lab:
         while time.monotonic() < deadline:
             proc = subprocess.run(
                 ["ip", "netns", "exec", self.topo.outside_ns, sys.executable, "-m",
-                 "daemon.lab.whoami", "ask", str(node.ip), "--port", str(self.service.node_port),
-                 "--timeout", "1"], capture_output=True, text=True, timeout=15)
+                 "netweft.daemon.lab.whoami", "ask", str(node.ip),
+                 "--port", str(self.service.node_port), "--timeout", "1"],
+                capture_output=True, text=True, timeout=15)
             if proc.returncode == 0:
                 return
             time.sleep(0.2)
@@ -347,7 +348,7 @@ class Lab:
                        f"{self.service.node_port} after {timeout:.0f}s; see {node.proxy_log}")
 
     def start_pod_server(self, pod: Pod) -> None:
-        procs.start(pod.netns, [sys.executable, "-m", "daemon.lab.whoami", "serve",
+        procs.start(pod.netns, [sys.executable, "-m", "netweft.daemon.lab.whoami", "serve",
                                 "--port", str(WHOAMI_PORT)],
                     self.pidfile(f"whoami-{pod.name}"), "/dev/null")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from daemon import netns
-from daemon.lab.topology import NODE_IFACE, POD_IFACE, Node, Topology
-from daemon.lab.underlay import LabBuildError, ip_batch
+from netweft.daemon import netns
+from netweft.daemon.lab.topology import NODE_IFACE, POD_IFACE, Node, Topology
+from netweft.daemon.lab.underlay import LabBuildError, ip_batch
 
 BRIDGE = "cni0"
 UNDERLAY_MTU = 1500

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Any
 
-from daemon import netns
-from daemon.lab.topology import POD_IFACE, Node, Pod, cni_args
+from netweft.daemon import netns
+from netweft.daemon.lab.topology import POD_IFACE, Node, Pod, cni_args
 
 CNI_TIMEOUT = 30.0
 

@@ -8,8 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from daemon import netns
-from daemon.lab.topology import (
+from netweft.daemon import netns
+from netweft.daemon.lab.topology import (
     ETCD_IP,
     GATEWAY_IP,
     INTERNET_IP,

@@ -3,8 +3,8 @@
 The lab runs the server on the outside host (the "internet") and in pods, to see which source
 address a connection arrives with (masqueraded: the node's address; pod to pod: the pod's).
 
-    python -m daemon.lab.whoami serve [--bind ADDR] [--port N]
-    python -m daemon.lab.whoami ask HOST [--port N] [--timeout S]
+    python -m netweft.daemon.lab.whoami serve [--bind ADDR] [--port N]
+    python -m netweft.daemon.lab.whoami ask HOST [--port N] [--timeout S]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proxy.model import Endpoint, Service, ServiceKey
+from netweft.proxy.model import Endpoint, Service, ServiceKey
 
 
 class ChangeSink(Protocol):

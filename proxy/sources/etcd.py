@@ -13,9 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from ipam.etcd import CompactedError, EtcdClient, EtcdError, EtcdSettings, EventType, KeyValue
-from proxy.model import Endpoint, Service, ServiceKey
-from proxy.records import (
+from netweft.ipam.etcd import (
+    CompactedError,
+    EtcdClient,
+    EtcdError,
+    EtcdSettings,
+    EventType,
+    KeyValue,
+)
+from netweft.proxy.model import Endpoint, Service, ServiceKey
+from netweft.proxy.records import (
     DEFAULT_SERVICES_PREFIX,
     PodIndex,
     PodRecord,
@@ -26,8 +33,8 @@ from proxy.records import (
     selects,
     services_dir,
 )
-from proxy.sources.backoff import Backoff
-from proxy.sources.base import ChangeSink
+from netweft.proxy.sources.backoff import Backoff
+from netweft.proxy.sources.base import ChangeSink
 
 log = logging.getLogger("netweft.proxy.etcd")
 

@@ -23,11 +23,10 @@ from typing import Any
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube import operators as op
 from lightkube.generic_resource import GenericNamespacedResource, create_api_info
-
-from proxy.model import Endpoint, Service, ServiceKey
-from proxy.sources.backoff import Backoff
-from proxy.sources.base import ChangeSink
-from proxy.sources.kubeconvert import (
+from netweft.proxy.model import Endpoint, Service, ServiceKey
+from netweft.proxy.sources.backoff import Backoff
+from netweft.proxy.sources.base import ChangeSink
+from netweft.proxy.sources.kubeconvert import (
     SKIP_LABELS,
     endpoints_from_slice,
     merge_endpoints,

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from proxy.model import (
+from netweft.proxy.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     Endpoint,
     EndpointPort,

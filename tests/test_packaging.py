@@ -1,0 +1,59 @@
+"""One import namespace (issue 10 item 1): the repository's fixed top-level folders install as
+``netweft.<folder>`` and nothing of ours lands at the top of site-packages but ``netweft``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("cni", "daemon", "ipam", "backends", "proxy")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_package_folder_is_listed_under_the_netweft_namespace() -> None:
+    setuptools = _pyproject()["tool"]["setuptools"]
+    found = {
+        "netweft." + str(Path(dirpath).relative_to(ROOT)).replace(os.sep, ".")
+        for top in FOLDERS
+        for dirpath, _dirs, files in os.walk(ROOT / top)
+        if "__init__.py" in files and "__pycache__" not in dirpath
+    }
+    assert set(setuptools["packages"]) == found
+    assert setuptools["package-dir"] == {f"netweft.{d}": d for d in FOLDERS}
+
+
+def test_console_script_points_into_the_namespace() -> None:
+    assert _pyproject()["project"]["scripts"]["netweft"] == "netweft.daemon.cli:main"
+
+
+def test_no_source_file_imports_a_bare_top_level_folder() -> None:
+    bare = []
+    for top in (*FOLDERS, "tests", "bench"):
+        for path in (ROOT / top).rglob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                words = line.strip().split()
+                if len(words) >= 2 and words[0] in ("import", "from") and \
+                        words[1].split(".")[0] in FOLDERS:
+                    bare.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert bare == []
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_the_netweft_namespace(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("netweft-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"netweft"}
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "netweft/cni/launcher.sh" in names and "netweft/daemon/cli.py" in names
