@@ -32,6 +32,7 @@ class EtcdProcess:
     data_dir: str | None = None
     log_path: str | None = None
     name: str = "netweft-etcd"
+    binary: str = ETCD_BINARY  # a path, or a name looked up on PATH (Debian's 3.4 by default)
     pid: int | None = None
     _own_data_dir: bool = field(default=False, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -41,8 +42,9 @@ class EtcdProcess:
         return f"http://{self.host}:{self.client_port}"
 
     def start(self, timeout: float = 15.0) -> EtcdProcess:
-        if shutil.which(ETCD_BINARY) is None:
-            raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
+        if shutil.which(self.binary) is None:
+            raise RuntimeError(f"etcd is not installed: {self.binary} not found"
+                               " (apt-get install etcd-server, or deploy/controlplane.sh)")
         if not self.client_port:
             self.client_port = free_port() if self.netns is None else 2379
         if not self.peer_port:
@@ -55,7 +57,7 @@ class EtcdProcess:
         client = f"http://{self.host}:{self.client_port}"
         peer = f"http://{self.host}:{self.peer_port}"
         cmd = [
-            ETCD_BINARY,
+            self.binary,
             "--name", self.name,
             "--data-dir", os.path.join(self.data_dir, "member-data"),
             "--listen-client-urls", client,
