@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything netweft needs on a Debian/Ubuntu machine, as root, idempotently:
 # the apt packages (etcd, nftables, iptables, iproute2, iperf3, conntrack, the reference
-# CNI plugins used by the benchmarks) and a virtual environment with netweft at ./.venv.
+# CNI plugins used by the benchmarks), a virtual environment with netweft at ./.venv, and the
+# Kubernetes control plane built from its Go modules (deploy/controlplane.sh; needs Go >= 1.26).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root" >&2; exit 1; fi
 
-PKGS="etcd-server etcd-client nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump"
+PKGS="etcd-server etcd-client nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump openssl"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -29,4 +30,9 @@ if [ -d /usr/lib/python3/dist-packages/nftables ]; then
     ln -sfn /usr/lib/python3/dist-packages/nftables "$site/_netweft_debian/nftables"
     echo "$site/_netweft_debian" > "$site/netweft-debian-nftables.pth"
 fi
+# The real Kubernetes control plane (etcd 3.6, kube-apiserver, kube-controller-manager, kubectl,
+# kube-proxy) built from its Go modules, cached by version under /var/cache/netweft/go: the
+# Kubernetes tests and the lab's Kubernetes mode run it. Cold: about 35 min on 2 busy cores;
+# warm: nothing is rebuilt.
+bash deploy/controlplane.sh >/dev/null
 echo "netweft installed in $(pwd)/.venv"
