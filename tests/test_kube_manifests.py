@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,22 +102,22 @@ def test_manifests_are_accepted_by_server_side_apply(control_plane: ControlPlane
 
 def _can(plane: ControlPlane, config: Path, verb: str, resource: str,
          subresource: str = "") -> bool:
-    args = ["auth", "can-i", verb, resource]
+    """``kubectl auth can-i`` as that identity (prints yes/no; exits 1 for no)."""
+    assert plane.binaries is not None
+    args = [plane.binaries.kubectl, f"--kubeconfig={config}", "auth", "can-i", verb, resource]
     if subresource:
         args.append(f"--subresource={subresource}")
-    try:
-        return plane.kubectl(*args, kubeconfig_path=config).strip() == "yes"
-    except ControlPlaneError as exc:  # `can-i` exits 1 for "no"
-        if "no" in str(exc).split():
-            return False
-        raise
+    answer = subprocess.run(args, capture_output=True, text=True, timeout=60).stdout.strip()
+    assert answer in ("yes", "no"), answer
+    return answer == "yes"
 
 
-def _resource_rules(plane: ControlPlane, config: Path) -> set[tuple[str, str]]:
+def _all_resource_rules(plane: ControlPlane, config: Path) -> set[tuple[str, str]]:
     """(resource, verb) pairs the identity may use on the API's resources, from a
-    SelfSubjectRulesReview, without the ones every authenticated user has."""
+    SelfSubjectRulesReview."""
     review = json.loads(plane.kubectl(
-        "create", "-f", "-", "-o", "json", kubeconfig_path=config, input=json.dumps({
+        "create", "--validate=false", "-f", "-", "-o", "json", kubeconfig_path=config,
+        input=json.dumps({
             "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
             "spec": {"namespace": "default"}})))
     pairs = set()
@@ -124,11 +125,22 @@ def _resource_rules(plane: ControlPlane, config: Path) -> set[tuple[str, str]]:
         for group in rule.get("apiGroups", [""]):
             for resource in rule.get("resources", []):
                 name = f"{resource}.{group}" if group else resource
-                if group == "authorization.k8s.io" or group == "authentication.k8s.io":
-                    continue  # self reviews: granted to everyone by system:basic-user
                 for verb in rule["verbs"]:
                     pairs.add((name, verb))
     return pairs
+
+
+def _resource_rules(plane: ControlPlane, config: Path, tmp_path: Path) -> set[tuple[str, str]]:
+    """The identity's rules less those of a service account bound to nothing (what the default
+    roles give every authenticated identity: self reviews, ClusterTrustBundles, ...)."""
+    try:
+        plane.kubectl("create", "serviceaccount", "netweft-baseline", "-n", NAMESPACE)
+    except ControlPlaneError as exc:
+        if "AlreadyExists" not in str(exc) and "already exists" not in str(exc):
+            raise
+    baseline = _all_resource_rules(plane, plane.token_kubeconfig(
+        NAMESPACE, "netweft-baseline", tmp_path / "baseline.kubeconfig"))
+    return _all_resource_rules(plane, config) - baseline
 
 
 def test_proxy_service_account_has_enough_rbac_and_nothing_more(
@@ -136,7 +148,7 @@ def test_proxy_service_account_has_enough_rbac_and_nothing_more(
     _apply(control_plane)
     proxy_config = control_plane.token_kubeconfig(NAMESPACE, "netweft-proxy",
                                                   tmp_path / "proxy.kubeconfig")
-    assert _resource_rules(control_plane, proxy_config) == {
+    assert _resource_rules(control_plane, proxy_config, tmp_path) == {
         ("services", "list"), ("services", "watch"),
         ("endpointslices.discovery.k8s.io", "list"),
         ("endpointslices.discovery.k8s.io", "watch")}
@@ -168,7 +180,7 @@ def test_agent_service_account_reads_nodes_and_patches_node_status_only(
         control_plane: ControlPlane, tmp_path: Path) -> None:
     _apply(control_plane)
     agent_config = control_plane.token_kubeconfig(NAMESPACE, "netweft", tmp_path / "agent.kcfg")
-    assert _resource_rules(control_plane, agent_config) == {
+    assert _resource_rules(control_plane, agent_config, tmp_path) == {
         ("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("nodes/status", "patch")}
     assert _can(control_plane, agent_config, "patch", "nodes", "status")
     for verb, resource in (("patch", "nodes"), ("update", "nodes"), ("delete", "nodes"),
