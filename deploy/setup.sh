@@ -32,7 +32,7 @@ if [ -d /usr/lib/python3/dist-packages/nftables ]; then
 fi
 # The real Kubernetes control plane (etcd 3.6, kube-apiserver, kube-controller-manager, kubectl,
 # kube-proxy) built from its Go modules, cached by version under /var/cache/netweft/go: the
-# Kubernetes tests and the lab's Kubernetes mode run it. Cold: about 35 min on 2 busy cores;
-# warm: nothing is rebuilt.
+# Kubernetes tests run it. Cold: ~31 CPU-minutes (92 min wall on a 2-core machine shared with
+# other builds); warm: nothing is rebuilt (deploy/README.md).
 bash deploy/controlplane.sh >/dev/null
 echo "netweft installed in $(pwd)/.venv"
