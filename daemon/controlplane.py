@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ipaddress
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,7 +274,7 @@ class ControlPlane:
         self.start_apiserver(timeout)
         if self.controller_manager:
             self.start_controller_manager()
-            self.wait(lambda: self._has_default_service_account(), timeout,
+            self.wait(self._has_default_service_account, timeout,
                       "the controller-manager created the default service account")
 
     def start_apiserver(self, timeout: float = 120.0) -> None:
@@ -343,7 +345,7 @@ class ControlPlane:
 
     # --- waiting ---------------------------------------------------------------------------------
 
-    def wait(self, check: object, timeout: float, what: str) -> None:
+    def wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``check()`` until true; raise ControlPlaneError naming ``what`` (and a process
         that died meanwhile) otherwise."""
         deadline = time.monotonic() + timeout
@@ -351,7 +353,7 @@ class ControlPlane:
             for proc in (self.apiserver, self.kcm):
                 if proc is not None:
                     proc.check_alive()
-            if check():  # type: ignore[operator]
+            if check():
                 return
             if time.monotonic() > deadline:
                 raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -426,6 +428,5 @@ class ControlPlane:
 
 
 def _first_ip(cidr: str) -> str:
-    import ipaddress
-
+    """The first host address of ``cidr`` (the apiserver's Service IP, 10.96.0.1 by default)."""
     return str(next(ipaddress.ip_network(cidr).hosts()))
