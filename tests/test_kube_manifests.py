@@ -16,11 +16,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kube_cluster import Cluster, converged, running_source  # noqa: E402
+from kube_cluster import Cluster, converged, running_source, until  # noqa: E402
 from netweft.cni.install import conflist  # noqa: E402
 from netweft.cni.install import install as cni_install  # noqa: E402
 from netweft.daemon.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 from netweft.ipam.config import parse_config  # noqa: E402
+from netweft.proxy.model import ServiceKey  # noqa: E402
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 NAMESPACE = "netweft-system"
@@ -166,8 +167,9 @@ def test_proxy_service_account_has_enough_rbac_and_nothing_more(
             await cluster.pod(ns, "web-0", "kube-node-rbac", "10.244.9.9", {"app": "web"},
                               {"http": 8080})
             async with running_source(proxy_config) as (source, sink):
+                key = ServiceKey(ns, "web")
+                await until(lambda: _true(key in sink.endpoints), "slices read with the token")
                 await converged(cluster, sink, "the proxy's model, read with its own token")
-                assert sink.endpoints  # slices were readable
                 assert all(r.lists == 1 for r in source.reflectors)
             await cluster.delete_namespace(ns)
         finally:
@@ -186,3 +188,7 @@ def test_agent_service_account_reads_nodes_and_patches_node_status_only(
     for verb, resource in (("patch", "nodes"), ("update", "nodes"), ("delete", "nodes"),
                            ("list", "pods"), ("list", "services"), ("get", "secrets")):
         assert not _can(control_plane, agent_config, verb, resource), (verb, resource)
+
+
+async def _true(value: bool) -> bool:
+    return value

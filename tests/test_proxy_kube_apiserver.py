@@ -140,6 +140,7 @@ def test_endpoint_slices_from_the_real_controller(control_plane: ControlPlane) -
                                               ("kube-node-b", 8081)]):
                 await cluster.pod(ns, f"web-{i}", node, f"10.244.7.{10 + i}", labels,
                                   {"http": http, "metrics": 9100})
+            await until(lambda: _true(len(addresses()) == 3), "three endpoints")
             await converged(cluster, sink, "three pods")
             assert addresses() == {f"10.244.7.{10 + i}": (True, True, False) for i in range(3)}
             by_ip = {e.address: e for e in sink.endpoints[key]}
@@ -154,24 +155,30 @@ def test_endpoint_slices_from_the_real_controller(control_plane: ControlPlane) -
                               {"http": 8080, "metrics": 9100})
             await cluster.pod(ns, "web-4", "kube-node-a", "10.244.7.14", labels,
                               {"http": 8080, "metrics": 9100}, ready=False)
+            await until(lambda: _true(len(addresses()) == 5), "five endpoints")
             await converged(cluster, sink, "five pods")
             assert addresses()["10.244.7.14"] == (False, False, False)
 
             # Readiness flips both ways.
             await cluster.report(ns, "web-1", "10.244.7.11", ready=False)
             await cluster.report(ns, "web-4", "10.244.7.14", ready=True)
+            await until(lambda: _true(addresses()["10.244.7.11"][0] is False
+                                      and addresses()["10.244.7.14"][0] is True),
+                        "readiness changes in the slices")
             await converged(cluster, sink, "readiness changed")
             assert addresses()["10.244.7.11"] == (False, False, False)
             assert addresses()["10.244.7.14"] == (True, True, False)
 
             # Terminating (deleted with a grace period, nobody finishes it): serving+terminating.
             await cluster.delete_pod(ns, "web-2", grace=600)
+            await until(lambda: _true(addresses()["10.244.7.12"][2]), "terminating endpoint")
             await converged(cluster, sink, "terminating pod")
             assert addresses()["10.244.7.12"] == (False, True, True)
 
             # Scale down to nothing.
             for i in range(5):
                 await cluster.delete_pod(ns, f"web-{i}", grace=0)
+            await until(lambda: _true(key not in sink.endpoints), "no endpoints left")
             await converged(cluster, sink, "all pods gone")
             assert key not in sink.endpoints
             assert all(r.lists == 1 for r in source.reflectors)
