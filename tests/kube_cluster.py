@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -120,12 +121,17 @@ class Cluster:
         return model_from_objects(services, slices)
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, deadline: float = 60.0,
+async def until(check: Callable[[], Awaitable[bool] | bool], what: str, deadline: float = 60.0,
                 interval: float = 0.1) -> None:
-    """Poll an async ``check`` until true; fail after ``deadline`` s (a hang guard)."""
+    """Poll ``check`` (plain or async) until true; fail after ``deadline`` s (a hang guard)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
-    while not await check():
+
+    async def holds() -> bool:
+        result = check()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         if loop.time() > end:
             raise AssertionError(f"never reached: {what}")
         await asyncio.sleep(interval)

@@ -168,7 +168,7 @@ def test_proxy_service_account_has_enough_rbac_and_nothing_more(
                               {"http": 8080})
             async with running_source(proxy_config) as (source, sink):
                 key = ServiceKey(ns, "web")
-                await until(lambda: _true(key in sink.endpoints), "slices read with the token")
+                await until(lambda: (key in sink.endpoints), "slices read with the token")
                 await converged(cluster, sink, "the proxy's model, read with its own token")
                 assert all(r.lists == 1 for r in source.reflectors)
             await cluster.delete_namespace(ns)
@@ -188,7 +188,3 @@ def test_agent_service_account_reads_nodes_and_patches_node_status_only(
     for verb, resource in (("patch", "nodes"), ("update", "nodes"), ("delete", "nodes"),
                            ("list", "pods"), ("list", "services"), ("get", "secrets")):
         assert not _can(control_plane, agent_config, verb, resource), (verb, resource)
-
-
-async def _true(value: bool) -> bool:
-    return value

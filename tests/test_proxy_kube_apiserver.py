@@ -140,7 +140,7 @@ def test_endpoint_slices_from_the_real_controller(control_plane: ControlPlane) -
                                               ("kube-node-b", 8081)]):
                 await cluster.pod(ns, f"web-{i}", node, f"10.244.7.{10 + i}", labels,
                                   {"http": http, "metrics": 9100})
-            await until(lambda: _true(len(addresses()) == 3), "three endpoints")
+            await until(lambda: (len(addresses()) == 3), "three endpoints")
             await converged(cluster, sink, "three pods")
             assert addresses() == {f"10.244.7.{10 + i}": (True, True, False) for i in range(3)}
             by_ip = {e.address: e for e in sink.endpoints[key]}
@@ -155,14 +155,14 @@ def test_endpoint_slices_from_the_real_controller(control_plane: ControlPlane) -
                               {"http": 8080, "metrics": 9100})
             await cluster.pod(ns, "web-4", "kube-node-a", "10.244.7.14", labels,
                               {"http": 8080, "metrics": 9100}, ready=False)
-            await until(lambda: _true(len(addresses()) == 5), "five endpoints")
+            await until(lambda: (len(addresses()) == 5), "five endpoints")
             await converged(cluster, sink, "five pods")
             assert addresses()["10.244.7.14"] == (False, False, False)
 
             # Readiness flips both ways.
             await cluster.report(ns, "web-1", "10.244.7.11", ready=False)
             await cluster.report(ns, "web-4", "10.244.7.14", ready=True)
-            await until(lambda: _true(addresses()["10.244.7.11"][0] is False
+            await until(lambda: (addresses()["10.244.7.11"][0] is False
                                       and addresses()["10.244.7.14"][0] is True),
                         "readiness changes in the slices")
             await converged(cluster, sink, "readiness changed")
@@ -171,14 +171,14 @@ def test_endpoint_slices_from_the_real_controller(control_plane: ControlPlane) -
 
             # Terminating (deleted with a grace period, nobody finishes it): serving+terminating.
             await cluster.delete_pod(ns, "web-2", grace=600)
-            await until(lambda: _true(addresses()["10.244.7.12"][2]), "terminating endpoint")
+            await until(lambda: (addresses()["10.244.7.12"][2]), "terminating endpoint")
             await converged(cluster, sink, "terminating pod")
             assert addresses()["10.244.7.12"] == (False, True, True)
 
             # Scale down to nothing.
             for i in range(5):
                 await cluster.delete_pod(ns, f"web-{i}", grace=0)
-            await until(lambda: _true(key not in sink.endpoints), "no endpoints left")
+            await until(lambda: (key not in sink.endpoints), "no endpoints left")
             await converged(cluster, sink, "all pods gone")
             assert key not in sink.endpoints
             assert all(r.lists == 1 for r in source.reflectors)
@@ -244,7 +244,7 @@ def test_watch_from_a_compacted_revision_relists(
         async with running_source(plane.admin_kubeconfig, watch_timeout=1) as (source, sink):
             await converged(cluster, sink, "initial list")
             await _advance_and_compact(plane)
-            await until(lambda: _true(all(r.lists >= 2 for r in source.reflectors)),
+            await until(lambda: (all(r.lists >= 2 for r in source.reflectors)),
                         "both reflectors listed again after 410")
             await cluster.service(ns, "after", {"ports": [tcp(81, 81)]})
             await converged(cluster, sink, "after the relist")
@@ -281,7 +281,3 @@ def test_apiserver_restart_with_compacted_history(
         assert "is gone (410" in caplog.text
 
     run(scenario, plane)
-
-
-async def _true(value: bool) -> bool:
-    return value
