@@ -19,6 +19,7 @@ from typing import Any
 from netweft.ipam.config import ConfigError, NetworkConfig, parse_config
 from netweft.ipam.etcd import CompactedError, EtcdClient, EtcdError, EventType, KeyValue
 from netweft.ipam.lease import Lease, LeaseFormatError, parse_lease
+from netweft.ipam.leasecheck import InvalidLease
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,25 @@ class LeaseEvent:
     lease: Lease
 
 
+@dataclass(frozen=True)
+class LeaseScan:
+    """Everything under ``<prefix>/subnets/`` at ``revision``: the leases that parse, and the
+    keys whose name or value is not a lease (shown as invalid by ``netweft leases list``)."""
+
+    leases: list[Lease]
+    malformed: list[InvalidLease]
+    revision: int
+
+
+def _parse_kv(kv: KeyValue, subnets_prefix: str) -> Lease:
+    """LeaseFormatError when the key or value is not a lease."""
+    return parse_lease(kv.key[len(subnets_prefix):], kv.value, etcd_lease_id=kv.lease,
+                       mod_revision=kv.mod_revision, create_revision=kv.create_revision)
+
+
 def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
-    name = kv.key[len(subnets_prefix):]
     try:
-        return parse_lease(name, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision)
+        return _parse_kv(kv, subnets_prefix)
     except LeaseFormatError as exc:
         log.warning("ignoring %s: %s", kv.key, exc)
         return None
@@ -90,17 +106,37 @@ class LeaseStore:
 
     # --- reading ----------------------------------------------------------------------------
 
+    async def scan(self, with_expiry: bool = False) -> LeaseScan:
+        """Every key under ``subnets/``: parsed leases and malformed entries (not logged)."""
+        kvs, revision = await self.etcd.get_prefix(self.subnets_prefix)
+        leases: list[Lease] = []
+        malformed: list[InvalidLease] = []
+        for kv in kvs:
+            try:
+                leases.append(_parse_kv(kv, self.subnets_prefix))
+            except LeaseFormatError as exc:
+                malformed.append(InvalidLease(kv.key[len(self.subnets_prefix):], str(exc)))
+        if with_expiry:
+            leases = await self._with_expiry(leases)
+        return LeaseScan(leases, malformed, revision)
+
     async def list(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
+        """The leases that parse (malformed keys are logged and skipped) and the revision."""
         kvs, revision = await self.etcd.get_prefix(self.subnets_prefix)
         leases = [lease for kv in kvs if (lease := _kv_to_lease(kv, self.subnets_prefix))]
         if with_expiry:
+            leases = await self._with_expiry(leases)
+        return leases, revision
+
+    async def _with_expiry(self, leases: list[Lease]) -> list[Lease]:
+        if leases:
             now = time.time()
             ids = sorted({le.etcd_lease_id for le in leases if le.etcd_lease_id})
             ttls = await asyncio.gather(*(self.etcd.time_to_live(i) for i in ids))
             left = dict(zip(ids, ttls, strict=True))
             leases = [replace(le, expiration=now + left[le.etcd_lease_id])
                       if left.get(le.etcd_lease_id, -1) >= 0 else le for le in leases]
-        return leases, revision
+        return leases
 
     # --- acquiring --------------------------------------------------------------------------
 
