@@ -60,20 +60,17 @@ def cache_path(cache_dir: str, network: str, container_id: str, ifname: str) -> 
 
 def read_cached_args(path: str) -> dict[str, str] | None:
     """``cniArgs`` of a libcni cache file as a dict; None when absent or not a cniCacheV1."""
-    for candidate in (path, path + ".json"):
-        try:
-            with open(candidate, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or data.get("kind") != CACHE_KIND:
-            continue
-        pairs = data.get("cniArgs") or []
-        if not isinstance(pairs, list):
-            return {}
-        return {str(p[0]): str(p[1]) for p in pairs
-                if isinstance(p, list | tuple) and len(p) == 2}
-    return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != CACHE_KIND:
+        return None
+    pairs = data.get("cniArgs") or []
+    if not isinstance(pairs, list):
+        return {}
+    return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list | tuple) and len(p) == 2}
 
 
 def read_attachments(data_dir: str, network: str, cache_dir: str) -> list[Attachment]:
