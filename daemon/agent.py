@@ -39,6 +39,7 @@ from netweft.daemon.statedir import StateDir
 from netweft.daemon.subnetmgr import LeaseAttrs
 from netweft.ipam import subnetenv
 from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.ipam.identity import IdentityError, NodeIdentity, load_or_create
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError
 
@@ -73,6 +74,11 @@ class AgentConfig:
     node_name: str = ""
     services_prefix: str = "/netweft"
     pod_records: bool = True
+    take_over_lease: bool = False  # the lease holding our public IP is ours, whoever wrote it
+    cni_data_dir: str = "/var/lib/cni/networks"  # the plugin's IPAM dataDir (pod records sync)
+    cni_network: str = "netweft"                 # the conflist's name
+    cni_cache_dir: str = "/var/lib/cni"          # the runtime's libcni cache directory
+    pod_sync_interval: float = 10.0
 
 
 class Agent:
@@ -92,6 +98,9 @@ class Agent:
         self.backend: Backend | None = None
         self.peers: PeerReconciler | None = None
         self.cni_host: Any = None
+        self.pod_sync: Any = None
+        self.identity: NodeIdentity | None = None
+        self._take_over = cfg.take_over_lease  # only for the first acquisition
         self._revision = 0
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -104,6 +113,14 @@ class Agent:
         """Everything up to the first full pass; raises AgentError for fatal problems."""
         cfg = self.cfg
         self.state.lock()
+        if cfg.state_dir:
+            try:
+                self.identity = load_or_create(cfg.state_dir)
+            except IdentityError as exc:
+                raise AgentError(str(exc)) from None
+            log.info("node identity %s (%s)", self.identity.node_id,
+                     f"new: {self.identity.path}" if self.identity.created
+                     else self.identity.path)
         self.nl = nl = Netlink(cfg.netns)
         try:
             self.side = side = await self.kernel.call(iface.select, nl, cfg.iface)
@@ -124,8 +141,11 @@ class Agent:
         self.metrics.set("netweft_etcd_up", 1)
         self.metrics.inc("netweft_etcd_errors_total", 0)  # the series exists from the start
         leases, _rev = await keeper.retry("listing leases", manager.list_leases)
-        previous = next((le for le in leases if le.public_ip == side.public_ip
-                         and le.backend_type == netcfg.backend.type), None)
+        node_id = self.identity.node_id if self.identity else None
+        previous = next((le for le in leases if node_id and le.node_id == node_id
+                         and le.backend_type == netcfg.backend.type), None) or \
+            next((le for le in leases if le.public_ip == side.public_ip and not le.node_id
+                  and le.backend_type == netcfg.backend.type), None)
         try:
             self.backend = registry.create(registry.BackendParams(
                 netcfg.backend, nl, side.underlay, cfg.state_dir, previous))
@@ -133,18 +153,20 @@ class Agent:
             raise AgentError(str(exc)) from None
         self.peers = peers = PeerReconciler(self.backend, self.kernel, self.metrics,
                                             lambda: keeper.lease, manager.lease_key,
-                                            cfg.reconcile_interval)
+                                            cfg.reconcile_interval, netcfg)
         peers.on_own_lease = keeper.request_reacquire
+        peers.on_own_altered = keeper.request_restore
         peers.on_pass = self._write_status
         keeper.on_lease = self._on_reacquired
         try:
             lease = await keeper.acquire(keeper.previous_subnet())
-        except LeaseError as exc:  # e.g. every subnet is taken
+        except LeaseError as exc:  # every subnet is taken; another node holds our public IP
             raise AgentError(str(exc)) from None
+        self._take_over = False
         leases, self._revision = await keeper.retry("listing leases", manager.list_leases)
         peers.set_leases(leases)
         try:
-            self.backend.check_peers(lease, leases)
+            self.backend.check_peers(lease, peers.valid_leases())
             await self._use_lease(lease)
         except BackendError as exc:
             raise AgentError(str(exc)) from None
@@ -154,7 +176,10 @@ class Agent:
     async def _lease_attrs(self) -> LeaseAttrs:
         assert self.backend is not None and self.side is not None
         data = await self.kernel.call(self.backend.backend_data)
-        return LeaseAttrs(self.side.public_ip, self.backend.type_name, dict(data))
+        ident = self.identity
+        return LeaseAttrs(self.side.public_ip, self.backend.type_name, dict(data),
+                          node_id=ident.node_id if ident else None,
+                          new_identity=bool(ident and ident.created), take_over=self._take_over)
 
     async def _use_lease(self, lease: Lease) -> None:
         """Device, subnet.env and firewall rules for ``lease``. Raises BackendError."""
@@ -243,22 +268,35 @@ class Agent:
         if not self.cfg.cni_socket:
             return
         from netweft.daemon.cnihost import CniHost, host_cni
+        from netweft.daemon.podsync import PodSync, PodSyncSettings
 
         cfg, nl, kernel = self.cfg, self.nl, self.kernel
         assert nl is not None
-        self.cni_host = CniHost(
-            cfg.cni_socket, asyncio.get_running_loop(), self.metrics, etcd=self.etcd,
-            services_prefix=cfg.services_prefix, node_name=cfg.node_name,
-            pod_records=cfg.pod_records, on_etcd_error=lambda _exc: self.health.store_error(),
-            tcp_port=cfg.cni_tcp_port, token_file=cfg.cni_token_file)
 
         async def link_exists(name: str) -> bool:
             return await kernel.call(nl.link_index, name) is not None
 
+        async def links(names: list[str]) -> set[str]:
+            def present() -> set[str]:
+                return {n for n in names if nl.link_index(n) is not None}
+            return await kernel.call(present)
+
+        if cfg.pod_records and self.etcd is not None:
+            self.pod_sync = PodSync(self.etcd, PodSyncSettings(
+                cfg.node_name, cfg.services_prefix, cfg.cni_data_dir, cfg.cni_network,
+                cfg.cni_cache_dir, cfg.pod_sync_interval, cfg.config_retry), links,
+                on_etcd_error=lambda _exc: self.health.store_error())
+        self.cni_host = CniHost(
+            cfg.cni_socket, asyncio.get_running_loop(), self.metrics, etcd=self.etcd,
+            services_prefix=cfg.services_prefix, node_name=cfg.node_name,
+            pod_records=cfg.pod_records, on_etcd_error=lambda _exc: self.health.store_error(),
+            tcp_port=cfg.cni_tcp_port, token_file=cfg.cni_token_file, sync=self.pod_sync)
         try:
             await host_cni(self.cni_host, link_exists)
         except OSError as exc:
             raise AgentError(f"--cni-socket {cfg.cni_socket}: {exc}") from None
+        if self.pod_sync is not None:
+            self._tasks.append(asyncio.create_task(self.pod_sync.run(), name="pod records"))
 
     # --- stopping -------------------------------------------------------------------------------
 

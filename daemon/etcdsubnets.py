@@ -41,8 +41,10 @@ class EtcdSubnetManager:
 
     async def acquire_lease(self, cfg: NetworkConfig, attrs: LeaseAttrs,
                             previous: IPv4Network | None) -> Lease:
-        return await _guard(self.store.acquire(cfg, attrs.public_ip, attrs.backend_type,
-                                               dict(attrs.backend_data), previous=previous))
+        return await _guard(self.store.acquire(
+            cfg, attrs.public_ip, attrs.backend_type, dict(attrs.backend_data),
+            previous=previous, node_id=attrs.node_id, new_identity=attrs.new_identity,
+            take_over=attrs.take_over))
 
     async def renew_lease(self, lease: Lease) -> Lease:
         return await _guard(self.store.renew(lease))

@@ -22,9 +22,11 @@ from netweft.daemon.subnetmgr import LeaseAttrs, SubnetManager, Unavailable
 from netweft.ipam import subnetenv
 from netweft.ipam.config import ConfigError, NetworkConfig
 from netweft.ipam.lease import Lease
-from netweft.ipam.leases import LeaseError, LeaseLost
+from netweft.ipam.leases import LeaseError, LeaseHeld, LeaseLost
 
 log = logging.getLogger("netweft.agent")
+
+HELD_POLL = 10.0  # seconds between looks while another identity's lease holds our public IP
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class LeaseKeeper:
         self.on_lease: OnLease | None = None
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
-        self._reacquire = asyncio.Event()
+        self._reacquire = asyncio.Event()  # wakes run(): re-acquire, or renew at once
+        self._restore = False              # the wake-up asks for a renewal (restore) only
 
     @property
     def metrics(self) -> Any:
@@ -110,13 +113,28 @@ class LeaseKeeper:
         return env.subnet.network if env.subnet is not None else None
 
     async def acquire(self, previous: IPv4Network | None) -> Lease:
-        """Acquire (or take back) our lease; retries while the store is unavailable. Raises
-        LeaseError (e.g. every subnet is taken)."""
+        """Acquire (or take back) our lease; retries while the store is unavailable, and
+        waits while another identity's live lease holds our public IP and this node's
+        identity is new (LeaseHeld: ``/readyz`` says why, tried again every few seconds
+        until that lease expires). Raises LeaseError (every subnet is taken; LeaseConflict:
+        another node's live lease holds our public IP)."""
         assert self.config is not None
-        attrs = await self.attrs()
         cfg = self.config
-        lease = await self.retry("acquiring a lease", lambda: self.manager.acquire_lease(
-            cfg, attrs, previous))
+        announced = ""
+        while True:
+            attrs = await self.attrs()
+            try:
+                lease = await self.retry("acquiring a lease", lambda a=attrs: (
+                    self.manager.acquire_lease(cfg, a, previous)))
+                break
+            except LeaseHeld as exc:
+                if str(exc).split("; it expires")[0] != announced:
+                    log.warning("%s", exc)
+                    announced = str(exc).split("; it expires")[0]
+                self.health.reason = str(exc)
+                left = exc.seconds_left
+                await asyncio.sleep(min(HELD_POLL, max(self.settings.retry, left))
+                                    if left >= 0 else HELD_POLL)
         self.metrics.inc("netweft_lease_acquisitions_total")
         if lease.expiration:
             self.metrics.set("netweft_lease_expiration_timestamp_seconds", lease.expiration)
@@ -136,6 +154,15 @@ class LeaseKeeper:
     def request_reacquire(self, why: str) -> None:
         """Our lease was removed or taken (seen in the watch): re-acquire it now."""
         log.warning("%s: re-acquiring", why)
+        self._restore = False
+        self._reacquire.set()
+
+    def request_restore(self, why: str) -> None:
+        """Our lease was altered in etcd but is still ours (seen in the watch): renew it now,
+        which puts our value back (``LeaseStore.renew``)."""
+        log.warning("%s: restoring it", why)
+        if not self._reacquire.is_set():
+            self._restore = True
         self._reacquire.set()
 
     async def run(self) -> None:
@@ -148,11 +175,14 @@ class LeaseKeeper:
             else:
                 wait = max(1.0, lease.expiration - self.settings.renew_margin - time.time())
             await wait_event(self._reacquire, wait)
+            restore = self._restore
             if self._reacquire.is_set():
                 self._reacquire.clear()
-                await self._reacquire_lease()
-                continue
-            if lease.reserved:
+                self._restore = False
+                if not restore:
+                    await self._reacquire_lease()
+                    continue
+            if lease.reserved and not restore:
                 continue
             try:
                 renewed = await self.manager.renew_lease(lease)
@@ -166,7 +196,8 @@ class LeaseKeeper:
                 await asyncio.sleep(self.settings.retry)
                 continue
             self.lease = replace(lease, expiration=renewed.expiration,
-                                 etcd_lease_id=renewed.etcd_lease_id)
+                                 etcd_lease_id=renewed.etcd_lease_id,
+                                 mod_revision=renewed.mod_revision)
             if renewed.expiration:
                 self.metrics.set("netweft_lease_expiration_timestamp_seconds",
                                  renewed.expiration)

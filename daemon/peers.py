@@ -7,6 +7,11 @@ ours, diffs it with the desired state (a pure function of own lease, peer leases
 applies the difference. Between full passes, lease *events* apply just the entries of the leases
 that changed, without looking at the kernel. Events arriving together are coalesced into one
 pass (10 ms), and several events of one lease collapse into (first old, last new).
+
+Only *valid* leases are ever programmed (``ipam/leasecheck.py``: right SubnetLen, inside the
+network, a unicast public address, no overlap with our own subnet or an earlier lease; issue 9
+item 12). Events are turned into changes of that valid view, so a lease becoming invalid is
+removed from the kernel, and one hidden by an overlap is programmed once the overlap goes.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from netweft.backends.base import Backend, DesiredState, DeviceInfo, lease_chang
 from netweft.daemon.asyncutil import wait_event
 from netweft.daemon.kernel import KernelWorker
 from netweft.daemon.metrics import Metrics
+from netweft.ipam.claim import Drift, drift
+from netweft.ipam.config import NetworkConfig
 from netweft.ipam.lease import Lease
+from netweft.ipam.leasecheck import LeaseFilter
 from netweft.ipam.leases import LeaseEvent
 
 log = logging.getLogger("netweft.agent")
@@ -33,11 +41,13 @@ class PeerReconciler:
     """Owns the lease view (``leases``: key -> lease, our own included), the device info and
     the pass bookkeeping. ``own()`` returns our current lease; ``key_for(lease)`` its key;
     ``on_own_lease(why)`` is called when the watch shows our lease removed or taken;
-    ``on_pass()`` after every pass (to write the status file)."""
+    ``on_own_altered(why)`` when it shows our lease changed but still ours (restore it);
+    ``on_pass()`` after every pass (to write the status file). ``config``: the network
+    config the leases are checked against."""
 
     def __init__(self, backend: Backend, kernel: KernelWorker, metrics: Metrics,
                  own: Callable[[], Lease | None], key_for: Callable[[Lease], str],
-                 interval: float) -> None:
+                 interval: float, config: NetworkConfig) -> None:
         self.backend = backend
         self.kernel = kernel
         self.metrics = metrics
@@ -45,6 +55,9 @@ class PeerReconciler:
         self.key_for = key_for
         self.interval = interval
         self.on_own_lease: Callable[[str], None] = lambda _why: None
+        self.on_own_altered: Callable[[str], None] = lambda _why: None
+        self.filter = LeaseFilter(config)
+        self.valid: dict[str, Lease] = {}  # the programmable view (our own lease included)
         self.on_pass: Callable[[], None] = lambda: None
         self.before_full: Callable[[], Any] | None = None  # kernel-thread hook (underlay check)
         self.leases: dict[str, Lease] = {}
@@ -64,10 +77,24 @@ class PeerReconciler:
         """Replace the lease view (start-up listing)."""
         self.leases = {self.key_for(le): le for le in leases}
         self.metrics.set("netweft_leases", len(self.leases))
+        self._revalidate()
+
+    def valid_leases(self) -> list[Lease]:
+        """The leases that may be programmed (checked against the config and our lease)."""
+        return list(self.valid.values())
+
+    def _revalidate(self) -> dict[str, Lease]:
+        """Recompute the valid view; returns the previous one."""
+        before = self.valid
+        self.valid = {self.key_for(le): le for le in
+                      self.filter.valid(self.leases.values(), self.own())}
+        self.metrics.set("netweft_leases_invalid", len(self.leases) - len(self.valid))
+        return before
 
     def note_own(self, lease: Lease) -> None:
         """Our (re-)acquired lease joins the view at once (the watch follows)."""
         self.leases[self.key_for(lease)] = lease
+        self._revalidate()
 
     def request_full(self) -> None:
         """Run a full pass as soon as possible (event loop thread)."""
@@ -80,27 +107,34 @@ class PeerReconciler:
             self._loop.call_soon_threadsafe(self.request_full)
 
     def on_events(self, events: list[LeaseEvent]) -> None:
-        """Lease events from the watch: update the view, queue peer changes, notice our own
-        lease being removed or taken by another public IP."""
+        """Lease events from the watch: update the view, queue the changes of the *valid* view
+        (our own lease aside), notice our own lease being removed, taken by another node
+        (:func:`~netweft.ipam.claim.drift`), or altered (then restored)."""
         own = self.own()
         assert own is not None
+        own_key = self.key_for(own)
         for ev in events:
             key = self.key_for(ev.lease)
-            mine = ev.lease.subnet == own.subnet
-            old = self.leases.get(key)
             if ev.kind == "removed":
                 self.leases.pop(key, None)
-                new = None
-                if mine:
-                    self.on_own_lease(f"our lease {own.subnet} was removed from etcd")
-            else:
-                self.leases[key] = new = ev.lease
-                if mine and ev.lease.public_ip != own.public_ip:
-                    self.on_own_lease(f"our subnet {own.subnet} now belongs to "
-                                      f"{ev.lease.public_ip}")
-            if not mine:
-                first_old = self._pending[key][0] if key in self._pending else old
-                self._pending[key] = (first_old, new)
+                if key == own_key:
+                    self.on_own_lease(f"our lease {own.key_name} was removed from etcd")
+                continue
+            self.leases[key] = ev.lease
+            if key == own_key:
+                state = drift(own, ev.lease)
+                if state is Drift.FOREIGN:
+                    who = ev.lease.node_id or ev.lease.public_ip
+                    self.on_own_lease(f"our lease {own.key_name} now belongs to {who}")
+                elif state is Drift.ALTERED:
+                    self.on_own_altered(f"our lease {own.key_name} was changed in etcd")
+        before = self._revalidate()
+        for key in before.keys() | self.valid.keys():
+            old, new = before.get(key), self.valid.get(key)
+            if key == own_key or _same(old, new):
+                continue
+            first_old = self._pending[key][0] if key in self._pending else old
+            self._pending[key] = (first_old, new)
         self.metrics.set("netweft_leases", len(self.leases))
         self._wake.set()
 
@@ -115,7 +149,9 @@ class PeerReconciler:
         """One full pass: device check, dump, diff, apply. Errors are counted and logged."""
         own = self.own()
         assert own is not None
-        backend, peers, hook = self.backend, list(self.leases.values()), self.before_full
+        backend, hook = self.backend, self.before_full
+        self._revalidate()
+        peers = self.valid_leases()
 
         def work() -> tuple[int, list[str], bool]:
             if hook is not None:
@@ -186,7 +222,7 @@ class PeerReconciler:
             self.request_full()
             return
         log.info("lease changes: %d kernel change(s)", changes.count)
-        self._count_programmed(backend.desired(own, list(self.leases.values())))
+        self._count_programmed(backend.desired(own, self.valid_leases()))
         self.on_pass()
 
     async def run(self) -> None:
@@ -207,3 +243,10 @@ class PeerReconciler:
             elif self._pending:
                 pending, self._pending = self._pending, {}
                 await self.apply_lease_events(pending)
+
+
+def _same(a: Lease | None, b: Lease | None) -> bool:
+    """Whether two versions of a lease program the same entries (value and etcd lease)."""
+    if a is None or b is None:
+        return a is b
+    return a.value() == b.value() and a.etcd_lease_id == b.etcd_lease_id

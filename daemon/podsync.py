@@ -129,11 +129,11 @@ class PodSync:
     :meth:`request` after a failed write; :meth:`run` is the loop (never returns)."""
 
     def __init__(self, etcd: Any, settings: PodSyncSettings,
-                 links: Callable[[], Awaitable[set[str]]],
+                 links: Callable[[list[str]], Awaitable[set[str]]],
                  on_etcd_error: Callable[[Exception], None] | None = None) -> None:
         self.etcd = etcd
         self.settings = settings
-        self.links = links  # the host veth names present on the node
+        self.links = links  # which of these host veth names exist on the node
         self.on_etcd_error = on_etcd_error
         self.lock = asyncio.Lock()
         self.writes = 0      # hook writes so far (a pass restarts if one landed meanwhile)
@@ -148,6 +148,14 @@ class PodSync:
     async def sync_once(self) -> int:
         """One pass; returns how many records were written or removed. Raises EtcdError."""
         s = self.settings
+        if not os.path.isdir(os.path.join(s.data_dir, s.network)):
+            # No pod was ever wired with this IPAM directory: a wrong --cni-data-dir must not
+            # empty this node's records (the start-up prune still drops those whose link is gone).
+            if self.passes == 0:
+                log.warning("pod records not reconciled: no IPAM directory %s",
+                            os.path.join(s.data_dir, s.network))
+            self.passes += 1
+            return 0
         for _attempt in range(5):
             seen = self.writes
             try:
@@ -156,7 +164,7 @@ class PodSync:
             except AllocatorError as exc:
                 log.warning("pod records not reconciled: %s", exc)
                 return 0
-            live = await self.links()
+            live = await self.links([a.host_veth for a in atts])
             kvs, _ = await self.etcd.get_prefix(pod_key(s.services_prefix, s.node, ""))
             existing: dict[str, PodRecord] = {}
             for kv in kvs:

@@ -28,11 +28,17 @@ class Unavailable(Exception):
 @dataclass(frozen=True)
 class LeaseAttrs:
     """What this node publishes in its lease: public IP, backend type and BackendData
-    (Flannel's ``LeaseAttrs``)."""
+    (Flannel's ``LeaseAttrs``), and who it is: ``node_id`` (``ipam/identity.py``; None without
+    a state directory), ``new_identity`` (made by this start), ``take_over`` (the operator's
+    ``--take-over-lease``: the lease holding our public IP is ours whatever identity it names).
+    """
 
     public_ip: IPv4Address
     backend_type: str
     backend_data: dict[str, Any] = field(default_factory=dict)
+    node_id: str | None = None
+    new_identity: bool = False
+    take_over: bool = False
 
 
 class SubnetManager(Protocol):
@@ -54,7 +60,8 @@ class SubnetManager(Protocol):
     async def acquire_lease(self, cfg: NetworkConfig, attrs: LeaseAttrs,
                             previous: IPv4Network | None) -> Lease:
         """This node's lease: its existing one, else ``previous`` when free, else a free
-        subnet. Raises LeaseError (e.g. SubnetsExhausted), Unavailable."""
+        subnet. Raises LeaseError (e.g. SubnetsExhausted; LeaseConflict / LeaseHeld when
+        another identity's live lease holds our public IP), Unavailable."""
         ...
 
     async def renew_lease(self, lease: Lease) -> Lease:

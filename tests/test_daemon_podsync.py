@@ -82,8 +82,8 @@ def test_missing_records_are_written_and_stale_ones_removed(etcd_endpoint: str,
                               host_veth="nwdeadbeef0000")
             await etcd.put(f"{prefix}/pods/n1/deadbeef", stale.to_json())
 
-            async def links() -> set[str]:
-                return live
+            async def links(names: list[str]) -> set[str]:
+                return live & set(names)
 
             sync = PodSync(etcd, PodSyncSettings("n1", prefix, str(data), NET, str(cache)),
                            links)
@@ -113,8 +113,8 @@ def test_writes_lost_in_an_etcd_outage_are_retried_until_etcd_is_back(
         async with EtcdClient(EtcdSettings((server.endpoint,), "/x"), timeout=1.0) as etcd:
             host_veth = Attachment(cid, "eth0", ()).host_veth
 
-            async def links() -> set[str]:
-                return {host_veth}
+            async def links(names: list[str]) -> set[str]:
+                return {host_veth} & set(names)
 
             sync = PodSync(etcd, PodSyncSettings("n1", prefix, str(data), NET, str(cache),
                                                  interval=3600, retry=0.2), links)

@@ -85,6 +85,8 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
         "--state-dir", node.daemon_state_dir,
         "--cni-socket", node.cni_socket,
         "--node-name", node.name,
+        "--cni-data-dir", node.cni_data_dir,
+        "--cni-cache-dir", runtime.cache_dir(node),
     ]
 
 
