@@ -211,3 +211,42 @@ def test_pods_wired_while_the_daemon_was_down_get_records_at_start(
     assert sorted(r["name"] for r in records) == ["w-0", "w-1", "w-2"]
     assert all(r["labels"] == {"app": "w"} and len(r["ips"]) == 1 for r in records)
     assert os.path.isdir(tmp_path / "ipam" / "netweft")
+    # While the daemon runs, a pod wired in-process (socket unreachable) is picked up by the
+    # periodic pass (--pod-sync-interval 1 here).
+    assert lab.stop_daemon(ns) == 0
+    start(lab, ns, "--pod-sync-interval", "1")
+    cid = "feed999900001111"
+    args = {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "late", "NETWEFT_POD_LABELS": "a=b"}
+    reply = invoke(PluginCall(installed.executable, "ADD",
+                              {**conf, "socketPath": str(tmp_path / "nowhere.sock")},
+                              container_id=cid, netns=f"/run/netns/{netns_factory('lpod')}",
+                              args=args, node_netns=ns))
+    assert reply.exit_code == 0, reply.stdout + reply.stderr
+    (cache / f"netweft-{cid}-eth0").write_text(json.dumps({
+        "kind": "cniCacheV1", "containerId": cid, "ifName": "eth0", "networkName": "netweft",
+        "cniArgs": [[k, v] for k, v in args.items()], "result": json.loads(reply.stdout)}))
+    # (a pass between the ADD and the cache write gives a record without labels first)
+    wait_for(lambda: '"a": "b"' in lab.etcdctl("get", key + cid, "--print-value-only"),
+             timeout=15, what="the late pod's record with its labels")
+
+
+def test_reinstalled_node_waits_for_its_old_lease_unless_told_to_take_it_over(
+        make_lab) -> None:
+    import shutil
+
+    lab = make_lab(2)
+    a, b = lab.node_nss
+    sub_a, _sub_b = start(lab, a), start(lab, b)
+    old = lab.leases()[str(sub_a)]
+    assert lab.stop_daemon(a) == 0
+    shutil.rmtree(lab.paths(a)["state_dir"])  # "reinstalled": the identity is gone
+    lab.start_daemon(a, "--reconcile-interval", "1")
+    wait_for(lambda: "waits for that lease to expire" in lab.http(a, "/readyz")[1],
+             what="the reinstalled node waiting: " + lab.log(a)[-800:])
+    assert lab.leases()[str(sub_a)] == old
+    assert lab.stop_daemon(a) == 0
+    assert start(lab, a, "--take-over-lease") == sub_a
+    now = lab.leases()[str(sub_a)]
+    assert now["NetweftNodeID"] != old["NetweftNodeID"] and now["PublicIP"] == old["PublicIP"]
+    assert len(lab.leases()) == 2
+    assert "taking over" in lab.log(a)
