@@ -105,6 +105,11 @@ def test_bad_leases_are_never_programmed_and_listed_invalid(make_lab) -> None:
                if not d["valid"]}
     assert set(invalid) == {str(supernet), "10.244.201.0-24", "10.244.202.0-24",
                             "10.99.0.0/24"}, invalid
+    # `netweft routes` compares the kernel with the valid leases only: all ok (exit 0).
+    paths = lab.paths(a)
+    r = lab.netweft(a, "routes", "--subnet-file", paths["subnet_file"], "--state-dir",
+                    paths["state_dir"], check=False)
+    assert r.returncode == 0 and "10.244.201.0" not in r.stdout, r.stdout + r.stderr
 
 
 def test_intruder_with_a_peers_public_ip_never_takes_its_lease(make_lab, tmp_path: Path) -> None:

@@ -60,6 +60,9 @@ def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None
     own = next((le for le in leases if own_subnet is not None and le.subnet == own_subnet), None)
     if own is None and public_ip:
         own = next((le for le in leases if str(le.public_ip) == public_ip), None)
+    if cfg is not None:  # what the daemon programs: the valid leases only (ipam/leasecheck.py)
+        from netweft.ipam.leasecheck import check_leases
+        leases = check_leases(cfg, leases, own).valid
     return NodeView(cfg, leases, own, None)
 
 
