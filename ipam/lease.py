@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
+from netweft.ipam.config import ConfigError
+from netweft.ipam.config import _str as config_str
+
 NODE_ID_FIELD = "NetweftNodeID"
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -133,13 +136,12 @@ def parse_key_name(name: str) -> tuple[IPv4Network | None, IPv6Network | None]:
 
 
 def _opt_str(data: dict[str, Any], key: str, name: str) -> str | None:
-    """``data[key]`` as a string, None when absent/null/empty; LeaseFormatError for other types."""
-    value = data.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise LeaseFormatError(f"lease {name}: {key}: expected a string, got {json.dumps(value)}")
-    return value
+    """``data[key]`` as a string, None when absent/null/empty; LeaseFormatError for other types
+    (the config's strict field reader, with the lease's name in front)."""
+    try:
+        return config_str(data, key, f"lease {name}: ")
+    except ConfigError as exc:
+        raise LeaseFormatError(str(exc)) from None
 
 
 def _backend_data(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from netweft.ipam.config import NetworkConfig
 from netweft.ipam.lease import Lease
@@ -51,33 +51,46 @@ def _unicast(ip: IPv4Address | IPv6Address) -> bool:
                 or (isinstance(ip, IPv4Address) and ip == IPv4Address("255.255.255.255")))
 
 
+@dataclass(frozen=True)
+class _Family:
+    """One address family's part of a lease and of the config, with the config's field names."""
+
+    subnet: IPv4Network | IPv6Network | None
+    public: IPv4Address | IPv6Address | None
+    network: IPv4Network | IPv6Network | None  # None: the config has no such network
+    subnet_len: int
+    names: tuple[str, str, str]                # Network, SubnetLen, PublicIP field names
+    public_required: bool
+
+
+def _family_problem(f: _Family) -> str | None:
+    net_name, len_name, pub_name = f.names
+    if f.subnet is None:
+        return None
+    if f.network is None:
+        return f"subnet: {f.subnet} but the network has no {net_name}"
+    if f.subnet.prefixlen != f.subnet_len:
+        return f"{len_name}: {f.subnet} is not a /{f.subnet_len}"
+    if not f.subnet.subnet_of(f.network):  # type: ignore[arg-type]
+        return f"{net_name}: {f.subnet} is outside {f.network}"
+    if f.public is None:
+        return f"{pub_name}: missing for {f.subnet}" if f.public_required else None
+    if not _unicast(f.public):
+        return f"{pub_name}: {f.public} is not a unicast address"
+    return None
+
+
 def shape_problem(cfg: NetworkConfig, lease: Lease) -> str | None:
-    """Why ``lease`` alone does not fit ``cfg`` (None when it does)."""
+    """Why ``lease`` alone does not fit ``cfg`` (None when it does). An IPv6 subnet needs a
+    PublicIPv6 only when the lease has no IPv4 side to be reached through."""
     if lease.subnet is None and lease.ipv6_subnet is None:
         return "subnet: the lease has none"
-    if lease.subnet is not None:
-        if cfg.network is None or not cfg.enable_ipv4:
-            return f"subnet: {lease.subnet} but the network has no IPv4 Network"
-        if lease.subnet.prefixlen != cfg.subnet_len:
-            return f"SubnetLen: {lease.subnet} is not a /{cfg.subnet_len}"
-        if not lease.subnet.subnet_of(cfg.network):
-            return f"Network: {lease.subnet} is outside {cfg.network}"
-        if lease.public_ip is None:
-            return f"PublicIP: missing for {lease.subnet}"
-        if not _unicast(lease.public_ip):
-            return f"PublicIP: {lease.public_ip} is not a unicast address"
-    if lease.ipv6_subnet is not None:
-        if cfg.ipv6_network is None or not cfg.enable_ipv6:
-            return f"subnet: {lease.ipv6_subnet} but the network has no IPv6Network"
-        if lease.ipv6_subnet.prefixlen != cfg.ipv6_subnet_len:
-            return f"IPv6SubnetLen: {lease.ipv6_subnet} is not a /{cfg.ipv6_subnet_len}"
-        if not lease.ipv6_subnet.subnet_of(cfg.ipv6_network):
-            return f"IPv6Network: {lease.ipv6_subnet} is outside {cfg.ipv6_network}"
-        if lease.public_ipv6 is None and lease.subnet is None:
-            return f"PublicIPv6: missing for {lease.ipv6_subnet}"
-        if lease.public_ipv6 is not None and not _unicast(lease.public_ipv6):
-            return f"PublicIPv6: {lease.public_ipv6} is not a unicast address"
-    return None
+    v4 = _Family(lease.subnet, lease.public_ip, cfg.network if cfg.enable_ipv4 else None,
+                 cfg.subnet_len, ("Network", "SubnetLen", "PublicIP"), True)
+    v6 = _Family(lease.ipv6_subnet, lease.public_ipv6,
+                 cfg.ipv6_network if cfg.enable_ipv6 else None, cfg.ipv6_subnet_len,
+                 ("IPv6Network", "IPv6SubnetLen", "PublicIPv6"), lease.subnet is None)
+    return _family_problem(v4) or _family_problem(v6)
 
 
 def _overlaps(a: Lease, b: Lease) -> bool:

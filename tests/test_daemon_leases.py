@@ -16,44 +16,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
-import pytest
-from netweft.cni.install import install
-from netweft.cni.invoke import PluginCall, invoke
-from netweft.daemon import underlay
-from netweft.daemon.nodelab import NodeLab, poll_until, wait_for
+sys.path.insert(0, str(Path(__file__).parent))
 
+import test_daemon_node  # noqa: E402
+from netweft.cni.install import install  # noqa: E402
+from netweft.cni.invoke import PluginCall, invoke  # noqa: E402
+from netweft.daemon import underlay  # noqa: E402
+from netweft.daemon.nodelab import NodeLab, poll_until, wait_for  # noqa: E402
+from test_daemon_node import fdb, ip  # noqa: E402
 
-@pytest.fixture
-def make_lab(netns_factory: Callable[[str], str], tmp_path: Path) -> Iterator[
-        Callable[..., NodeLab]]:
-    labs: list[NodeLab] = []
-
-    def make(nodes: int = 2) -> NodeLab:
-        lab = NodeLab(netns_factory("lul"), [netns_factory("ln") for _ in range(nodes)],
-                      netns_factory("lout"), str(tmp_path))
-        labs.append(lab)
-        lab.build()
-        lab.set_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
-        return lab
-
-    try:
-        yield make
-    finally:
-        for lab in labs:
-            lab.close()
-
-
-def ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True).stdout
-
-
-def fdb(ns: str) -> str:
-    return subprocess.run(["bridge", "-n", ns, "fdb", "show", "dev", "flannel.1"],
-                          capture_output=True, text=True).stdout
+make_lab = test_daemon_node.make_lab  # the node lab fixture, shared
 
 
 def start(lab: NodeLab, ns: str, *extra: str) -> IPv4Network:
