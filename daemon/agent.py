@@ -48,9 +48,9 @@ from netweft.daemon.firewall import Firewall, FirewallError, FirewallSpec, Runne
 from netweft.daemon.metrics import HttpEndpoint, Metrics, daemon_metrics
 from netweft.ipam import subnetenv
 from netweft.ipam.config import ConfigError, NetworkConfig
-from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError, LeaseEvent, LeaseLost, LeaseStore
+from netweft.kv.etcd import EtcdClient, EtcdError, EtcdSettings
 
 log = logging.getLogger("netweft.agent")
 

@@ -41,9 +41,9 @@ def test_leases_list_json_round_trips(etcd_endpoint: str, etcd_prefix: str) -> N
     import asyncio
 
     from netweft.ipam.config import parse_config
-    from netweft.ipam.etcd import EtcdClient, EtcdSettings
     from netweft.ipam.lease import Lease
     from netweft.ipam.leases import LeaseStore
+    from netweft.kv.etcd import EtcdClient, EtcdSettings
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
 
