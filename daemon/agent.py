@@ -38,10 +38,10 @@ from netweft.daemon.peers import PeerReconciler
 from netweft.daemon.statedir import StateDir
 from netweft.daemon.subnetmgr import LeaseAttrs
 from netweft.ipam import subnetenv
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
 from netweft.ipam.identity import IdentityError, NodeIdentity, load_or_create
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 
 __all__ = ["Agent", "AgentConfig", "AgentError"]
 

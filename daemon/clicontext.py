@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from netweft.ipam.etcd import EtcdSettings
+from netweft.kv.etcd import EtcdSettings
 from netweft.proxy.records import DEFAULT_SERVICES_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -17,7 +17,7 @@ from netweft.cni.plugin import PodInfo
 from netweft.cni.server import CniHooks, CniServer
 from netweft.daemon.metrics import Metrics
 from netweft.daemon.podsync import PodSync
-from netweft.ipam.etcd import EtcdError
+from netweft.kv.etcd import EtcdError
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord, RecordError, pod_key
 

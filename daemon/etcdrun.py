@@ -8,8 +8,8 @@ from typing import TypeVar
 
 from netweft.daemon.clicontext import fail
 from netweft.ipam.config import ConfigError
-from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
 from netweft.ipam.leases import LeaseError, LeaseStore
+from netweft.kv.etcd import EtcdClient, EtcdError, EtcdSettings
 
 T = TypeVar("T")
 

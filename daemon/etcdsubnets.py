@@ -9,9 +9,9 @@ from typing import TypeVar
 
 from netweft.daemon.subnetmgr import LeaseAttrs, Unavailable
 from netweft.ipam.config import NetworkConfig
-from netweft.ipam.etcd import EtcdClient, EtcdError
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseEvent, LeaseStore
+from netweft.kv.etcd import EtcdClient, EtcdError
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from netweft.cni.env import parse_labels, parse_named_ports
 from netweft.cni.spec import CniError
 from netweft.cni.wiring import host_veth_name
 from netweft.ipam.allocator import AllocatorError, NodeAllocator
-from netweft.ipam.etcd import EtcdError
+from netweft.kv.etcd import EtcdError
 from netweft.proxy.podrecords import sync_pods
 from netweft.proxy.records import PodRecord, RecordError, pod_key
 

@@ -101,6 +101,18 @@ class NetworkConfig:
         out["Backend"] = self.backend.to_dict()
         return out
 
+    def summary(self) -> str:
+        """One line per enabled family, e.g. ``10.244.0.0/16, /24 per node (255 subnets)``,
+        joined by ``; `` (IPv4 first)."""
+        parts = []
+        if self.enable_ipv4 and self.network is not None:
+            parts.append(f"{self.network}, /{self.subnet_len} per node "
+                         f"({self.capacity} subnets)")
+        if self.enable_ipv6 and self.ipv6_network is not None:
+            parts.append(f"{self.ipv6_network}, /{self.ipv6_subnet_len} per node "
+                         f"({self.ipv6_capacity} subnets)")
+        return "; ".join(parts)
+
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
@@ -206,6 +218,18 @@ def _subnet_bounds(d: dict[str, Any], min_key: str, max_key: str,
     return smin, smax
 
 
+def _check_subnet_len(name: str, subnet_len: int, net_field: str, prefixlen: int,
+                      longest: int) -> None:
+    """Flannel's CheckNetworkConfig (pkg/subnet/config.go): a node subnet leaves room for the
+    tunnel and bridge addresses (at most /30, IPv6 /126) and the network holds at least four of
+    them, because the first is skipped (so SubnetLen >= prefix + 2). A flanneld sharing the etcd
+    would refuse anything else."""
+    if not prefixlen + 2 <= subnet_len <= longest:
+        raise ConfigError(f"{name}: {subnet_len} is out of range: the {net_field}'s "
+                          f"/{prefixlen} must hold at least four subnets (the first is skipped), "
+                          f"so it must be from /{prefixlen + 2} to /{longest}")
+
+
 def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
     text = _str(d, "Network")
     if text is None:
@@ -222,9 +246,7 @@ def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Add
     subnet_len = _int(d, "SubnetLen")
     if subnet_len is None or subnet_len == 0:
         subnet_len = 24 if network.prefixlen < 22 else network.prefixlen + 2
-    if not network.prefixlen < subnet_len <= 30:
-        raise ConfigError(f"SubnetLen: {subnet_len} is out of range: it must be longer than "
-                          f"the Network's /{network.prefixlen} and at most 30")
+    _check_subnet_len("SubnetLen", subnet_len, "Network", network.prefixlen, 30)
     # Flannel skips the first subnet by default (its network address doubles as the network's).
     smin, smax = _subnet_bounds(d, "SubnetMin", "SubnetMax", network, subnet_len)
     return network, subnet_len, smin, smax  # type: ignore[return-value]
@@ -243,9 +265,7 @@ def _v6_range(d: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Add
     subnet_len = _int(d, "IPv6SubnetLen")
     if subnet_len is None or subnet_len == 0:
         subnet_len = 64 if network.prefixlen < 62 else network.prefixlen + 2
-    if not network.prefixlen < subnet_len <= 126:
-        raise ConfigError(f"IPv6SubnetLen: {subnet_len} is out of range: it must be longer than "
-                          f"the IPv6Network's /{network.prefixlen} and at most 126")
+    _check_subnet_len("IPv6SubnetLen", subnet_len, "IPv6Network", network.prefixlen, 126)
     smin, smax = _subnet_bounds(d, "IPv6SubnetMin", "IPv6SubnetMax", network, subnet_len)
     return network, subnet_len, smin, smax  # type: ignore[return-value]
 

@@ -20,9 +20,12 @@ from typing import Any
 
 from netweft.ipam.claim import Claimant, Drift, drift, plan_claim
 from netweft.ipam.config import ConfigError, NetworkConfig, parse_config
-from netweft.ipam.etcd import CompactedError, EtcdClient, EtcdError, EventType, KeyValue
 from netweft.ipam.lease import Lease, LeaseFormatError, parse_lease
 from netweft.ipam.leasecheck import InvalidLease
+from netweft.kv.backoff import Backoff
+from netweft.kv.protocol import KV
+from netweft.kv.reflector import Listed, Reflector
+from netweft.kv.types import EtcdError, EventType, KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
 class LeaseStore:
     """The leases of one network (one etcd prefix)."""
 
-    def __init__(self, etcd: EtcdClient, prefix: str = "/coreos.com/network",
+    def __init__(self, etcd: KV, prefix: str = "/coreos.com/network",
                  ttl: int = DEFAULT_TTL) -> None:
         self.etcd = etcd
         self.prefix = prefix.rstrip("/")
@@ -436,45 +439,35 @@ class LeaseStore:
 
     async def watch(self, leases: list[Lease], revision: int,
                     retry_delay: float = 1.0) -> AsyncIterator[list[LeaseEvent]]:
-        """Events after ``revision`` relative to ``leases``. On compaction or a broken stream,
-        re-list and yield the difference, so the caller's view always converges to etcd's."""
+        """Events after ``revision`` relative to ``leases``, forever (through a
+        :class:`netweft.kv.reflector.Reflector`). After a compaction it re-lists and yields the
+        difference; a broken stream resumes from the last revision seen after ``retry_delay``
+        seconds (jittered); so the caller's view always converges to etcd's."""
         known: dict[str, Lease] = {self.key_for(le): le for le in leases}
-        rev = revision
-        while True:
-            try:
-                async for batch in self.etcd.watch_prefix(self.subnets_prefix, rev + 1):
-                    events: list[LeaseEvent] = []
-                    last = rev
-                    for ev in batch.events:
-                        last = max(last, ev.kv.mod_revision)
-                        if ev.type is EventType.PUT:
-                            lease = _kv_to_lease(ev.kv, self.subnets_prefix)
-                            if lease is not None:
-                                known[ev.kv.key] = lease
-                                events.append(LeaseEvent("added", lease))
-                        else:
-                            old = known.pop(ev.kv.key, None)
-                            if old is None:
-                                old = _kv_to_lease(ev.kv, self.subnets_prefix)
-                            if old is not None:
-                                events.append(LeaseEvent("removed", old))
-                    rev = last if batch.events else max(rev, batch.revision)
-                    if events:
-                        yield events
-            except (CompactedError, EtcdError) as exc:
-                log.warning("lease watch interrupted (%s); re-listing", exc)
-            while True:
-                try:
-                    current, rev = await self.list()
-                    break
-                except EtcdError as exc:
-                    log.warning("re-list failed (%s); retrying in %.1fs", exc, retry_delay)
-                    await asyncio.sleep(retry_delay)
-            diff = diff_leases(known, {self.key_for(le): le for le in current})
-            known = {self.key_for(le): le for le in current}
-            if diff:
-                yield diff
-            await asyncio.sleep(0)
+        reflector = Reflector(self.subnets_prefix, revision,
+                              Backoff(retry_delay, retry_delay), name="lease watch")
+        async for update in reflector.updates(self.etcd):
+            if isinstance(update, Listed):
+                current = {kv.key: lease for kv in update.kvs
+                           if (lease := _kv_to_lease(kv, self.subnets_prefix))}
+                events = diff_leases(known, current)
+                known = current
+            else:
+                events = []
+                for ev in update.events:
+                    if ev.type is EventType.PUT:
+                        lease = _kv_to_lease(ev.kv, self.subnets_prefix)
+                        if lease is not None:
+                            known[ev.kv.key] = lease
+                            events.append(LeaseEvent("added", lease))
+                    else:
+                        old = known.pop(ev.kv.key, None)
+                        if old is None:
+                            old = _kv_to_lease(ev.kv, self.subnets_prefix)
+                        if old is not None:
+                            events.append(LeaseEvent("removed", old))
+            if events:
+                yield events
 
 
 def diff_leases(old: dict[str, Lease], new: dict[str, Lease]) -> list[LeaseEvent]:

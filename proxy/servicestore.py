@@ -14,7 +14,7 @@ import ipaddress
 import random
 from dataclasses import replace
 
-from netweft.ipam.etcd import EtcdClient
+from netweft.kv.protocol import KV
 from netweft.proxy.model import ServiceKey, ServiceType
 from netweft.proxy.records import (
     NODE_PORT_MAX,
@@ -85,7 +85,7 @@ def pick_node_port(used: set[int], rng: random.Random) -> int:
     return rng.choice(free)
 
 
-async def _allocated(etcd: EtcdClient, prefix: str) -> tuple[set[str], set[int]]:
+async def _allocated(etcd: KV, prefix: str) -> tuple[set[str], set[int]]:
     ips_dir = cluster_ip_key(prefix, "")
     ports_dir = node_port_key(prefix, 0)[:-1]
     ip_kvs, _ = await etcd.get_prefix(ips_dir)
@@ -95,7 +95,7 @@ async def _allocated(etcd: EtcdClient, prefix: str) -> tuple[set[str], set[int]]
 
 
 async def create_service(
-    etcd: EtcdClient, prefix: str, request: ServiceRecord, cidr: ipaddress.IPv4Network,
+    etcd: KV, prefix: str, request: ServiceRecord, cidr: ipaddress.IPv4Network,
     rng: random.Random | None = None,
 ) -> ServiceRecord:
     """Store ``request``; an empty ``cluster_ip`` and absent node ports (NodePort/LoadBalancer)
@@ -148,12 +148,12 @@ async def create_service(
                           "attempts (concurrent creates?); try again")
 
 
-async def get_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> ServiceRecord | None:
+async def get_service(etcd: KV, prefix: str, key: ServiceKey) -> ServiceRecord | None:
     kv = await etcd.get(service_key(prefix, key))
     return ServiceRecord.from_json(kv.value) if kv is not None else None
 
 
-async def delete_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> ServiceRecord:
+async def delete_service(etcd: KV, prefix: str, key: ServiceKey) -> ServiceRecord:
     """Delete a service and release its cluster IP and node ports (one transaction)."""
     etcd_key = service_key(prefix, key)
     for _ in range(ATTEMPTS):
@@ -174,7 +174,7 @@ async def delete_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> Serv
     raise RecordError(f"service {key} kept changing while deleting it; try again")
 
 
-async def list_services(etcd: EtcdClient, prefix: str) -> list[ServiceRecord]:
+async def list_services(etcd: KV, prefix: str) -> list[ServiceRecord]:
     kvs, _ = await etcd.get_prefix(services_dir(prefix))
     out = []
     for kv in kvs:
@@ -185,7 +185,7 @@ async def list_services(etcd: EtcdClient, prefix: str) -> list[ServiceRecord]:
     return sorted(out, key=lambda r: (r.namespace, r.name))
 
 
-async def list_pods(etcd: EtcdClient, prefix: str) -> list[PodRecord]:
+async def list_pods(etcd: KV, prefix: str) -> list[PodRecord]:
     kvs, _ = await etcd.get_prefix(pods_dir(prefix))
     out = []
     for kv in kvs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 
-from netweft.ipam.etcd import EtcdClient
+from netweft.kv.protocol import KV
 from netweft.proxy.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import (
@@ -28,7 +28,7 @@ def expected_from(services: list[ServiceRecord], pods: list[PodRecord]) -> Model
     return svc, eps
 
 
-async def truth(etcd: EtcdClient, prefix: str) -> Model:
+async def truth(etcd: KV, prefix: str) -> Model:
     skvs, _ = await etcd.get_prefix(services_dir(prefix))
     pkvs, _ = await etcd.get_prefix(pods_dir(prefix))
     services = []
@@ -38,7 +38,7 @@ async def truth(etcd: EtcdClient, prefix: str) -> Model:
     return expected_from(services, [PodRecord.from_json(kv.value) for kv in pkvs])
 
 
-async def random_changes(etcd: EtcdClient, prefix: str, rng: random.Random, count: int) -> None:
+async def random_changes(etcd: KV, prefix: str, rng: random.Random, count: int) -> None:
     for _ in range(count):
         roll = rng.random()
         name = f"s{rng.randint(0, 5)}"

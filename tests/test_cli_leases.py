@@ -37,13 +37,31 @@ def test_config_set_refuses_bad_config_with_one_line(etcd_endpoint: str, etcd_pr
         "netweft: SubnetMin: 10.244.1.9 is not on a /24 boundary (SubnetLen)"]
 
 
+def test_config_set_summarises_an_ipv6_only_network(etcd_endpoint: str,
+                                                    etcd_prefix: str) -> None:
+    r = netweft(etcd_endpoint, etcd_prefix, "config", "set", "-f", "-",
+                stdin='{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10::/56"}')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (f"network config stored at {etcd_prefix}/config: "
+                                "fd00:10::/56, /64 per node (255 subnets), vxlan")
+
+
+def test_config_set_refuses_what_flannel_refuses(etcd_endpoint: str, etcd_prefix: str) -> None:
+    r = netweft(etcd_endpoint, etcd_prefix, "config", "set", "--network", "10.244.0.0/16",
+                "--subnet-len", "17")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "netweft: SubnetLen: 17 is out of range: the Network's /16 must hold at least four "
+        "subnets (the first is skipped), so it must be from /18 to /30"]
+
+
 def test_leases_list_json_round_trips(etcd_endpoint: str, etcd_prefix: str) -> None:
     import asyncio
 
     from netweft.ipam.config import parse_config
-    from netweft.ipam.etcd import EtcdClient, EtcdSettings
     from netweft.ipam.lease import Lease
     from netweft.ipam.leases import LeaseStore
+    from netweft.kv.etcd import EtcdClient, EtcdSettings
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
 
@@ -108,7 +126,7 @@ def test_leases_list_marks_malformed_and_misfit_leases_invalid(etcd_endpoint: st
     """Issue 9 item 12: what no node programs is shown as INVALID with the reason."""
     import asyncio
 
-    from netweft.ipam.etcd import EtcdClient, EtcdSettings
+    from netweft.kv.etcd import EtcdClient, EtcdSettings
 
     assert netweft(etcd_endpoint, etcd_prefix, "config", "set", "--network",
                    "10.244.0.0/16").returncode == 0

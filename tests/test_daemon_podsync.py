@@ -26,7 +26,7 @@ from netweft.daemon.podsync import (
     desired_records,
 )
 from netweft.ipam.allocator import IPRange, NodeAllocator
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.records import PodRecord
 
 NET = "netweft"

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.ipam.config import NetworkConfig, parse_config
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 
 T = TypeVar("T")
 

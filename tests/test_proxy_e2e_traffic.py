@@ -26,7 +26,7 @@ PREFIX = "/nwp-e2e"
 
 PODS = """
 import asyncio, sys
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord
 async def main():

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.model import Protocol, ServiceKey, ServiceType
 from netweft.proxy.records import (
     PortRecord,

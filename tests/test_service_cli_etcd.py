@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.podrecords import put_pod
 from netweft.proxy.records import PodRecord
 

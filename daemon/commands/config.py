@@ -82,8 +82,8 @@ def set_config(ctx: click.Context, path: str | None, network: str | None,
         return
     s = settings(ctx)
     with_store(s, lambda store: store.set_config(cfg))
-    click.echo(f"network config stored at {s.prefix}/config: {cfg.network or cfg.ipv6_network}, "
-               f"/{cfg.subnet_len} per node ({cfg.capacity} subnets), {cfg.backend.type}")
+    click.echo(f"network config stored at {s.prefix}/config: {cfg.summary()}, "
+               f"{cfg.backend.type}")
 
 
 def register(group: click.Group) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 from netweft.daemon.clicontext import fail, settings
-from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
 from netweft.ipam.lease import Lease
+from netweft.kv.etcd import EtcdClient, EtcdError, EtcdSettings
 
 
 @dataclass

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from netweft.ipam.config import ConfigError
+from netweft.ipam.config import from_dict as config_from_dict
+
 UNDERLAY = IPv4Network("192.0.2.0/24")
 GATEWAY_IP = IPv4Address("192.0.2.1")
 ETCD_IP = IPv4Address("192.0.2.2")
@@ -88,10 +91,10 @@ class LabSpec:
                 f"--proxy-mode: {self.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
         if not 1 <= self.port <= 65535:
             raise LabSpecError(f"--port: {self.port} is out of range 1-65535")
-        if not self.network.prefixlen < self.subnet_len <= 30:
-            raise LabSpecError(
-                f"--subnet-len: {self.subnet_len} must be longer than the network's "
-                f"/{self.network.prefixlen} and at most 30")
+        try:  # the network config's own (Flannel's) rules, so the daemons accept it
+            config_from_dict({"Network": str(self.network), "SubnetLen": self.subnet_len})
+        except ConfigError as exc:
+            raise LabSpecError(f"--subnet-len: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {

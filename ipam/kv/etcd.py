@@ -11,29 +11,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 from aetcd import rpc
-
-
-class EtcdError(Exception):
-    """etcd could not be reached or refused a request."""
-
-
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered."""
-
-
-class CompactedError(EtcdError):
-    """A watch asked for a revision that etcd has already compacted away."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (oldest available {compact_revision})")
-        self.compact_revision = compact_revision
+from netweft.kv.types import (
+    CompactedError,
+    EtcdError,
+    EtcdUnavailable,
+    EventType,
+    KeyValue,
+    WatchBatch,
+    WatchEvent,
+    prefix_end,
+)
 
 
 @dataclass(frozen=True)
@@ -83,47 +76,6 @@ class EtcdSettings:
 
     def describe(self) -> str:
         return ",".join(self.endpoints)
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    lease: int
-
-    @classmethod
-    def from_pb(cls, kv: Any) -> KeyValue:
-        return cls(kv.key.decode(), bytes(kv.value), kv.create_revision, kv.mod_revision, kv.lease)
-
-
-class EventType(Enum):
-    PUT = "put"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    type: EventType
-    kv: KeyValue
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """Events of one watch response, and the revision they bring the watcher to."""
-
-    revision: int
-    events: list[WatchEvent] = field(default_factory=list)
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
 
 
 class EtcdClient:
@@ -214,7 +166,7 @@ class EtcdClient:
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """All keys under ``prefix`` and the store revision they were read at."""
         p = prefix.encode()
-        resp = await self._call(self._kv.Range, rpc.RangeRequest(key=p, range_end=_prefix_end(p)))
+        resp = await self._call(self._kv.Range, rpc.RangeRequest(key=p, range_end=prefix_end(p)))
         return [KeyValue.from_pb(kv) for kv in resp.kvs], resp.header.revision
 
     async def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
@@ -231,7 +183,7 @@ class EtcdClient:
     async def delete_prefix(self, prefix: str) -> int:
         p = prefix.encode()
         resp = await self._call(self._kv.DeleteRange,
-                                rpc.DeleteRangeRequest(key=p, range_end=_prefix_end(p)))
+                                rpc.DeleteRangeRequest(key=p, range_end=prefix_end(p)))
         return int(resp.deleted)
 
     async def create(self, key: str, value: bytes | str, lease: int = 0) -> bool:
@@ -337,7 +289,7 @@ class EtcdClient:
         """
         self.connect()
         p = prefix.encode()
-        create = rpc.WatchCreateRequest(key=p, range_end=_prefix_end(p),
+        create = rpc.WatchCreateRequest(key=p, range_end=prefix_end(p),
                                         start_revision=start_revision,
                                         progress_notify=progress_notify)
 
@@ -354,6 +306,11 @@ class EtcdClient:
                 if resp.canceled:
                     reason = resp.cancel_reason or "no reason"
                     raise EtcdError(f"etcd cancelled the watch: {reason}")
+                if resp.created and not resp.events:
+                    # The creation response's header carries the store's current revision, not
+                    # how far this watcher got: history may still follow. Claiming it would let
+                    # a watcher resumed after a break skip that history.
+                    continue
                 events = [
                     WatchEvent(EventType.DELETE if ev.type == 1 else EventType.PUT,
                                KeyValue.from_pb(ev.kv))
