@@ -33,7 +33,8 @@ from netweft.daemon.health import READY, Health
 from netweft.daemon.kernel import KernelWorker
 from netweft.daemon.leasekeeper import KeeperSettings, LeaseKeeper
 from netweft.daemon.metrics import Metrics, daemon_metrics
-from netweft.daemon.nlwatch import NetlinkWatcher
+from netweft.daemon.nftwatch import NftWatcher
+from netweft.daemon.nlwatch import NetlinkWatcher, SocketWatcher
 from netweft.daemon.peers import PeerReconciler
 from netweft.daemon.statedir import StateDir
 from netweft.daemon.subnetmgr import LeaseAttrs
@@ -61,7 +62,7 @@ class AgentConfig:
     lease_ttl: int = 24 * 3600
     renew_margin: int = 3600
     reconcile_interval: float = 10.0
-    firewall_interval: float = 30.0
+    firewall_interval: float = 5.0  # Flannel's; removals are also noticed at once
     config_retry: float = 2.0
     etcd_probe_interval: float = 5.0
     metrics_addr: str | None = None
@@ -200,7 +201,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then serve until ``stop`` is set (also while still starting, e.g. waiting for
         the network config). Raises AgentError for fatal start-up problems."""
-        watcher: NetlinkWatcher | None = None
+        watchers: list[SocketWatcher] = []
         waiter = asyncio.create_task(stop.wait())
         try:
             starting = asyncio.create_task(self.start())
@@ -219,7 +220,13 @@ class Agent:
                 ("etcd probe", self.health.probe_loop(self.keeper.manager.ping,
                                                       self.cfg.etcd_probe_interval)))]
             if self.cfg.netlink_events:
-                watcher = NetlinkWatcher(self.cfg.netns, self.backend.watched, self.peers.poke)
+                watchers.append(NetlinkWatcher(self.cfg.netns, self.backend.watched,
+                                               self.peers.poke))
+                if self.firewall.firewall is not None:
+                    watchers.append(NftWatcher(self.cfg.netns,
+                                               self.firewall.firewall.watched_tables,
+                                               self.firewall.poke))
+            for watcher in watchers:
                 watcher.start()
             await self._start_cni()
             log.info("netweft daemon ready: %d peer lease(s)", len(self.peers.leases) - 1)
@@ -233,9 +240,8 @@ class Agent:
                 raise AgentError(f"internal error: the {task.get_name()} loop stopped")
         finally:
             waiter.cancel()
-            if watcher is not None:
+            for watcher in watchers:
                 await asyncio.to_thread(watcher.stop)
-                log.debug("netlink listener stopped")
             await self.shutdown()
 
     async def _start_cni(self) -> None:
