@@ -36,6 +36,7 @@ from netweft.daemon.metrics import Metrics, daemon_metrics
 from netweft.daemon.nftwatch import NftWatcher
 from netweft.daemon.nlwatch import NetlinkWatcher, SocketWatcher
 from netweft.daemon.peers import PeerReconciler
+from netweft.daemon.publicside import PublicSideFollower
 from netweft.daemon.statedir import StateDir
 from netweft.daemon.subnetmgr import LeaseAttrs
 from netweft.ipam import subnetenv
@@ -87,7 +88,7 @@ class Agent:
         self.state = StateDir(cfg.state_dir)
         self.firewall = FirewallKeeper(None, self.metrics)
         self.nl: Netlink | None = None
-        self.side: iface.PublicSide | None = None
+        self.side: PublicSideFollower | None = None
         self.etcd: EtcdClient | None = None
         self.keeper: LeaseKeeper | None = None
         self.backend: Backend | None = None
@@ -95,6 +96,7 @@ class Agent:
         self.cni_host: Any = None
         self._revision = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self._republish: asyncio.Task[None] | None = None
 
     def ready(self) -> tuple[bool, str]:
         return self.health.ready()
@@ -107,7 +109,7 @@ class Agent:
         self.state.lock()
         self.nl = nl = Netlink(cfg.netns)
         try:
-            self.side = side = await self.kernel.call(iface.select, nl, cfg.iface)
+            side = await self.kernel.call(iface.select, nl, cfg.iface)
         except iface.IfaceError as exc:
             raise AgentError(str(exc)) from None
         log.info("public interface %s, address %s, public IP %s, mtu %d", side.underlay.iface,
@@ -132,11 +134,13 @@ class Agent:
                 netcfg.backend, nl, side.underlay, cfg.state_dir, previous))
         except BackendError as exc:
             raise AgentError(str(exc)) from None
+        self.side = PublicSideFollower(nl, cfg.iface, side, self.backend)
         self.peers = peers = PeerReconciler(self.backend, self.kernel, self.metrics,
                                             lambda: keeper.lease, manager.lease_key,
                                             cfg.reconcile_interval)
         peers.on_own_lease = keeper.request_reacquire
-        peers.on_pass = self._write_status
+        peers.on_pass = self._after_pass
+        peers.before_full = self.side.check
         keeper.on_lease = self._on_reacquired
         try:
             lease = await keeper.acquire(keeper.previous_subnet())
@@ -155,7 +159,7 @@ class Agent:
     async def _lease_attrs(self) -> LeaseAttrs:
         assert self.backend is not None and self.side is not None
         data = await self.kernel.call(self.backend.backend_data)
-        return LeaseAttrs(self.side.public_ip, self.backend.type_name, dict(data))
+        return LeaseAttrs(self.side.side.public_ip, self.backend.type_name, dict(data))
 
     async def _use_lease(self, lease: Lease) -> None:
         """Device, subnet.env and firewall rules for ``lease``. Raises BackendError."""
@@ -173,18 +177,25 @@ class Agent:
         await self._use_lease(lease)
         self.peers.request_full()
 
-    def _write_status(self) -> None:
-        """status.json for ``netweft status`` (after every pass)."""
+    def _after_pass(self) -> None:
+        """Status file; subnet.env when the MTU changed; the lease when the public IP did."""
         lease = self.keeper.lease if self.keeper else None
-        if lease is None or self.side is None or self.peers is None:
+        if lease is None or self.side is None or self.peers is None or self.backend is None:
             return
-        peers, backend = self.peers, self.backend
+        assert self.keeper is not None
+        self.keeper.write_subnet_env(self.backend.mtu())
+        if lease.public_ip != self.side.side.public_ip and (
+                self._republish is None or self._republish.done()):
+            self._republish = asyncio.create_task(self.keeper.republish())
+        peers, backend, underlay = self.peers, self.backend, self.side.side.underlay
         self.state.write_status({
             "pid": os.getpid(), "lease": lease.to_dict(),
             "backend": backend.type_name if backend else None,
             "device": peers.device.name if peers.device else None,
             "mtu": backend.mtu() if backend else None,
-            "iface": self.side.underlay.iface, "publicIP": str(self.side.public_ip),
+            "iface": underlay.iface, "publicIP": str(self.side.side.public_ip),
+            "address": str(underlay.ip), "underlayMTU": underlay.mtu,
+            "ifaceError": self.side.error,
             "peers": peers.programmed, "leases": len(peers.leases),
             "lastReconcile": peers.last_reconcile, "reconciles": peers.reconciles,
             "errors": peers.last_errors[:20],
@@ -272,7 +283,7 @@ class Agent:
         if self.keeper is not None and self.keeper.lease is not None:
             log.info("stopping; %s", "cleaning up the dataplane" if self.cfg.cleanup_on_exit
                      else "the dataplane stays in place")
-        pending = set(self._tasks)
+        pending = set(self._tasks) | ({self._republish} if self._republish else set())
         for _attempt in range(10):  # a task that swallowed one cancellation gets another
             if not pending:
                 break

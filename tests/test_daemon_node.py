@@ -438,3 +438,69 @@ def test_removed_firewall_rules_come_back_within_a_second(make_lab) -> None:
         lambda: "-A NETWEFT-POSTRTG -s 10.244.0.0/16" in saved()))
     print("firewall repair seconds:", [round(t, 3) for t in took])
     assert max(took) < FIREWALL_BOUND, took
+
+
+# --- node state read at start is followed (issue 9 item 5) -------------------------------------
+
+def test_device_and_public_side_changes_are_restored_or_republished(make_lab) -> None:
+    lab = make_lab(2)
+    subnets = start_all(lab)
+    a, b = lab.node_nss
+    mac = lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"]  # type: ignore[index]
+    gw_a = str(subnets[0].network_address)
+
+    def link(ns: str, dev: str = "flannel.1") -> str:
+        return ip(ns, "link", "show", dev)
+
+    # The VXLAN device's MAC, MTU and address, changed by hand, come back (peers keep working).
+    subprocess.run(["ip", "-n", a, "link", "set", "flannel.1", "address", "02:11:22:33:44:55"],
+                   check=True)
+    wait_for(lambda: f"link/ether {mac} " in link(a), timeout=5, what="VTEP MAC restored")
+    assert lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"] == mac  # type: ignore[index]
+    subprocess.run(["ip", "-n", a, "link", "set", "flannel.1", "mtu", "1300"], check=True)
+    wait_for(lambda: "mtu 1450 " in link(a), timeout=5, what="device MTU restored")
+    subprocess.run(["ip", "-n", a, "addr", "flush", "dev", "flannel.1"], check=True)
+    wait_for(lambda: f"inet {gw_a}/32" in ip(a, "addr", "show", "flannel.1"), timeout=5,
+             what="device address restored")
+    wait_for(lambda: underlay.ping(b, gw_a, src=str(subnets[1].network_address)), timeout=10,
+             what="pod network reachable after the repairs")
+    # The public interface's MTU: the device follows, and so does subnet.env.
+    subprocess.run(["ip", "-n", a, "link", "set", "eth0", "mtu", "1400"], check=True)
+    wait_for(lambda: "mtu 1350 " in link(a), timeout=5, what="device MTU follows eth0")
+
+    def subnet_env() -> str:
+        with open(lab.paths(a)["subnet_file"]) as f:
+            return f.read()
+
+    wait_for(lambda: "FLANNEL_MTU=1350" in subnet_env(), timeout=5, what="subnet.env MTU")
+    # The public address: the lease is republished with it (same subnet), peers follow.
+    subprocess.run(["ip", "netns", "exec", a, "sysctl", "-qw",
+                    "net.ipv4.conf.eth0.promote_secondaries=1"], check=True)
+    subprocess.run(["ip", "-n", a, "addr", "add", "192.0.2.20/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", a, "addr", "del", "192.0.2.10/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", a, "route", "replace", "default", "via", "192.0.2.1"],
+                   check=True)
+    wait_for(lambda: lab.leases()[str(subnets[0])]["PublicIP"] == "192.0.2.20", timeout=10,
+             what="lease republished with the new public IP")
+    assert lab.subnet(a) == subnets[0]
+    assert "local 192.0.2.20" in ip(a, "-d", "link", "show", "flannel.1")
+    wait_for(lambda: f"{mac} dst 192.0.2.20 self permanent" in fdb(b), timeout=10,
+             what="the peer's FDB entry follows")
+    wait_for(lambda: underlay.ping(b, gw_a, src=str(subnets[1].network_address)), timeout=10,
+             what="pod network reachable at the new public IP")
+    # While the daemon is down, a changed MAC shows in `netweft status`; a restart restores it
+    # (it does not republish the hand-set one).
+    assert lab.stop_daemon(a) == 0
+    subprocess.run(["ip", "-n", a, "link", "set", "flannel.1", "address", "02:11:22:33:44:66"],
+                   check=True)
+    p = lab.paths(a)
+    status = lab.netweft(a, "status", "--subnet-file", p["subnet_file"], "--state-dir",
+                         p["state_dir"]).stdout
+    assert f"MISMATCH        device flannel.1 has MAC 02:11:22:33:44:66, the lease publishes " \
+           f"{mac}" in status, status
+    lab.start_daemon(a, "--reconcile-interval", "1")
+    wait_for(lambda: lab.http(a, "/readyz")[0] == 200, what="restarted daemon ready")
+    wait_for(lambda: f"link/ether {mac} " in link(a), timeout=5, what="MAC restored at start")
+    assert lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"] == mac  # type: ignore[index]
+    assert "MISMATCH" not in lab.netweft(a, "status", "--subnet-file", p["subnet_file"],
+                                         "--state-dir", p["state_dir"]).stdout
