@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from netweft.backends import registry
 from netweft.backends.base import Backend, BackendError
 from netweft.backends.netlink import Netlink
 from netweft.daemon import iface
+from netweft.daemon.agentconfig import AgentConfig
 from netweft.daemon.errors import AgentError
 from netweft.daemon.etcdsubnets import EtcdSubnetManager
 from netweft.daemon.firewall import FirewallSpec, Runner, make_firewall
@@ -39,42 +39,13 @@ from netweft.daemon.peers import PeerReconciler
 from netweft.daemon.publicside import PublicSideFollower
 from netweft.daemon.statedir import StateDir
 from netweft.daemon.subnetmgr import LeaseAttrs
-from netweft.ipam import subnetenv
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.ipam.etcd import EtcdClient
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError
 
 __all__ = ["Agent", "AgentConfig", "AgentError"]
 
 log = logging.getLogger("netweft.agent")
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """``netweft daemon``'s options (seconds for every interval, TTL and margin)."""
-
-    etcd: EtcdSettings
-    iface: iface.IfaceOptions = field(default_factory=iface.IfaceOptions)
-    netns: str | None = None  # run netlink/firewall in this namespace (tests); None: current
-    subnet_file: str = subnetenv.DEFAULT_PATH
-    state_dir: str = "/var/lib/netweft"
-    ip_masq: bool = True
-    firewall: str = "nftables"  # "nftables" | "iptables" | "none"
-    lease_ttl: int = 24 * 3600
-    renew_margin: int = 3600
-    reconcile_interval: float = 10.0
-    firewall_interval: float = 5.0  # Flannel's; removals are also noticed at once
-    config_retry: float = 2.0
-    etcd_probe_interval: float = 5.0
-    metrics_addr: str | None = None
-    cni_socket: str | None = None
-    cni_tcp_port: int = 1019  # the bash launcher's loopback fast path (0: off)
-    cni_token_file: str | None = None  # default: next to cni_socket
-    cleanup_on_exit: bool = False
-    netlink_events: bool = True
-    node_name: str = ""
-    services_prefix: str = "/netweft"
-    pod_records: bool = True
 
 
 class Agent:

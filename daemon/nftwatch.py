@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Callable, Collection
 
-from netweft.daemon.nlwatch import NLMSG_HDR, SocketWatcher, multicast_socket
+from netweft.daemon.nlwatch import SocketWatcher, attributes, messages, multicast_socket
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
@@ -31,21 +31,14 @@ def parse(data: bytes) -> list[Table]:
     """The (family, table) each nftables notice in one datagram concerns. Pure; generation
     notices and other subsystems are skipped, truncated input ends the list."""
     out: list[Table] = []
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size or offset + length > len(data):
-            break
-        body, end = offset + NLMSG_HDR.size, offset + length
-        if kind >> 8 == NFNL_SUBSYS_NFTABLES and kind & 0xFF != NFT_MSG_NEWGEN \
-                and body + NFGENMSG.size + 4 <= end:
-            family = NFGENMSG.unpack_from(data, body)[0]
-            attr = body + NFGENMSG.size
-            alen, atype = struct.unpack_from("=HH", data, attr)
-            if atype & 0x3FFF == NFTA_TABLE and alen >= 4:
-                name = data[attr + 4:attr + alen].rstrip(b"\0").decode(errors="replace")
-                out.append((family, name))
-        offset += (length + 3) & ~3
+    for kind, body, end in messages(data):
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES or kind & 0xFF == NFT_MSG_NEWGEN \
+                or body + NFGENMSG.size > end:
+            continue
+        family = NFGENMSG.unpack_from(data, body)[0]
+        first = next(attributes(data, body + NFGENMSG.size, end), None)
+        if first is not None and first[0] == NFTA_TABLE:
+            out.append((family, first[1].rstrip(b"\0").decode(errors="replace")))
     return out
 
 

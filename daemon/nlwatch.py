@@ -59,7 +59,20 @@ class Notice:
     proto: int | None = None
 
 
-def _attrs(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
+def messages(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type, body offset, end offset) of each netlink message in one datagram (several may
+    share it). Pure; truncated input ends the iteration."""
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size or offset + length > len(data):
+            return
+        yield kind, offset + NLMSG_HDR.size, offset + length
+        offset += (length + 3) & ~3
+
+
+def attributes(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each netlink attribute between ``offset`` and ``end``. Pure."""
     while offset + RTA_HDR.size <= end:
         length, kind = RTA_HDR.unpack_from(data, offset)
         if length < RTA_HDR.size:
@@ -69,19 +82,14 @@ def _attrs(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 def parse(data: bytes) -> list[Notice]:
-    """The notices in one netlink datagram (several messages may share it); other message
-    types are skipped. Pure; never raises on truncated input (the rest is dropped)."""
+    """The rtnetlink notices in one datagram; other message types are skipped. Pure; never
+    raises on truncated input (the rest is dropped)."""
     out: list[Notice] = []
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size or offset + length > len(data):
-            break
-        body, end = offset + NLMSG_HDR.size, offset + length
+    for kind, body, end in messages(data):
         if kind in (RTM_NEWLINK, RTM_DELLINK) and body + IFINFOMSG.size <= end:
             index = IFINFOMSG.unpack_from(data, body)[2]
             name = next((v.rstrip(b"\0").decode(errors="replace")
-                         for t, v in _attrs(data, body + IFINFOMSG.size, end)
+                         for t, v in attributes(data, body + IFINFOMSG.size, end)
                          if t == IFLA_IFNAME), None)
             out.append(Notice(kind, index=index, name=name))
         elif kind in (RTM_NEWADDR, RTM_DELADDR) and body + IFADDRMSG.size <= end:
@@ -90,7 +98,6 @@ def parse(data: bytes) -> list[Notice]:
             out.append(Notice(kind, proto=RTMSG.unpack_from(data, body)[5]))
         elif kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and body + NDMSG.size <= end:
             out.append(Notice(kind, index=NDMSG.unpack_from(data, body)[1]))
-        offset += (length + 3) & ~3
     return out
 
 
