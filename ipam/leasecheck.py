@@ -153,8 +153,8 @@ class LeaseFilter:
         for key, reason in now.items():
             if self.reported.get(key) != reason:
                 self.log.warning("ignoring lease %s: %s", key, reason)
-        for key in self.reported.keys() - now.keys():
-            if any(le.key_name == key for le in result.valid):
-                self.log.info("lease %s is valid again", key)
+        valid_keys = {le.key_name for le in result.valid}
+        for key in (self.reported.keys() - now.keys()) & valid_keys:
+            self.log.info("lease %s is valid again", key)
         self.reported = now
         return result.valid

@@ -103,3 +103,15 @@ def test_filter_logs_each_bad_lease_once_and_its_recovery(caplog: pytest.LogCapt
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["ignoring lease 10.245.0.0-24: Network: 10.245.0.0/24 is outside "
                      "10.244.0.0/16"]
+
+
+def test_filter_says_once_when_a_bad_lease_is_fixed(caplog: pytest.LogCaptureFixture) -> None:
+    filt = LeaseFilter(CFG)
+    broken, fixed = lease("10.244.9.0/24", ip=""), lease("10.244.9.0/24", "192.0.2.9")
+    with caplog.at_level(logging.INFO, logger="netweft.ipam.leasecheck"):
+        assert filt.valid([broken]) == []
+        assert filt.valid([fixed]) == [fixed]
+        assert filt.valid([fixed]) == [fixed]
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring lease 10.244.9.0-24: PublicIP: missing for 10.244.9.0/24",
+        "lease 10.244.9.0-24 is valid again"]

@@ -80,15 +80,16 @@ def list_leases(ctx: click.Context, as_json: bool) -> None:
         click.echo("no leases")
         return
     now = time.time()
-    table = [["SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES", "STATUS"]]
+    table = [["SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "NODE", "EXPIRES", "STATUS"]]
     for le, reason, key in rows:
         status = "ok" if reason is None else f"INVALID: {reason}"
         if le is None:
-            table.append([key, "-", "-", "-", "-", status])
+            table.append([key, "-", "-", "-", "-", "-", status])
             continue
         subnet = " & ".join(str(s) for s in (le.subnet, le.ipv6_subnet) if s is not None)
         table.append([subnet, str(le.public_ip or le.public_ipv6 or "-"),
-                      le.backend_type or "-", le.vtep_mac or "-", _expires(le, now), status])
+                      le.backend_type or "-", le.vtep_mac or "-",
+                      le.node_id[:8] if le.node_id else "-", _expires(le, now), status])
     click.echo(render_table(table))
 
 
