@@ -285,3 +285,21 @@ def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess
 
     view, truth = run(server.endpoint, etcd_prefix, body)
     assert view == truth and len(truth) == 4
+
+
+def test_reused_lease_takes_the_ttl_asked_now(etcd_endpoint: str, etcd_prefix: str) -> None:
+    """--lease-ttl is honoured when a restarted node reuses its lease (issue 9 item 13): the
+    lease does not keep the TTL it was granted with before."""
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    first = run(etcd_endpoint, etcd_prefix,
+                lambda s: s.acquire(cfg, node_ip(1), "vxlan", VXLAN_DATA), ttl=3600)
+    again = run(etcd_endpoint, etcd_prefix,
+                lambda s: s.acquire(cfg, node_ip(1), "vxlan", VXLAN_DATA), ttl=60)
+    assert again.subnet == first.subnet
+    left = run(etcd_endpoint, etcd_prefix, lambda s: s.etcd.time_to_live(again.etcd_lease_id))
+    assert 50 <= left <= 60
+    old = run(etcd_endpoint, etcd_prefix, lambda s: s.etcd.time_to_live(first.etcd_lease_id))
+    assert old == -1  # the old etcd lease is not left behind
+    # and it renews to the new TTL
+    renewed = run(etcd_endpoint, etcd_prefix, lambda s: s.renew(again), ttl=60)
+    assert renewed.expiration is not None and renewed.expiration - time.time() <= 61

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from netweft.kv.backoff import Backoff
 from netweft.kv.protocol import KV
+from netweft.kv.tls import EtcdConfigError
 from netweft.kv.types import CompactedError, EtcdError, KeyValue, WatchBatch
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class Reflector:
         self.lists = 0
 
     async def updates(self, kv: KV) -> AsyncIterator[Update]:
-        """Updates from ``kv``, forever; store errors are retried (with backoff), never raised."""
+        """Updates from ``kv``, forever; store errors are retried (with backoff), except
+        :class:`netweft.kv.tls.EtcdConfigError` (TLS/file mistakes), which is raised."""
         while True:
             try:
                 if self.revision is None:
@@ -76,6 +78,8 @@ class Reflector:
             except CompactedError as exc:
                 log.info("%s from revision %s: %s; listing again", self.name, self.revision, exc)
                 self.revision = None
+            except EtcdConfigError:
+                raise  # a certificate or file mistake: retrying cannot help
             except EtcdError as exc:
                 log.warning("%s: %s; retrying", self.name, exc)
                 await self.backoff.wait()
