@@ -15,10 +15,14 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from netweft.daemon.etcd_process import EtcdCluster, EtcdProcess
-from netweft.ipam.config import parse_config
-from netweft.ipam.leases import LeaseStore
-from netweft.kv.etcd import EtcdClient, EtcdSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from etcd_scenarios import follow_leases  # noqa: E402
+from netweft.daemon.etcd_process import EtcdCluster, EtcdProcess  # noqa: E402
+from netweft.ipam.config import parse_config  # noqa: E402
+from netweft.ipam.leases import LeaseStore  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 
@@ -64,13 +68,7 @@ def test_leases_watch_and_cli_survive_the_leader_being_killed(
             leases, rev = await store.list()
             view = {store.key_for(le) for le in leases}
 
-            async def consume() -> None:
-                async for events in store.watch(leases, rev, retry_delay=0.2):
-                    for ev in events:
-                        (view.add if ev.kind == "added" else view.discard)(
-                            store.key_for(ev.lease))
-
-            watcher = asyncio.create_task(consume())
+            watcher = follow_leases(store, leases, rev, view, retry_delay=0.2)
             await store.acquire(cfg, node_ip(1), "vxlan", {})
             await asyncio.to_thread(leader.kill)
             killed = time.monotonic()

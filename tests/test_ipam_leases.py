@@ -4,18 +4,24 @@ reservations and a watch that survives compaction and reconnects."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from netweft.daemon.etcd_process import EtcdProcess
-from netweft.ipam.config import NetworkConfig, parse_config
-from netweft.ipam.lease import Lease
-from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
-from netweft.kv.etcd import EtcdClient, EtcdSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from etcd_scenarios import follow_leases  # noqa: E402
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.ipam.config import NetworkConfig, parse_config  # noqa: E402
+from netweft.ipam.lease import Lease  # noqa: E402
+from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 
 T = TypeVar("T")
 
@@ -263,12 +269,7 @@ def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess
         leases, rev = await store.list()
         view = {store.key_for(le) for le in leases}
 
-        async def consume() -> None:
-            async for events in store.watch(leases, rev, retry_delay=0.2):
-                for ev in events:
-                    (view.add if ev.kind == "added" else view.discard)(store.key_for(ev.lease))
-
-        watcher = asyncio.create_task(consume())
+        watcher = follow_leases(store, leases, rev, view, retry_delay=0.2)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(server.restart)
         for i in range(1, 4):
