@@ -11,9 +11,10 @@ client-go's reflector handles them:
   the watch from the last revision seen, no re-list; if that revision was compacted meanwhile,
   the resumed watch says so and the reflector lists again.
 
-The reflector never yields the same revision twice and never skips one. Its ``revision`` advances
-only after the consumer has taken an update, so a consumer cancelled in the middle resumes (with
-a new ``updates()`` call) from the last update it received.
+The reflector never skips a revision. Its ``revision`` advances only when the consumer asks for
+the next update, so a consumer cancelled while handling one gets it again from a new
+``updates()`` call (at least once: applying an update twice must be harmless, as it is for
+puts and deletes by key).
 """
 
 from __future__ import annotations
