@@ -277,28 +277,27 @@ class LeaseStore:
                             public_ipv6: IPv6Address | None,
                             node_id: str | None = None) -> Lease | None:
         """Take over our lease (after a restart or a public IP change): keep its subnet,
-        write our value (PublicIP, backend data, identity) and keep its etcd lease alive (a
-        new one if it has gone). None when it changed under us (re-list and retry)."""
+        write our value (PublicIP, backend data, identity) and give it a fresh etcd lease of
+        ``self.ttl`` seconds (as Flannel's updateSubnet does: a changed --lease-ttl applies at
+        once, not after the old lease ends). None when it changed under us (re-list and retry).
+        """
         updated = replace(mine, backend_type=backend_type, backend_data=data,
                           public_ip=public_ip or mine.public_ip,
                           public_ipv6=public_ipv6 or mine.public_ipv6,
                           node_id=node_id or mine.node_id)
-        if mine.reserved:
-            lease_id = 0
-        else:
-            lease_id = mine.etcd_lease_id
-            if await self.etcd.time_to_live(lease_id) <= 0:
-                lease_id = await self.etcd.grant(self.ttl)
+        lease_id = 0 if mine.reserved else await self.etcd.grant(self.ttl)
         ok = await self.etcd.replace(self.key_for(mine), updated.value_json(),
                                      mine.mod_revision, lease=lease_id)
         if not ok:
+            if lease_id:
+                await self.etcd.revoke(lease_id)
             return None
-        ttl = self.ttl
-        if lease_id:
-            ttl = await self.etcd.keepalive_once(lease_id) or self.ttl
+        if mine.etcd_lease_id and mine.etcd_lease_id != lease_id:
+            # The key no longer references the old lease, so revoking it deletes nothing.
+            await self.etcd.revoke(mine.etcd_lease_id)
         log.info("reusing %s for %s", mine.key_name, public_ip or public_ipv6)
         return replace(updated, etcd_lease_id=lease_id,
-                       expiration=None if not lease_id else time.time() + ttl)
+                       expiration=None if not lease_id else time.time() + self.ttl)
 
     def _choose(self, cfg: NetworkConfig, leases: list[Lease], previous: IPv4Network | None,
                 previous_ipv6: IPv6Network | None) -> tuple[IPv4Network | None, IPv6Network | None]:

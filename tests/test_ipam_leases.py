@@ -4,18 +4,24 @@ reservations and a watch that survives compaction and reconnects."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from netweft.daemon.etcd_process import EtcdProcess
-from netweft.ipam.config import NetworkConfig, parse_config
-from netweft.ipam.lease import Lease
-from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
-from netweft.kv.etcd import EtcdClient, EtcdSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from etcd_scenarios import follow_leases  # noqa: E402
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.ipam.config import NetworkConfig, parse_config  # noqa: E402
+from netweft.ipam.lease import Lease  # noqa: E402
+from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 
 T = TypeVar("T")
 
@@ -263,12 +269,7 @@ def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess
         leases, rev = await store.list()
         view = {store.key_for(le) for le in leases}
 
-        async def consume() -> None:
-            async for events in store.watch(leases, rev, retry_delay=0.2):
-                for ev in events:
-                    (view.add if ev.kind == "added" else view.discard)(store.key_for(ev.lease))
-
-        watcher = asyncio.create_task(consume())
+        watcher = follow_leases(store, leases, rev, view, retry_delay=0.2)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(server.restart)
         for i in range(1, 4):
@@ -285,6 +286,24 @@ def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess
 
     view, truth = run(server.endpoint, etcd_prefix, body)
     assert view == truth and len(truth) == 4
+
+
+def test_reused_lease_takes_the_ttl_asked_now(etcd_endpoint: str, etcd_prefix: str) -> None:
+    """--lease-ttl is honoured when a restarted node reuses its lease (issue 9 item 13): the
+    lease does not keep the TTL it was granted with before."""
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    first = run(etcd_endpoint, etcd_prefix,
+                lambda s: s.acquire(cfg, node_ip(1), "vxlan", VXLAN_DATA), ttl=3600)
+    again = run(etcd_endpoint, etcd_prefix,
+                lambda s: s.acquire(cfg, node_ip(1), "vxlan", VXLAN_DATA), ttl=60)
+    assert again.subnet == first.subnet
+    left = run(etcd_endpoint, etcd_prefix, lambda s: s.etcd.time_to_live(again.etcd_lease_id))
+    assert 50 <= left <= 60
+    old = run(etcd_endpoint, etcd_prefix, lambda s: s.etcd.time_to_live(first.etcd_lease_id))
+    assert old == -1  # the old etcd lease is not left behind
+    # and it renews to the new TTL
+    renewed = run(etcd_endpoint, etcd_prefix, lambda s: s.renew(again), ttl=60)
+    assert renewed.expiration is not None and renewed.expiration - time.time() <= 61
 
 
 MAC_A = {"VNI": 1, "VtepMAC": "0a:00:00:00:00:0a"}

@@ -5,12 +5,18 @@ a real etcd are in test_ipam_leases.py."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
-from netweft.ipam.config import parse_config
-from netweft.ipam.leases import LeaseLost, LeaseStore, SubnetsExhausted
-from netweft.kv.memory import MemoryKV
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from etcd_scenarios import follow_leases  # noqa: E402
+from netweft.ipam.config import parse_config  # noqa: E402
+from netweft.ipam.leases import LeaseLost, LeaseStore, SubnetsExhausted  # noqa: E402
+from netweft.kv.memory import MemoryKV  # noqa: E402
 
 CFG = parse_config('{"Network": "10.5.0.0/20", "SubnetLen": 24}')  # 15 subnets after the first
 
@@ -66,12 +72,7 @@ def test_lease_watch_converges_after_compaction_and_broken_streams() -> None:
         leases, rev = await store.list()
         view = {store.key_for(le) for le in leases}
 
-        async def consume() -> None:
-            async for events in store.watch(leases, rev, retry_delay=0.01):
-                for ev in events:
-                    (view.add if ev.kind == "added" else view.discard)(store.key_for(ev.lease))
-
-        watcher = asyncio.create_task(consume())
+        watcher = follow_leases(store, leases, rev, view, retry_delay=0.01)
         await store.acquire(CFG, node_ip(3), "vxlan", {})
         kv.break_watches()
         await store.release(leases[0].subnet)  # type: ignore[arg-type]

@@ -16,7 +16,15 @@ from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.kv.memory import MemoryKV
 from netweft.kv.protocol import KV
 from netweft.kv.reflector import Listed, Reflector, Update
-from netweft.kv.types import CompactedError, EtcdError, EtcdUnavailable, EventType, WatchBatch
+from netweft.kv.tls import EtcdConfigError
+from netweft.kv.types import (
+    CompactedError,
+    EtcdError,
+    EtcdUnavailable,
+    EventType,
+    KeyValue,
+    WatchBatch,
+)
 
 STORES = ["memory", "etcd"]
 
@@ -204,3 +212,19 @@ def test_memory_store_reports_an_unreachable_etcd() -> None:
     kv.unavailable = True
     with pytest.raises(EtcdUnavailable):
         asyncio.run(kv.get("/x"))
+
+
+def test_reflector_raises_tls_mistakes_instead_of_retrying_forever() -> None:
+    class MisconfiguredKV(MemoryKV):
+        """A fake for a fault only a real TLS etcd produces (tests/test_etcd_tls.py has the
+        real one): every list fails with a certificate mistake."""
+
+        async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+            raise EtcdConfigError("etcd at https://x:2379: its TLS certificate is not trusted")
+
+    async def main() -> None:
+        reflector = Reflector("/p/", backoff=Backoff(0.01, 0.02))
+        with pytest.raises(EtcdConfigError):
+            await asyncio.wait_for(anext(reflector.updates(MisconfiguredKV())), 5)
+
+    asyncio.run(main())

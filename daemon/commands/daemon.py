@@ -9,6 +9,7 @@ import socket
 
 import click
 from netweft.daemon.clicontext import fail, services_prefix_option, settings
+from netweft.daemon.etcdrun import refuse_tls_mistakes
 
 
 @click.command("daemon")
@@ -90,6 +91,7 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
     except iface.IfaceError as exc:
         fail(str(exc))
         return
+    refuse_tls_mistakes(settings(ctx))
     cfg = AgentConfig(
         etcd=settings(ctx), iface=opts, subnet_file=subnet_file, state_dir=state_dir,
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,

@@ -61,7 +61,9 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
             where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
             fail(f"{where}: {' '.join(str(exc).split())}")
         return source
+    from netweft.daemon.etcdrun import refuse_tls_mistakes
     from netweft.proxy.sources.etcd import EtcdSource
+    refuse_tls_mistakes(settings(ctx))  # fail now, with one line, not inside the event loop
     return EtcdSource(settings(ctx), services_prefix)
 
 

@@ -9,3 +9,11 @@ because the repository's top-level folders are fixed — it imports nothing from
   compaction, resume after a broken stream, backoff);
 - :mod:`netweft.kv.backoff`: exponential backoff with jitter.
 """
+
+import os
+
+# gRPC's C core logs TLS and connection failures to stderr itself (8-22 lines per failed
+# handshake), beside the one line our errors give. It reads this before its first use, so it is
+# set before anything of ours imports grpc; GRPC_VERBOSITY=ERROR in the environment brings the
+# logs back for debugging.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")

@@ -9,14 +9,14 @@ with one line a person can act on.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
+from netweft.kv.endpoints import Endpoint, parse_endpoints
+from netweft.kv.tls import EtcdConfigError, explain_handshake, load_tls
 from netweft.kv.types import (
     CompactedError,
     EtcdError,
@@ -28,10 +28,17 @@ from netweft.kv.types import (
     prefix_end,
 )
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class EtcdSettings:
-    """How to reach etcd and where the network lives in it."""
+    """How to reach etcd and where the network lives in it.
+
+    ``endpoints``: client URLs (see :mod:`netweft.kv.endpoints`), all used, with failover;
+    ``cafile``/``certfile``/``keyfile``: PEM files for TLS (a CA or an ``https://`` endpoint turns
+    TLS on, for every endpoint).
+    """
 
     endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     prefix: str = "/coreos.com/network"
@@ -44,13 +51,9 @@ class EtcdSettings:
         cls, endpoints: str, prefix: str = "/coreos.com/network", cafile: str | None = None,
         certfile: str | None = None, keyfile: str | None = None,
     ) -> EtcdSettings:
+        """From the CLI's strings; ValueError (one line naming the option) when one is bad."""
         eps = tuple(e.strip() for e in endpoints.split(",") if e.strip())
-        if not eps:
-            raise ValueError("--etcd-endpoints: at least one endpoint is needed")
-        for ep in eps:
-            parts = urlsplit(ep if "://" in ep else f"http://{ep}")
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"--etcd-endpoints: {ep!r} is not an http(s)://host:port URL")
+        parse_endpoints(eps)
         if not prefix.startswith("/"):
             raise ValueError(f"--etcd-prefix: {prefix!r} must start with '/'")
         if (certfile is None) != (keyfile is None):
@@ -61,31 +64,45 @@ class EtcdSettings:
     def tls(self) -> bool:
         return self.cafile is not None or any(e.startswith("https://") for e in self.endpoints)
 
-    def grpc_target(self) -> str:
-        hosts = []
-        for ep in self.endpoints:
-            parts = urlsplit(ep if "://" in ep else f"http://{ep}")
-            hosts.append((parts.hostname or "127.0.0.1", parts.port or 2379))
-        try:
-            if all(ipaddress.ip_address(h).version == 4 for h, _ in hosts):
-                return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hosts)
-        except ValueError:
-            pass
-        host, port = hosts[0]
-        return f"dns:///{host}:{port}"
-
     def describe(self) -> str:
         return ",".join(self.endpoints)
 
 
+@dataclass
+class _Conn:
+    """One endpoint's channel and stubs."""
+
+    endpoint: Endpoint
+    channel: grpc.aio.Channel
+    kv: Any
+    lease: Any
+    watch: Any
+
+
+# Reconnect quickly after etcd comes back (calls are retried until their timeout meanwhile).
+_CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+_FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class EtcdClient:
-    """Async etcd v3 client. Use as ``async with EtcdClient(settings) as etcd: ...``."""
+    """Async etcd v3 client. Use as ``async with EtcdClient(settings) as etcd: ...``.
+
+    Every endpoint gets a channel; a call goes to the endpoint that answered last and fails over
+    to the next on UNAVAILABLE or a per-endpoint deadline (a killed member, a member without a
+    leader), round after round until ``timeout`` seconds have passed. TLS problems are raised at
+    once as :class:`EtcdConfigError`; other failures as :class:`EtcdUnavailable` or
+    :class:`EtcdError`, one line each.
+    """
 
     def __init__(self, settings: EtcdSettings, timeout: float = 5.0) -> None:
         self.settings = settings
         self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: dict[str, Any] = {}
+        self._conns: list[_Conn] = []
+        self._current = 0
 
     async def __aenter__(self) -> EtcdClient:
         self.connect()
@@ -95,50 +112,38 @@ class EtcdClient:
         await self.close()
 
     def connect(self) -> None:
-        if self._channel is not None:
+        """Create the channels (they connect on first use). :class:`EtcdConfigError` when an
+        endpoint or a TLS file is wrong."""
+        if self._conns:
             return
         s = self.settings
-        # Reconnect quickly after etcd comes back; calls wait (up to their timeout) for a
-        # connection instead of failing at once while the channel is between attempts.
-        options = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
-                   ("grpc.initial_reconnect_backoff_ms", 100),
-                   ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 1000),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        try:
+            endpoints = parse_endpoints(s.endpoints)
+        except ValueError as exc:
+            raise EtcdConfigError(str(exc)) from None
+        creds = None
         if s.tls:
-            def read(path: str | None) -> bytes | None:
-                if path is None:
-                    return None
-                with open(path, "rb") as f:
-                    return f.read()
-
-            creds = grpc.ssl_channel_credentials(read(s.cafile), read(s.keyfile), read(s.certfile))
-            self._channel = grpc.aio.secure_channel(s.grpc_target(), creds, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(s.grpc_target(), options=options)
-        self._stubs = {"kv": rpc.KVStub(self._channel), "lease": rpc.LeaseStub(self._channel),
-                       "watch": rpc.WatchStub(self._channel)}
-
-    # The stubs connect on first use, so a client works without an explicit connect().
-    @property
-    def _kv(self) -> Any:
-        self.connect()
-        return self._stubs["kv"]
-
-    @property
-    def _lease(self) -> Any:
-        self.connect()
-        return self._stubs["lease"]
-
-    @property
-    def _watch(self) -> Any:
-        self.connect()
-        return self._stubs["watch"]
+            files = load_tls(s.cafile, s.certfile, s.keyfile)
+            creds = grpc.ssl_channel_credentials(files.ca, files.key, files.cert)
+        for ep in endpoints:
+            if creds is not None:
+                channel = grpc.aio.secure_channel(ep.grpc_target(), creds,
+                                                  options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.insecure_channel(ep.grpc_target(), options=_CHANNEL_OPTIONS)
+            self._conns.append(_Conn(ep, channel, rpc.KVStub(channel), rpc.LeaseStub(channel),
+                                     rpc.WatchStub(channel)))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            await conn.channel.close()
+
+    def _tls_problem(self, conn: _Conn, exc: grpc.aio.AioRpcError) -> str | None:
+        if not self.settings.tls:
+            return None
+        return explain_handshake(exc.details() or "", conn.endpoint.url, conn.endpoint.host,
+                                 self.settings.cafile, self.settings.certfile)
 
     def _error(self, exc: grpc.aio.AioRpcError) -> EtcdError:
         code = exc.code()
@@ -146,43 +151,88 @@ class EtcdClient:
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
                                    f"(no answer within {self.timeout:g}s)")
         if code is grpc.StatusCode.UNAVAILABLE:
+            details = exc.details() or "unavailable"
+            if "Socket closed" in details and not self.settings.tls:
+                details += "; if etcd serves TLS, use https:// and --etcd-cafile"
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
-                                   f"({exc.details() or 'unavailable'})")
+                                   f"({details})")
         return EtcdError(f"etcd refused the request: {exc.details() or code.name}")
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _failover(self, attempt: Callable[[_Conn, float], Awaitable[T]]) -> T:
+        """Run ``attempt(conn, timeout)`` on the current endpoint, then the others, until one
+        answers or ``self.timeout`` has passed."""
         self.connect()
-        try:
-            return await method(request, timeout=self.timeout, wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        n = len(self._conns)
+        pause = 0.05
+        last: grpc.aio.AioRpcError | None = None
+        while True:
+            tls_problems: list[str] = []
+            for i in range(n):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                idx = (self._current + i) % n
+                conn = self._conns[idx]
+                # Several endpoints: none may hold a call for the whole timeout.
+                budget = remaining if n == 1 else min(remaining, max(1.0, self.timeout / n))
+                try:
+                    result = await attempt(conn, budget)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in _FAILOVER:
+                        raise self._error(exc) from None
+                    last = exc
+                    problem = self._tls_problem(conn, exc)
+                    if problem is not None:
+                        tls_problems.append(problem)
+                    continue
+                self._current = idx
+                return result
+            if len(tls_problems) == n:
+                raise EtcdConfigError(tls_problems[0])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if tls_problems:
+                    raise EtcdConfigError(tls_problems[0])
+                assert last is not None
+                raise self._error(last) from None
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.5)
+
+    async def _call(self, service: str, method: str, request: Any) -> Any:
+        async def attempt(conn: _Conn, timeout: float) -> Any:
+            call = getattr(getattr(conn, service), method)
+            return await call(request, timeout=timeout, wait_for_ready=False)
+
+        return await self._failover(attempt)
 
     # --- KV ---------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
-        resp = await self._call(self._kv.Range, rpc.RangeRequest(key=key.encode()))
+        resp = await self._call("kv", "Range", rpc.RangeRequest(key=key.encode()))
         return KeyValue.from_pb(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """All keys under ``prefix`` and the store revision they were read at."""
         p = prefix.encode()
-        resp = await self._call(self._kv.Range, rpc.RangeRequest(key=p, range_end=prefix_end(p)))
+        resp = await self._call("kv", "Range", rpc.RangeRequest(key=p, range_end=prefix_end(p)))
         return [KeyValue.from_pb(kv) for kv in resp.kvs], resp.header.revision
 
     async def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
         if isinstance(value, str):
             value = value.encode()
-        resp = await self._call(self._kv.Put, rpc.PutRequest(key=key.encode(), value=value,
+        resp = await self._call("kv", "Put", rpc.PutRequest(key=key.encode(), value=value,
                                                              lease=lease))
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
-        resp = await self._call(self._kv.DeleteRange, rpc.DeleteRangeRequest(key=key.encode()))
+        resp = await self._call("kv", "DeleteRange", rpc.DeleteRangeRequest(key=key.encode()))
         return resp.deleted > 0
 
     async def delete_prefix(self, prefix: str) -> int:
         p = prefix.encode()
-        resp = await self._call(self._kv.DeleteRange,
+        resp = await self._call("kv", "DeleteRange",
                                 rpc.DeleteRangeRequest(key=p, range_end=prefix_end(p)))
         return int(resp.deleted)
 
@@ -194,7 +244,7 @@ class EtcdClient:
         cmp = rpc.Compare(key=k, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
                           create_revision=0)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value, lease=lease))
-        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=[put]))
+        resp = await self._call("kv", "Txn", rpc.TxnRequest(compare=[cmp], success=[put]))
         return bool(resp.succeeded)
 
     async def replace(
@@ -207,7 +257,7 @@ class EtcdClient:
         cmp = rpc.Compare(key=k, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
                           mod_revision=mod_revision)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value, lease=lease))
-        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=[put]))
+        resp = await self._call("kv", "Txn", rpc.TxnRequest(compare=[cmp], success=[put]))
         return bool(resp.succeeded)
 
     async def create_all(self, items: dict[str, bytes | str]) -> bool:
@@ -219,7 +269,7 @@ class EtcdClient:
             compare.append(rpc.Compare(key=k, result=rpc.Compare.EQUAL,
                                        target=rpc.Compare.CREATE, create_revision=0))
             success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)))
-        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=compare, success=success))
+        resp = await self._call("kv", "Txn", rpc.TxnRequest(compare=compare, success=success))
         return bool(resp.succeeded)
 
     async def delete_all(self, keys: list[str], guard_key: str, mod_revision: int) -> bool:
@@ -228,53 +278,54 @@ class EtcdClient:
                           target=rpc.Compare.MOD, mod_revision=mod_revision)
         ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
                for k in keys]
-        resp = await self._call(self._kv.Txn, rpc.TxnRequest(compare=[cmp], success=ops))
+        resp = await self._call("kv", "Txn", rpc.TxnRequest(compare=[cmp], success=ops))
         return bool(resp.succeeded)
 
     async def compact(self, revision: int) -> None:
-        await self._call(self._kv.Compact, rpc.CompactionRequest(revision=revision, physical=True))
+        await self._call("kv", "Compact", rpc.CompactionRequest(revision=revision, physical=True))
 
     async def status(self) -> int:
-        """The store's current revision (also a cheap reachability check)."""
-        resp = await self._call(self._kv.Range, rpc.RangeRequest(key=b"\0", limit=1))
+        """The store's current revision (also a cheap reachability check). A linearisable
+        read of one key, so a member without a leader fails it (and the client fails over)."""
+        resp = await self._call("kv", "Range", rpc.RangeRequest(key=b"\0", limit=1))
         return int(resp.header.revision)
 
     # --- leases -----------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
-        resp = await self._call(self._lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        resp = await self._call("lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
         if resp.error:
             raise EtcdError(f"etcd refused a lease: {resp.error}")
         return int(resp.ID)
 
     async def revoke(self, lease_id: int) -> None:
         try:
-            await self._call(self._lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+            await self._call("lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
         except EtcdError as exc:
             if "not found" not in str(exc):
                 raise
 
     async def keepalive_once(self, lease_id: int) -> int:
         """Refresh a lease; returns its new TTL, 0 when the lease no longer exists."""
-        self.connect()
 
-        async def one() -> AsyncIterator[Any]:
-            yield rpc.LeaseKeepAliveRequest(ID=lease_id)
+        async def attempt(conn: _Conn, timeout: float) -> int:
+            async def one() -> AsyncIterator[Any]:
+                yield rpc.LeaseKeepAliveRequest(ID=lease_id)
 
-        call = self._lease.LeaseKeepAlive(one(), timeout=self.timeout, wait_for_ready=True)
-        try:
-            async for resp in call:
-                return int(resp.TTL)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
-        finally:
-            call.cancel()
-        return 0
+            call = conn.lease.LeaseKeepAlive(one(), timeout=timeout, wait_for_ready=False)
+            try:
+                async for resp in call:
+                    return int(resp.TTL)
+            finally:
+                call.cancel()
+            return 0
+
+        return await self._failover(attempt)
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds left on a lease, -1 when it is gone."""
         req = rpc.LeaseTimeToLiveRequest(ID=lease_id)
-        resp = await self._call(self._lease.LeaseTimeToLive, req)
+        resp = await self._call("lease", "LeaseTimeToLive", req)
         return int(resp.TTL)
 
     # --- watch ------------------------------------------------------------------------------
@@ -287,7 +338,10 @@ class EtcdClient:
         Raises :class:`CompactedError` when that revision is gone, :class:`EtcdUnavailable`
         when the stream breaks; the caller re-lists and resumes.
         """
-        self.connect()
+        # The stream goes to the endpoint a cheap call just reached (failing over as calls do);
+        # when it breaks, the next watch starts on the endpoint after it.
+        await self.status()
+        conn = self._conns[self._current]
         p = prefix.encode()
         create = rpc.WatchCreateRequest(key=p, range_end=prefix_end(p),
                                         start_revision=start_revision,
@@ -298,7 +352,7 @@ class EtcdClient:
             # Keep the request stream open for as long as the caller reads.
             await asyncio.Event().wait()
 
-        call = self._watch.Watch(requests(), wait_for_ready=True)
+        call = conn.watch.Watch(requests(), wait_for_ready=False)
         try:
             async for resp in call:
                 if resp.compact_revision:
@@ -318,7 +372,14 @@ class EtcdClient:
                 ]
                 yield WatchBatch(int(resp.header.revision), events)
         except grpc.aio.AioRpcError as exc:
+            self._move_on(conn)
             raise self._error(exc) from None
         finally:
             call.cancel()
-        raise EtcdUnavailable(f"etcd at {self.settings.describe()} closed the watch stream")
+        self._move_on(conn)
+        raise EtcdUnavailable(f"etcd at {conn.endpoint.url} closed the watch stream")
+
+    def _move_on(self, conn: _Conn) -> None:
+        """After ``conn`` failed a stream, start the next attempt on the endpoint after it."""
+        if self._conns and self._conns[self._current] is conn:
+            self._current = (self._current + 1) % len(self._conns)

@@ -11,9 +11,10 @@ client-go's reflector handles them:
   the watch from the last revision seen, no re-list; if that revision was compacted meanwhile,
   the resumed watch says so and the reflector lists again.
 
-The reflector never yields the same revision twice and never skips one. Its ``revision`` advances
-only after the consumer has taken an update, so a consumer cancelled in the middle resumes (with
-a new ``updates()`` call) from the last update it received.
+The reflector never skips a revision. Its ``revision`` advances only when the consumer asks for
+the next update, so a consumer cancelled while handling one gets it again from a new
+``updates()`` call (at least once: applying an update twice must be harmless, as it is for
+puts and deletes by key).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from netweft.kv.backoff import Backoff
 from netweft.kv.protocol import KV
+from netweft.kv.tls import EtcdConfigError
 from netweft.kv.types import CompactedError, EtcdError, KeyValue, WatchBatch
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ class Reflector:
         self.lists = 0
 
     async def updates(self, kv: KV) -> AsyncIterator[Update]:
-        """Updates from ``kv``, forever; store errors are retried (with backoff), never raised."""
+        """Updates from ``kv``, forever; store errors are retried (with backoff), except
+        :class:`netweft.kv.tls.EtcdConfigError` (TLS/file mistakes), which is raised."""
         while True:
             try:
                 if self.revision is None:
@@ -76,6 +79,8 @@ class Reflector:
             except CompactedError as exc:
                 log.info("%s from revision %s: %s; listing again", self.name, self.revision, exc)
                 self.revision = None
+            except EtcdConfigError:
+                raise  # a certificate or file mistake: retrying cannot help
             except EtcdError as exc:
                 log.warning("%s: %s; retrying", self.name, exc)
                 await self.backoff.wait()
