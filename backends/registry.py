@@ -43,6 +43,11 @@ def register(type_name: str, factory: Factory) -> None:
     _FACTORIES[type_name] = factory
 
 
+def unregister(type_name: str) -> None:
+    """Forget ``type_name`` (a no-op when it is not registered)."""
+    _FACTORIES.pop(type_name, None)
+
+
 def names() -> list[str]:
     """Registered type names, sorted."""
     _builtins()

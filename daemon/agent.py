@@ -38,7 +38,7 @@ from netweft.daemon.nlwatch import NetlinkWatcher, SocketWatcher
 from netweft.daemon.peers import PeerReconciler
 from netweft.daemon.publicside import PublicSideFollower
 from netweft.daemon.statedir import StateDir
-from netweft.daemon.subnetmgr import LeaseAttrs
+from netweft.daemon.subnetmgr import LeaseAttrs, SubnetManager
 from netweft.ipam.identity import IdentityError, NodeIdentity, load_or_create
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError
@@ -100,9 +100,7 @@ class Agent:
         if cfg.firewall != "none":
             self.firewall.firewall = make_firewall(cfg.firewall, Runner(cfg.netns))
         await self.health.serve(cfg.metrics_addr)
-        self.etcd = EtcdClient(cfg.etcd)
-        self.etcd.connect()  # _call() reads the stubs before it connects
-        manager = EtcdSubnetManager(self.etcd, cfg.etcd.prefix, cfg.lease_ttl)
+        manager = self._subnet_manager()
         self.keeper = keeper = LeaseKeeper(
             manager, KeeperSettings(cfg.subnet_file, cfg.ip_masq, cfg.renew_margin,
                                     cfg.config_retry), self.health, self._lease_attrs)
@@ -143,6 +141,12 @@ class Agent:
             raise AgentError(str(exc)) from None
         await peers.reconcile_once()
         self.health.reason = READY
+
+    def _subnet_manager(self) -> SubnetManager:
+        """Where config and leases come from (the one place a Kubernetes one plugs in)."""
+        self.etcd = EtcdClient(self.cfg.etcd)
+        self.etcd.connect()  # _call() reads the stubs before it connects
+        return EtcdSubnetManager(self.etcd, self.cfg.etcd.prefix, self.cfg.lease_ttl)
 
     async def _lease_attrs(self) -> LeaseAttrs:
         assert self.backend is not None and self.side is not None

@@ -1,5 +1,6 @@
 """Following the public side while running: the interface chosen at start, its address, its
-MTU and connected networks are re-read before every full pass (in the kernel thread), because
+MTU and connected networks are looked at before every full pass (in the kernel thread) and the
+side is selected again when they changed, because
 an address or MTU changed by hand, or a new default-route interface, must not leave the node
 with a stale VXLAN source, MTU or lease PublicIP (issue: node state read once at start).
 
@@ -30,9 +31,24 @@ class PublicSideFollower:
         self.backend = backend
         self.error: str | None = None
 
+    def unchanged(self) -> bool:
+        """Cheap: the chosen interface still exists under the same index with the same MTU and
+        addresses (one link lookup and one address dump of that link, not a dump of every link:
+        a node with many pods has many veths)."""
+        u = self.side.underlay
+        link = self.nl.link(u.iface)
+        if link is None or link.index != u.index or link.mtu != u.mtu:
+            return False
+        addrs = [a for _, a in self.nl.addresses(u.index)]
+        networks = tuple(sorted({a.network for a in addrs if a.network.prefixlen < 32}))
+        return any(a.ip == u.ip for a in addrs) and networks == u.networks
+
     def check(self) -> None:
-        """Re-select the public side (kernel thread); rebind the backend when it changed. A
-        failing selection keeps the old side (logged once per distinct error)."""
+        """Re-select the public side (kernel thread) when the chosen interface changed; rebind
+        the backend when the selection differs. A failing selection keeps the old side (logged
+        once per distinct error)."""
+        if self.error is None and self.unchanged():
+            return
         try:
             side = iface.select(self.nl, self.opts)
         except iface.IfaceError as exc:

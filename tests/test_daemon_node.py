@@ -348,7 +348,12 @@ def test_cleanup_on_exit_and_inspection_cli(make_lab) -> None:
 
 # --- healing speed (issue 9 item 8) ------------------------------------------------------------
 
-REPAIR_BOUND = 0.6  # seconds: generous for a loaded 2-core machine; the periodic pass is 60 s
+# Seconds. Quiet machine: 0.07-0.35 s per repair. The median of three must stay within a few
+# hundred ms; single repairs may take longer when the machine runs at load 20-40 on 2 cores
+# (seen here: 1.2 s once), hence the looser bound on the slowest. Before the fix a deletion
+# queued behind other notices was not repaired within 10 s; the periodic pass is 60 s here.
+REPAIR_MEDIAN_BOUND = 0.5
+REPAIR_MAX_BOUND = 2.0
 
 
 def unrelated_churn(ns: str, count: int = 8) -> None:
@@ -392,12 +397,13 @@ def test_deleted_route_fdb_neighbour_come_back_in_a_fraction_of_a_second(make_la
             took.setdefault(kind, []).append(repair_seconds(delete, present))
     print("repair seconds:", {k: [round(t, 3) for t in v] for k, v in took.items()})
     for kind, times in took.items():
-        assert max(times) < REPAIR_BOUND, f"{kind}: repaired after {times} s"
+        assert sorted(times)[1] < REPAIR_MEDIAN_BOUND, f"{kind}: repaired after {times} s"
+        assert max(times) < REPAIR_MAX_BOUND, f"{kind}: repaired after {times} s"
 
 
 # --- the daemon's firewall rules (issue 9 item 9) -----------------------------------------------
 
-FIREWALL_BOUND = 1.0  # seconds; the periodic check is set to 60 s here
+FIREWALL_BOUND = 1.0  # seconds ("within about a second"); the periodic check is 60 s here
 
 
 def test_removed_firewall_rules_come_back_within_a_second(make_lab) -> None:

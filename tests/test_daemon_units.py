@@ -168,3 +168,32 @@ def test_status_names_each_mismatch_between_kernel_and_published_state() -> None
                   backend_data=lease.backend_data)
     assert mismatches(status, moved, good_dev, good_pub) == [
         "the lease publishes 192.0.2.20, the daemon uses 192.0.2.10"]
+
+
+def test_backend_registry_creates_by_type_name_and_takes_new_types() -> None:
+    from netweft.backends.base import Underlay
+    from netweft.backends.hostgw import HostGwBackend
+    from netweft.backends.vxlan import VxlanBackend
+
+    cfg = parse_config('{"Network": "10.244.0.0/16"}')
+    under = Underlay("eth0", 2, IPv4Address("192.0.2.10"), 1500)
+    previous = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("192.0.2.10"),
+                     backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": "0e:00:00:00:00:07"})
+    vx = registry.create(registry.BackendParams(cfg.backend, None, under,  # type: ignore[arg-type]
+                                                previous=previous))
+    assert isinstance(vx, VxlanBackend) and vx.mac == "0e:00:00:00:00:07" and vx.mtu() == 1450
+    from dataclasses import replace
+
+    hg = registry.create(registry.BackendParams(replace(cfg.backend, type="host-gw"), None,  # type: ignore[arg-type]
+                                                under))
+    assert isinstance(hg, HostGwBackend) and hg.mtu() == 1500
+    assert hg.watched().device == "eth0" and hg.watched().neighbour_index is None
+    assert {"vxlan", "host-gw"} <= set(registry.names())
+    registry.register("test-only", lambda p: HostGwBackend(p.nl, p.underlay, 1400))
+    try:
+        made = registry.create(registry.BackendParams(replace(cfg.backend, type="test-only"),
+                                                      None, under))  # type: ignore[arg-type]
+        assert made.mtu() == 1400
+    finally:
+        registry.unregister("test-only")
+    assert "test-only" not in registry.names()
