@@ -129,6 +129,14 @@ def desired_wireguard(own: Lease, leases: Iterable[Lease], dev: str,
     return DesiredState(tuple(peers))
 
 
+def settings_from(backend: object) -> WireGuardSettings:
+    """WireGuardSettings from an ``ipam.config.BackendConfig`` (key file from the env)."""
+    return WireGuardSettings(
+        listen_port=backend.listen_port, listen_port_v6=backend.listen_port_v6,  # type: ignore[attr-defined]
+        psk=backend.psk, keepalive=backend.keepalive, mode=backend.mode,  # type: ignore[attr-defined]
+        mtu=backend.mtu)  # type: ignore[attr-defined]
+
+
 class WireGuardBackend(Backend):
     type_name = "wireguard"
 

@@ -43,6 +43,7 @@ from netweft.backends.base import (
 from netweft.backends.hostgw import HostGwBackend
 from netweft.backends.netlink import Netlink
 from netweft.backends.vxlan import VxlanBackend, VxlanSettings
+from netweft.backends.wireguard import WireGuardBackend, settings_from
 from netweft.daemon import iface
 from netweft.daemon.firewall import Firewall, FirewallError, FirewallSpec, Runner, make_firewall
 from netweft.daemon.metrics import HttpEndpoint, Metrics, daemon_metrics
@@ -98,7 +99,9 @@ def make_backend(cfg: NetworkConfig, nl: Netlink, side: iface.PublicSide, state_
                             previous_mac=previous_mac)
     if b.type == "host-gw":
         return HostGwBackend(nl, side.underlay, b.mtu)
-    raise AgentError(f"Backend.Type: {b.type!r} is not supported (vxlan, host-gw)")
+    if b.type == "wireguard":
+        return WireGuardBackend(nl, side.underlay, settings_from(b), state_dir=state_dir)
+    raise AgentError(f"Backend.Type: {b.type!r} is not supported (vxlan, host-gw, wireguard)")
 
 
 def subnet_env_for(cfg: NetworkConfig, lease: Lease, mtu: int, ipmasq: bool) -> subnetenv.SubnetEnv:
@@ -379,7 +382,7 @@ class Agent:
                                     previous_mac)
         try:
             lease = await self._acquire(self._previous_subnet())
-        except LeaseError as exc:  # e.g. every subnet is taken
+        except (LeaseError, BackendError) as exc:  # every subnet taken; no usable key file
             raise AgentError(str(exc)) from None
         leases, revision = await self._etcd_retry("listing leases", store.list)
         self.leases = {store.key_for(le): le for le in leases}
@@ -452,6 +455,7 @@ class Agent:
             "iface": self.side.underlay.iface, "publicIP": str(self.side.public_ip),
             "peers": peers, "leases": len(self.leases), "lastReconcile": self.last_reconcile,
             "reconciles": self.reconciles, "errors": self.last_errors[:20],
+            "dataplane": self.backend.status() if self.backend else {},
         }
         try:
             write_json_atomic(os.path.join(self.cfg.state_dir, STATUS_FILE), data)
@@ -707,6 +711,9 @@ class Agent:
             self.cni_host = None
         if self.cfg.cleanup_on_exit:
             await self.cleanup()
+        elif self.backend is not None:
+            with contextlib.suppress(Exception):
+                await self._nl(self.backend.close)
         if self._http is not None:
             await self._http.stop()
         if self.etcd is not None:

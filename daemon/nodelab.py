@@ -123,7 +123,9 @@ class NodeLab:
                "--cni-socket", os.path.join(os.path.dirname(p["log"]), "cni.sock"),
                "--node-name", ns, *extra]
         log = open(p["log"], "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+        # Each node keeps its own WireGuard key (Flannel's override of /run/flannel/wgkey).
+        env = dict(os.environ, WIREGUARD_KEY_FILE=os.path.join(p["state_dir"], "wgkey"))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.procs[ns] = proc

@@ -177,6 +177,16 @@ def routes_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
     ctx.exit(0 if not bad else 3)
 
 
+def describe_wireguard(dp: dict[str, Any]) -> str:
+    """``kernel`` or ``userspace wireguard-go pid N (socket S, R restarts)``, port, public key."""
+    if dp.get("implementation") == "userspace":
+        what = (f"userspace wireguard-go pid {dp.get('pid')} (socket {dp.get('socket')}, "
+                f"{dp.get('restarts', 0)} restarts)")
+    else:
+        what = "kernel"
+    return f"{what}, port {dp.get('listenPort')}, public key {dp.get('publicKey')}"
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
@@ -213,6 +223,7 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         "peersProgrammed": status.get("peers"),
         "lastReconcile": status.get("lastReconcile"),
         "errors": status.get("errors") or [],
+        "dataplane": status.get("dataplane") or {},
     }
     dev = out["device"]
     if dev:
@@ -245,8 +256,11 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         ("backend", out["backend"] or "-"),
         ("device", f"{dev or '-'}" + (
             "" if not dev else (" (missing)" if not out["deviceState"]["present"] else
-                                f" mac {out['deviceState']['mac']}"))),
+                                f" mac {out['deviceState']['mac']}"
+                                if out["deviceState"]["mac"] else ""))),
         ("mtu", out["mtu"] or "-"),
+        *([("wireguard", describe_wireguard(out["dataplane"]))]
+          if out["dataplane"].get("implementation") else []),
         ("peers", f"{out['peers']} leased, {out['peersProgrammed'] or 0} programmed"),
         ("last reconcile", f"{int(time.time() - last)}s ago" if last else "never"),
     ]

@@ -115,6 +115,7 @@ def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
     env["NETWEFT_ETCD_ENDPOINTS"] = topo.etcd_endpoint
     env["NETWEFT_ETCD_PREFIX"] = topo.spec.etcd_prefix
     if node is not None:
+        env["WIREGUARD_KEY_FILE"] = node.wireguard_key_file  # Flannel's override, per node
         for cmd in ("ROUTES", "STATUS"):
             env[f"NETWEFT_{cmd}_SUBNET_FILE"] = node.subnet_env
             env[f"NETWEFT_{cmd}_STATE_DIR"] = node.daemon_state_dir
