@@ -241,6 +241,18 @@ class Underlay:
         return any(ip in net for net in self.networks)
 
 
+@dataclass(frozen=True)
+class Watched:
+    """The kernel objects a backend depends on, for the netlink watcher: the device's name and
+    index (host-gw: the public interface), the index whose neighbour/FDB entries are ours
+    (``None``: none), and the public interface's index. Indexes are ``None`` before setup."""
+
+    device: str
+    device_index: int | None
+    neighbour_index: int | None
+    underlay_index: int | None
+
+
 def peers_of(own: Lease | None, leases: Iterable[Lease]) -> list[Lease]:
     """Leases of other nodes that can be programmed (reservations without a public IP, leases
     with no IPv4 subnet, and our own lease are left out)."""
@@ -259,6 +271,7 @@ class Backend(abc.ABC):
 
     type_name: str = ""
     last_desired: DesiredState = DesiredState()  # what the last reconcile() wanted
+    underlay: Underlay  # the node's public side (set by the constructor, replaced by rebind)
 
     @abc.abstractmethod
     def backend_data(self) -> dict[str, object]:
@@ -298,6 +311,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def teardown(self) -> None:
         """Remove everything this backend installed (``--cleanup-on-exit``)."""
+
+    @abc.abstractmethod
+    def watched(self) -> Watched:
+        """What the netlink watcher follows for this backend (read from another thread:
+        plain attribute reads only)."""
+
+    def rebind(self, underlay: Underlay) -> None:
+        """The public side changed while running (address, MTU, connected networks): use
+        ``underlay`` from now on; the next :meth:`setup` brings the device in line."""
+        self.underlay = underlay
 
     def status(self) -> dict[str, object]:
         """Backend-specific facts for ``netweft status`` (e.g. which WireGuard runs)."""

@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
+from typing import TYPE_CHECKING
 
 from netweft.backends.base import (
     RTPROT_NETWEFT,
@@ -42,6 +43,7 @@ from netweft.backends.base import (
     PeerState,
     Route,
     Underlay,
+    Watched,
     WgPeer,
     peers_of,
 )
@@ -57,6 +59,9 @@ from netweft.backends.wireguard_keys import (
 from netweft.backends.wireguard_wg import Wg
 from netweft.ipam.lease import Lease
 from pyroute2.netlink.exceptions import NetlinkError
+
+if TYPE_CHECKING:
+    from netweft.backends.registry import BackendParams
 
 log = logging.getLogger("netweft.wireguard")
 
@@ -129,12 +134,20 @@ def desired_wireguard(own: Lease, leases: Iterable[Lease], dev: str,
     return DesiredState(tuple(peers))
 
 
-def settings_from(backend: object) -> WireGuardSettings:
-    """WireGuardSettings from an ``ipam.config.BackendConfig`` (key file from the env)."""
-    return WireGuardSettings(
-        listen_port=backend.listen_port, listen_port_v6=backend.listen_port_v6,  # type: ignore[attr-defined]
-        psk=backend.psk, keepalive=backend.keepalive, mode=backend.mode,  # type: ignore[attr-defined]
-        mtu=backend.mtu)  # type: ignore[attr-defined]
+def from_params(params: BackendParams) -> WireGuardBackend:
+    """The registry's factory (``Backend.Type`` ``wireguard``); the key file from the env."""
+    b = params.config
+    settings = WireGuardSettings(listen_port=b.listen_port, listen_port_v6=b.listen_port_v6,
+                                 psk=b.psk, keepalive=b.keepalive, mode=b.mode, mtu=b.mtu)
+    return WireGuardBackend(params.nl, params.underlay, settings, state_dir=params.state_dir)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 class WireGuardBackend(Backend):
@@ -222,7 +235,7 @@ class WireGuardBackend(Backend):
         self._ensure_key()
         link = self._existing() or self._create()
         self.index = link.index
-        if self.settings.psk and self.psk_file:
+        if self.settings.psk and self.psk_file and _read(self.psk_file) != self.settings.psk:
             write_key_file(self.psk_file, self.settings.psk)
         iface = self.wg.dump(self.dev).interface
         if iface.public_key != self.public_key or iface.listen_port != self.settings.listen_port:
@@ -267,6 +280,9 @@ class WireGuardBackend(Backend):
             except BackendError as exc:
                 errors.append(str(exc))
         return errors + apply_changes(self.nl, changes)
+
+    def watched(self) -> Watched:
+        return Watched(self.dev, self.index, None, self.underlay.index)
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {"implementation": self.implementation,

@@ -16,6 +16,7 @@ from typing import Any
 from netweft.cni.plugin import PodInfo
 from netweft.cni.server import CniHooks, CniServer
 from netweft.daemon.metrics import Metrics
+from netweft.ipam.etcd import EtcdError
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord, RecordError, pod_key
 
@@ -137,3 +138,16 @@ class CniHost:
                         {"command": command})
             metrics.set("netweft_cni_request_duration_seconds_max", s.seconds_max,
                         {"command": command})
+
+
+async def host_cni(host: CniHost, link_exists: Callable[[str], Awaitable[bool]]) -> None:
+    """Start ``host`` (its own thread), then drop the records of pods deleted while no daemon
+    served the plugin. Raises OSError when the socket cannot be bound."""
+    await asyncio.to_thread(host.start)
+    try:
+        removed = await host.prune_stale(link_exists)
+    except EtcdError as exc:
+        log.warning("stale pod records not checked: %s", exc)
+        return
+    if removed:
+        log.info("removed %d stale pod record(s)", removed)

@@ -6,9 +6,10 @@ import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from netweft.daemon.agent import AgentError, make_backend, subnet_env_for
+from netweft.backends import registry
 from netweft.daemon.firewall import FirewallSpec, iptables_rules, make_firewall, render_nft
 from netweft.daemon.iface import IfaceError, parse_options
+from netweft.daemon.leasekeeper import subnet_env_for
 from netweft.daemon.metrics import HttpEndpoint, daemon_metrics
 from netweft.ipam.config import parse_config
 from netweft.ipam.lease import Lease
@@ -56,9 +57,10 @@ def test_unknown_backend_is_one_clear_line() -> None:
     from dataclasses import replace
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
-    cfg = replace(cfg, backend=replace(cfg.backend, type="wireguard"))
-    with pytest.raises(AgentError, match="Backend.Type: 'wireguard' is not supported"):
-        make_backend(cfg, None, None, None)  # type: ignore[arg-type]
+    cfg = replace(cfg, backend=replace(cfg.backend, type="ipsec"))
+    with pytest.raises(registry.UnknownBackend,
+                       match="Backend.Type: 'ipsec' is not supported"):
+        registry.create(registry.BackendParams(cfg.backend, None, None))  # type: ignore[arg-type]
 
 
 def test_iface_option_errors_name_the_option() -> None:
@@ -115,7 +117,7 @@ def test_metrics_text_format_and_http_endpoints() -> None:
 
 
 def test_wait_helpers_time_out_and_never_swallow_cancellation() -> None:
-    from netweft.daemon.agent import wait_event, with_timeout
+    from netweft.daemon.asyncutil import wait_event, with_timeout
 
     async def scenario() -> None:
         ev = asyncio.Event()

@@ -37,13 +37,8 @@ def _local_subnet(subnet_file: str) -> IPv4Network | None:
 
 
 def _read_status(state_dir: str) -> dict[str, Any] | None:
-    from netweft.daemon.agent import STATUS_FILE
-    try:
-        with open(os.path.join(state_dir, STATUS_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    from netweft.daemon.statedir import read_status
+    return read_status(state_dir)
 
 
 def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None) -> NodeView:
@@ -69,9 +64,9 @@ def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None
 
 
 def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name: str | None):  # type: ignore[no-untyped-def]
+    from netweft.backends import registry
     from netweft.backends.netlink import Netlink
     from netweft.daemon import iface
-    from netweft.daemon.agent import make_backend
 
     nl = Netlink()
     name = iface_name or (status or {}).get("iface")
@@ -81,7 +76,11 @@ def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name
     except iface.IfaceError as exc:
         fail(str(exc))
         raise
-    backend = make_backend(cfg, nl, side, None)
+    try:
+        backend = registry.create(registry.BackendParams(cfg.backend, nl, side.underlay))
+    except registry.UnknownBackend as exc:
+        fail(str(exc))
+        raise
     backend.attach()
     return backend, nl
 
