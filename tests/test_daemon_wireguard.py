@@ -122,6 +122,11 @@ def test_wireguard_daemons_restore_deleted_peer_route_and_wireguard_go(make_lab)
     row = next(line for line in out.splitlines() if line.startswith("wireguard"))
     assert f"userspace wireguard-go pid {pid}" not in row and "1 restarts" in row, out
     assert "userspace wireguard-go pid" in row and "port 51820" in row, out
+    # `netweft routes` compares each desired peer and route with what wg and the kernel hold.
+    routes = lab.netweft(a, "routes", "--subnet-file", lab.paths(a)["subnet_file"],
+                         "--state-dir", lab.paths(a)["state_dir"]).stdout
+    assert f"ok      wg-peer   peer {key_b} endpoint 192.0.2.11:51820" in routes, routes
+    assert f"ok      route     {subnets[1]} dev flannel-wg" in routes, routes
 
 
 def test_wireguard_restart_keeps_key_and_a_new_key_converges_on_peers(make_lab) -> None:

@@ -77,7 +77,9 @@ def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name
         fail(str(exc))
         raise
     try:
-        backend = registry.create(registry.BackendParams(cfg.backend, nl, side.underlay))
+        # state_dir: where the daemon keeps what inspection reads (wireguard-go's socket)
+        backend = registry.create(registry.BackendParams(cfg.backend, nl, side.underlay,
+                                                         state_dir))
     except registry.UnknownBackend as exc:
         fail(str(exc))
         raise
@@ -92,6 +94,7 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
     have_routes = {r.dst: r for r in actual.routes}
     have_neigh = {(n.ip, n.dev): n for n in actual.neighbours}
     have_fdb = set(actual.fdb)
+    have_wg = {w.public_key: w for w in actual.wg_peers}
     peers = []
     for p in desired.peers:
         entries = []
@@ -105,6 +108,12 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
             entries.append({"kind": "fdb", "desired": p.fdb.describe(),
                             "kernel": p.fdb.describe() if p.fdb in have_fdb else None,
                             "state": "ok" if p.fdb in have_fdb else "missing"})
+        if p.wg is not None:
+            got_w = have_wg.get(p.wg.public_key)
+            entries.append({"kind": "wg-peer", "desired": p.wg.describe(),
+                            "kernel": got_w.describe() if got_w else None,
+                            "state": "ok" if got_w == p.wg else
+                            ("differs" if got_w else "missing")})
         if p.route is not None:
             got_r = have_routes.get(p.route.dst)
             entries.append({"kind": "route", "desired": p.route.describe(),
@@ -119,7 +128,9 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
              + [{"kind": "neighbour", "kernel": n.describe()}
                 for n in sorted(actual.neighbours - desired.neighbours)
                 if (n.ip, n.dev) not in {(d.ip, d.dev) for d in desired.neighbours}]
-             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)])
+             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)]
+             + [{"kind": "wg-peer", "kernel": w.describe()} for w in sorted(actual.wg_peers)
+                if w.public_key not in {d.public_key for d in desired.wg_peers}])
     return {"node": {"subnet": str(own.subnet), "publicIP": str(own.public_ip),
                      "backend": backend.type_name},
             "peers": peers, "stray": stray}
