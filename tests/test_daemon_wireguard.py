@@ -10,33 +10,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 
-import pytest
 from netweft.backends.wireguard_wg import Wg
 from netweft.daemon import underlay
 from netweft.daemon.nodelab import NodeLab, wait_for
 
 BACKEND = {"Type": "wireguard", "PersistentKeepaliveInterval": 25}
-
-
-@pytest.fixture
-def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
-    labs: list[NodeLab] = []
-
-    def make(nodes: int = 2) -> NodeLab:
-        lab = NodeLab(netns_factory("wul"), [netns_factory("wn") for _ in range(nodes)],
-                      netns_factory("wout"), str(tmp_path))
-        labs.append(lab)
-        lab.build()
-        lab.set_config({"Network": "10.244.0.0/16", "Backend": BACKEND})
-        return lab
-
-    try:
-        yield make
-    finally:
-        for lab in labs:
-            lab.close()
 
 
 def ip(ns: str, *args: str) -> str:
@@ -79,7 +58,7 @@ def pods_talk(a: str, b: str, subnets: list) -> bool:  # type: ignore[type-arg]
 
 
 def test_wireguard_daemons_restore_deleted_peer_route_and_wireguard_go(make_lab) -> None:
-    lab = make_lab(2)
+    lab = make_lab(2, BACKEND)
     subnets = start(lab)
     a, b = lab.node_nss
     for ns, subnet in zip(lab.node_nss, subnets, strict=True):
@@ -130,7 +109,7 @@ def test_wireguard_daemons_restore_deleted_peer_route_and_wireguard_go(make_lab)
 
 
 def test_wireguard_restart_keeps_key_and_a_new_key_converges_on_peers(make_lab) -> None:
-    lab = make_lab(3)
+    lab = make_lab(3, BACKEND)
     subnets = start(lab)
     a, b, c = lab.node_nss
     for ns, subnet in zip(lab.node_nss, subnets, strict=True):

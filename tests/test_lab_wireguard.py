@@ -18,7 +18,7 @@ import pytest
 from netweft.backends.wireguard_wg import Wg
 from netweft.daemon import netns
 from netweft.daemon.lab.capture import Capture
-from netweft.daemon.lab.lab import Lab, down
+from netweft.daemon.lab.lab import Lab, running
 from netweft.daemon.lab.topology import LabSpec, Node
 from netweft.daemon.nodelab import poll_until
 
@@ -33,14 +33,9 @@ ROTATION_BOUND = 20.0  # s from the restart of the rotated node to every peer us
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
-    prefix = f"nwg{uuid.uuid4().hex[:4]}"
-    spec = LabSpec(prefix=prefix, nodes=3, pods_per_node=2, backend="wireguard")
-    try:
-        built = Lab.up(spec)
+    spec = LabSpec(prefix=f"nwg{uuid.uuid4().hex[:4]}", nodes=3, backend="wireguard")
+    with running(spec) as built:
         yield built
-    finally:
-        down(prefix)
-        assert netns.list_names(f"{prefix}-") == []
 
 
 def peer_keys(node: Node) -> set[str]:
@@ -85,7 +80,7 @@ def test_underlay_carries_wireguard_on_the_port_and_never_the_payload(
         pod_side.stop()
         wire.stop()
     # The capture would see the payload if it were there: the pod's own interface shows it.
-    assert any(MARKER in bytes(p) for p in rdpcap(pod_side.path))
+    assert any(MARKER in bytes(p) for p in rdpcap(pod_side.path)), "marker not seen at the pod"
     packets = rdpcap(wire.path)
     assert all(MARKER not in bytes(p) for p in packets), "the payload crossed in clear"
     data = [p for p in packets if p.haslayer(WireguardTransport)]
@@ -97,7 +92,7 @@ def test_underlay_carries_wireguard_on_the_port_and_never_the_payload(
     plain = [p for p in packets if p.haslayer(IP) and (
         IPv4Address(p[IP].src) in lab.topo.spec.network
         or IPv4Address(p[IP].dst) in lab.topo.spec.network)]
-    assert plain == []
+    assert plain == [], [p.summary() for p in plain[:5]]
 
 
 def test_subnet_env_mtu_and_lease_data(lab: Lab) -> None:

@@ -151,3 +151,39 @@ def test_set_args_one_batch_removals_first() -> None:
                     "persistent-keepalive", "off", "allowed-ips", "10.244.3.0/24"]
     assert PSK not in " ".join(args)
     assert set_args("flannel-wg", [], [], None) == []
+
+
+def test_flannel_lease_and_key_file_interoperate(tmp_path) -> None:
+    """What flanneld writes (lease value, key file 0400 without newline) is what we read, and
+    our lease value has Flannel's shape ({"PublicKey", "Port"} under BackendData)."""
+    import os
+
+    from netweft.backends.wireguard_keys import load_or_create, public_key
+    from netweft.ipam.lease import parse_lease
+
+    flannel_value = json.dumps({"PublicIP": "192.0.2.12", "BackendType": "wireguard",
+                                "BackendData": {"PublicKey": K2, "Port": 51820}})
+    peer = parse_lease("10.244.2.0-24", flannel_value, etcd_lease_id=1)
+    want = desired_wireguard(lease(1, K1), [peer], "flannel-wg",
+                             WireGuardSettings(key_file="/nonexistent"))
+    assert want.wg_peers == {WgPeer(K2, "192.0.2.12:51820", ("10.244.2.0/24",))}
+    key_file = tmp_path / "wgkey"
+    key_file.write_text("YO3ieH0X3Kx4Yjz8C3yJ5EW2qaR2W6P3qC0Sk3nR0Wk=")
+    os.chmod(key_file, 0o400)  # as flanneld leaves it
+    private = load_or_create(str(key_file))
+    assert private == key_file.read_text() and oct(key_file.stat().st_mode & 0o777) == "0o400"
+    ours = Lease(IPv4Network("10.244.1.0/24"), IPv4Address("192.0.2.11"), "wireguard",
+                 {"PublicKey": public_key(private), "Port": 51820}, etcd_lease_id=1)
+    value = json.loads(ours.value_json())
+    assert value["BackendType"] == "wireguard"
+    assert set(value["BackendData"]) == {"PublicKey", "Port"}
+
+
+def test_key_file_that_is_no_key_is_one_line_naming_the_file(tmp_path) -> None:
+    from netweft.backends.base import BackendError
+    from netweft.backends.wireguard_keys import load_or_create
+
+    bad = tmp_path / "wgkey"
+    bad.write_text("not a key")
+    with pytest.raises(BackendError, match=rf"WIREGUARD_KEY_FILE {bad}: not a WireGuard private"):
+        load_or_create(str(bad))

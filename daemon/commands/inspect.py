@@ -87,6 +87,12 @@ def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name
     return backend, nl
 
 
+def _entry(kind: str, want: Any, got: Any) -> dict[str, Any]:
+    """One desired entry beside the kernel's entry under the same key (None: missing)."""
+    return {"kind": kind, "desired": want.describe(), "kernel": got.describe() if got else None,
+            "state": "ok" if got == want else ("differs" if got else "missing")}
+
+
 def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, Any]:
     """Per peer: each desired entry and whether the kernel has it; then stray entries."""
     desired = backend.desired(own, leases)
@@ -99,27 +105,16 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
     for p in desired.peers:
         entries = []
         if p.neighbour is not None:
-            got = have_neigh.get((p.neighbour.ip, p.neighbour.dev))
-            entries.append({"kind": "neighbour", "desired": p.neighbour.describe(),
-                            "kernel": got.describe() if got else None,
-                            "state": "ok" if got == p.neighbour else
-                            ("differs" if got else "missing")})
+            entries.append(_entry("neighbour", p.neighbour,
+                                  have_neigh.get((p.neighbour.ip, p.neighbour.dev))))
         if p.fdb is not None:
             entries.append({"kind": "fdb", "desired": p.fdb.describe(),
                             "kernel": p.fdb.describe() if p.fdb in have_fdb else None,
                             "state": "ok" if p.fdb in have_fdb else "missing"})
         if p.wg is not None:
-            got_w = have_wg.get(p.wg.public_key)
-            entries.append({"kind": "wg-peer", "desired": p.wg.describe(),
-                            "kernel": got_w.describe() if got_w else None,
-                            "state": "ok" if got_w == p.wg else
-                            ("differs" if got_w else "missing")})
+            entries.append(_entry("wg-peer", p.wg, have_wg.get(p.wg.public_key)))
         if p.route is not None:
-            got_r = have_routes.get(p.route.dst)
-            entries.append({"kind": "route", "desired": p.route.describe(),
-                            "kernel": got_r.describe() if got_r else None,
-                            "state": "ok" if got_r == p.route else
-                            ("differs" if got_r else "missing")})
+            entries.append(_entry("route", p.route, have_routes.get(p.route.dst)))
         peers.append({"subnet": str(p.subnet), "publicIP": str(p.public_ip), "error": p.error,
                       "entries": entries})
     stray = ([{"kind": "route", "kernel": r.describe()}
