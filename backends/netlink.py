@@ -243,6 +243,20 @@ class Netlink:
             errors.append(f"{tool} batch failed: {last or proc.returncode}")
         return errors
 
+    def ensure_unreachable(self, dst: IPv4Network, metric: int) -> None:
+        """``ip route replace unreachable <dst> metric <metric> proto 78`` (a fallback that
+        more specific routes override). :meth:`routes` never lists it (it has no device)."""
+        self._unreachable("replace", dst, metric)
+
+    def remove_unreachable(self, dst: IPv4Network, metric: int) -> None:
+        self._unreachable("del", dst, metric, benign=True)
+
+    def _unreachable(self, op: str, dst: IPv4Network, metric: int, benign: bool = False) -> None:
+        errors = self.batch("ip", [f"route {op} unreachable {dst} metric {metric} "
+                                   f"proto {RTPROT_NETWEFT}"], benign=GONE if benign else ())
+        if errors:
+            raise NetlinkError(errno.EIO, errors[0])
+
     def route_get(self, dst: IPv4Address) -> RouteLookup | None:
         try:
             msg = self.ipr.route("get", dst=str(dst))[0]

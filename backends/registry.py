@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 
 from netweft.backends.base import Backend, BackendError, Underlay
 from netweft.backends.netlink import Netlink
@@ -24,13 +25,16 @@ class UnknownBackend(BackendError):
 class BackendParams:
     """What a backend factory gets: the config's Backend section, the netlink adapter, the
     node's public side, the state directory (``None``: keep nothing on disk, e.g. inspection),
-    and the lease this node held before (its BackendData may be reused, e.g. the VTEP MAC)."""
+    the lease this node held before (its BackendData may be reused, e.g. the VTEP MAC), and the
+    pod network (wireguard keeps it unreachable rather than routed in clear without its device).
+    """
 
     config: BackendConfig
     nl: Netlink
     underlay: Underlay
     state_dir: str | None = None
     previous: Lease | None = None
+    network: IPv4Network | None = None
 
 
 Factory = Callable[[BackendParams], Backend]

@@ -10,7 +10,9 @@ does for older peers), allowed IPs = its subnet, the configured PSK and persiste
 Routes: Flannel routes the whole Network to the device (``scope link``). netweft installs one
 ``<peer subnet> dev flannel-wg proto 78`` per programmed peer instead, so that a deleted route is
 put back like the VXLAN ones and traffic to a subnet without a peer is unreachable at once rather
-than dropped by WireGuard ("no peer"). Both kinds of node peer with each other unchanged.
+than dropped by WireGuard ("no peer"). Both kinds of node peer with each other unchanged. Below
+them an ``unreachable <Network>`` route keeps pod traffic from leaving in clear by the default
+route while the device is gone (Flannel's route goes with its device: it fails open there).
 
 MTU: underlay MTU minus WireGuard's overhead: 60 bytes when the endpoints are IPv4 (20 IP + 8
 UDP + 32 WireGuard: type, key index, nonce, tag), 80 when they may be IPv6 (modes ``ipv6`` and
@@ -29,7 +31,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING
 
 from netweft.backends.base import (
@@ -71,6 +73,10 @@ OVERHEAD_V4 = 60
 OVERHEAD_V6 = 80
 DEFAULT_PORT = 51820
 DEFAULT_PORT_V6 = 51821
+# ``unreachable <Network> metric 4242 proto 78``: the per-peer routes (and the node's own pod
+# bridge) are more specific; when the device is gone (wireguard-go died) pod traffic to other
+# nodes is refused instead of taking the default route unencrypted.
+FAIL_CLOSED_METRIC = 4242
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,8 @@ def from_params(params: BackendParams) -> WireGuardBackend:
     b = params.config
     settings = WireGuardSettings(listen_port=b.listen_port, listen_port_v6=b.listen_port_v6,
                                  psk=b.psk, keepalive=b.keepalive, mode=b.mode, mtu=b.mtu)
-    return WireGuardBackend(params.nl, params.underlay, settings, state_dir=params.state_dir)
+    return WireGuardBackend(params.nl, params.underlay, settings, state_dir=params.state_dir,
+                            network=params.network)
 
 
 def _read(path: str) -> str | None:
@@ -154,8 +161,9 @@ class WireGuardBackend(Backend):
     type_name = "wireguard"
 
     def __init__(self, nl: Netlink, underlay: Underlay, settings: WireGuardSettings,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None, network: IPv4Network | None = None) -> None:
         self.nl = nl
+        self.network = network
         self.underlay = underlay
         self.settings = settings
         self.dev = DEVICE
@@ -242,6 +250,8 @@ class WireGuardBackend(Backend):
             self.wg.configure(self.dev, self.settings.key_file, self.settings.listen_port)
         want = IPv4Interface(f"{lease.subnet.network_address}/32")
         self.nl.ensure_device(link, self.mtu(), want)
+        if self.network is not None:
+            self.nl.ensure_unreachable(self.network, FAIL_CLOSED_METRIC)
         return DeviceInfo(self.dev, link.index, self.mtu(), None, str(want))
 
     def attach(self) -> None:
@@ -305,4 +315,6 @@ class WireGuardBackend(Backend):
         index = self.nl.link_index(self.dev)
         if index is not None:
             self.nl.delete_link(index)
+        if self.network is not None:
+            self.nl.remove_unreachable(self.network, FAIL_CLOSED_METRIC)
         self.index = None

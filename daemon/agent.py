@@ -128,7 +128,7 @@ class Agent:
                          and le.backend_type == netcfg.backend.type), None)
         try:
             self.backend = registry.create(registry.BackendParams(
-                netcfg.backend, nl, side.underlay, cfg.state_dir, previous))
+                netcfg.backend, nl, side.underlay, cfg.state_dir, previous, netcfg.network))
         except BackendError as exc:
             raise AgentError(str(exc)) from None
         self.peers = peers = PeerReconciler(self.backend, self.kernel, self.metrics,

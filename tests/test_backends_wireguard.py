@@ -25,6 +25,7 @@ from netweft.backends.wireguard_wg import Wg
 from netweft.daemon import iface, underlay
 from netweft.ipam.lease import Lease
 
+NETWORK = IPv4Network("10.244.0.0/16")
 PSK = "f4i+6UMm6sg3AZcF6FQDwl7lVhQFt1SHMd0BGUR+0Ik="
 OTHER_PSK = "Xl0hKk8rB6SJ7q4jyJHcQ0yX2S1S3Ihoe+1HrXkqk2Y="
 
@@ -65,7 +66,7 @@ def make_backend(nodes: list[Node]) -> Iterator[Callable[..., WireGuardBackend]]
     def make(node: Node, **kw: object) -> WireGuardBackend:
         kw.setdefault("key_file", str(node.state / "wgkey"))
         be = WireGuardBackend(node.nl, node.side.underlay, WireGuardSettings(**kw),  # type: ignore[arg-type]
-                              state_dir=str(node.state))
+                              state_dir=str(node.state), network=NETWORK)
         made.append(be)
         return be
 
@@ -164,6 +165,11 @@ def test_wireguard_reconcile_restores_deleted_peer_and_route_and_restarts_wiregu
     while be.device_present() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not be.device_present()
+    # Meanwhile pod traffic to other nodes is refused, not sent in clear by the default route.
+    assert "unreachable 10.244.0.0/16 proto 78 metric 4242" in ip_out(a.ns, "route")
+    got = subprocess.run(["ip", "-n", a.ns, "route", "get", "10.244.2.1"], capture_output=True,
+                         text=True)
+    assert got.returncode != 0 and "No route to host" in got.stderr
     be.setup(leases[0])
     assert be.go.pid != pid and be.status()["restarts"] == 1
     changes, errors = be.reconcile(leases[0], leases)
