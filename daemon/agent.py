@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from netweft.backends import registry
 from netweft.backends.base import Backend, BackendError
 from netweft.backends.netlink import Netlink
 from netweft.daemon import iface
+from netweft.daemon.agentconfig import AgentConfig
 from netweft.daemon.errors import AgentError
 from netweft.daemon.etcdsubnets import EtcdSubnetManager
 from netweft.daemon.firewall import FirewallSpec, Runner, make_firewall
@@ -33,46 +33,19 @@ from netweft.daemon.health import READY, Health
 from netweft.daemon.kernel import KernelWorker
 from netweft.daemon.leasekeeper import KeeperSettings, LeaseKeeper
 from netweft.daemon.metrics import Metrics, daemon_metrics
-from netweft.daemon.nlwatch import NetlinkWatcher
+from netweft.daemon.nftwatch import NftWatcher
+from netweft.daemon.nlwatch import NetlinkWatcher, SocketWatcher
 from netweft.daemon.peers import PeerReconciler
+from netweft.daemon.publicside import PublicSideFollower
 from netweft.daemon.statedir import StateDir
 from netweft.daemon.subnetmgr import LeaseAttrs
-from netweft.ipam import subnetenv
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.ipam.etcd import EtcdClient
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError
 
 __all__ = ["Agent", "AgentConfig", "AgentError"]
 
 log = logging.getLogger("netweft.agent")
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """``netweft daemon``'s options (seconds for every interval, TTL and margin)."""
-
-    etcd: EtcdSettings
-    iface: iface.IfaceOptions = field(default_factory=iface.IfaceOptions)
-    netns: str | None = None  # run netlink/firewall in this namespace (tests); None: current
-    subnet_file: str = subnetenv.DEFAULT_PATH
-    state_dir: str = "/var/lib/netweft"
-    ip_masq: bool = True
-    firewall: str = "nftables"  # "nftables" | "iptables" | "none"
-    lease_ttl: int = 24 * 3600
-    renew_margin: int = 3600
-    reconcile_interval: float = 10.0
-    firewall_interval: float = 30.0
-    config_retry: float = 2.0
-    etcd_probe_interval: float = 5.0
-    metrics_addr: str | None = None
-    cni_socket: str | None = None
-    cni_tcp_port: int = 1019  # the bash launcher's loopback fast path (0: off)
-    cni_token_file: str | None = None  # default: next to cni_socket
-    cleanup_on_exit: bool = False
-    netlink_events: bool = True
-    node_name: str = ""
-    services_prefix: str = "/netweft"
-    pod_records: bool = True
 
 
 class Agent:
@@ -86,7 +59,7 @@ class Agent:
         self.state = StateDir(cfg.state_dir)
         self.firewall = FirewallKeeper(None, self.metrics)
         self.nl: Netlink | None = None
-        self.side: iface.PublicSide | None = None
+        self.side: PublicSideFollower | None = None
         self.etcd: EtcdClient | None = None
         self.keeper: LeaseKeeper | None = None
         self.backend: Backend | None = None
@@ -94,6 +67,7 @@ class Agent:
         self.cni_host: Any = None
         self._revision = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self._republish: asyncio.Task[None] | None = None
 
     def ready(self) -> tuple[bool, str]:
         return self.health.ready()
@@ -106,7 +80,7 @@ class Agent:
         self.state.lock()
         self.nl = nl = Netlink(cfg.netns)
         try:
-            self.side = side = await self.kernel.call(iface.select, nl, cfg.iface)
+            side = await self.kernel.call(iface.select, nl, cfg.iface)
         except iface.IfaceError as exc:
             raise AgentError(str(exc)) from None
         log.info("public interface %s, address %s, public IP %s, mtu %d", side.underlay.iface,
@@ -131,11 +105,13 @@ class Agent:
                 netcfg.backend, nl, side.underlay, cfg.state_dir, previous, netcfg.network))
         except BackendError as exc:
             raise AgentError(str(exc)) from None
+        self.side = PublicSideFollower(nl, cfg.iface, side, self.backend)
         self.peers = peers = PeerReconciler(self.backend, self.kernel, self.metrics,
                                             lambda: keeper.lease, manager.lease_key,
                                             cfg.reconcile_interval)
         peers.on_own_lease = keeper.request_reacquire
-        peers.on_pass = self._write_status
+        peers.on_pass = self._after_pass
+        peers.before_full = self.side.check
         keeper.on_lease = self._on_reacquired
         try:
             lease = await keeper.acquire(keeper.previous_subnet())
@@ -154,7 +130,7 @@ class Agent:
     async def _lease_attrs(self) -> LeaseAttrs:
         assert self.backend is not None and self.side is not None
         data = await self.kernel.call(self.backend.backend_data)
-        return LeaseAttrs(self.side.public_ip, self.backend.type_name, dict(data))
+        return LeaseAttrs(self.side.side.public_ip, self.backend.type_name, dict(data))
 
     async def _use_lease(self, lease: Lease) -> None:
         """Device, subnet.env and firewall rules for ``lease``. Raises BackendError."""
@@ -172,18 +148,25 @@ class Agent:
         await self._use_lease(lease)
         self.peers.request_full()
 
-    def _write_status(self) -> None:
-        """status.json for ``netweft status`` (after every pass)."""
+    def _after_pass(self) -> None:
+        """Status file; subnet.env when the MTU changed; the lease when the public IP did."""
         lease = self.keeper.lease if self.keeper else None
-        if lease is None or self.side is None or self.peers is None:
+        if lease is None or self.side is None or self.peers is None or self.backend is None:
             return
-        peers, backend = self.peers, self.backend
+        assert self.keeper is not None
+        self.keeper.write_subnet_env(self.backend.mtu())
+        if lease.public_ip != self.side.side.public_ip and (
+                self._republish is None or self._republish.done()):
+            self._republish = asyncio.create_task(self.keeper.republish())
+        peers, backend, underlay = self.peers, self.backend, self.side.side.underlay
         self.state.write_status({
             "pid": os.getpid(), "lease": lease.to_dict(),
             "backend": backend.type_name if backend else None,
             "device": peers.device.name if peers.device else None,
             "mtu": backend.mtu() if backend else None,
-            "iface": self.side.underlay.iface, "publicIP": str(self.side.public_ip),
+            "iface": underlay.iface, "publicIP": str(self.side.side.public_ip),
+            "address": str(underlay.ip), "underlayMTU": underlay.mtu,
+            "ifaceError": self.side.error,
             "peers": peers.programmed, "leases": len(peers.leases),
             "lastReconcile": peers.last_reconcile, "reconciles": peers.reconciles,
             "errors": peers.last_errors[:20],
@@ -201,7 +184,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then serve until ``stop`` is set (also while still starting, e.g. waiting for
         the network config). Raises AgentError for fatal start-up problems."""
-        watcher: NetlinkWatcher | None = None
+        watchers: list[SocketWatcher] = []
         waiter = asyncio.create_task(stop.wait())
         try:
             starting = asyncio.create_task(self.start())
@@ -220,7 +203,13 @@ class Agent:
                 ("etcd probe", self.health.probe_loop(self.keeper.manager.ping,
                                                       self.cfg.etcd_probe_interval)))]
             if self.cfg.netlink_events:
-                watcher = NetlinkWatcher(self.cfg.netns, self.backend.watched, self.peers.poke)
+                watchers.append(NetlinkWatcher(self.cfg.netns, self.backend.watched,
+                                               self.peers.poke))
+                if self.firewall.firewall is not None:
+                    watchers.append(NftWatcher(self.cfg.netns,
+                                               self.firewall.firewall.watched_tables,
+                                               self.firewall.poke))
+            for watcher in watchers:
                 watcher.start()
             await self._start_cni()
             log.info("netweft daemon ready: %d peer lease(s)", len(self.peers.leases) - 1)
@@ -234,9 +223,8 @@ class Agent:
                 raise AgentError(f"internal error: the {task.get_name()} loop stopped")
         finally:
             waiter.cancel()
-            if watcher is not None:
+            for watcher in watchers:
                 await asyncio.to_thread(watcher.stop)
-                log.debug("netlink listener stopped")
             await self.shutdown()
 
     async def _start_cni(self) -> None:
@@ -267,7 +255,7 @@ class Agent:
         if self.keeper is not None and self.keeper.lease is not None:
             log.info("stopping; %s", "cleaning up the dataplane" if self.cfg.cleanup_on_exit
                      else "the dataplane stays in place")
-        pending = set(self._tasks)
+        pending = set(self._tasks) | ({self._republish} if self._republish else set())
         for _attempt in range(10):  # a task that swallowed one cancellation gets another
             if not pending:
                 break

@@ -4,6 +4,7 @@ over :class:`netweft.ipam.leases.LeaseStore`, with etcd errors as ``Unavailable`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import TypeVar
 
@@ -46,6 +47,13 @@ class EtcdSubnetManager:
 
     async def renew_lease(self, lease: Lease) -> Lease:
         return await _guard(self.store.renew(lease))
+
+    async def update_lease(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
+        updated = replace(lease, public_ip=attrs.public_ip, backend_type=attrs.backend_type,
+                          backend_data=dict(attrs.backend_data))
+        await _guard(self.etcd.put(self.store.key_for(lease), updated.value_json(),
+                                   lease=lease.etcd_lease_id))
+        return updated
 
     def watch_leases(self, leases: list[Lease], revision: int,
                      retry_delay: float) -> AsyncIterator[list[LeaseEvent]]:

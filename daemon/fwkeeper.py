@@ -1,15 +1,20 @@
 """Keeps the daemon's masquerade/forward rules installed (``daemon/firewall.py`` renders and
-loads them): once the lease is known, and again every check interval."""
+loads them): once the lease is known, at once when nftables reports a change to one of our
+tables (``daemon/nftwatch.py``), and every check interval (Flannel checks every 5 s; the interval
+is what covers legacy iptables, which sends no notices)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from netweft.daemon.asyncutil import wait_event
 from netweft.daemon.firewall import Firewall, FirewallError, FirewallSpec
 from netweft.daemon.metrics import Metrics
 
 log = logging.getLogger("netweft.agent")
+
+COALESCE_SECONDS = 0.02  # a reload's own notices and a burst of changes: one check
 
 
 class FirewallKeeper:
@@ -19,6 +24,8 @@ class FirewallKeeper:
         self.firewall = firewall
         self.metrics = metrics
         self.spec: FirewallSpec | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def ensure(self) -> None:
         """Make the kernel's rules match ``spec`` (errors are logged and counted)."""
@@ -31,10 +38,18 @@ class FirewallKeeper:
             log.error("firewall: %s", exc)
             self.metrics.inc("netweft_reconcile_errors_total")
 
+    def poke(self) -> None:
+        """Check now (from any thread: the nftables watcher's)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     async def run(self, interval: float) -> None:
-        """Check every ``interval`` seconds (never returns)."""
+        """Check when poked and every ``interval`` seconds (never returns)."""
+        self._loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await wait_event(self._wake, interval)
+            await asyncio.sleep(COALESCE_SECONDS)
+            self._wake.clear()
             await self.ensure()
 
     async def teardown(self) -> None:

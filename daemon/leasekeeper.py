@@ -133,6 +133,18 @@ class LeaseKeeper:
             log.info("wrote %s (subnet %s, mtu %d)", self.settings.subnet_file, env.subnet,
                      env.mtu)
 
+    async def republish(self) -> None:
+        """Our published attributes changed while running (the public IP): rewrite the lease
+        with them, keeping its subnet (peers follow through their watch)."""
+        assert self.lease is not None
+        attrs = await self.attrs()
+        lease = self.lease
+        updated = await self.retry("republishing the lease",
+                                   lambda: self.manager.update_lease(lease, attrs))
+        if self.lease is lease:  # not re-acquired meanwhile
+            self.lease = updated
+        log.warning("republished lease %s with public IP %s", lease.subnet, attrs.public_ip)
+
     def request_reacquire(self, why: str) -> None:
         """Our lease was removed or taken (seen in the watch): re-acquire it now."""
         log.warning("%s: re-acquiring", why)

@@ -62,6 +62,11 @@ class SubnetManager(Protocol):
         reservation). Raises LeaseLost when it is gone or no longer ours, Unavailable."""
         ...
 
+    async def update_lease(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
+        """Rewrite our ``lease`` with new ``attrs`` (same subnet and expiry): the public IP
+        changed while running. Raises Unavailable."""
+        ...
+
     def watch_leases(self, leases: list[Lease], revision: int,
                      retry_delay: float) -> AsyncIterator[list[LeaseEvent]]:
         """Batches of lease events after ``revision`` relative to ``leases``; never ends,

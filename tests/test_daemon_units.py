@@ -143,3 +143,28 @@ def test_wait_helpers_time_out_and_never_swallow_cancellation() -> None:
             assert done and task.cancelled()
 
     asyncio.run(scenario())
+
+
+def test_status_names_each_mismatch_between_kernel_and_published_state() -> None:
+    from netweft.daemon.commands.inspect import mismatches
+
+    lease = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("192.0.2.10"), backend_type="vxlan",
+                  backend_data={"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})
+    status = {"device": "flannel.1", "iface": "eth0", "mtu": 1450, "address": "192.0.2.10",
+              "underlayMTU": 1500, "publicIP": "192.0.2.10"}
+    good_dev = {"present": True, "mac": "0E:00:00:00:00:01", "mtu": 1450}
+    good_pub = {"present": True, "addresses": ["192.0.2.10"], "mtu": 1500}
+    assert mismatches(status, lease, good_dev, good_pub) == []
+    assert mismatches(status, lease, {**good_dev, "mac": "02:11:22:33:44:55", "mtu": 1300},
+                      {"present": True, "addresses": ["192.0.2.20"], "mtu": 1400}) == [
+        "device flannel.1 has MAC 02:11:22:33:44:55, the lease publishes 0e:00:00:00:00:01",
+        "device flannel.1 has MTU 1300, the daemon set 1450",
+        "public interface eth0 no longer has 192.0.2.10",
+        "public interface eth0 has MTU 1400, the daemon uses 1500",
+    ]
+    assert mismatches(status, lease, good_dev, {"present": False}) == [
+        "public interface eth0 is gone"]
+    moved = Lease(lease.subnet, IPv4Address("192.0.2.20"), backend_type="vxlan",
+                  backend_data=lease.backend_data)
+    assert mismatches(status, moved, good_dev, good_pub) == [
+        "the lease publishes 192.0.2.20, the daemon uses 192.0.2.10"]

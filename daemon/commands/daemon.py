@@ -34,8 +34,9 @@ from netweft.daemon.clicontext import fail, services_prefix_option, settings
               help="Renew this many seconds before the lease expires.")
 @click.option("--reconcile-interval", type=click.FloatRange(min=0.5), default=10.0,
               show_default=True, help="Seconds between periodic dataplane checks.")
-@click.option("--firewall-interval", type=click.FloatRange(min=0.5), default=30.0,
-              show_default=True, help="Seconds between firewall rule checks.")
+@click.option("--firewall-interval", type=click.FloatRange(min=0.5), default=5.0,
+              show_default=True, help="Seconds between firewall rule checks (changes to our "
+              "nftables/iptables-nft rules are also noticed at once).")
 @click.option("--metrics-addr", default="127.0.0.1:9464", show_default=True,
               help="host:port for /healthz, /readyz and /metrics ('' to disable).")
 @click.option("--cni-socket", default="/run/netweft/cni.sock", show_default=True,

@@ -93,6 +93,41 @@ def _entry(kind: str, want: Any, got: Any) -> dict[str, Any]:
             "state": "ok" if got == want else ("differs" if got else "missing")}
 
 
+def mismatches(status: dict[str, Any], lease: Lease | None, device: dict[str, Any] | None,
+               public: dict[str, Any] | None) -> list[str]:
+    """Pure: where the kernel differs from what the daemon published or set up, one line each.
+
+    ``status``: the daemon's status file; ``lease``: our lease in etcd; ``device``: the device
+    as the kernel has it (``{"present", "mac", "mtu"}``); ``public``: the public interface as
+    the kernel has it (``{"present", "addresses": [ip, ...], "mtu"}``)."""
+    out = []
+    dev, iface_name = status.get("device"), status.get("iface")
+    if device is not None and device.get("present") and dev != iface_name:
+        mac = lease.vtep_mac.lower() if lease is not None and lease.vtep_mac else None
+        if mac and device.get("mac") and device["mac"].lower() != mac:
+            out.append(f"device {dev} has MAC {device['mac']}, the lease publishes {mac}")
+        if status.get("mtu") and device.get("mtu") != status["mtu"]:
+            out.append(f"device {dev} has MTU {device.get('mtu')}, the daemon set "
+                       f"{status['mtu']}")
+    if public is not None and iface_name:
+        if not public.get("present"):
+            out.append(f"public interface {iface_name} is gone")
+        else:
+            addr = status.get("address")
+            if addr and addr not in public.get("addresses", []):
+                out.append(f"public interface {iface_name} no longer has {addr}")
+            if status.get("underlayMTU") and public.get("mtu") != status["underlayMTU"]:
+                out.append(f"public interface {iface_name} has MTU {public.get('mtu')}, the "
+                           f"daemon uses {status['underlayMTU']}")
+    if lease is not None and status.get("publicIP") and str(lease.public_ip) != \
+            status["publicIP"]:
+        out.append(f"the lease publishes {lease.public_ip}, the daemon uses "
+                   f"{status['publicIP']}")
+    if status.get("ifaceError"):
+        out.append(f"public interface: {status['ifaceError']}")
+    return out
+
+
 def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, Any]:
     """Per peer: each desired entry and whether the kernel has it; then stray entries."""
     desired = backend.desired(own, leases)
@@ -231,17 +266,25 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         "dataplane": status.get("dataplane") or {},
     }
     dev = out["device"]
+    public = None
+    nl = Netlink()
+    try:
+        link = nl.link(dev) if dev else None
+        if out["iface"]:
+            plink = nl.link(out["iface"])
+            public = {"present": plink is not None, "mtu": plink.mtu if plink else None,
+                      "addresses": [str(a.ip) for _, a in nl.addresses(plink.index)]
+                      if plink else []}
+    finally:
+        nl.close()
     if dev:
-        nl = Netlink()
-        try:
-            link = nl.link(dev)
-        finally:
-            nl.close()
         out["deviceState"] = ({"present": True, "mtu": link.mtu, "mac": link.mac, "up": link.up}
                               if link else {"present": False})
         out["mtu"] = link.mtu if link else status.get("mtu")
     else:
         out["mtu"] = status.get("mtu")
+    out["mismatches"] = mismatches(status, view.own, out.get("deviceState"), public) \
+        if status else []
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
@@ -269,6 +312,8 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         ("peers", f"{out['peers']} leased, {out['peersProgrammed'] or 0} programmed"),
         ("last reconcile", f"{int(time.time() - last)}s ago" if last else "never"),
     ]
+    for line in out["mismatches"]:
+        rows.append(("MISMATCH", line))
     for err in out["errors"][:5]:
         rows.append(("error", err))
     width = max(len(k) for k, _ in rows)
