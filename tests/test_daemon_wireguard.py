@@ -33,6 +33,15 @@ def peer_keys(lab: NodeLab, ns: str) -> set[str]:
         return set()
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def lease_key(lab: NodeLab, subnet: object) -> str:
     return str(lab.leases()[str(subnet)]["BackendData"]["PublicKey"])  # type: ignore[index]
 
@@ -118,8 +127,12 @@ def test_wireguard_restart_keeps_key_and_a_new_key_converges_on_peers(make_lab) 
         lab.add_pod_stand_in(ns, subnet)
     key_a = lease_key(lab, subnets[0])
     before_b = wg(lab, b).dump("flannel-wg").peers
-    # Restart: wireguard-go goes with the daemon and comes back with the same key.
-    assert lab.stop_daemon(a) == 0
+    # Restart: wireguard-go goes with the daemon, even one killed with -9 (parent-death
+    # signal), and comes back with the same key.
+    go_pid = int((lab.status(a) or {})["dataplane"]["pid"])  # type: ignore[index]
+    lab.stop_daemon(a, sig=signal.SIGKILL)
+    wait_for(lambda: not running(go_pid), timeout=10,
+             what="wireguard-go ends with its killed daemon")
     lab.start_daemon(a, "--reconcile-interval", "1")
     wait_for(lambda: lab.http(a, "/readyz")[0] == 200, what="restarted daemon ready")
     assert lease_key(lab, subnets[0]) == key_a

@@ -84,7 +84,8 @@ def test_underlay_carries_wireguard_on_the_port_and_never_the_payload(
     packets = rdpcap(wire.path)
     assert all(MARKER not in bytes(p) for p in packets), "the payload crossed in clear"
     data = [p for p in packets if p.haslayer(WireguardTransport)]
-    assert len(data) >= 5, f"{len(data)} WireGuard data packets for 5 datagrams"
+    assert len(data) >= 5, (f"{len(data)} WireGuard data packets for 5 datagrams",
+                            [p.summary() for p in packets[:10]])
     for p in data:
         assert PORT in (p[UDP].sport, p[UDP].dport)
         assert {p[IP].src, p[IP].dst} == {str(n1.ip), str(n2.ip)}
@@ -92,7 +93,8 @@ def test_underlay_carries_wireguard_on_the_port_and_never_the_payload(
     plain = [p for p in packets if p.haslayer(IP) and (
         IPv4Address(p[IP].src) in lab.topo.spec.network
         or IPv4Address(p[IP].dst) in lab.topo.spec.network)]
-    assert plain == [], [p.summary() for p in plain[:5]]
+    assert plain == [], ([p.summary() for p in plain[:5]],
+                         Path(n1.daemon_log).read_text()[-1500:])
 
 
 def test_subnet_env_mtu_and_lease_data(lab: Lab) -> None:
