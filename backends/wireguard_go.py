@@ -36,16 +36,22 @@ def socket_path(socket_dir: str, dev: str) -> str:
 
 
 def socket_answers(path: str) -> bool:
-    """True when a UAPI server accepts connections on ``path``."""
+    """True when a UAPI server accepts connections on ``path``. A path longer than AF_UNIX
+    allows (108 bytes: deep state dirs) is reached through ``/proc/self/fd/<dir fd>/<name>``."""
+    try:
+        dirfd = os.open(os.path.dirname(path) or ".", os.O_PATH)
+    except OSError:
+        return False
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
-        s.connect(path)
+        s.connect(f"/proc/self/fd/{dirfd}/{os.path.basename(path)}")
         return True
     except OSError:
         return False
     finally:
         s.close()
+        os.close(dirfd)
 
 
 class WireGuardGo:

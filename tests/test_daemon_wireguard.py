@@ -51,8 +51,11 @@ def start(lab: NodeLab) -> list:  # type: ignore[type-arg]
         lab.start_daemon(ns, "--reconcile-interval", "1")
     subnets = []
     for ns in lab.node_nss:
-        wait_for(lambda ns=ns: lab.http(ns, "/readyz")[0] == 200,
-                 what=f"{ns} ready: " + lab.log(ns)[-500:])
+        try:
+            wait_for(lambda ns=ns: lab.http(ns, "/readyz")[0] == 200, what=f"{ns} ready")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; /readyz: {lab.http(ns, '/readyz')}; daemon log: "
+                                 f"{lab.log(ns)[-1500:]}") from None
         subnets.append(lab.subnet(ns))
     for ns in lab.node_nss:
         wait_for(lambda ns=ns: (lab.status(ns) or {}).get("peers") == len(lab.node_nss) - 1,

@@ -187,3 +187,26 @@ def test_key_file_that_is_no_key_is_one_line_naming_the_file(tmp_path) -> None:
     bad.write_text("not a key")
     with pytest.raises(BackendError, match=rf"WIREGUARD_KEY_FILE {bad}: not a WireGuard private"):
         load_or_create(str(bad))
+
+
+def test_socket_check_reaches_a_socket_deeper_than_af_unix_allows(tmp_path) -> None:
+    """wireguard-go's socket under a deep state dir (>108 bytes) is still found answering."""
+    import os
+    import socket
+
+    from netweft.backends.wireguard_go import socket_answers
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = str(deep / "flannel-wg.sock")
+    assert len(path) > 108
+    fd = os.open(deep, os.O_PATH)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(f"/proc/self/fd/{fd}/flannel-wg.sock")
+        server.listen(1)
+        assert socket_answers(path)
+        assert not socket_answers(path + ".other")
+    finally:
+        server.close()
+        os.close(fd)
