@@ -1,14 +1,15 @@
 """Backends by type name (``Backend.Type`` in the network config), as Flannel's backend manager.
 
 A backend module registers a factory under its type name; the agent asks :func:`create` for the
-configured one and never names a backend class itself. Built-in: ``vxlan``, ``host-gw``. A new
-backend (e.g. ``wireguard``) adds one :func:`register` call in :func:`_builtins`.
+configured one and never names a backend class itself. Built-in: ``vxlan``, ``host-gw``,
+``wireguard``. A new backend adds one :func:`register` call in :func:`_builtins`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 
 from netweft.backends.base import Backend, BackendError, Underlay
 from netweft.backends.netlink import Netlink
@@ -24,13 +25,16 @@ class UnknownBackend(BackendError):
 class BackendParams:
     """What a backend factory gets: the config's Backend section, the netlink adapter, the
     node's public side, the state directory (``None``: keep nothing on disk, e.g. inspection),
-    and the lease this node held before (its BackendData may be reused, e.g. the VTEP MAC)."""
+    the lease this node held before (its BackendData may be reused, e.g. the VTEP MAC), and the
+    pod network (wireguard keeps it unreachable rather than routed in clear without its device).
+    """
 
     config: BackendConfig
     nl: Netlink
     underlay: Underlay
     state_dir: str | None = None
     previous: Lease | None = None
+    network: IPv4Network | None = None
 
 
 Factory = Callable[[BackendParams], Backend]
@@ -65,7 +69,8 @@ def create(params: BackendParams) -> Backend:
 
 
 def _builtins() -> None:
-    from netweft.backends import hostgw, vxlan
+    from netweft.backends import hostgw, vxlan, wireguard
 
     _FACTORIES.setdefault("vxlan", vxlan.from_params)
     _FACTORIES.setdefault("host-gw", hostgw.from_params)
+    _FACTORIES.setdefault("wireguard", wireguard.from_params)

@@ -195,19 +195,10 @@ class VxlanBackend(Backend):
             changes["address"] = self.mac
         assert self.mac is not None
         save_vtep_mac(self.state_dir, self.settings.vni, self.mac)
-        if link.mtu != self.mtu():
-            changes["mtu"] = self.mtu()
-        if not link.up:
-            changes["state"] = "up"
-        if changes:
+        if changes:  # the MAC (the MTU, state and address follow in ensure_device)
             self.nl.set_link(link.index, **changes)
         want = IPv4Interface(f"{lease.subnet.network_address}/32")
-        have = [a for _, a in self.nl.addresses(link.index)]
-        for addr in have:
-            if addr != want:
-                self.nl.del_address(link.index, addr)
-        if want not in have:
-            self.nl.add_address(link.index, want)
+        self.nl.ensure_device(link, self.mtu(), want)
         return DeviceInfo(self.dev, link.index, self.mtu(), self.mac, str(want))
 
     def attach(self) -> None:

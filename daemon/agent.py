@@ -115,7 +115,7 @@ class Agent:
                   and le.backend_type == netcfg.backend.type), None)
         try:
             self.backend = registry.create(registry.BackendParams(
-                netcfg.backend, nl, side.underlay, cfg.state_dir, previous))
+                netcfg.backend, nl, side.underlay, cfg.state_dir, previous, netcfg.network))
         except BackendError as exc:
             raise AgentError(str(exc)) from None
         self.side = PublicSideFollower(nl, cfg.iface, side, self.backend)
@@ -129,7 +129,7 @@ class Agent:
         keeper.on_lease = self._on_reacquired
         try:
             lease = await keeper.acquire(keeper.previous_subnet())
-        except LeaseError as exc:  # every subnet is taken; another node holds our public IP
+        except (LeaseError, BackendError) as exc:  # every subnet taken; our IP held; no key file
             raise AgentError(str(exc)) from None
         self._take_over = False
         leases, self._revision = await keeper.retry("listing leases", manager.list_leases)
@@ -194,6 +194,7 @@ class Agent:
             "peers": peers.programmed, "leases": len(peers.leases),
             "lastReconcile": peers.last_reconcile, "reconciles": peers.reconciles,
             "errors": peers.last_errors[:20],
+            "dataplane": backend.status() if backend else {},
         })
 
     # --- running --------------------------------------------------------------------------------
@@ -306,6 +307,9 @@ class Agent:
             self.cni_host = None
         if self.cfg.cleanup_on_exit:
             await self.cleanup()
+        elif self.backend is not None:  # e.g. wireguard-go, which must not outlive us
+            with contextlib.suppress(Exception):
+                await self.kernel.call(self.backend.close)
         await self.health.stop()
         if self.etcd is not None:
             with contextlib.suppress(Exception):

@@ -5,33 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv4Network
 
-import pytest
 from netweft.daemon import underlay
 from netweft.daemon.nodelab import NodeLab, poll_until, wait_for
-
-
-@pytest.fixture
-def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
-    labs: list[NodeLab] = []
-
-    def make(nodes: int = 2, backend: dict[str, object] | None = None,
-             config: bool = True) -> NodeLab:
-        lab = NodeLab(netns_factory("dul"), [netns_factory("dn") for _ in range(nodes)],
-                      netns_factory("dout"), str(tmp_path))
-        labs.append(lab)
-        lab.build()
-        if config:
-            lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
-        return lab
-
-    try:
-        yield make
-    finally:
-        for lab in labs:
-            lab.close()
 
 
 def ip(ns: str, *args: str) -> str:

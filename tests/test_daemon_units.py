@@ -57,9 +57,9 @@ def test_unknown_backend_is_one_clear_line() -> None:
     from dataclasses import replace
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
-    cfg = replace(cfg, backend=replace(cfg.backend, type="wireguard"))
+    cfg = replace(cfg, backend=replace(cfg.backend, type="ipsec"))
     with pytest.raises(registry.UnknownBackend,
-                       match="Backend.Type: 'wireguard' is not supported"):
+                       match="Backend.Type: 'ipsec' is not supported"):
         registry.create(registry.BackendParams(cfg.backend, None, None))  # type: ignore[arg-type]
 
 

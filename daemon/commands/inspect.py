@@ -80,12 +80,20 @@ def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name
         fail(str(exc))
         raise
     try:
-        backend = registry.create(registry.BackendParams(cfg.backend, nl, side.underlay))
+        # state_dir: where the daemon keeps what inspection reads (wireguard-go's socket)
+        backend = registry.create(registry.BackendParams(cfg.backend, nl, side.underlay,
+                                                         state_dir))
     except registry.UnknownBackend as exc:
         fail(str(exc))
         raise
     backend.attach()
     return backend, nl
+
+
+def _entry(kind: str, want: Any, got: Any) -> dict[str, Any]:
+    """One desired entry beside the kernel's entry under the same key (None: missing)."""
+    return {"kind": kind, "desired": want.describe(), "kernel": got.describe() if got else None,
+            "state": "ok" if got == want else ("differs" if got else "missing")}
 
 
 def mismatches(status: dict[str, Any], lease: Lease | None, device: dict[str, Any] | None,
@@ -130,25 +138,21 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
     have_routes = {r.dst: r for r in actual.routes}
     have_neigh = {(n.ip, n.dev): n for n in actual.neighbours}
     have_fdb = set(actual.fdb)
+    have_wg = {w.public_key: w for w in actual.wg_peers}
     peers = []
     for p in desired.peers:
         entries = []
         if p.neighbour is not None:
-            got = have_neigh.get((p.neighbour.ip, p.neighbour.dev))
-            entries.append({"kind": "neighbour", "desired": p.neighbour.describe(),
-                            "kernel": got.describe() if got else None,
-                            "state": "ok" if got == p.neighbour else
-                            ("differs" if got else "missing")})
+            entries.append(_entry("neighbour", p.neighbour,
+                                  have_neigh.get((p.neighbour.ip, p.neighbour.dev))))
         if p.fdb is not None:
             entries.append({"kind": "fdb", "desired": p.fdb.describe(),
                             "kernel": p.fdb.describe() if p.fdb in have_fdb else None,
                             "state": "ok" if p.fdb in have_fdb else "missing"})
+        if p.wg is not None:
+            entries.append(_entry("wg-peer", p.wg, have_wg.get(p.wg.public_key)))
         if p.route is not None:
-            got_r = have_routes.get(p.route.dst)
-            entries.append({"kind": "route", "desired": p.route.describe(),
-                            "kernel": got_r.describe() if got_r else None,
-                            "state": "ok" if got_r == p.route else
-                            ("differs" if got_r else "missing")})
+            entries.append(_entry("route", p.route, have_routes.get(p.route.dst)))
         peers.append({"subnet": str(p.subnet), "publicIP": str(p.public_ip), "error": p.error,
                       "entries": entries})
     stray = ([{"kind": "route", "kernel": r.describe()}
@@ -157,7 +161,9 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
              + [{"kind": "neighbour", "kernel": n.describe()}
                 for n in sorted(actual.neighbours - desired.neighbours)
                 if (n.ip, n.dev) not in {(d.ip, d.dev) for d in desired.neighbours}]
-             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)])
+             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)]
+             + [{"kind": "wg-peer", "kernel": w.describe()} for w in sorted(actual.wg_peers)
+                if w.public_key not in {d.public_key for d in desired.wg_peers}])
     return {"node": {"subnet": str(own.subnet), "publicIP": str(own.public_ip),
                      "backend": backend.type_name},
             "peers": peers, "stray": stray}
@@ -214,6 +220,16 @@ def routes_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
     ctx.exit(0 if not bad else 3)
 
 
+def describe_wireguard(dp: dict[str, Any]) -> str:
+    """``kernel`` or ``userspace wireguard-go pid N (socket S, R restarts)``, port, public key."""
+    if dp.get("implementation") == "userspace":
+        what = (f"userspace wireguard-go pid {dp.get('pid')} (socket {dp.get('socket')}, "
+                f"{dp.get('restarts', 0)} restarts)")
+    else:
+        what = "kernel"
+    return f"{what}, port {dp.get('listenPort')}, public key {dp.get('publicKey')}"
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
@@ -250,6 +266,7 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         "peersProgrammed": status.get("peers"),
         "lastReconcile": status.get("lastReconcile"),
         "errors": status.get("errors") or [],
+        "dataplane": status.get("dataplane") or {},
     }
     dev = out["device"]
     public = None
@@ -290,8 +307,11 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         ("backend", out["backend"] or "-"),
         ("device", f"{dev or '-'}" + (
             "" if not dev else (" (missing)" if not out["deviceState"]["present"] else
-                                f" mac {out['deviceState']['mac']}"))),
+                                f" mac {out['deviceState']['mac']}"
+                                if out["deviceState"]["mac"] else ""))),
         ("mtu", out["mtu"] or "-"),
+        *([("wireguard", describe_wireguard(out["dataplane"]))]
+          if out["dataplane"].get("implementation") else []),
         ("peers", f"{out['peers']} leased, {out['peersProgrammed'] or 0} programmed"),
         ("last reconcile", f"{int(time.time() - last)}s ago" if last else "never"),
     ]

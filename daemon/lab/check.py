@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any
 
 from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, Topology
 
@@ -135,6 +136,14 @@ def wait_listening(ns: str, port: int, timeout: float = 10.0) -> bool:
 def iperf(server_ns: str, server_ip: IPv4Address, client_ns: str, seconds: float = 3.0,
           port: int = 5201, extra: Sequence[str] = ()) -> float:
     """iperf3 TCP throughput (bits/s, receiver side) from ``client_ns`` to ``server_ip``."""
+    data = iperf_json(server_ns, server_ip, client_ns, seconds, port, extra)
+    return float(data["end"]["sum_received"]["bits_per_second"])
+
+
+def iperf_json(server_ns: str, server_ip: IPv4Address, client_ns: str, seconds: float = 3.0,
+               port: int = 5201, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The client's ``iperf3 -J`` report of a TCP run from ``client_ns`` to ``server_ip``
+    (``end.sum_received.bits_per_second``, ``end.cpu_utilization_percent``, ...)."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", str(port),
          "-B", str(server_ip)],
@@ -149,7 +158,7 @@ def iperf(server_ns: str, server_ip: IPv4Address, client_ns: str, seconds: float
         if proc.returncode != 0 or "error" in data:
             raise RuntimeError(f"iperf3 {client_ns} -> {server_ip}: "
                                f"{data.get('error', proc.stderr.strip())}")
-        return float(data["end"]["sum_received"]["bits_per_second"])
+        return data  # type: ignore[no-any-return]
     finally:
         if server.poll() is None:
             server.terminate()

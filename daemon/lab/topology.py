@@ -36,7 +36,7 @@ DEFAULT_PREFIX = "nwlab"
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 STATE_ROOT = "/run/netweft-lab"
-BACKENDS = ("vxlan", "host-gw")
+BACKENDS = ("vxlan", "host-gw", "wireguard")
 DATAPLANES = ("netweft", "reference")
 PROXY_MODES = ("nftables", "iptables")
 MAX_NODES = 200
@@ -86,6 +86,9 @@ class LabSpec:
         if self.dataplane not in DATAPLANES:
             raise LabSpecError(
                 f"dataplane: {self.dataplane!r} is not one of {', '.join(DATAPLANES)}")
+        if self.dataplane == "reference" and self.backend == "wireguard":
+            raise LabSpecError("--dataplane reference: hand-programmed labs are vxlan or host-gw "
+                               "only (bench/dataplane.py measures wireguard against them)")
         if self.proxy_mode not in PROXY_MODES:
             raise LabSpecError(
                 f"--proxy-mode: {self.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
@@ -131,6 +134,11 @@ class Node:
     def underlay_port(self) -> str:
         """Name of the node's veth end on the underlay bridge (in the underlay namespace)."""
         return self.name
+
+    @property
+    def wireguard_key_file(self) -> str:
+        """The node's WireGuard private key (the daemon reads ``$WIREGUARD_KEY_FILE``)."""
+        return os.path.join(self.state_dir, "wgkey")
 
     @property
     def subnet_env(self) -> str:
@@ -269,6 +277,8 @@ def network_config(spec: LabSpec) -> dict[str, Any]:
     backend: dict[str, Any] = {"Type": spec.backend}
     if spec.backend == "vxlan":
         backend.update({"VNI": spec.vni, "Port": spec.port})
+    if spec.backend == "wireguard":
+        backend.update({"PersistentKeepaliveInterval": 25})
     return {"Network": str(spec.network), "SubnetLen": spec.subnet_len, "Backend": backend}
 
 
