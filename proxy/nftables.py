@@ -57,9 +57,14 @@ STATIC_SETS: dict[str, str] = {
     "service-nodeports": "type inet_proto . inet_service : verdict;",
     "no-endpoint-ips": "type ipv4_addr . inet_proto . inet_service : verdict;",
     "no-endpoint-nodeports": "type inet_proto . inet_service : verdict;",
-    **{f"backends-{p}": "typeof ip daddr . th dport . numgen random mod 1 : ip daddr . th dport;"
+    # typeof names the protocol (``tcp dport``, not ``th dport``): nft re-evaluates a map's
+    # typeof from the kernel when a later transaction adds a rule using it, in the context of
+    # that rule's ``meta l4proto tcp``, and nft 1.0.6 rejects ``th`` there ("conflicting
+    # protocols specified: tcp vs. th"); in a full load the map is declared before any rule
+    # and ``th`` passed, so only deltas creating a new group chain failed (issue 9, item 1).
+    **{f"backends-{p}": f"typeof ip daddr . {p} dport . numgen random mod 1 : ip daddr . {p} dport;"
        for p in PROTOCOLS},
-    **{f"nodeport-backends-{p}": "typeof th dport . numgen random mod 1 : ip daddr . th dport;"
+    **{f"nodeport-backends-{p}": f"typeof {p} dport . numgen random mod 1 : ip daddr . {p} dport;"
        for p in PROTOCOLS},
     "firewall-ips": "type ipv4_addr . inet_proto . inet_service;",
     "firewall-allow": "type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval;",
