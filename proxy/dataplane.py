@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from netweft.proxy.affinity import AffinityEntry, carry_lines, parse_affinity_sets
+from netweft.proxy.constants import NFT_TABLE
 from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
 from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
@@ -55,9 +57,26 @@ class NftablesDataplane:
                 full = True
         if full:
             text = self.state.full_text(sort=False)
+            timeouts = self.state.affinity_timeouts()
+            if timeouts:
+                text += "".join(f"{ln}\n" for ln in carry_lines(
+                    f"ip {NFT_TABLE}", timeouts, self._affinity_in_kernel()))
             self._apply(text)
         chains, rules, elements = self.state.counts()
         return SyncResult(full, chains, rules, elements, len(text))
+
+    def _affinity_in_kernel(self) -> dict[str, tuple[AffinityEntry, ...]]:
+        """The clients the kernel's affinity sets remember now (none if there is no table
+        yet); a listing nft refuses for another reason is logged and nothing is carried."""
+        try:
+            return parse_affinity_sets(self.applier.list_json(f"list sets table ip {NFT_TABLE}"))
+        except NftError as exc:
+            if "No such file or directory" not in str(exc):
+                log.warning("reading affinity sets failed (%s): clients pick afresh", exc)
+            return {}
+        except ValueError as exc:
+            log.warning("reading affinity sets failed (%s): clients pick afresh", exc)
+            return {}
 
     def _apply(self, text: str) -> None:
         start = time.perf_counter()

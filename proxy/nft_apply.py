@@ -4,6 +4,7 @@ network namespace, for tests and benchmarks driven from outside the node)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -59,6 +60,26 @@ class NftApplier:
         if proc.returncode != 0:
             raise NftError(_first_error(proc.stderr))
         return proc.stdout
+
+
+    def list_json(self, command: str) -> dict[str, Any]:
+        """One ``list ...`` command with JSON output (libnftables JSON schema 1), parsed.
+        Raises NftError when nft refuses it (e.g. the table does not exist)."""
+        if self._lib is not None:
+            self._lib.set_json_output(True)
+            try:
+                rc, out, err = self._lib.cmd(command)
+            finally:
+                self._lib.set_json_output(False)
+            if rc != 0:
+                raise NftError(_first_error(err))
+        else:
+            proc = subprocess.run([*netns_prefix(self.netns), "nft", "-j", *command.split()],
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise NftError(_first_error(proc.stderr))
+            out = proc.stdout
+        return dict(json.loads(out)) if out.strip() else {"nftables": []}
 
 
 def _first_error(text: str) -> str:

@@ -116,6 +116,7 @@ class NftObject:
     name: str
     level: int                # created in ascending, deleted in descending order
     body: tuple[str, ...]     # chain: its rules; set: its declaration
+    timeout: int | None = None  # seconds: the default timeout of a dynamic (affinity) set
 
 
 @dataclass
@@ -176,7 +177,8 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
         bh = _short_hash(b)[:8]
         set_name, chain_name = f"aff-{h}-{bh}", f"affep-{h}-{bh}"
         objects.append(NftObject("set", set_name, 0, (
-            "type ipv4_addr;", "flags dynamic,timeout;", f"timeout {fe.affinity_timeout}s;")))
+            "type ipv4_addr;", "flags dynamic,timeout;", f"timeout {fe.affinity_timeout}s;"),
+            fe.affinity_timeout))
         objects.append(NftObject("chain", chain_name, 1, (
             f"update @{set_name} {{ ip saddr }}",
             f"meta l4proto {fe.protocol.lower()} dnat ip to {b.address}:{b.port}")))
@@ -347,6 +349,12 @@ class NftState:
         in a stable order, for golden files; the kernel does not care)."""
         objects = [o for o in (self._object(n) for n in self.objects) if o]
         return full_text(self.node, self.values, objects, sort)
+
+    def affinity_timeouts(self) -> dict[str, int]:
+        """{affinity set of the desired table: its timeout in seconds} (empty without any
+        sessionAffinity service)."""
+        return {n: o.timeout for n, o in self.object_defs.items()
+                if o.kind == "set" and o.timeout is not None}
 
     def counts(self) -> tuple[int, int, int]:
         """(chains, rules, elements) of the desired table."""

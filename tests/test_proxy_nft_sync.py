@@ -1,6 +1,7 @@
-"""The nftables dataplane's incremental path against the real nft (Debian 12's 1.0.6) in a
-namespace this test creates: every shared chain a service can need is created by a delta, never
-by the fallback full reload (issue 9, item 1)."""
+"""The nftables dataplane against the real nft (Debian 12's 1.0.6) in namespaces this test
+creates: every shared chain a service can need is created by a delta, never by the fallback full
+reload (issue 9, item 1); a full reload keeps session-affinity clients on their endpoints with the
+time they had left (issue 9, item 2)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 from collections.abc import Callable, Iterator
 
 import pytest
+from netweft.proxy.affinity import parse_affinity_sets
 from netweft.proxy.dataplane import NftablesDataplane
 from netweft.proxy.model import (
     Endpoint,
@@ -84,3 +86,60 @@ def test_every_group_and_affinity_chain_is_created_by_a_delta(bed: Testbed) -> N
     udp_2 = 12 + 1 + 1 * 4     # (UDP, count 2, Cluster, no affinity)
     [a] = bed.connect(bed.client, f"10.96.1.{udp_2}", 80, "udp")
     assert a.server in PODS[:2], a
+
+
+def _expiry(dp: NftablesDataplane, client: str) -> int | None:
+    """Seconds the kernel will still remember ``client`` in an affinity set (None: nowhere)."""
+    sets = parse_affinity_sets(dp.applier.list_json("list sets table ip netweft-proxy"))
+    found = [e.expires for entries in sets.values() for e in entries if e.client == client]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def test_affinity_client_keeps_its_endpoint_across_full_reloads(bed: Testbed) -> None:
+    """An affinity client, then three kinds of full reload -- a forced resync while an unrelated
+    service is created, a proxy restart (a new dataplane loading the same plans), and a delta
+    that fails because someone deleted one of our elements: after each, the kernel still
+    remembers the client with no more time than it had (carried, not refreshed) and its next
+    connection reaches the same endpoint (3 endpoints: a random pick would match 1 in 3)."""
+    for ip in PODS:
+        bed.add_pod(ip)
+    sticky = Service(ServiceKey("aff", "sticky"), ServiceType.CLUSTER_IP, ("10.96.2.1",),
+                     (ServicePort("p", Protocol.TCP, 80, 8080),), session_affinity=True,
+                     affinity_timeout=600)
+    eps = tuple(Endpoint(ip, (EndpointPort("p", 8080),), node="node-a") for ip in PODS)
+    plans = {sticky.key: plan_service(sticky, eps, NODE)}
+    dp = NftablesDataplane(NODE, NftApplier(netns=bed.node))
+    dp.sync(plans, full=True)
+    [a] = bed.connect(bed.client, "10.96.2.1", 80)
+    first = a.server
+    assert first in PODS, a
+
+    def other(n: int, endpoints: tuple[Endpoint, ...] = eps[:1]) -> None:
+        svc = Service(ServiceKey("aff", f"other{n}"), ServiceType.CLUSTER_IP, (f"10.96.2.{n}",),
+                      (ServicePort("p", Protocol.TCP, 80, 8080),))
+        plans[svc.key] = plan_service(svc, endpoints, NODE)
+
+    def reload_forced() -> None:
+        other(10)
+        assert dp.sync({k: plans[k] for k in plans}, full=True).full
+
+    def reload_restart() -> None:
+        nonlocal dp
+        dp = NftablesDataplane(NODE, NftApplier(netns=bed.node))
+        assert dp.sync(plans, full=True).full
+
+    def reload_failed_delta() -> None:
+        dp.applier.apply("delete element ip netweft-proxy backends-tcp "
+                         "{ 10.96.2.10 . 80 . 0 }\n")    # an out-of-band edit
+        other(10, eps[1:2])
+        assert dp.sync({k: plans[k] for k in plans}, full=False).full
+
+    for reload in (reload_forced, reload_restart, reload_failed_delta):
+        before = _expiry(dp, bed.client_ip)
+        assert before is not None and 0 < before <= 600
+        reload()
+        after = _expiry(dp, bed.client_ip)
+        assert after is not None and after <= before, (reload.__name__, before, after)
+        [a] = bed.connect(bed.client, "10.96.2.1", 80)
+        assert a.server == first, (reload.__name__, a)
