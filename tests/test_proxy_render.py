@@ -276,3 +276,18 @@ def test_iptables_delta_writes_only_changed_chains() -> None:
     assert "-X NETWEFT-SEP-" in delta and "*filter" not in delta
     services[key] = (s, eps("10.244.1.40", proto=Protocol.UDP, port=5353))
     assert state.full_text() == render("iptables", services)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tcp_and_udp_on_one_node_port(mode: str) -> None:
+    """53/UDP and 53/TCP sharing node port 30053 (Kubernetes allocates it once): each protocol
+    reaches its own endpoint port on the node port and on the cluster IP."""
+    dns = Service(ServiceKey("kube-system", "dns"), ServiceType.NODE_PORT, ("10.96.0.53",),
+                  (ServicePort("dns", Protocol.UDP, 53, 5353, 30053),
+                   ServicePort("dns-tcp", Protocol.TCP, 53, 5354, 30053)))
+    pod = (Endpoint("10.244.1.4", (EndpointPort("dns", 5353, Protocol.UDP),
+                                   EndpointPort("dns-tcp", 5354, Protocol.TCP)), node="node-a"),)
+    t = tracer(mode, render(mode, {dns.key: (dns, pod)}))
+    for dst, port in (("192.0.2.11", 30053), ("10.96.0.53", 53)):
+        assert t.trace(Packet(OUTSIDE, dst, "udp", port)).backends == {B("10.244.1.4", 5353)}
+        assert t.trace(Packet(OUTSIDE, dst, "tcp", port)).backends == {B("10.244.1.4", 5354)}
