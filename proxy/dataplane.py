@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,7 +14,8 @@ from netweft.proxy.constants import NFT_TABLE
 from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
 from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
-from netweft.proxy.nft_apply import NftApplier, NftError
+from netweft.proxy.nft_apply import NftApplier, NftError, netns_prefix
+from netweft.proxy.nft_monitor import TableMonitor
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import NodeContext, ServicePlan
 
@@ -37,6 +38,11 @@ class Dataplane(Protocol):
 
     def cleanup(self) -> None: ...
 
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        """Call ``on_foreign_change()`` whenever someone else changes the proxy's rules, until
+        cancelled (or return at once when the dataplane cannot notice; the runner's periodic
+        full resync heals it then)."""
+
 
 class NftablesDataplane:
     mode = "nftables"
@@ -45,6 +51,7 @@ class NftablesDataplane:
         self.state = NftState(node)
         self.applier = applier or NftApplier()
         self.apply_seconds = 0.0      # time the last sync spent in the kernel transaction(s)
+        self.monitor: TableMonitor | None = None
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
         text = self.state.update(plans, delta=not full)
@@ -89,6 +96,13 @@ class NftablesDataplane:
         from netweft.proxy.nftables import delete_text
         self.applier.apply(delete_text())
 
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        """``nft monitor`` in the applier's namespace: any transaction on our table by another
+        process (see proxy/nft_monitor.py)."""
+        self.monitor = TableMonitor(f"ip {NFT_TABLE}", self.applier.is_own, on_foreign_change,
+                                    netns_prefix(self.applier.netns))
+        await self.monitor.run()
+
 
 class IptablesDataplane:
     mode = "iptables"
@@ -120,3 +134,6 @@ class IptablesDataplane:
 
     def cleanup(self) -> None:
         self.applier.remove_all()
+
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        """iptables has no change events: the periodic full resync heals foreign edits."""

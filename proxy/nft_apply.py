@@ -4,7 +4,9 @@ network namespace, for tests and benchmarks driven from outside the node)."""
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import subprocess
 from typing import Any
 
@@ -20,6 +22,7 @@ def netns_prefix(netns: str | None) -> list[str]:
 class NftApplier:
     def __init__(self, netns: str | None = None, use_library: bool = True) -> None:
         self.netns = netns
+        self._children: collections.deque[int] = collections.deque(maxlen=64)
         self._lib: Any = None
         if use_library and netns is None:
             try:
@@ -43,10 +46,22 @@ class NftApplier:
             if rc != 0:
                 raise NftError(_first_error(err))
             return
-        proc = subprocess.run([*netns_prefix(self.netns), "nft", "-f", "-"], input=text,
-                              capture_output=True, text=True, timeout=300)
+        with subprocess.Popen([*netns_prefix(self.netns), "nft", "-f", "-"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as proc:
+            self._children.append(proc.pid)     # ``ip netns exec`` execs nft: same pid
+            try:
+                _out, err = proc.communicate(text, timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise NftError("nft -f - did not finish in 300 s") from None
         if proc.returncode != 0:
-            raise NftError(_first_error(proc.stderr))
+            raise NftError(_first_error(err))
+
+    def is_own(self, pid: int) -> bool:
+        """Whether a transaction committed by ``pid`` (as ``nft monitor`` names it) is ours:
+        this process (libnftables) or one of the last ``nft -f`` children it ran."""
+        return pid == os.getpid() if self._lib is not None else pid in self._children
 
     def run(self, command: str) -> str:
         """One nft command (e.g. ``list table ...``); returns its output."""
