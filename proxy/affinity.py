@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from netweft.proxy.nft_tx import Element
+
 AFFINITY_SET_PREFIX = "aff-"      # aff-<service hash>-<endpoint hash>; entry chains are aff-<h>
 
 
@@ -57,20 +59,19 @@ def parse_affinity_sets(listing: Mapping[str, Any] | str) -> dict[str, tuple[Aff
     return out
 
 
-def carry_lines(table: str, timeouts: Mapping[str, int],
-                current: Mapping[str, Iterable[AffinityEntry]]) -> list[str]:
-    """nft commands putting ``current`` entries back into the sets of the new table.
-
-    ``table``: ``ip netweft-proxy``; ``timeouts``: {affinity set of the new table: its timeout in
-    seconds}. Sets the new table does not have are dropped (their service or endpoint is gone);
-    an entry keeps its remaining time (never more than the set's timeout)."""
-    lines = []
+def carry_elements(timeouts: Mapping[str, int],
+                   current: Mapping[str, Iterable[AffinityEntry]]) -> dict[str, list[Element]]:
+    """The elements putting ``current`` clients back into the sets of the new table:
+    {set name: elements}. ``timeouts``: {affinity set of the new table: its timeout in seconds};
+    sets the new table does not have are dropped (their service or endpoint is gone); a client
+    keeps its remaining time (never more than the set's timeout)."""
+    out: dict[str, list[Element]] = {}
     for name in sorted(current):
         timeout = timeouts.get(name)
         if timeout is None:
             continue
-        items = [f"{e.client} timeout {timeout}s expires {min(e.expires, timeout)}s"
+        items = [Element(e.client, timeout=timeout, expires=min(e.expires, timeout))
                  for e in current[name]]
         if items:
-            lines.append(f"add element {table} {name} {{ {', '.join(items)} }}")
-    return lines
+            out[name] = items
+    return out

@@ -9,13 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from netweft.proxy.affinity import AffinityEntry, carry_lines, parse_affinity_sets
+from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
 from netweft.proxy.constants import NFT_TABLE
 from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
 from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
 from netweft.proxy.nft_apply import NftApplier, NftError, netns_prefix
 from netweft.proxy.nft_monitor import TableMonitor
+from netweft.proxy.nft_tx import Transaction
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import NodeContext, ServicePlan
 
@@ -54,23 +55,24 @@ class NftablesDataplane:
         self.monitor: TableMonitor | None = None
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
-        text = self.state.update(plans, delta=not full)
+        tx = self.state.update_transaction(plans, delta=not full)
         self.apply_seconds = 0.0
+        size = 0
         if not full:
             try:
-                self._apply(text)
+                size = self._apply(tx)
             except NftError as exc:
                 log.warning("nft delta failed (%s): full resync", exc)
                 full = True
         if full:
-            text = self.state.full_text(sort=False)
+            tx = self.state.full_transaction(sort=False)
             timeouts = self.state.affinity_timeouts()
             if timeouts:
-                text += "".join(f"{ln}\n" for ln in carry_lines(
-                    f"ip {NFT_TABLE}", timeouts, self._affinity_in_kernel()))
-            self._apply(text)
+                for name, items in carry_elements(timeouts, self._affinity_in_kernel()).items():
+                    tx.add_elements(name, items)
+            size = self._apply(tx)
         chains, rules, elements = self.state.counts()
-        return SyncResult(full, chains, rules, elements, len(text))
+        return SyncResult(full, chains, rules, elements, size)
 
     def _affinity_in_kernel(self) -> dict[str, tuple[AffinityEntry, ...]]:
         """The clients the kernel's affinity sets remember now (none if there is no table
@@ -85,10 +87,11 @@ class NftablesDataplane:
             log.warning("reading affinity sets failed (%s): clients pick afresh", exc)
             return {}
 
-    def _apply(self, text: str) -> None:
+    def _apply(self, tx: Transaction) -> int:
+        """Apply ``tx``; returns the size of its text (bytes handed to nft)."""
         start = time.perf_counter()
         try:
-            self.applier.apply(text)
+            return self.applier.apply(tx)
         finally:
             self.apply_seconds += time.perf_counter() - start
 

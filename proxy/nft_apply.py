@@ -10,6 +10,8 @@ import os
 import subprocess
 from typing import Any
 
+from netweft.proxy.nft_tx import Transaction
+
 
 class NftError(RuntimeError):
     """nft refused a transaction (nothing of it was applied: transactions are atomic)."""
@@ -38,9 +40,15 @@ class NftApplier:
     def kind(self) -> str:
         return "libnftables" if self._lib is not None else "nft -f -"
 
-    def apply(self, text: str) -> None:
-        if not text:
-            return
+    def apply(self, change: Transaction | str) -> int:
+        """Apply a transaction (or nft command text) atomically; returns the size of the text
+        handed to nft. Raises NftError when nft refuses it (then nothing was applied)."""
+        text = change if isinstance(change, str) else change.render()
+        if text:
+            self._apply_text(text)
+        return len(text)
+
+    def _apply_text(self, text: str) -> None:
         if self._lib is not None:
             rc, _out, err = self._lib.cmd(text)
             if rc != 0:
