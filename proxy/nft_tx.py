@@ -183,9 +183,13 @@ class Transaction:
         t = self.target
         for op in self.ops:
             if isinstance(op, AddElements):
-                items = op.elements
-                for i in range(0, len(items), ELEMENTS_PER_STATEMENT):
-                    chunk = ", ".join(e.text() for e in items[i:i + ELEMENTS_PER_STATEMENT])
+                # the hot path of a full load (tens of thousands of elements): plain elements
+                # without the method call
+                texts = [(k if v is None else f"{k} : {v}") if c is None and ti is None
+                         and ex is None else Element(k, v, c, ti, ex).text()
+                         for k, v, c, ti, ex in op.elements]
+                for i in range(0, len(texts), ELEMENTS_PER_STATEMENT):
+                    chunk = ", ".join(texts[i:i + ELEMENTS_PER_STATEMENT])
                     out.append(f"add element {t} {op.set} {{ {chunk} }}")
             elif isinstance(op, DeleteElements):
                 out.append(f"delete element {t} {op.set} {{ {', '.join(op.keys)} }}")
