@@ -33,7 +33,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
@@ -55,6 +56,7 @@ from netweft.proxy.nft_tx import (
 from netweft.proxy.plan import Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
 
 FAMILY = "ip"
+EKey = tuple[str, str]       # (set or map name, element key)
 T = f"{FAMILY} {NFT_TABLE}"
 IP_KEY = "ip daddr . meta l4proto . th dport"
 NODEPORT_KEY = "meta l4proto . th dport"
@@ -168,8 +170,12 @@ class NftObject:
 
 @dataclass
 class Contribution:
+    """Everything one service adds: elements ((set, key) -> value or None), the readable comment
+    of each element (``namespace/service:port``, as kube-proxy comments its elements), and the
+    chains and sets it needs."""
     elements: dict[tuple[str, str], str | None] = field(default_factory=dict)
     objects: dict[str, NftObject] = field(default_factory=dict)
+    comments: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def family(fe: Frontend) -> str:
@@ -255,7 +261,9 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
     """Everything one service adds to the table (pure)."""
     out = Contribution()
     el = out.elements
+    comments = out.comments
     for fe in plan.frontends:
+        first = len(el)
         key = frontend_key(fe)
         nodeport = fe.address is None
         if fe.source_ranges and not nodeport:
@@ -265,6 +273,7 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
         if fe.outcome is not Outcome.BALANCE:
             verdict = f"goto {REJECT_CHAIN}" if fe.outcome is Outcome.REJECT else "drop"
             el[(NO_ENDPOINT_NODEPORTS if nodeport else NO_ENDPOINT_IPS, key)] = verdict
+            _comment(fe, el, comments, first)
             continue
         fam = family(fe)
         if fe.affinity_timeout is not None:
@@ -287,11 +296,23 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
         for b in fe.backends:
             if b.address in plan.local_addresses:      # only a pod of this node can hairpin
                 el[(HAIRPIN, f"{b.address} . {b.address}")] = None
+        _comment(fe, el, comments, first)
     return out
 
 
+COMMENT_MAX = 128     # bytes nft keeps of an element comment
+
+
+def _comment(fe: Frontend, elements: Mapping[EKey, object], comments: dict[EKey, str],
+             first: int) -> None:
+    """Comment the elements this frontend added (those after index ``first``; an element an
+    earlier frontend of the same service added keeps that one's comment)."""
+    text = f"{fe.service}:{fe.port_name or fe.port}"[:COMMENT_MAX]
+    for k in itertools.islice(elements, first, None):
+        comments.setdefault(k, text)
+
+
 _ABSENT = object()
-EKey = tuple[str, str]
 
 
 class NftState:
@@ -395,7 +416,7 @@ class NftState:
                 self.contribs[key] = c
         after_el = {k: values.get(k, _ABSENT) for k in touched_el}
         after_ob = {n: self._object(n) for n in touched_ob}
-        return delta_transaction(before_el, after_el, before_ob, after_ob)
+        return delta_transaction(before_el, after_el, before_ob, after_ob, self.comment)
 
     def full_text(self, sort: bool = True) -> str:
         """The whole table, replacing whatever is there, as one transaction (``sort``: elements
@@ -405,7 +426,17 @@ class NftState:
     def full_transaction(self, sort: bool = True) -> Transaction:
         """``full_text`` as a typed transaction."""
         objects = [o for o in (self._object(n) for n in self.objects) if o]
-        return full_transaction(self.node, self.values, objects, sort)
+        return full_transaction(self.node, self.values, objects, sort, self.comment)
+
+    def comment(self, k: EKey) -> str | None:
+        """The comment of element ``k``: that of the service owning it (the smallest service
+        key when several share it); None for elements no service owns (node IPs, pod CIDRs)."""
+        owner = self.owners.get(k)
+        if owner is None:
+            return None
+        if type(owner) is dict:
+            owner = min(owner)
+        return self.contribs[owner].comments.get(k)  # type: ignore[index]
 
     def affinity_timeouts(self) -> dict[str, int]:
         """{affinity set of the desired table: its timeout in seconds} (empty without any
@@ -426,11 +457,13 @@ class NftState:
         return n_chains, n_rules, n_el
 
 
-def _grouped(items: Iterable[tuple[EKey, object]], sort: bool = True) -> dict[str, list[Element]]:
+def _grouped(items: Iterable[tuple[EKey, object]], sort: bool = True,
+             comment: Callable[[EKey], str | None] | None = None) -> dict[str, list[Element]]:
     out: dict[str, list[Element]] = {}
-    new = tuple.__new__     # Element(k, v) without the generated __new__: a full load makes
-    for (name, k), v in (sorted(items, key=lambda kv: kv[0]) if sort else items):  # 40,000
-        out.setdefault(name, []).append(new(Element, (k, v, None, None, None)))
+    new = tuple.__new__     # Element(k, v, c) without the generated __new__: a full load makes
+    for ek, v in (sorted(items, key=lambda kv: kv[0]) if sort else items):  # 40,000
+        c = comment(ek) if comment is not None else None
+        out.setdefault(ek[0], []).append(new(Element, (ek[1], v, c, None, None)))
     if not sort:
         return out
     return dict(sorted(out.items()))
@@ -439,6 +472,7 @@ def _grouped(items: Iterable[tuple[EKey, object]], sort: bool = True) -> dict[st
 def delta_transaction(
     before_el: Mapping[tuple[str, str], object], after_el: Mapping[tuple[str, str], object],
     before_ob: Mapping[str, NftObject | None], after_ob: Mapping[str, NftObject | None],
+    comment: Callable[[EKey], str | None] | None = None,
 ) -> Transaction:
     """The changes from one desired state to the next: new sets and chains (then their
     rules, once every chain exists), rewritten chains, elements deleted then added, removed
@@ -465,7 +499,7 @@ def delta_transaction(
             if v is not _ABSENT and before_el.get(k, _ABSENT) != v]
     for name, items in _grouped(dels).items():
         tx.delete_elements(name, (e.key for e in items))
-    for name, items in _grouped(adds).items():
+    for name, items in _grouped(adds, comment=comment).items():
         tx.add_elements(name, items)
     for o in removed:
         tx.add(DeleteObject(o.kind, o.name))
@@ -473,7 +507,8 @@ def delta_transaction(
 
 
 def full_transaction(node: NodeContext, elements: Mapping[EKey, object],
-                     objects: Iterable[NftObject], sort: bool = True) -> Transaction:
+                     objects: Iterable[NftObject], sort: bool = True,
+                     comment: Callable[[EKey], str | None] | None = None) -> Transaction:
     """The complete table (replacing whatever is there) and every element, one transaction."""
     objs = sorted(objects, key=lambda o: (o.level, o.name))
     sets = (*STATIC_SETS, *(o.obj for o in objs if isinstance(o.obj, NftSet)))
@@ -483,7 +518,7 @@ def full_transaction(node: NodeContext, elements: Mapping[EKey, object],
     static_el: list[tuple[tuple[str, str], str | None]] = [
         ((NODEPORT_IPS, ip), None) for ip in node.node_ips]
     static_el += [((CLUSTER_CIDRS, c), None) for c in node.cluster_cidrs]
-    for name, items in _grouped([*static_el, *elements.items()], sort).items():
+    for name, items in _grouped([*static_el, *elements.items()], sort, comment).items():
         tx.add_elements(name, items)
     return tx
 

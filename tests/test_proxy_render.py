@@ -250,9 +250,13 @@ def test_nft_delta_touches_only_the_changed_service() -> None:
         # 10.244.2.2 is on another node: never in the hairpin set
         "delete element ip netweft-proxy hairpin { 10.244.1.3 . 10.244.1.3 }",
         "delete element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 }",
-        "add element ip netweft-proxy backends-tcp { 10.96.0.10 . 80 . 1 : 10.244.1.99 . 8080 }",
-        "add element ip netweft-proxy hairpin { 10.244.1.99 . 10.244.1.99 }",
-        "add element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 : goto cluster-tcp-2 }",
+        # every element says whose it is (namespace/service:port), like kube-proxy's
+        "add element ip netweft-proxy backends-tcp { 10.96.0.10 . 80 . 1 "
+        'comment "default/web:http" : 10.244.1.99 . 8080 }',
+        "add element ip netweft-proxy hairpin { 10.244.1.99 . 10.244.1.99 "
+        'comment "default/web:http" }',
+        "add element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 "
+        'comment "default/web:http" : goto cluster-tcp-2 }',
         "delete chain ip netweft-proxy cluster-tcp-3",
     ]
     # the state after the delta equals a fresh full render of the new world
