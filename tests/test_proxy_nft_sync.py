@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from netweft.proxy.affinity import parse_affinity_sets
@@ -29,20 +28,11 @@ from netweft.proxy.nftables import PROTOCOLS
 from netweft.proxy.plan import NodeContext, plan_service
 from netweft.proxy.runner import ProxyRunner, RunnerOptions
 from netweft.proxy.sources.base import ChangeSink
-from netweft.proxy.testbed import Testbed, build, run_in
+from netweft.proxy.testbed import Testbed, run_in
 
 pytestmark = pytest.mark.lab
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))
 PODS = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
-
-
-@pytest.fixture
-def bed(netns_factory: Callable[[str], str]) -> Iterator[Testbed]:
-    testbed = build(netns_factory)
-    try:
-        yield testbed
-    finally:
-        testbed.close()
 
 
 def _service(n: int, proto: Protocol, count: int, local: bool, affinity: bool) -> tuple[
