@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netweft.proxy.nft_tx import Element
-
-AFFINITY_SET_PREFIX = "aff-"      # aff-<service hash>-<endpoint hash>; entry chains are aff-<h>
+from netweft.proxy.nftables import AFFINITY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ def parse_affinity_sets(listing: Mapping[str, Any] | str) -> dict[str, tuple[Aff
     out: dict[str, tuple[AffinityEntry, ...]] = {}
     for item in items:
         s = item.get("set") if isinstance(item, dict) else None
-        if not s or not str(s.get("name", "")).startswith(AFFINITY_SET_PREFIX):
+        if not s or not str(s.get("name", "")).startswith(AFFINITY_PREFIX):
             continue
         entries = []
         for e in s.get("elem", ()):
