@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from netweft.daemon import netns
@@ -105,3 +106,15 @@ def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable
     finally:
         for lab in labs:
             lab.close()
+
+
+@pytest.fixture
+def bed(netns_factory: Callable[[str], str]) -> Iterator[Any]:
+    """The proxy's testbed (netweft.proxy.testbed): a node namespace with a bridge, a client
+    namespace outside it; pods added by the test. Pod servers are stopped afterwards."""
+    from netweft.proxy.testbed import build
+    testbed = build(netns_factory)
+    try:
+        yield testbed
+    finally:
+        testbed.close()
