@@ -25,6 +25,12 @@ class CniEnv:
     ifname: str = ""
     path: str = ""
     args: dict[str, str] = field(default_factory=dict)
+    netns_file: str = ""  # where this process opens CNI_NETNS ("" = netns itself; the CNI
+    #                       server sets /proc/<caller pid>/root<netns>, see cni/callerns.py)
+
+    @property
+    def netns_open_path(self) -> str:
+        return self.netns_file or self.netns
 
     @property
     def pod_namespace(self) -> str:

@@ -47,6 +47,8 @@ for nw_k in "${!CNI_@}"; do
     nw_env+="$nw_k=$nw_v"$'\n'
 done
 nw_env+="NETWEFT_CNI_DEFAULT_LOG=$nw_log"$'\n'
+nw_env+="NETWEFT_CALLER_PID=$$"$'\n'  # verified by the server (cni/callerns.py): CNI_NETNS is
+                                     # resolved in this process's mount namespace
 { exec 3<>"/dev/tcp/127.0.0.1/$nw_port"; } 2>/dev/null || nw_fallback
 printf 'NWTCP1 %s\n%s%d\n\n%s' "$nw_tok" "$nw_env" "${#nw_in}" "$nw_in" >&3 2>/dev/null \
     || nw_fallback

@@ -14,11 +14,11 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 
+from netweft.cni import callerns, masq, wiring
 from netweft.cni import config as cniconfig
-from netweft.cni import masq, wiring
 from netweft.cni.config import DEFAULT_LOG_FILE, NetConf
 from netweft.cni.env import CniEnv, parse_env
 from netweft.cni.rtnl import Rtnl
@@ -212,7 +212,8 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
         if conf.is_gateway:
             state.forward({g.version for g in gateways})
         plan = wiring.PodPlan(env.container_id, env.ifname, env.netns, conf.bridge, mtu,
-                              addresses, _routes(conf, senv), conf.hairpin_mode)
+                              addresses, _routes(conf, senv), conf.hairpin_mode,
+                              netns_file=env.netns_open_path)
         wired = wiring.wire_pod(plan, bridge.index)
         if _masq_enabled(conf, senv):
             cluster = senv.network or (senv.subnet.network if senv.subnet else None)
@@ -285,7 +286,8 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
             raise CniError(ERR_CHECK_FAILED, f"{addr.ip} is not allocated to {env.container_id}")
     routes = [(str(ip_network(r.dst, strict=False)), r.gw) for r in prev.routes]
     wiring.check_pod(env.container_id, env.ifname, env.netns, conf.bridge,
-                     prev.interfaces[index].mac, addresses, routes)
+                     prev.interfaces[index].mac, addresses, routes,
+                     netns_file=env.netns_open_path)
 
 
 def cmd_gc(conf: NetConf) -> list[str]:
@@ -336,8 +338,12 @@ def _log(path: str, line: str) -> None:
 
 
 def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | None = None,
-        default_log: str = DEFAULT_LOG_FILE, via: str = "inproc") -> Outcome:
-    """Execute one CNI request; never raises (except KeyboardInterrupt/SystemExit)."""
+        default_log: str = DEFAULT_LOG_FILE, via: str = "inproc",
+        caller_pid: int | None = None) -> Outcome:
+    """Execute one CNI request; never raises (except KeyboardInterrupt/SystemExit).
+
+    ``caller_pid``: the (verified) pid of the process that called the CNI server; CNI_NETNS is
+    then opened in that process's mount namespace (:mod:`cni.callerns`). None in-process."""
     started = time.monotonic()
     version = CURRENT_VERSION
     log_file = default_log
@@ -346,6 +352,8 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
     detail = ""
     try:
         env = parse_env(environ)
+        if caller_pid and env.netns:
+            env = replace(env, netns_file=callerns.caller_path(env.netns, caller_pid))
         if env.command == "VERSION":
             outcome = Outcome(0, dumps(version_info()), command)
         else:

@@ -68,6 +68,7 @@ class PodPlan:
     addresses: list[IPv4Interface | IPv6Interface]
     routes: list[PodRoute] = field(default_factory=list)
     hairpin: bool = True
+    netns_file: str = ""  # where to open ``netns`` from this process ("" = netns itself)
 
     @property
     def host_veth(self) -> str:
@@ -189,7 +190,7 @@ def delete_bridge_if_unused(state: BridgeState) -> None:
 def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
     """Create and configure the veth pair for ``plan``; on failure remove what was created."""
     try:
-        pod_fd = nsenter.open_netns(plan.netns)
+        pod_fd = nsenter.open_netns(plan.netns_file or plan.netns, plan.netns)
     except nsenter.NetnsGone as exc:
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
     host = Rtnl()
@@ -275,8 +276,10 @@ def _fail(msg: str) -> CniError:
 
 
 def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
-              addresses: list[Any], routes: list[tuple[str, str]]) -> None:
-    """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference."""
+              addresses: list[Any], routes: list[tuple[str, str]], netns_file: str = "") -> None:
+    """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference
+    (code 4 when ``netns`` is not a network namespace). ``netns_file``: where this process
+    opens ``netns`` (see :mod:`cni.callerns`)."""
     from pyroute2 import IPRoute
 
     name = host_veth_name(container_id, ifname)
@@ -289,7 +292,9 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
         if not br or link.get_attr("IFLA_MASTER") != br[0]:
             raise _fail(f"host interface {name} is not attached to bridge {bridge}")
     try:
-        fd = nsenter.open_netns(netns)
+        fd = nsenter.open_netns(netns_file or netns, netns)
+    except nsenter.NotNetns as exc:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
     except nsenter.NetnsGone as exc:
         raise _fail(f"network namespace {netns}: {exc.strerror}") from None
     try:

@@ -251,7 +251,10 @@ def test_fast_path_failure_falls_back_with_stdin_intact(node: CniNode, fakes, mo
     if stdin == "nul":  # not CNI JSON: the bash path does not even try
         assert f.tcp_seen == []
     else:
-        assert len(f.tcp_seen) == 1 and f.tcp_seen[0] == (env, data)
+        assert len(f.tcp_seen) == 1
+        tcp_env, tcp_data = f.tcp_seen[0]
+        assert tcp_env.pop("NETWEFT_CALLER_PID").isdigit()  # the launcher's pid (callerns)
+        assert (tcp_env, tcp_data) == (env, data)
 
 
 @pytest.mark.parametrize("stdin", ["trailing-newlines", "empty"])
@@ -261,7 +264,9 @@ def test_fast_path_reply_is_passed_through_exactly(node: CniNode, fakes, stdin: 
                        input=STDINS[stdin], env={"CNI_COMMAND": "VERSION"},
                        capture_output=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, BODY, b"")
-    assert f.unix_seen == [] and f.tcp_seen == [
+    assert f.unix_seen == [] and len(f.tcp_seen) == 1
+    assert f.tcp_seen[0][0].pop("NETWEFT_CALLER_PID").isdigit()
+    assert f.tcp_seen == [
         ({"CNI_COMMAND": "VERSION", "NETWEFT_CNI_DEFAULT_LOG": node.log_file}, STDINS[stdin])]
 
 
