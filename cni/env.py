@@ -25,12 +25,8 @@ class CniEnv:
     ifname: str = ""
     path: str = ""
     args: dict[str, str] = field(default_factory=dict)
-    netns_file: str = ""  # where this process opens CNI_NETNS ("" = netns itself; the CNI
-    #                       server sets /proc/<caller pid>/root<netns>, see cni/callerns.py)
-
-    @property
-    def netns_open_path(self) -> str:
-        return self.netns_file or self.netns
+    caller_pid: int = 0  # the CNI server's verified caller: CNI_NETNS is opened as that
+    #                      process sees it (cni/callerns.py); 0: as this process sees it
 
     @property
     def pod_namespace(self) -> str:

@@ -15,6 +15,8 @@ import os
 import stat
 from collections.abc import Iterator
 
+from netweft.cni import callerns
+
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h: the CLONE_NEW* type of an nsfs file
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -36,33 +38,35 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def open_netns(path: str, shown: str = "") -> int:
-    """An O_RDONLY fd of the network namespace file ``path``.
+def open_netns(path: str, caller_pid: int = 0) -> int:
+    """An O_RDONLY fd of the network namespace file ``path``; with ``caller_pid``, ``path``
+    as that process sees it (its mount namespace, :mod:`cni.callerns`).
 
     Raises :class:`NetnsGone` when it is missing, :class:`NotNetns` when the file is not an
     nsfs file of a network namespace (checked with the ``NS_GET_NSTYPE`` ioctl, so nothing
     that is not a namespace ever reaches ``setns`` or ``IFLA_NET_NS_FD``, where the kernel
-    answers a bare EINVAL). ``shown``: the path as the caller named it, for messages (when
-    ``path`` is its ``/proc/<pid>/root/...`` form, see :mod:`cni.callerns`)."""
-    shown = shown or path
+    answers a bare EINVAL)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if caller_pid:
+            fd = callerns.open_in_root(caller_pid, path)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        raise NetnsGone(errno.ENOENT, f"network namespace {shown} does not exist") from None
+        raise NetnsGone(errno.ENOENT, f"network namespace {path} does not exist") from None
     try:
         kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:
-        os.close(fd)
         what = "not an nsfs file"
         with contextlib.suppress(OSError):
-            st = os.stat(path)
+            st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode):
                 what = f"a plain file of {st.st_size} bytes"
-        raise NotNetns(errno.EINVAL, f"{shown} is not a network namespace ({what}: is its bind "
+        os.close(fd)
+        raise NotNetns(errno.EINVAL, f"{path} is not a network namespace ({what}: is its bind "
                        "mount in another mount namespace?)") from None
     if kind != CLONE_NEWNET:
         os.close(fd)
-        raise NotNetns(errno.EINVAL, f"{shown} is a namespace of another type "
+        raise NotNetns(errno.EINVAL, f"{path} is a namespace of another type "
                        f"(0x{kind:x}), not a network namespace")
     return fd
 

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 
-from netweft.cni import callerns, masq, wiring
 from netweft.cni import config as cniconfig
+from netweft.cni import masq, wiring
 from netweft.cni.config import DEFAULT_LOG_FILE, NetConf
 from netweft.cni.env import CniEnv, parse_env
 from netweft.cni.rtnl import Rtnl
@@ -213,7 +213,7 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
             state.forward({g.version for g in gateways})
         plan = wiring.PodPlan(env.container_id, env.ifname, env.netns, conf.bridge, mtu,
                               addresses, _routes(conf, senv), conf.hairpin_mode,
-                              netns_file=env.netns_open_path)
+                              caller_pid=env.caller_pid)
         wired = wiring.wire_pod(plan, bridge.index)
         if _masq_enabled(conf, senv):
             cluster = senv.network or (senv.subnet.network if senv.subnet else None)
@@ -287,7 +287,7 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
     routes = [(str(ip_network(r.dst, strict=False)), r.gw) for r in prev.routes]
     wiring.check_pod(env.container_id, env.ifname, env.netns, conf.bridge,
                      prev.interfaces[index].mac, addresses, routes,
-                     netns_file=env.netns_open_path)
+                     caller_pid=env.caller_pid)
 
 
 def cmd_gc(conf: NetConf) -> list[str]:
@@ -352,8 +352,8 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
     detail = ""
     try:
         env = parse_env(environ)
-        if caller_pid and env.netns:
-            env = replace(env, netns_file=callerns.caller_path(env.netns, caller_pid))
+        if caller_pid:
+            env = replace(env, caller_pid=caller_pid)
         if env.command == "VERSION":
             outcome = Outcome(0, dumps(version_info()), command)
         else:
@@ -390,5 +390,5 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
     elapsed = (time.monotonic() - started) * 1000
     _log(log_file, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {via} {command or '-'} "
                    f"{environ.get('CNI_CONTAINERID', '-')}/{environ.get('CNI_IFNAME', '-')} "
-                   f"code={outcome.error_code} {elapsed:.1f}ms {detail}".rstrip())
+                   f"code={outcome.error_code} {elapsed:.1f}ms v={version} {detail}".rstrip())
     return outcome

@@ -68,7 +68,7 @@ class PodPlan:
     addresses: list[IPv4Interface | IPv6Interface]
     routes: list[PodRoute] = field(default_factory=list)
     hairpin: bool = True
-    netns_file: str = ""  # where to open ``netns`` from this process ("" = netns itself)
+    caller_pid: int = 0  # open ``netns`` as this process sees it (0: as we do; cni/callerns.py)
 
     @property
     def host_veth(self) -> str:
@@ -190,7 +190,7 @@ def delete_bridge_if_unused(state: BridgeState) -> None:
 def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
     """Create and configure the veth pair for ``plan``; on failure remove what was created."""
     try:
-        pod_fd = nsenter.open_netns(plan.netns_file or plan.netns, plan.netns)
+        pod_fd = nsenter.open_netns(plan.netns, plan.caller_pid)
     except nsenter.NetnsGone as exc:
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
     host = Rtnl()
@@ -276,10 +276,10 @@ def _fail(msg: str) -> CniError:
 
 
 def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
-              addresses: list[Any], routes: list[tuple[str, str]], netns_file: str = "") -> None:
+              addresses: list[Any], routes: list[tuple[str, str]], caller_pid: int = 0) -> None:
     """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference
-    (code 4 when ``netns`` is not a network namespace). ``netns_file``: where this process
-    opens ``netns`` (see :mod:`cni.callerns`)."""
+    (code 4 when ``netns`` is not a network namespace). ``caller_pid``: open ``netns`` as that
+    process sees it (see :mod:`cni.callerns`)."""
     from pyroute2 import IPRoute
 
     name = host_veth_name(container_id, ifname)
@@ -292,7 +292,7 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
         if not br or link.get_attr("IFLA_MASTER") != br[0]:
             raise _fail(f"host interface {name} is not attached to bridge {bridge}")
     try:
-        fd = nsenter.open_netns(netns_file or netns, netns)
+        fd = nsenter.open_netns(netns, caller_pid)
     except nsenter.NotNetns as exc:
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
     except nsenter.NetnsGone as exc:
