@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,13 +185,14 @@ class PodmanNode:
     def __post_init__(self) -> None:
         need(shutil.which("podman") or "/usr/bin/podman", "apt-get install podman")
         os.makedirs(self.root, exist_ok=True)
+        self.runroot = tempfile.mkdtemp(prefix="nwpr-")  # podman wants < 50 characters
         self.conf_file = os.path.join(self.root, "containers.conf")
         self.storage_conf = os.path.join(self.root, "storage.conf")
         with open(self.conf_file, "w") as f:
             f.write(self.containers_conf())
         with open(self.storage_conf, "w") as f:
             f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root}/storage"\n'
-                    f'runroot = "{self.root}/run"\n')
+                    f'runroot = "{self.runroot}"\n')
         self.mnt = MountNamespace(self.node_netns)
         if self.image_tar:
             self.podman("load", "-q", "-i", self.image_tar)
@@ -225,7 +227,7 @@ class PodmanNode:
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
         os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
         assert self.mnt is not None
-        argv = ["podman", "--root", f"{self.root}/storage", "--runroot", f"{self.root}/run",
+        argv = ["podman", "--root", f"{self.root}/storage", "--runroot", self.runroot,
                 "--tmpdir", f"{self.root}/tmp", "--cgroup-manager", "cgroupfs",
                 "--events-backend", "file", "--network-config-dir", self.cni_conf_dir, *args]
         return _run(self.mnt.argv(argv), env=self.env(), check=check, timeout=timeout)
@@ -261,6 +263,7 @@ class PodmanNode:
             self.podman("system", "prune", "-f", check=False, timeout=60)
         self.mnt.close()
         self.mnt = None
+        shutil.rmtree(self.runroot, ignore_errors=True)
 
 
 # -- containerd through CRI -------------------------------------------------------------------
@@ -445,3 +448,32 @@ class ContainerdNode:
         if self.mnt is not None:
             self.mnt.close()
             self.mnt = None
+
+
+# -- the plugin as `netweft cni install` writes it --------------------------------------------
+
+def netweft_cli() -> list[str]:
+    """The installed ``netweft`` command of this environment (the venv's), else ``-m``."""
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "netweft")
+    return [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "netweft.daemon.cli"]
+
+
+def cli_install(cni: Any, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run ``netweft cni install`` for a :class:`cni.harness.CniNode`'s private paths (the
+    lab's nodes share one filesystem, so every path is an option) plus ``extra`` options; the
+    conflist is then exactly what the command wrote."""
+    return _run([*netweft_cli(), "cni", "install", "--bin-dir", cni.bin_dir,
+                 "--conf-dir", cni.conf_dir, "--subnet-file", cni.subnet_file,
+                 "--data-dir", cni.data_dir, "--socket-path", cni.socket_path,
+                 "--log-file", cni.log_file, *extra])
+
+
+def http_get(netns_name: str, url: str, timeout: float = 5) -> str:
+    """GET ``url`` from inside namespace ``netns_name`` (the body; RuntimeError_ on failure)."""
+    code = ("import sys, urllib.request\n"
+            f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout={timeout}).read()"
+            ".decode())\n")
+    return _run(["ip", "netns", "exec", netns_name, "python3", "-c", code],
+                timeout=timeout + 30).stdout
