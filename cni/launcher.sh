@@ -22,10 +22,22 @@ nw_fallback() {
     exec 3>&-
     if [[ $nw_lc_set ]]; then LC_ALL=$nw_lc; else unset LC_ALL; fi
     trap - PIPE
+    shopt -s execfail  # an exec that fails returns here: answer with CNI error JSON
     if (( nw_nul == 0 )); then
         exec "$nw_py" < <(printf '%s\0' "$nw_in"; exec cat)
+    else
+        exec "$nw_py" < <(printf '%s' "$nw_in")
     fi
-    exec "$nw_py" < <(printf '%s' "$nw_in")
+    nw_fail "cannot execute $nw_py as uid $EUID: the netweft CNI plugin must run as root"
+}
+
+nw_fail() {  # CNI error JSON on stdout (code 4, as the server's answer to a non-root peer)
+    local v=1.0.0 msg=${1//\\/\\\\}
+    msg=${msg//\"/\\\"}
+    [[ $nw_in =~ \"cniVersion\"[[:space:]]*:[[:space:]]*\"([0-9]+\.[0-9]+\.[0-9]+)\" ]] \
+        && v=${BASH_REMATCH[1]}
+    printf '{"cniVersion": "%s", "code": 4, "msg": "netweft: %s"}\n' "$v" "$msg"
+    exit 1
 }
 
 (( nw_port && nw_nul )) || nw_fallback
