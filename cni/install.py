@@ -52,6 +52,7 @@ DEFAULT_CONF_DIR = "/etc/cni/net.d"
 # where a reference plugin (portmap) is looked for when the bin dir has none: Debian's
 # containernetworking-plugins, then the usual install location
 REFERENCE_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+LOOPBACK_TYPE = "loopback"
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,15 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
         note = ensure_reference_plugin(bin_dir, PORTMAP_TYPE, reference_dirs)
         if note:
             notes.append(note)
+    # containerd's CRI sets up every pod's lo with "loopback" from the same bin dir and fails
+    # each sandbox without it (while reporting NetworkReady): bring it along when we can
+    try:
+        note = ensure_reference_plugin(bin_dir, LOOPBACK_TYPE, reference_dirs)
+    except ConflistError:
+        note = (f"no {LOOPBACK_TYPE} plugin in {bin_dir} nor {', '.join(reference_dirs)}: "
+                "containerd's CRI needs it there")
+    if note:
+        notes.append(note)
     supported = {}
     for entry in plan.chained:
         kind = str(entry.get("type", ""))

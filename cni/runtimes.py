@@ -37,8 +37,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from netweft.cni.install import ensure_reference_plugin
-
 IMAGE_REF = "localhost/netweft-busybox:latest"
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static
 BUSYBOX_APPLETS = ("sh", "sleep", "httpd", "wget", "nc", "ip", "cat", "echo", "ls", "hostname")
@@ -347,9 +345,6 @@ class ContainerdNode:
             self.containerd_bin = need("/usr/bin/containerd", "apt-get install containerd")
             self.ctr_bin = need("/usr/bin/ctr", "apt-get install containerd")
             self.path = RUNTIME_PATH
-        # CRI also sets up the pod's loopback with the reference "loopback" plugin from the
-        # same bin dir (kind and Flannel nodes have it there)
-        ensure_reference_plugin(self.cni_bin_dir, "loopback")
         os.makedirs(self.root, exist_ok=True)
         self.socket = os.path.join(self.root, "containerd.sock")
         self.config_file = os.path.join(self.root, "config.toml")
