@@ -123,6 +123,17 @@ def busybox_image(path: str, ref: str = IMAGE_REF) -> str:
 
 # -- a node's private mount namespace ---------------------------------------------------------
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM ``proc`` (by its pid, it is ours), SIGKILL after ``timeout`` seconds, reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MountNamespace:
     """A private mount namespace kept alive by a holder process (``sleep``), entered by
     :meth:`argv` together with the node's network namespace."""
@@ -145,13 +156,7 @@ class MountNamespace:
                 f"--net={self.netns_path}", "--", *cmd]
 
     def close(self) -> None:
-        if self.holder.poll() is None:
-            self.holder.send_signal(signal.SIGTERM)
-            try:
-                self.holder.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.holder.kill()
-                self.holder.wait()
+        stop_process(self.holder, 10)
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120,
@@ -167,16 +172,22 @@ def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 12
 # -- podman -----------------------------------------------------------------------------------
 
 @dataclass
-class PodmanNode:
-    """podman 4.3 (Debian 12) with the CNI backend on node namespace ``node_netns``.
-
-    ``cni_bin_dir``/``cni_conf_dir``: where ``netweft cni install`` wrote the launcher,
-    portmap and the conflist; ``root``: a private directory for podman's state."""
+class RuntimeNode:
+    """Where a runtime runs: node namespace ``node_netns``, a private directory ``root`` for
+    its state, and ``cni_bin_dir``/``cni_conf_dir`` where ``netweft cni install`` wrote the
+    launcher, the reference plugins and the conflist."""
 
     node_netns: str
     root: str
     cni_bin_dir: str
     cni_conf_dir: str
+
+
+@dataclass
+class PodmanNode(RuntimeNode):
+    """podman 4.3 (Debian 12) with the CNI backend on node namespace ``node_netns``; loads
+    ``image_tar`` (if given) into its own store."""
+
     image_tar: str = ""
     mnt: MountNamespace | None = field(default=None, repr=False)
 
@@ -316,23 +327,23 @@ class CriPod:
 
 
 @dataclass
-class ContainerdNode:
+class ContainerdNode(RuntimeNode):
     """containerd on node namespace ``node_netns``, driven through CRI with crictl.
 
-    ``version``: ``"1.6"`` (Debian's /usr/bin/containerd) or ``"2"`` (the 2.x that
-    ``deploy/runtimes.sh`` builds, with its own shim and ctr)."""
+    ``image_tar`` is imported (it is also the sandbox image); ``version``: ``"1.6"``
+    (Debian's /usr/bin/containerd) or ``"2"`` (the 2.x that ``deploy/runtimes.sh`` builds,
+    with its own shim and ctr)."""
 
-    node_netns: str
-    root: str
-    cni_bin_dir: str
-    cni_conf_dir: str
-    image_tar: str
+    image_tar: str = ""
     version: str = "1.6"
     mnt: MountNamespace | None = field(default=None, repr=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pods: list[CriPod] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.image_tar:
+            raise RuntimeError_("ContainerdNode needs image_tar: CRI's sandbox image is "
+                                "imported, never pulled")
         self.crictl_bin = need(go_bin("crictl", CRICTL_VERSION, "crictl"),
                                "run deploy/runtimes.sh (builds crictl)")
         if self.version == "2":
@@ -432,13 +443,8 @@ class ContainerdNode:
         for pod in list(self.pods):
             with contextlib.suppress(Exception):
                 self.remove_pod(pod)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 30)
         self.proc = None
         if self.mnt is not None:
             self.mnt.close()
