@@ -46,7 +46,7 @@ GO_CACHE = os.path.join(os.environ.get("NETWEFT_CACHE", "/var/cache/netweft"), "
 RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class RuntimeError_(RuntimeError):
+class RuntimeCommandError(RuntimeError):
     """A runtime command failed; the message holds the command and its output."""
 
 
@@ -56,9 +56,9 @@ def go_bin(name: str, version: str, program: str) -> str:
 
 
 def need(path: str, how: str) -> str:
-    """``path`` if executable, else a RuntimeError_ naming how to get it (tests then fail)."""
+    """``path`` if executable, else a RuntimeCommandError naming how to get it (tests then fail)."""
     if not os.access(path, os.X_OK):
-        raise RuntimeError_(f"{path} is missing: {how}")
+        raise RuntimeCommandError(f"{path} is missing: {how}")
     return path
 
 
@@ -148,7 +148,7 @@ class MountNamespace:
         mine = os.readlink("/proc/self/ns/mnt")
         while os.readlink(f"/proc/{self.holder.pid}/ns/mnt") == mine:
             if self.holder.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError_("unshare --mount did not start its holder")
+                raise RuntimeCommandError("unshare --mount did not start its holder")
             time.sleep(0.01)
 
     def argv(self, cmd: list[str]) -> list[str]:
@@ -164,7 +164,7 @@ def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 12
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                           input=input)
     if check and proc.returncode != 0:
-        raise RuntimeError_(f"{' '.join(argv[-6:])}: exit {proc.returncode}: "
+        raise RuntimeCommandError(f"{' '.join(argv[-6:])}: exit {proc.returncode}: "
                             f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
     return proc
 
@@ -342,7 +342,7 @@ class ContainerdNode(RuntimeNode):
 
     def __post_init__(self) -> None:
         if not self.image_tar:
-            raise RuntimeError_("ContainerdNode needs image_tar: CRI's sandbox image is "
+            raise RuntimeCommandError("ContainerdNode needs image_tar: CRI's sandbox image is "
                                 "imported, never pulled")
         self.crictl_bin = need(go_bin("crictl", CRICTL_VERSION, "crictl"),
                                "run deploy/runtimes.sh (builds crictl)")
@@ -371,7 +371,7 @@ class ContainerdNode(RuntimeNode):
         deadline = time.monotonic() + 60
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError_(f"containerd {self.version} did not start: "
+                raise RuntimeCommandError(f"containerd {self.version} did not start: "
                                     f"{self.log_tail()}")
             time.sleep(0.2)
         _run([self.ctr_bin, "--address", self.socket, "-n", "k8s.io", "images", "import",
@@ -472,7 +472,8 @@ def cli_install(cni: Any, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def http_get(netns_name: str, url: str, timeout: float = 5) -> str:
-    """GET ``url`` from inside namespace ``netns_name`` (the body; RuntimeError_ on failure)."""
+    """GET ``url`` from inside namespace ``netns_name``: the body (RuntimeCommandError on
+    failure)."""
     code = ("import sys, urllib.request\n"
             f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout={timeout}).read()"
             ".decode())\n")
