@@ -312,6 +312,8 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
         link = ipr.link("get", index=host[0])[0]
         if not br or link.get_attr("IFLA_MASTER") != br[0]:
             raise _fail(f"host interface {name} is not attached to bridge {bridge}")
+        if not link["flags"] & 1:
+            raise _fail(f"host interface {name} is down")
         if mtu and link.get_attr("IFLA_MTU") != mtu:
             raise _fail(f"host interface {name} has MTU {link.get_attr('IFLA_MTU')}, "
                         f"expected {mtu}")

@@ -99,6 +99,10 @@ def test_check_sees_a_changed_mtu(node: CniNode, netns_factory: Callable[[str], 
     netns.run(node.node_netns, ["ip", "link", "set", host, "mtu", "1400"])
     check = node.call("CHECK", "ctr-mtu", f"/run/netns/{pod}", config=conf)
     assert check.json()["msg"] == f"host interface {host} has MTU 1400, expected 1450"
+    # the same kind: the host end taken down
+    netns.run(node.node_netns, ["ip", "link", "set", host, "mtu", "1450", "down"])
+    check = node.call("CHECK", "ctr-mtu", f"/run/netns/{pod}", config=conf)
+    assert check.json()["msg"] == f"host interface {host} is down"
 
 
 def test_gc_of_one_network_leaves_another_network_on_the_same_bridge(

@@ -78,6 +78,11 @@ def versions_used(host: Host) -> list[str]:
                 if w.startswith("v=")]
 
 
+def nat_rules(host: Host) -> str:
+    """The node's iptables nat table, where portmap keeps its DNAT rules."""
+    return netns.run(host.node, ["iptables-save", "-t", "nat"]).stdout
+
+
 def check_published(host: Host, port: int, pod_get: Callable[[str], str]) -> None:
     """The published port answers from another host, from the node (its public address and
     the bridge's) and from the pod itself through the node (hairpin)."""
@@ -107,8 +112,10 @@ def test_podman_runs_a_container_on_the_installed_conflist_with_a_published_port
         assert podman.ip_of("web", "netweft").startswith("10.244.1.")
         check_published(host, 8080, nc_get(lambda *c, **k: podman.exec("web", *c, **k)))
         assert versions_used(host) == ["1.0.0"]
+        assert "8080" in nat_rules(host)
         podman.podman("rm", "-f", "-t", "0", "web")
         assert host.cni.ip_files() == []  # DEL through the runtime released the address
+        assert "8080" not in nat_rules(host)  # and portmap its DNAT rules
     finally:
         podman.close()
 
@@ -131,6 +138,7 @@ def test_containerd_runs_a_pod_on_the_installed_conflist_with_a_host_port(
         assert versions_used(host) == ["1.0.0"]
         ctrd.remove_pod(pod)
         assert host.cni.ip_files() == []
+        assert "8081" not in nat_rules(host)
     finally:
         ctrd.close()
 
