@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -104,12 +103,9 @@ class CniNode:
 
     def stop_server(self) -> None:
         if self.server is not None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+            from netweft.cni.runtimes import stop_process
+
+            stop_process(self.server, 15)
             self.server = None
 
     def ip_files(self) -> list[str]:

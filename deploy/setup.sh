@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything netweft needs on a Debian/Ubuntu machine, as root, idempotently:
 # the apt packages (etcd, nftables, iptables, iproute2, iperf3, conntrack, the reference
-# CNI plugins used by the benchmarks) and a virtual environment with netweft at ./.venv.
+# CNI plugins used by the benchmarks and chained as portmap/loopback), the real container
+# runtimes the CNI tests drive (podman, containerd, runc, conmon, busybox-static for an
+# offline image; crictl and containerd 2.x are built by deploy/runtimes.sh) and a virtual
+# environment with netweft at ./.venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root" >&2; exit 1; fi
 
-PKGS="etcd-server etcd-client openssl nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump wireguard-tools wireguard-go"
+PKGS="etcd-server etcd-client openssl nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump wireguard-tools wireguard-go podman containerd runc conmon busybox-static"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -29,4 +32,5 @@ if [ -d /usr/lib/python3/dist-packages/nftables ]; then
     ln -sfn /usr/lib/python3/dist-packages/nftables "$site/_netweft_debian/nftables"
     echo "$site/_netweft_debian" > "$site/netweft-debian-nftables.pth"
 fi
+bash deploy/runtimes.sh
 echo "netweft installed in $(pwd)/.venv"
