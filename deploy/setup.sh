@@ -2,6 +2,7 @@
 # Installs everything netweft needs on a Debian/Ubuntu machine, as root, idempotently:
 # the apt packages (etcd, nftables, iptables, iproute2, iperf3, conntrack, the reference
 # CNI plugins used by the benchmarks) and a virtual environment with netweft at ./.venv.
+# NETWEFT_WHEELHOUSE=DIR: install netweft's runtime dependencies from DIR, without an index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root" >&2; exit 1; fi
@@ -20,8 +21,13 @@ PY=${NETWEFT_PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test]'
+if [ -n "${NETWEFT_WHEELHOUSE:-}" ]; then
+    # Offline (a Vagrant box, vagrant/box/build.sh): the runtime dependencies from the wheelhouse.
+    .venv/bin/python -m pip install -q --no-index --find-links "$NETWEFT_WHEELHOUSE" -e .
+else
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e '.[test]'
+fi
 # Debian's libnftables binding (python3-nftables) is not on PyPI: let the venv see that one module.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [ -d /usr/lib/python3/dist-packages/nftables ]; then
