@@ -85,7 +85,7 @@ def plan_probes(nodes: Sequence[Node], pods: dict[str, str], cluster_ip: str, po
         for dst in nodes:
             if dst.name in pods:
                 probes.append(Probe(NODE_POD, src.name, pod_name(dst.name), src.name,
-                                    f"{PING} {pods[dst.name]}", pods[dst.name]))
+                                    f"sudo {PING} {pods[dst.name]}", pods[dst.name]))
     for src in nodes:
         probes.append(Probe(NODE_SERVICE, src.name, SERVICE, src.name,
                             f"{WHOAMI} ask {cluster_ip} --port {port} --timeout 3",

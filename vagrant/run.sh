@@ -35,11 +35,11 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument '$1'" >&2; usage ;;
     esac
 done
-[ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 1; }
 case "$provider" in lxc) ;; *) echo "run.sh: --provider: only lxc is supported by this script (got '$provider')" >&2; exit 2 ;; esac
 [[ "$nodes" =~ ^[1-9][0-9]?$ ]] && [ "$nodes" -ge 2 ] \
     || { echo "run.sh: --nodes: a number from 2 to 99 (got '$nodes')" >&2; exit 2; }
 case "$backend" in vxlan|host-gw) ;; *) echo "run.sh: --backend: vxlan or host-gw (got '$backend')" >&2; exit 2 ;; esac
+[ "$(id -u)" = 0 ] || { echo "run.sh: run as root" >&2; exit 1; }
 
 t0=$(date +%s)
 say() { echo "[run.sh $(( $(date +%s) - t0 ))s] $*" >&2; }
@@ -57,7 +57,8 @@ teardown() {        # teardown RUN_DIR: everything a run made, in reverse; toler
     holder=$(cat "$run/holder.pid" 2>/dev/null || true)
     if [ -n "$holder" ] && [ -n "$ns" ] && [ -e "/run/netns/$ns" ] && kill -0 "$holder" 2>/dev/null; then
         inside "$run" timeout 300 bash "$here/lib/inside.sh" down >>"$run/teardown.log" 2>&1 \
-            || echo "run.sh: orderly teardown failed, see $run/teardown.log; killing what is left" >&2
+            || { tail -20 "$run/teardown.log" >&2
+                 echo "run.sh: orderly teardown failed (above); killing what is left" >&2; }
     fi
     # Whatever is still running in the run's network namespace was started by this run.
     if [ -n "$ns" ] && [ -e "/run/netns/$ns" ]; then

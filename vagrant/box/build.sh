@@ -56,6 +56,7 @@ printf '%s\n' "$reqs" > "$work/requirements.txt"
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform linux_x86_64 \
     -r "$work/requirements.txt" >&2
+cp "$work/requirements.txt" "$work/wheels/requirements.txt"
 
 # shellcheck disable=SC2086
 unshare -m --propagation private bash "$here/rootfs.sh" "$work/rootfs" "$work/wheels" $pkgs
@@ -64,7 +65,8 @@ mkdir -p "$work/box"
 case "$provider" in
 lxc)
     # vagrant-lxc's template unpacks with --strip-components=2: entries are ./rootfs/...
-    tar -C "$work" --numeric-owner -cf - ./rootfs | gzip -1 > "$work/box/rootfs.tar.gz"
+    # (xattrs kept: ping's file capability)
+    tar -C "$work" --numeric-owner --xattrs --xattrs-include='*' -cf - ./rootfs | gzip -1 > "$work/box/rootfs.tar.gz"
     cp "$here/lxc-config" "$work/box/lxc-config"
     printf '{"provider": "lxc", "version": "1.0.0", "built-on": "%s", "template-opts": {}}\n' \
         "$(date -u +%FT%TZ)" > "$work/box/metadata.json"

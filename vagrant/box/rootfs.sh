@@ -13,7 +13,12 @@ shift 2
 mirror=${NETWEFT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 include=$(IFS=,; echo "$*")
 
-debootstrap --foreign --variant=minbase --arch=amd64 --include="$include" bookworm "$target" "$mirror" >&2
+# Downloaded .debs are kept in $NETWEFT_CACHE/debs: a box rebuilt after a change downloads
+# only what is new.
+debs=${NETWEFT_CACHE:-/var/cache/netweft}/debs
+mkdir -p "$debs"
+debootstrap --foreign --variant=minbase --arch=amd64 --include="$include" --cache-dir="$debs" \
+    bookworm "$target" "$mirror" >&2
 # No service may start while packages are configured (etcd-server's postinst would start etcd
 # in the build's network namespace).
 printf '#!/bin/sh\nexit 101\n' > "$target/usr/sbin/policy-rc.d"
@@ -55,6 +60,11 @@ printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$t
 
 mkdir -p "$target/opt/netweft-wheels"
 cp "$wheels"/* "$target/opt/netweft-wheels/"
+# netweft's virtual environment with its dependencies already in: deploy/setup.sh (run by the
+# provisioning on the synced tree, which rsync leaves .venv out of) then only adds netweft itself.
+in_target python3 -m venv /opt/netweft/.venv
+in_target /opt/netweft/.venv/bin/pip install -q --no-index --find-links /opt/netweft-wheels \
+    -r /opt/netweft-wheels/requirements.txt >&2
 
 in_target apt-get clean
 rm -rf "$target"/var/lib/apt/lists/* "$target"/var/cache/apt/*.bin "$target/debootstrap"
