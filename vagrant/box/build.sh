@@ -47,26 +47,45 @@ if [ -f "$out/.built" ]; then echo "$out"; exit 0; fi
 start=$(date +%s)
 work=$(mktemp -d "$cache/.build-$provider-XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# Each step's output goes to a log, shown only when the step fails; each step's time to stderr.
+step() {
+    local name=$1 t
+    shift
+    t=$(date +%s)
+    if ! "$@" >>"$work/build.log" 2>&1; then
+        tail -30 "$work/build.log" >&2
+        echo "box/build.sh: $name failed (above)" >&2
+        exit 1
+    fi
+    echo "box/build.sh: $name: $(( $(date +%s) - t )) s" >&2
+}
 
 # The wheelhouse: binary wheels for the guest's CPython 3.11 on x86_64 (Debian 12).
-python3 -m venv "$work/venv"
 printf '%s\n' "$reqs" > "$work/requirements.txt"
-"$work/venv/bin/pip" download -q --only-binary=:all: --dest "$work/wheels" \
-    --python-version 3.11 --implementation cp --abi cp311 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform linux_x86_64 \
-    -r "$work/requirements.txt" >&2
-cp "$work/requirements.txt" "$work/wheels/requirements.txt"
-
+wheelhouse() {
+    python3 -m venv "$work/venv"
+    "$work/venv/bin/pip" download --only-binary=:all: --dest "$work/wheels" \
+        --python-version 3.11 --implementation cp --abi cp311 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform linux_x86_64 \
+        -r "$work/requirements.txt"
+    cp "$work/requirements.txt" "$work/wheels/requirements.txt"
+}
+step "wheelhouse (PyPI)" wheelhouse
 # shellcheck disable=SC2086
-unshare -m --propagation private bash "$here/rootfs.sh" "$work/rootfs" "$work/wheels" $pkgs
+step "root filesystem (debootstrap)" \
+    unshare -m --propagation private bash "$here/rootfs.sh" "$work/rootfs" "$work/wheels" $pkgs
 
 mkdir -p "$work/box"
 case "$provider" in
 lxc)
     # vagrant-lxc's template unpacks with --strip-components=2: entries are ./rootfs/...
     # (xattrs kept: ping's file capability)
-    tar -C "$work" --numeric-owner --xattrs --xattrs-include='*' -cf - ./rootfs | gzip -1 > "$work/box/rootfs.tar.gz"
+    pack() {
+        tar -C "$work" --numeric-owner --xattrs --xattrs-include='*' -cf - ./rootfs \
+            | gzip -1 > "$work/box/rootfs.tar.gz"
+    }
+    step "rootfs.tar.gz" pack
     cp "$here/lxc-config" "$work/box/lxc-config"
     printf '{"provider": "lxc", "version": "1.0.0", "built-on": "%s", "template-opts": {}}\n' \
         "$(date -u +%FT%TZ)" > "$work/box/metadata.json"

@@ -23,7 +23,11 @@ debootstrap --foreign --variant=minbase --arch=amd64 --include="$include" --cach
 # in the build's network namespace).
 printf '#!/bin/sh\nexit 101\n' > "$target/usr/sbin/policy-rc.d"
 chmod 0755 "$target/usr/sbin/policy-rc.d"
+# No fsync per unpacked file: the tree is packed into a tarball right after (2-3x faster here).
+mkdir -p "$target/etc/dpkg/dpkg.cfg.d"
+echo force-unsafe-io > "$target/etc/dpkg/dpkg.cfg.d/netweft-build"
 chroot "$target" /debootstrap/debootstrap --second-stage >&2
+rm -f "$target/etc/dpkg/dpkg.cfg.d/netweft-build"
 
 in_target() { chroot "$target" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 
