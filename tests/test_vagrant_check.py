@@ -80,7 +80,7 @@ def test_summary_counts_per_kind_and_names_each_failure() -> None:
     plan = _plan()
     results = [check.Result(p, p.kind != check.NODEPORT or p.dst != "node2", "refused")
                for p in plan]
-    lines = check.summarize(results)
+    lines = check.summarize(results, check.KINDS)
     assert lines[:4] == ["pod-pod across nodes: 6/6 ok", "node-pod: 9/9 ok",
                          "node-service (ClusterIP): 3/3 ok", "outside-NodePort: 2/3 ok"]
     assert lines[4:] == ["FAIL outside-NodePort: outside -> node2 (192.0.2.12): refused"]

@@ -13,16 +13,15 @@ on that network belongs to no node), talking to the nodes with OpenSSH and the c
    (ClusterIP)``), and this host, which is not a node, reaches every node's NodePort
    (``outside-NodePort``). A probe is tried up to 3 times, 1 s apart.
 
-Exit status 0 if every probe passed, 1 otherwise. Stdlib only: it runs with the host's python3
-before any virtual environment exists. Planning and rendering are pure functions
-(:func:`plan_probes`, :func:`render_matrix`, :func:`summarize`); tests/test_vagrant_check.py
-covers them.
+Exit status 0 if every probe passed, 1 otherwise. Runs with netweft installed (the checkout's
+.venv; run.sh makes it with deploy/setup.sh): the matrix and summary are ``lab check``'s
+(:mod:`netweft.daemon.lab.check`), the NodePort client is the lab's whoami. Planning is a pure
+function (:func:`plan_probes`); tests/test_vagrant_check.py covers it and the rendering.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import time
@@ -30,10 +29,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-POD_CROSS = "pod-pod across nodes"
-NODE_POD = "node-pod"
+from netweft.daemon.lab.check import NODE_POD, NODEPORT, POD_CROSS, render_grid, summarize
+from netweft.daemon.lab.whoami import ask as ask_whoami
+
 NODE_SERVICE = "node-service (ClusterIP)"
-NODEPORT = "outside-NodePort"
 KINDS = (POD_CROSS, NODE_POD, NODE_SERVICE, NODEPORT)
 OUTSIDE = "outside"
 SERVICE = "service"
@@ -97,39 +96,13 @@ def plan_probes(nodes: Sequence[Node], pods: dict[str, str], cluster_ip: str, po
 
 def render_matrix(nodes: Sequence[Node], results: Sequence[Result]) -> str:
     """Rows: sources (pods, then nodes); columns: destination pods, then the Service; then one
-    line for the NodePort from outside. ``ok``/``FAIL`` per probe, ``-`` for a pod to itself."""
-    by_pair = {(r.probe.src, r.probe.dst): r for r in results}
+    line for the NodePort from outside (``lab check``'s layout, :func:`render_grid`)."""
     pods = [pod_name(n.name) for n in nodes
             if any(r.probe.dst == pod_name(n.name) for r in results)]
     srcs = [p for p in pods if any(r.probe.src == p for r in results)]
     srcs += [n.name for n in nodes if any(r.probe.src == n.name for r in results)]
     cols = [*pods] + ([SERVICE] if any(r.probe.dst == SERVICE for r in results) else [])
-    width = max([len(c) for c in cols] + [4]) + 1
-    first = max([len(s) for s in srcs] + [8]) + 1
-    lines = ["from \\ to".ljust(first) + "".join(c.rjust(width) for c in cols)]
-    for src in srcs:
-        cells = []
-        for dst in cols:
-            r = by_pair.get((src, dst))
-            cells.append(("-" if src == dst else "") if r is None else ("ok" if r.ok else "FAIL"))
-        lines.append(src.ljust(first) + "".join(c.rjust(width) for c in cells))
-    nodeports = [r for r in results if r.probe.kind == NODEPORT]
-    if nodeports:
-        lines.append("NodePort from outside: " + "  ".join(
-            f"{r.probe.dst} {'ok' if r.ok else 'FAIL'}" for r in nodeports))
-    return "\n".join(lines)
-
-
-def summarize(results: Sequence[Result]) -> list[str]:
-    """One ``KIND: good/all ok`` line per kind, then one line per failed probe."""
-    lines = []
-    for kind in KINDS:
-        of_kind = [r for r in results if r.probe.kind == kind]
-        if of_kind:
-            lines.append(f"{kind}: {sum(r.ok for r in of_kind)}/{len(of_kind)} ok")
-    lines += [f"FAIL {r.probe.kind}: {r.probe.src} -> {r.probe.dst} ({r.probe.dst_ip}): "
-              f"{r.detail}" for r in results if not r.ok]
-    return lines
+    return render_grid(srcs, cols, results)
 
 
 def parse_pod_ip(output: str) -> str:
@@ -160,20 +133,6 @@ class Cluster:
              node, command], capture_output=True, text=True, timeout=timeout)
 
 
-def ask_whoami(ip: str, port: int, timeout: float = 3.0) -> str:
-    """The client address the whoami server behind ``ip``:``port`` saw (OSError on failure)."""
-    with socket.create_connection((ip, port), timeout=timeout) as sock:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            data += chunk
-    if not data:
-        raise OSError("connection closed without an answer")
-    return data.decode().strip()
-
-
 def run_probe(cluster: Cluster, probe: Probe, tries: int = 3) -> Result:
     detail = ""
     for attempt in range(tries):
@@ -193,9 +152,13 @@ def run_probe(cluster: Cluster, probe: Probe, tries: int = 3) -> Result:
         else:
             assert probe.port is not None
             try:
-                return Result(probe, True, f"seen as {ask_whoami(probe.dst_ip, probe.port)}")
+                seen = ask_whoami(probe.dst_ip, probe.port)
             except OSError as exc:
                 detail = str(exc)
+                continue
+            if seen:
+                return Result(probe, True, f"seen as {seen}")
+            detail = "connection closed without an answer"
     return Result(probe, False, detail)
 
 
@@ -258,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda p: run_probe(cluster, p), probes))
     print(render_matrix(nodes, results))
-    for line in summarize(results):
+    for line in summarize(results, KINDS):
         print(line)
     return 0 if all(r.ok for r in results) else 1
 

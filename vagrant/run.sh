@@ -79,6 +79,9 @@ if [ -n "$down" ]; then
 fi
 
 bash "$here/setup.sh" "$provider"
+# netweft on the host too, for check.py (the lab's matrix and whoami client): the checkout's .venv.
+python=$here/../.venv/bin/python
+[ -x "$python" ] || bash "$here/../deploy/setup.sh" >&2
 say "building or reusing the $provider box"
 box=$(bash "$here/box/build.sh" "$provider")
 say "box: $box"
@@ -108,7 +111,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 say "network namespace $ns, run directory $run"
-if inside "$run" env NODES="$nodes" BACKEND="$backend" PROVIDER="$provider" BOX="$box" \
+if inside "$run" env NODES="$nodes" BACKEND="$backend" PROVIDER="$provider" BOX="$box" PYTHON="$python" \
         bash "$here/lib/inside.sh" up; then
     status=0
     say "PASS: $nodes $provider nodes, backend $backend"

@@ -3,7 +3,7 @@
 # nsenter: the run's network namespace and its private mount namespace), in the run directory:
 #   inside.sh up      networks, the run's LXC config, `vagrant up`, then vagrant/check.py
 #   inside.sh down    `vagrant destroy`, then stops and removes any container left
-# up reads NODES, BACKEND, PROVIDER, BOX from the environment and writes ./env for down.
+# up reads NODES, BACKEND, PROVIDER, BOX, PYTHON (with netweft) from the environment and writes ./env for down.
 set -euo pipefail
 vagrant_dir=$(cd "$(dirname "$0")/.." && pwd)
 RUN=$PWD
@@ -71,7 +71,7 @@ ENV
     grep -h 'FLANNEL_SUBNET' provision-node*.log | sed 's/^ *//' >&2 || true
     echo "vagrant up + provision: $NODES nodes in $(( $(date +%s) - start )) s" >&2
     vagrant ssh-config > ssh_config
-    exec python3 "$vagrant_dir/check.py" --ssh-config ssh_config --nodes "$NODES" \
+    exec "$PYTHON" "$vagrant_dir/check.py" --ssh-config ssh_config --nodes "$NODES" \
         --subnet "$CLUSTER"
     ;;
 down)
