@@ -5,11 +5,17 @@
 # runtimes the CNI tests drive (podman, containerd, runc, conmon, busybox-static for an
 # offline image; crictl and containerd 2.x are built by deploy/runtimes.sh) and a virtual
 # environment with netweft at ./.venv.
+# NETWEFT_WHEELHOUSE=DIR: an offline node install (a Vagrant box): netweft's runtime
+# dependencies from DIR without an index, and none of the test-only tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root" >&2; exit 1; fi
 
-PKGS="etcd-server etcd-client openssl nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump wireguard-tools wireguard-go podman containerd runc conmon busybox-static"
+# PKGS: what a node needs (vagrant/box/build.sh puts exactly these in its boxes);
+# TEST_PKGS: the real container runtimes the tests drive.
+PKGS="etcd-server etcd-client openssl nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump wireguard-tools wireguard-go"
+TEST_PKGS="podman containerd runc conmon busybox-static"
+[ -n "${NETWEFT_WHEELHOUSE:-}" ] || PKGS="$PKGS $TEST_PKGS"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -23,8 +29,13 @@ PY=${NETWEFT_PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test]'
+if [ -n "${NETWEFT_WHEELHOUSE:-}" ]; then
+    # Offline (a Vagrant box, vagrant/box/build.sh): the runtime dependencies from the wheelhouse.
+    .venv/bin/python -m pip install -q --no-index --find-links "$NETWEFT_WHEELHOUSE" -e .
+else
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e '.[test]'
+fi
 # Debian's libnftables binding (python3-nftables) is not on PyPI: let the venv see that one module.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [ -d /usr/lib/python3/dist-packages/nftables ]; then
@@ -32,5 +43,5 @@ if [ -d /usr/lib/python3/dist-packages/nftables ]; then
     ln -sfn /usr/lib/python3/dist-packages/nftables "$site/_netweft_debian/nftables"
     echo "$site/_netweft_debian" > "$site/netweft-debian-nftables.pth"
 fi
-bash deploy/runtimes.sh
+[ -n "${NETWEFT_WHEELHOUSE:-}" ] || bash deploy/runtimes.sh  # crictl, containerd 2.x (tests)
 echo "netweft installed in $(pwd)/.venv"
