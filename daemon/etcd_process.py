@@ -55,6 +55,7 @@ class EtcdProcess:
     cluster: str | None = None  # --initial-cluster of a multi-member cluster (None: just this)
     peer_host: str | None = None  # where peers reach it (default: ``host``)
     tls: ServerTls | None = None  # serve clients over TLS
+    binary: str = ETCD_BINARY  # a path, or a name looked up on PATH (Debian's 3.4 by default)
     pid: int | None = None
     _own_data_dir: bool = field(default=False, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -70,8 +71,9 @@ class EtcdProcess:
     def start(self, timeout: float = 15.0, wait: bool = True) -> EtcdProcess:
         """Start etcd; with ``wait``, until it is healthy (a member of a new multi-member
         cluster only becomes healthy once a quorum runs: start them all, then wait)."""
-        if shutil.which(ETCD_BINARY) is None:
-            raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
+        if shutil.which(self.binary) is None:
+            raise RuntimeError(f"etcd is not installed: {self.binary} not found"
+                               " (apt-get install etcd-server, or deploy/controlplane.sh)")
         if not self.client_port:
             self.client_port = free_port(self.host) if self.netns is None else 2379
         if not self.peer_port:
@@ -85,7 +87,7 @@ class EtcdProcess:
         client = self.endpoint
         peer = self.peer_url
         cmd = [
-            ETCD_BINARY,
+            self.binary,
             "--name", self.name,
             "--data-dir", os.path.join(self.data_dir, "member-data"),
             "--listen-client-urls", client,

@@ -4,7 +4,8 @@
 # CNI plugins used by the benchmarks and chained as portmap/loopback), the real container
 # runtimes the CNI tests drive (podman, containerd, runc, conmon, busybox-static for an
 # offline image; crictl and containerd 2.x are built by deploy/runtimes.sh) and a virtual
-# environment with netweft at ./.venv.
+# environment with netweft at ./.venv, and the Kubernetes control plane built from its Go
+# modules (deploy/controlplane.sh; needs Go >= 1.26).
 # NETWEFT_WHEELHOUSE=DIR: an offline node install (a Vagrant box): netweft's runtime
 # dependencies from DIR without an index, and none of the test-only tools.
 set -euo pipefail
@@ -43,5 +44,12 @@ if [ -d /usr/lib/python3/dist-packages/nftables ]; then
     ln -sfn /usr/lib/python3/dist-packages/nftables "$site/_netweft_debian/nftables"
     echo "$site/_netweft_debian" > "$site/netweft-debian-nftables.pth"
 fi
-[ -n "${NETWEFT_WHEELHOUSE:-}" ] || bash deploy/runtimes.sh  # crictl, containerd 2.x (tests)
+if [ -z "${NETWEFT_WHEELHOUSE:-}" ]; then
+    bash deploy/runtimes.sh  # crictl, containerd 2.x (tests)
+    # The real Kubernetes control plane (etcd 3.6, kube-apiserver, kube-controller-manager,
+    # kubectl, kube-proxy) built from its Go modules, cached by version under
+    # /var/cache/netweft/go: the Kubernetes tests and the lab's Kubernetes mode run it.
+    # Cold: about 35 min on 2 busy cores; warm: nothing is rebuilt.
+    bash deploy/controlplane.sh >/dev/null
+fi
 echo "netweft installed in $(pwd)/.venv"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from netweft.daemon import netns
+from netweft.daemon.controlplane import ControlPlane, ControlPlaneError
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.nodelab import NodeLab
 
@@ -106,6 +107,42 @@ def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable
     finally:
         for lab in labs:
             lab.close()
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """One real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager, built
+    by deploy/controlplane.sh) on free loopback ports for the session; tests isolate by
+    namespace. Fails (not skips) when the control plane was not built."""
+    try:
+        plane = ControlPlane().start()
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def control_plane_factory() -> Iterator[Callable[..., ControlPlane]]:
+    """Private control planes (``make(**ControlPlane fields)``) for tests that restart or
+    reconfigure the apiserver; every process is stopped by PID at teardown."""
+    made: list[ControlPlane] = []
+
+    def make(**kwargs: object) -> ControlPlane:
+        plane = ControlPlane(**kwargs)  # type: ignore[arg-type]
+        made.append(plane)
+        try:
+            return plane.start()
+        except ControlPlaneError as exc:
+            pytest.fail(str(exc))
+
+    try:
+        yield make
+    finally:
+        for plane in made:
+            plane.stop()
 
 
 @pytest.fixture

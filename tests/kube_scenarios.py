@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,26 @@ Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 
 
 def expected_model(server: kapi.KubeApiServer) -> Model:
-    """What the server's objects mean, computed straight from its store."""
-    services = {}
-    for obj in server.objects[kapi.SERVICES.path].values():
+    """What the test server's objects mean, computed straight from its store."""
+    return model_from_objects(server.objects[kapi.SERVICES.path].values(),
+                              (obj for _, obj in sorted(
+                                  server.objects[kapi.ENDPOINT_SLICES.path].items())))
+
+
+def model_from_objects(services: Iterable[dict], slices: Iterable[dict]) -> Model:
+    """What Service and EndpointSlice objects (as the API serves them) mean to the proxy."""
+    model: dict[ServiceKey, Service] = {}
+    for obj in services:
         svc = service_from_kube(obj)
         if svc is not None:
-            services[svc.key] = svc
+            model[svc.key] = svc
     groups: dict[ServiceKey, list[tuple[Endpoint, ...]]] = {}
-    for _, obj in sorted(server.objects[kapi.ENDPOINT_SLICES.path].items()):
+    for obj in slices:
         owner = slice_service(obj)
         if owner is not None:
             groups.setdefault(owner, []).append(endpoints_from_slice(obj))
     endpoints = {k: merged for k, g in groups.items() if (merged := merge_endpoints(g))}
-    return services, endpoints
+    return model, endpoints
 
 
 def model_of(sink: RecordingSink) -> Model:
