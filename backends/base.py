@@ -25,17 +25,25 @@ class BackendError(Exception):
     """A backend cannot do its job; the message is one line a person can act on."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Route:
-    """``<dst> via <gateway> dev <dev> [onlink] proto 78``."""
+    """``<dst> via <gateway> dev <dev> [onlink] proto 78``, or ``<dst> dev <dev> proto 78``
+    (scope link, no gateway: a layer-3 device such as WireGuard's) when ``gateway`` is None."""
 
     dst: IPv4Network
-    gateway: IPv4Address
+    gateway: IPv4Address | None
     dev: str
     onlink: bool = False
 
+    def _key(self) -> tuple[IPv4Network, int, str, bool]:
+        return (self.dst, int(self.gateway) if self.gateway else -1, self.dev, self.onlink)
+
+    def __lt__(self, other: Route) -> bool:
+        return self._key() < other._key()
+
     def describe(self) -> str:
-        return f"{self.dst} via {self.gateway} dev {self.dev}" + (" onlink" if self.onlink else "")
+        via = f" via {self.gateway}" if self.gateway else ""
+        return f"{self.dst}{via} dev {self.dev}" + (" onlink" if self.onlink else "")
 
 
 @dataclass(frozen=True, order=True)
@@ -62,6 +70,26 @@ class FdbEntry:
         return f"{self.mac} dev {self.dev} dst {self.dst} self permanent"
 
 
+@dataclass(frozen=True, order=True)
+class WgPeer:
+    """One WireGuard peer as ``wg set <dev> peer ...`` writes it and ``wg show <dev> dump``
+    reads it back: base64 public key, ``ip:port`` endpoint, allowed IPs (sorted CIDR strings),
+    persistent keepalive in seconds (0: off) and the preshared key (base64, or None). The PSK is
+    a secret: :meth:`describe` leaves it out, and nothing logs this record whole."""
+
+    public_key: str
+    endpoint: str
+    allowed_ips: tuple[str, ...]
+    keepalive: int = 0
+    psk: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return (f"peer {self.public_key} endpoint {self.endpoint} allowed-ips "
+                f"{','.join(self.allowed_ips)}"
+                + (f" keepalive {self.keepalive}" if self.keepalive else "")
+                + (" with preshared key" if self.psk else ""))
+
+
 @dataclass(frozen=True)
 class PeerState:
     """What one peer lease needs in the kernel (any part may be empty)."""
@@ -71,6 +99,7 @@ class PeerState:
     route: Route | None = None
     neighbour: Neighbour | None = None
     fdb: FdbEntry | None = None
+    wg: WgPeer | None = None
     error: str | None = None  # why this peer cannot be programmed (it is skipped)
 
 
@@ -93,6 +122,10 @@ class DesiredState:
         return frozenset(p.fdb for p in self.peers if p.fdb is not None)
 
     @property
+    def wg_peers(self) -> frozenset[WgPeer]:
+        return frozenset(p.wg for p in self.peers if p.wg is not None)
+
+    @property
     def errors(self) -> list[str]:
         return [p.error for p in self.peers if p.error]
 
@@ -104,11 +137,13 @@ class ActualState:
     routes: frozenset[Route] = frozenset()
     neighbours: frozenset[Neighbour] = frozenset()
     fdb: frozenset[FdbEntry] = frozenset()
+    wg_peers: frozenset[WgPeer] = frozenset()
 
 
 @dataclass(frozen=True)
 class Changes:
-    """The difference between desired and actual, in the order it must be applied."""
+    """The difference between desired and actual, in the order it must be applied (WireGuard
+    peers: removals and additions go to the device in one ``wg set`` before the routes)."""
 
     add_neighbours: tuple[Neighbour, ...] = ()
     add_fdb: tuple[FdbEntry, ...] = ()
@@ -116,16 +151,18 @@ class Changes:
     del_routes: tuple[Route, ...] = ()
     del_fdb: tuple[FdbEntry, ...] = ()
     del_neighbours: tuple[Neighbour, ...] = ()
+    add_wg_peers: tuple[WgPeer, ...] = ()
+    del_wg_peers: tuple[WgPeer, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.add_neighbours or self.add_fdb or self.add_routes or self.del_routes
-                    or self.del_fdb or self.del_neighbours)
+        return self.count == 0
 
     @property
     def count(self) -> int:
         return (len(self.add_neighbours) + len(self.add_fdb) + len(self.add_routes)
-                + len(self.del_routes) + len(self.del_fdb) + len(self.del_neighbours))
+                + len(self.del_routes) + len(self.del_fdb) + len(self.del_neighbours)
+                + len(self.add_wg_peers) + len(self.del_wg_peers))
 
 
 def diff(desired: DesiredState, actual: ActualState) -> Changes:
@@ -141,6 +178,8 @@ def diff(desired: DesiredState, actual: ActualState) -> Changes:
     route_keys = {r.dst for r in want_routes}
     neigh_keys = {(n.ip, n.dev) for n in want_neigh}
     fdb_keys = {(f.mac, f.dst, f.dev) for f in want_fdb}
+    want_wg = desired.wg_peers
+    wg_keys = {p.public_key for p in want_wg}
     return Changes(
         add_neighbours=tuple(sorted(want_neigh - actual.neighbours)),
         add_fdb=tuple(sorted(want_fdb - actual.fdb)),
@@ -150,13 +189,16 @@ def diff(desired: DesiredState, actual: ActualState) -> Changes:
                              if (f.mac, f.dst, f.dev) not in fdb_keys)),
         del_neighbours=tuple(sorted(n for n in actual.neighbours - want_neigh
                                     if (n.ip, n.dev) not in neigh_keys)),
+        add_wg_peers=tuple(sorted(want_wg - actual.wg_peers)),
+        del_wg_peers=tuple(sorted(p for p in actual.wg_peers - want_wg
+                                  if p.public_key not in wg_keys)),
     )
 
 
 def lease_change(old: DesiredState, new: DesiredState) -> Changes:
     """The changes that turn one lease's entries (``old``) into its new ones (``new``), without
     looking at the kernel: the event path. The periodic pass still compares with the kernel."""
-    return diff(new, ActualState(old.routes, old.neighbours, old.fdb))
+    return diff(new, ActualState(old.routes, old.neighbours, old.fdb, old.wg_peers))
 
 
 def merge(changes: list[Changes]) -> Changes:
@@ -168,6 +210,8 @@ def merge(changes: list[Changes]) -> Changes:
         del_routes=tuple(x for c in changes for x in c.del_routes),
         del_fdb=tuple(x for c in changes for x in c.del_fdb),
         del_neighbours=tuple(x for c in changes for x in c.del_neighbours),
+        add_wg_peers=tuple(x for c in changes for x in c.add_wg_peers),
+        del_wg_peers=tuple(x for c in changes for x in c.del_wg_peers),
     )
 
 
@@ -197,6 +241,18 @@ class Underlay:
         return any(ip in net for net in self.networks)
 
 
+@dataclass(frozen=True)
+class Watched:
+    """The kernel objects a backend depends on, for the netlink watcher: the device's name and
+    index (host-gw: the public interface), the index whose neighbour/FDB entries are ours
+    (``None``: none), and the public interface's index. Indexes are ``None`` before setup."""
+
+    device: str
+    device_index: int | None
+    neighbour_index: int | None
+    underlay_index: int | None
+
+
 def peers_of(own: Lease | None, leases: Iterable[Lease]) -> list[Lease]:
     """Leases of other nodes that can be programmed (reservations without a public IP, leases
     with no IPv4 subnet, and our own lease are left out)."""
@@ -215,6 +271,7 @@ class Backend(abc.ABC):
 
     type_name: str = ""
     last_desired: DesiredState = DesiredState()  # what the last reconcile() wanted
+    underlay: Underlay  # the node's public side (set by the constructor, replaced by rebind)
 
     @abc.abstractmethod
     def backend_data(self) -> dict[str, object]:
@@ -255,6 +312,24 @@ class Backend(abc.ABC):
     def teardown(self) -> None:
         """Remove everything this backend installed (``--cleanup-on-exit``)."""
 
+    @abc.abstractmethod
+    def watched(self) -> Watched:
+        """What the netlink watcher follows for this backend (read from another thread:
+        plain attribute reads only)."""
+
+    def rebind(self, underlay: Underlay) -> None:
+        """The public side changed while running (address, MTU, connected networks): use
+        ``underlay`` from now on; the next :meth:`setup` brings the device in line."""
+        self.underlay = underlay
+
+    def status(self) -> dict[str, object]:
+        """Backend-specific facts for ``netweft status`` (e.g. which WireGuard runs)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027
+        """The daemon stops (without cleanup): release what must not outlive it (the default:
+        nothing; the kernel keeps the dataplane)."""
+
     def reconcile(self, own: Lease, leases: Iterable[Lease]) -> tuple[Changes, list[str]]:
         """Desired minus actual, applied. Returns the changes and the errors (per entry)."""
         desired = self.desired(own, leases)
@@ -270,12 +345,12 @@ class Backend(abc.ABC):
         state = self.desired(own, [peer])
         changes = Changes(
             add_neighbours=tuple(state.neighbours), add_fdb=tuple(state.fdb),
-            add_routes=tuple(state.routes))
+            add_routes=tuple(state.routes), add_wg_peers=tuple(state.wg_peers))
         return list(state.errors) + self.apply(changes)
 
     def remove_peer(self, own: Lease, peer: Lease) -> list[str]:
         state = self.desired(own, [peer])
         changes = Changes(
             del_routes=tuple(state.routes), del_fdb=tuple(state.fdb),
-            del_neighbours=tuple(state.neighbours))
+            del_neighbours=tuple(state.neighbours), del_wg_peers=tuple(state.wg_peers))
         return self.apply(changes)

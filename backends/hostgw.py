@@ -8,6 +8,7 @@ daemon refuse to start with a clear message; one appearing later is reported and
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from netweft.backends.base import (
     RTPROT_NETWEFT,
@@ -20,10 +21,14 @@ from netweft.backends.base import (
     PeerState,
     Route,
     Underlay,
+    Watched,
     peers_of,
 )
 from netweft.backends.netlink import Netlink, apply_changes
 from netweft.ipam.lease import Lease
+
+if TYPE_CHECKING:
+    from netweft.backends.registry import BackendParams
 
 
 def not_on_link_message(lease: Lease, underlay: Underlay) -> str:
@@ -45,6 +50,11 @@ def desired_hostgw(own: Lease, leases: Iterable[Lease], underlay: Underlay) -> D
         peers.append(PeerState(lease.subnet, lease.public_ip,
                                route=Route(lease.subnet, lease.public_ip, underlay.iface)))
     return DesiredState(tuple(peers))
+
+
+def from_params(params: BackendParams) -> HostGwBackend:
+    """The registry's factory (``Backend.Type`` ``host-gw``)."""
+    return HostGwBackend(params.nl, params.underlay, params.config.mtu)
 
 
 class HostGwBackend(Backend):
@@ -88,3 +98,6 @@ class HostGwBackend(Backend):
 
     def teardown(self) -> None:
         apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
+
+    def watched(self) -> Watched:
+        return Watched(self.underlay.iface, self.underlay.index, None, self.underlay.index)

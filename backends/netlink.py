@@ -95,6 +95,15 @@ class Netlink:
             raise NetlinkError(errno.ENODEV, f"{name} vanished after creation")
         return index
 
+    def create_wireguard(self, name: str, mtu: int) -> int:
+        """``ip link add <name> type wireguard`` (the kernel's device). Raises NetlinkError
+        (EOPNOTSUPP, "Unknown device type") where the kernel has no WireGuard."""
+        self.ipr.link("add", ifname=name, kind="wireguard", mtu=mtu)
+        index = self.link_index(name)
+        if index is None:  # pragma: no cover - the kernel just created it
+            raise NetlinkError(errno.ENODEV, f"{name} vanished after creation")
+        return index
+
     def set_link(self, index: int, **kwargs: Any) -> None:
         self.ipr.link("set", index=index, **kwargs)
 
@@ -104,6 +113,23 @@ class Netlink:
         except NetlinkError as exc:
             if exc.code not in (errno.ENODEV, errno.ENOENT):
                 raise
+
+    def ensure_device(self, link: LinkInfo, mtu: int, address: IPv4Interface) -> None:
+        """Make ``link`` up, with ``mtu`` and ``address`` as its only IPv4 address (changes
+        only what differs)."""
+        changes: dict[str, object] = {}
+        if link.mtu != mtu:
+            changes["mtu"] = mtu
+        if not link.up:
+            changes["state"] = "up"
+        if changes:
+            self.set_link(link.index, **changes)
+        have = [a for _, a in self.addresses(link.index)]
+        for addr in have:
+            if addr != address:
+                self.del_address(link.index, addr)
+        if address not in have:
+            self.add_address(link.index, address)
 
     # --- addresses --------------------------------------------------------------------------
 
@@ -162,11 +188,11 @@ class Netlink:
         out = []
         for r in self._json("ip", "-4", "route", "show", "table", "main", "proto", str(proto)):
             dst, gw, dev = r.get("dst"), r.get("gateway"), r.get("dev")
-            if not dst or not gw or not dev or dst == "default":
+            if not dst or not dev or dst == "default":
                 continue
             if "/" not in dst:
                 dst += "/32"
-            out.append(Route(IPv4Network(dst), IPv4Address(gw), dev,
+            out.append(Route(IPv4Network(dst), IPv4Address(gw) if gw else None, dev,
                              "onlink" in (r.get("flags") or [])))
         return out
 
@@ -217,6 +243,20 @@ class Netlink:
             errors.append(f"{tool} batch failed: {last or proc.returncode}")
         return errors
 
+    def ensure_unreachable(self, dst: IPv4Network, metric: int) -> None:
+        """``ip route replace unreachable <dst> metric <metric> proto 78`` (a fallback that
+        more specific routes override). :meth:`routes` never lists it (it has no device)."""
+        self._unreachable("replace", dst, metric)
+
+    def remove_unreachable(self, dst: IPv4Network, metric: int) -> None:
+        self._unreachable("del", dst, metric, benign=True)
+
+    def _unreachable(self, op: str, dst: IPv4Network, metric: int, benign: bool = False) -> None:
+        errors = self.batch("ip", [f"route {op} unreachable {dst} metric {metric} "
+                                   f"proto {RTPROT_NETWEFT}"], benign=GONE if benign else ())
+        if errors:
+            raise NetlinkError(errno.EIO, errors[0])
+
     def route_get(self, dst: IPv4Address) -> RouteLookup | None:
         try:
             msg = self.ipr.route("get", dst=str(dst))[0]
@@ -250,10 +290,10 @@ def apply_changes(nl: Netlink, changes: Changes) -> list[str]:
                              for n in changes.add_neighbours])
     errors += nl.batch("bridge", [f"fdb replace {f.mac} dev {f.dev} dst {f.dst} self permanent"
                                   for f in changes.add_fdb])
-    errors += nl.batch("ip", [f"route replace {r.dst} via {r.gateway} dev {r.dev}"
-                              + (" onlink" if r.onlink else "") + f" proto {p}"
+    errors += nl.batch("ip", [f"route replace {r.describe()} proto {p}"
                               for r in changes.add_routes])
-    errors += nl.batch("ip", [f"route del {r.dst} via {r.gateway} proto {p}"
+    errors += nl.batch("ip", [f"route del {r.dst}" + (f" via {r.gateway}" if r.gateway else
+                                                      f" dev {r.dev}") + f" proto {p}"
                               for r in changes.del_routes], benign=GONE)
     errors += nl.batch("bridge", [f"fdb del {f.mac} dev {f.dev} dst {f.dst} self"
                                   for f in changes.del_fdb], benign=GONE)

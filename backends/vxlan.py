@@ -7,8 +7,9 @@ IP), route ``<peer subnet> via <peer subnet network address> dev flannel.<VNI> o
 DirectRouting, a peer whose public IP is on a directly connected network of the public interface
 gets a plain route ``<peer subnet> via <peer public IP>`` instead.
 
-The VTEP MAC survives restarts and reboots: it is stored in the state directory and in the lease,
-and an existing device keeps its MAC, so peers never hold a stale one.
+The VTEP MAC survives restarts and reboots: it is stored in the state directory and in the lease;
+the device is given the published MAC (a MAC changed by hand is put back), so peers never hold a
+stale one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
+from typing import TYPE_CHECKING
 
 from netweft.backends.base import (
     RTPROT_NETWEFT,
@@ -35,10 +37,14 @@ from netweft.backends.base import (
     PeerState,
     Route,
     Underlay,
+    Watched,
     peers_of,
 )
 from netweft.backends.netlink import Netlink, apply_changes
 from netweft.ipam.lease import Lease
+
+if TYPE_CHECKING:
+    from netweft.backends.registry import BackendParams
 
 log = logging.getLogger("netweft.vxlan")
 
@@ -121,6 +127,15 @@ def desired_vxlan(own: Lease, leases: Iterable[Lease], dev: str, underlay: Under
     return DesiredState(tuple(peers))
 
 
+def from_params(params: BackendParams) -> VxlanBackend:
+    """The registry's factory (``Backend.Type`` ``vxlan``)."""
+    b = params.config
+    previous = params.previous.vtep_mac if params.previous is not None else None
+    return VxlanBackend(params.nl, params.underlay,
+                        VxlanSettings(b.vni, b.port, b.direct_routing, b.mtu),
+                        state_dir=params.state_dir, previous_mac=previous)
+
+
 class VxlanBackend(Backend):
     type_name = "vxlan"
 
@@ -132,7 +147,7 @@ class VxlanBackend(Backend):
         self.state_dir = state_dir
         self.dev = device_name(settings.vni)
         self.index: int | None = None
-        # MAC preference: the existing device's, then the stored one, then the previous lease's.
+        # MAC preference: the stored one, then the previous lease's, then the existing device's.
         self.mac: str | None = load_vtep_mac(state_dir, settings.vni) or previous_mac
 
     def mtu(self) -> int:
@@ -170,23 +185,20 @@ class VxlanBackend(Backend):
             link = self.nl.link(self.dev)
             assert link is not None
         self.index = link.index
-        self.mac = link.mac
+        changes: dict[str, object] = {}
+        if self.mac is None:
+            self.mac = link.mac
+        elif link.mac != self.mac:
+            # The MAC peers know (our lease's) wins: a changed device MAC is put back.
+            log.warning("%s has MAC %s, not the published %s: restoring it", self.dev,
+                        link.mac, self.mac)
+            changes["address"] = self.mac
         assert self.mac is not None
         save_vtep_mac(self.state_dir, self.settings.vni, self.mac)
-        changes: dict[str, object] = {}
-        if link.mtu != self.mtu():
-            changes["mtu"] = self.mtu()
-        if not link.up:
-            changes["state"] = "up"
-        if changes:
+        if changes:  # the MAC (the MTU, state and address follow in ensure_device)
             self.nl.set_link(link.index, **changes)
         want = IPv4Interface(f"{lease.subnet.network_address}/32")
-        have = [a for _, a in self.nl.addresses(link.index)]
-        for addr in have:
-            if addr != want:
-                self.nl.del_address(link.index, addr)
-        if want not in have:
-            self.nl.add_address(link.index, want)
+        self.nl.ensure_device(link, self.mtu(), want)
         return DeviceInfo(self.dev, link.index, self.mtu(), self.mac, str(want))
 
     def attach(self) -> None:
@@ -220,4 +232,7 @@ class VxlanBackend(Backend):
         if index is not None:
             self.nl.delete_link(index)
         self.index = None
+
+    def watched(self) -> Watched:
+        return Watched(self.dev, self.index, self.index, self.underlay.index)
 

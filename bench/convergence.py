@@ -42,7 +42,7 @@ PING_INTERVAL = "0.002"
 
 # ---- the etcd agent (runs inside the etcd namespace) ------------------------------------------
 async def agent(endpoint: str) -> None:
-    from netweft.ipam.etcd import EtcdClient, EtcdSettings
+    from netweft.kv.etcd import EtcdClient, EtcdSettings
 
     client = EtcdClient(EtcdSettings.from_strings(endpoint))
     client.connect()

@@ -28,7 +28,7 @@ from netweft.daemon.nodelab import NodeLab, wait_for  # noqa: E402
 
 PUT_SCRIPT = r"""
 import asyncio, json, sys
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 async def main(endpoint, prefix, n):
     async with EtcdClient(EtcdSettings((endpoint,), prefix)) as etcd:
         etcd.connect()

@@ -25,6 +25,8 @@ class CniEnv:
     ifname: str = ""
     path: str = ""
     args: dict[str, str] = field(default_factory=dict)
+    caller_pid: int = 0  # the CNI server's verified caller: CNI_NETNS is opened as that
+    #                      process sees it (cni/callerns.py); 0: as this process sees it
 
     @property
     def pod_namespace(self) -> str:

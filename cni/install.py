@@ -4,6 +4,11 @@
 The executable is a tiny stdlib-only launcher bound to this installation's interpreter
 (``#!<python> -IS``: no site import, no environment-driven path changes) that puts this
 installation's package directory on ``sys.path`` and runs :func:`netweft.cni.shim.main`.
+
+The conflist (:mod:`cni.conflist` computes it) is one every runtime in the field accepts:
+``cniVersion`` 1.0.0 by default plus the CNI 1.1 ``cniVersions`` list, and Flannel's chained
+``portmap`` (copied into the bin dir when it is not there yet, as Flannel's init container
+brings its binaries).
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import contextlib
 import json
 import os
 import py_compile
+import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netweft import cni
 from netweft.cni.config import (
@@ -25,7 +32,14 @@ from netweft.cni.config import (
     DEFAULT_SOCKET_PATH,
     DEFAULT_SUBNET_FILE,
 )
-from netweft.cni.spec import CURRENT_VERSION
+from netweft.cni.conflist import (
+    DEFAULT_CNI_VERSION,
+    PORTMAP_TYPE,
+    ChainPlan,
+    ConflistError,
+    build_conflist,
+    merge_chain,
+)
 from netweft.cni.tcpwire import DEFAULT_TCP_PORT, default_token_file
 
 BIN_NAME = "netweft"
@@ -35,12 +49,17 @@ CONF_NAME = "10-netweft.conflist"
 MARKER = "# netweft CNI plugin launcher"
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
+# where a reference plugin (portmap) is looked for when the bin dir has none: Debian's
+# containernetworking-plugins, then the usual install location
+REFERENCE_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+LOOPBACK_TYPE = "loopback"
 
 
 @dataclass(frozen=True)
 class Installed:
     executable: str
     conflist: str
+    notes: list[str] = field(default_factory=list)  # one line each: what a user must know
 
 
 def package_root() -> str:
@@ -103,11 +122,68 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def conflist(name: str, options: dict[str, object]) -> dict[str, object]:
+def plugin_entry(options: dict[str, object]) -> dict[str, object]:
+    """Our entry of the conflist: ``type`` netweft, the options, the ``ips`` capability."""
     plugin: dict[str, object] = {"type": BIN_NAME}
     plugin.update(options)
     plugin["capabilities"] = {"ips": True}
-    return {"cniVersion": CURRENT_VERSION, "name": name, "plugins": [plugin]}
+    return plugin
+
+
+def plugin_versions(path: str) -> tuple[str, ...] | None:
+    """``supportedVersions`` of the CNI plugin executable ``path`` (its VERSION command, as a
+    runtime asks it), or None when it cannot tell."""
+    try:
+        proc = subprocess.run([path], input=b'{"cniVersion":"0.4.0"}',
+                              env={"CNI_COMMAND": "VERSION", "PATH": os.defpath},
+                              capture_output=True, timeout=10)
+        info = json.loads(proc.stdout)
+        versions = info.get("supportedVersions") if isinstance(info, dict) else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0 or not isinstance(versions, list):
+        return None
+    return tuple(str(v) for v in versions)
+
+
+def ensure_reference_plugin(bin_dir: str, plugin_type: str,
+                            search: tuple[str, ...] = REFERENCE_PLUGIN_DIRS) -> str | None:
+    """Make ``<bin_dir>/<plugin_type>`` exist: a copy (atomic) of the first one found in
+    ``search`` when missing. Returns a note when it copied, None when it was there; raises
+    :class:`ConflistError` when there is none anywhere."""
+    target = os.path.join(bin_dir, plugin_type)
+    if os.access(target, os.X_OK):
+        return None
+    for directory in search:
+        source = os.path.join(directory, plugin_type)
+        if os.path.abspath(source) != os.path.abspath(target) and os.access(source, os.X_OK):
+            os.makedirs(bin_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{plugin_type}.", dir=bin_dir)
+            os.close(fd)
+            try:
+                shutil.copyfile(source, tmp)
+                os.chmod(tmp, 0o755)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            return f"copied {source} to {target}"
+    raise ConflistError(f"{plugin_type}: no executable in {bin_dir} nor in "
+                        f"{', '.join(search)} (install containernetworking-plugins, or "
+                        f"--no-{plugin_type})")
+
+
+def _read_existing(path: str) -> dict[str, object] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConflistError(f"{path}: cannot read the existing conflist ({exc}); move it "
+                            "away or fix it") from None
+    return data if isinstance(data, dict) else None
 
 
 def write_atomic(path: str, text: str, mode: int) -> None:
@@ -134,8 +210,18 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
             mtu: int | None = None, ip_masq: bool | None = None,
             extra: dict[str, object] | None = None, tcp_port: int = DEFAULT_TCP_PORT,
             token_file: str | None = None,
-            tcp_timeout: int = DEFAULT_TCP_TIMEOUT) -> Installed:
-    """``tcp_port``/``token_file`` must match the CNI server's (0: no TCP fast path)."""
+            tcp_timeout: int = DEFAULT_TCP_TIMEOUT, cni_version: str = DEFAULT_CNI_VERSION,
+            portmap: bool = True, chain: list[dict[str, object]] | None = None,
+            replace_chain: bool = False,
+            reference_dirs: tuple[str, ...] = REFERENCE_PLUGIN_DIRS) -> Installed:
+    """Write the launchers and the conflist; returns the paths and notes for the user.
+
+    ``tcp_port``/``token_file`` must match the CNI server's (0: no TCP fast path).
+    ``cni_version``: the conflist's ``cniVersion`` (what runtimes without ``cniVersions``
+    use); ``portmap``: chain the reference portmap plugin (Flannel's stock conflist);
+    ``chain``: more plugin entries to chain after it. Plugins a user chained into an existing
+    conflist are kept (and said so) unless ``replace_chain``. Raises :class:`ConflistError`
+    (one line) for a config that cannot work, ValueError for a bad port, OSError on I/O."""
     if not 0 <= tcp_port < 1024:
         raise ValueError(f"tcp_port {tcp_port}: must be 0 (off) or a privileged port < 1024")
     options: dict[str, object] = {
@@ -148,17 +234,41 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
     if ip_masq is not None:
         options["ipMasq"] = ip_masq
     options.update(extra or {})
+    conf = os.path.join(conf_dir, CONF_NAME)
+    plan: ChainPlan = merge_chain(_read_existing(conf), BIN_NAME, portmap, chain or [],
+                                  replace_chain)
+    notes = list(plan.notes)
+    if portmap:
+        note = ensure_reference_plugin(bin_dir, PORTMAP_TYPE, reference_dirs)
+        if note:
+            notes.append(note)
+    # containerd's CRI sets up every pod's lo with "loopback" from the same bin dir and fails
+    # each sandbox without it (while reporting NetworkReady): bring it along when we can
+    try:
+        note = ensure_reference_plugin(bin_dir, LOOPBACK_TYPE, reference_dirs)
+    except ConflistError:
+        note = (f"no {LOOPBACK_TYPE} plugin in {bin_dir} nor {', '.join(reference_dirs)}: "
+                "containerd's CRI needs it there")
+    if note:
+        notes.append(note)
+    supported = {}
+    for entry in plan.chained:
+        kind = str(entry.get("type", ""))
+        path = os.path.join(bin_dir, kind)
+        supported[kind] = plugin_versions(path) if os.access(path, os.X_OK) else None
+    text, version_notes = build_conflist(name, plugin_entry(options), plan.chained,
+                                         cni_version, supported)
+    notes += version_notes
     with contextlib.suppress(OSError, py_compile.PyCompileError):
         py_compile.compile(os.path.join(package_root(), "cni", "shim.py"), doraise=True)
     exe = os.path.join(bin_dir, BIN_NAME)
-    conf = os.path.join(conf_dir, CONF_NAME)
     py_exe = os.path.join(bin_dir, PY_BIN_NAME)
     write_atomic(py_exe, launcher_text(socket_path, log_file), 0o755)
     write_atomic(exe, bash_launcher_text(py_exe, socket_path, log_file, tcp_port,
                                          token_file or default_token_file(socket_path),
                                          tcp_timeout), 0o755)
-    write_atomic(conf, json.dumps(conflist(name, options), indent=2) + "\n", 0o644)
-    return Installed(exe, conf)
+    write_atomic(conf, json.dumps(text, indent=2) + "\n", 0o644)
+    return Installed(exe, conf, notes)
 
 
 def uninstall(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR) -> list[str]:

@@ -22,10 +22,22 @@ nw_fallback() {
     exec 3>&-
     if [[ $nw_lc_set ]]; then LC_ALL=$nw_lc; else unset LC_ALL; fi
     trap - PIPE
+    shopt -s execfail  # an exec that fails returns here: answer with CNI error JSON
     if (( nw_nul == 0 )); then
         exec "$nw_py" < <(printf '%s\0' "$nw_in"; exec cat)
+    else
+        exec "$nw_py" < <(printf '%s' "$nw_in")
     fi
-    exec "$nw_py" < <(printf '%s' "$nw_in")
+    nw_fail "cannot execute $nw_py as uid $EUID: the netweft CNI plugin must run as root"
+}
+
+nw_fail() {  # CNI error JSON on stdout (code 4, as the server's answer to a non-root peer)
+    local v=1.0.0 msg=${1//\\/\\\\}
+    msg=${msg//\"/\\\"}
+    [[ $nw_in =~ \"cniVersion\"[[:space:]]*:[[:space:]]*\"([0-9]+\.[0-9]+\.[0-9]+)\" ]] \
+        && v=${BASH_REMATCH[1]}
+    printf '{"cniVersion": "%s", "code": 4, "msg": "netweft: %s"}\n' "$v" "$msg"
+    exit 1
 }
 
 (( nw_port && nw_nul )) || nw_fallback
@@ -47,6 +59,8 @@ for nw_k in "${!CNI_@}"; do
     nw_env+="$nw_k=$nw_v"$'\n'
 done
 nw_env+="NETWEFT_CNI_DEFAULT_LOG=$nw_log"$'\n'
+nw_env+="NETWEFT_CALLER_PID=$$"$'\n'  # verified by the server (cni/callerns.py): CNI_NETNS is
+                                     # resolved in this process's mount namespace
 { exec 3<>"/dev/tcp/127.0.0.1/$nw_port"; } 2>/dev/null || nw_fallback
 printf 'NWTCP1 %s\n%s%d\n\n%s' "$nw_tok" "$nw_env" "${#nw_in}" "$nw_in" >&3 2>/dev/null \
     || nw_fallback

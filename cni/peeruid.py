@@ -30,6 +30,13 @@ _SOCKID_LEN = _SOCKID.size + _SOCKID_TAIL.size
 def tcp_peer_uid(conn: socket.socket) -> int | None:
     """The uid owning the peer socket of IPv4 TCP connection ``conn`` (both ends on this
     host, in this network namespace), or None when the kernel does not know it."""
+    peer = tcp_peer(conn)
+    return None if peer is None else peer[0]
+
+
+def tcp_peer(conn: socket.socket) -> tuple[int, int] | None:
+    """``(uid, inode)`` of the peer socket of loopback TCP connection ``conn``, or None when
+    the kernel does not know it. The inode names the socket in ``/proc/<pid>/fd``."""
     local_ip, local_port = conn.getsockname()[:2]
     peer_ip, peer_port = conn.getpeername()[:2]
     # the peer's socket: its source is the peer address, its destination is us
@@ -58,8 +65,8 @@ def tcp_peer_uid(conn: socket.socket) -> int | None:
     offset = _NLMSGHDR.size + _MSG_HEAD.size + _SOCKID_LEN
     if length < offset + _MSG_TAIL.size:
         return None
-    uid = _MSG_TAIL.unpack_from(data, offset)[3]
-    return int(uid)
+    uid, inode = _MSG_TAIL.unpack_from(data, offset)[3:5]
+    return int(uid), int(inode)
 
 
 def self_test() -> bool:

@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 
 from netweft.cni import config as cniconfig
@@ -199,6 +199,13 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
     senv = _subnet_env(conf)
     ranges = _ranges(senv)
     mtu = conf.mtu or senv.mtu
+    if wiring.attached(env.container_id, env.ifname):
+        # CNI spec ("ADD": a runtime must not call ADD twice without a DEL; the plugin
+        # returns an error), as the reference bridge plugin does: the first one stays intact
+        raise CniError(ERR_INVALID_ENV,
+                       f"{env.container_id}/{env.ifname} is already attached to a network "
+                       f"({wiring.host_veth_name(env.container_id, env.ifname)} exists): "
+                       "DEL it first")
     allocator = NodeAllocator(conf.data_dir, conf.name, ranges)
     try:
         addresses = allocator.allocate(env.container_id, env.ifname, _requested(env, conf))
@@ -212,7 +219,8 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
         if conf.is_gateway:
             state.forward({g.version for g in gateways})
         plan = wiring.PodPlan(env.container_id, env.ifname, env.netns, conf.bridge, mtu,
-                              addresses, _routes(conf, senv), conf.hairpin_mode)
+                              addresses, _routes(conf, senv), conf.hairpin_mode,
+                              caller_pid=env.caller_pid, network=conf.name)
         wired = wiring.wire_pod(plan, bridge.index)
         if _masq_enabled(conf, senv):
             cluster = senv.network or (senv.subnet.network if senv.subnet else None)
@@ -224,7 +232,7 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
     except BaseException:
         with contextlib.suppress(Exception):
             wiring.unwire_pod(env.container_id, env.ifname, env.netns)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # no host veth: no live attachment to keep
             allocator.release(env.container_id, env.ifname)
         if bridge is not None and bridge.created:
             with contextlib.suppress(Exception):
@@ -270,7 +278,7 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
     prev = conf.prev_result
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult is required for CHECK")
-    _subnet_env(conf)
+    senv = _subnet_env(conf)
     held = set(NodeAllocator(conf.data_dir, conf.name).held_by(env.container_id, env.ifname))
     if not held:
         raise CniError(ERR_UNKNOWN_CONTAINER,
@@ -284,8 +292,10 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
         if addr.ip not in held:
             raise CniError(ERR_CHECK_FAILED, f"{addr.ip} is not allocated to {env.container_id}")
     routes = [(str(ip_network(r.dst, strict=False)), r.gw) for r in prev.routes]
+    mtu = prev.interfaces[index].mtu or conf.mtu or senv.mtu
     wiring.check_pod(env.container_id, env.ifname, env.netns, conf.bridge,
-                     prev.interfaces[index].mac, addresses, routes)
+                     prev.interfaces[index].mac, addresses, routes,
+                     caller_pid=env.caller_pid, mtu=mtu)
 
 
 def cmd_gc(conf: NetConf) -> list[str]:
@@ -299,8 +309,11 @@ def cmd_gc(conf: NetConf) -> list[str]:
         raise _allocator_error(exc) from None
     valid_names = {wiring.host_veth_name(c, i) for c, i in conf.valid_attachments}
     stale = {wiring.host_veth_name(a.container_id, a.ifname) for a in gone} - valid_names
-    stale |= {p for p in wiring.bridge_ports(conf.bridge)
-              if wiring.is_host_veth_name(p) and p not in valid_names}
+    # a leaked veth without an IPAM record: only this network's (its owner alias); another
+    # network sharing the bridge has its own valid attachments
+    mine = wiring.owner_alias(conf.name)
+    stale |= {p for p, alias in wiring.bridge_ports(conf.bridge).items()
+              if wiring.is_host_veth_name(p) and p not in valid_names and alias == mine}
     wiring.delete_links(sorted(stale))
     if gone:
         senv = None
@@ -336,8 +349,12 @@ def _log(path: str, line: str) -> None:
 
 
 def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | None = None,
-        default_log: str = DEFAULT_LOG_FILE, via: str = "inproc") -> Outcome:
-    """Execute one CNI request; never raises (except KeyboardInterrupt/SystemExit)."""
+        default_log: str = DEFAULT_LOG_FILE, via: str = "inproc",
+        caller_pid: int | None = None) -> Outcome:
+    """Execute one CNI request; never raises (except KeyboardInterrupt/SystemExit).
+
+    ``caller_pid``: the (verified) pid of the process that called the CNI server; CNI_NETNS is
+    then opened in that process's mount namespace (:mod:`cni.callerns`). None in-process."""
     started = time.monotonic()
     version = CURRENT_VERSION
     log_file = default_log
@@ -346,6 +363,8 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
     detail = ""
     try:
         env = parse_env(environ)
+        if caller_pid:
+            env = replace(env, caller_pid=caller_pid)
         if env.command == "VERSION":
             outcome = Outcome(0, dumps(version_info()), command)
         else:
@@ -382,5 +401,5 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
     elapsed = (time.monotonic() - started) * 1000
     _log(log_file, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {via} {command or '-'} "
                    f"{environ.get('CNI_CONTAINERID', '-')}/{environ.get('CNI_IFNAME', '-')} "
-                   f"code={outcome.error_code} {elapsed:.1f}ms {detail}".rstrip())
+                   f"code={outcome.error_code} {elapsed:.1f}ms v={version} {detail}".rstrip())
     return outcome

@@ -29,7 +29,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE = 20, 22, 24
 NLM_F_DUMP = 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
-IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
+IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_IFALIAS = 12, 18, 28, 20
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_BRPORT_MODE = 4
 IFA_LOCAL, IFA_ADDRESS = 2, 1
@@ -238,6 +238,12 @@ class Rtnl:
         return _msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
     @staticmethod
+    def alias_msg(index: int, alias: str) -> tuple[int, bytes]:
+        """Set link ``index``'s ifalias (``ip link set ... alias``; at most 255 bytes)."""
+        return _msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK,
+                    IFINFOMSG.pack(0, 0, index, 0, 0) + _str(IFLA_IFALIAS, alias))
+
+    @staticmethod
     def dellink_msg(name: str) -> tuple[int, bytes]:
         return _msg(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
                     IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name))
@@ -269,6 +275,8 @@ class Rtnl:
     @staticmethod
     def route_msg(dst: str, gateway: IPv4Address | IPv6Address | None,
                   oif: int) -> tuple[int, bytes]:
+        """Add a route that must not exist yet (EEXIST when one with the same destination and
+        metric exists, e.g. through another interface of the pod: it is never replaced)."""
         net = ip_network(dst, strict=False)
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         scope = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
@@ -279,7 +287,7 @@ class Rtnl:
         if gateway is not None:
             body += _attr(RTA_GATEWAY, gateway.packed)
         body += _u32(RTA_OIF, oif)
-        return _msg(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, body)
+        return _msg(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
     @staticmethod
     def parse_link(body: bytes) -> Link:

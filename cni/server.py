@@ -28,9 +28,9 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from netweft.cni import tcpwire
+from netweft.cni import callerns, tcpwire
 from netweft.cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
-from netweft.cni.peeruid import tcp_peer_uid
+from netweft.cni.peeruid import tcp_peer
 from netweft.cni.plugin import Outcome, PodInfo, WiringState, _log, run
 from netweft.cni.shim import DEFAULT_LOG_KEY, MAGIC
 from netweft.cni.spec import ERR_INVALID_ENV, CniError, dumps
@@ -60,8 +60,8 @@ def _handle(owner: CniServer, sock: socket.socket) -> None:
     """One request on the unix socket: the peer must be an allowed uid (SO_PEERCRED)."""
     started = time.monotonic()
     try:
-        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  struct.calcsize("3i")))[1]
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
         if uid not in owner.allowed_uids:
             err = CniError(ERR_INVALID_ENV, f"uid {uid} may not use the netweft CNI server")
             body = dumps(err.to_dict("1.1.0")).encode()
@@ -71,18 +71,21 @@ def _handle(owner: CniServer, sock: socket.socket) -> None:
     except (OSError, ValueError) as exc:
         _log(owner.default_log, f"cni-server: bad request: {exc}")
         return
-    _serve(owner, sock, env, stdin, started, "server")
+    env.pop(callerns.CALLER_PID_KEY, None)  # the kernel's word (SO_PEERCRED) is the one used
+    _serve(owner, sock, env, stdin, started, "server", pid or None)
 
 
 def _handle_tcp(owner: CniServer, sock: socket.socket) -> None:
     """One request on the loopback TCP listener (the bash launcher's fast path): the peer's
     socket must belong to an allowed uid (the kernel's socket table: SO_PEERCRED's TCP
     equivalent) and the request must start with the token; anything else is dropped without a
-    reply."""
+    reply. The caller's pid (for ``CNI_NETNS``, :mod:`cni.callerns`) is the one the launcher
+    sends, if that process holds the peer socket."""
     started = time.monotonic()
     try:
-        uid = tcp_peer_uid(sock)
-        if uid is None or uid not in owner.allowed_uids:
+        peer = tcp_peer(sock)
+        uid = None if peer is None else peer[0]
+        if peer is None or uid not in owner.allowed_uids:
             raise ValueError(f"peer uid {uid} may not use the netweft CNI server")
         sock.settimeout(TCP_READ_TIMEOUT)
         env, stdin = read_tcp_request(sock, owner.token)
@@ -90,14 +93,22 @@ def _handle_tcp(owner: CniServer, sock: socket.socket) -> None:
     except (OSError, ValueError) as exc:
         _log(owner.default_log, f"cni-server: tcp request dropped: {exc}")
         return
-    _serve(owner, sock, env, stdin, started, "tcp")
+    pid = callerns.parse_pid(env.pop(callerns.CALLER_PID_KEY, None))
+    if pid is not None and not callerns.pid_holds_socket(pid, peer[1]):
+        _log(owner.default_log, f"cni-server: caller pid {pid} does not hold the peer socket "
+                                "(another pid namespace?): CNI_NETNS is opened as given")
+        pid = None
+    _serve(owner, sock, env, stdin, started, "tcp", pid)
 
 
 def _serve(owner: CniServer, sock: socket.socket, env: dict[str, str], stdin: bytes,
-           started: float, via: str) -> None:
-    """Run the request and send the reply: the same for both listeners (``via`` is logged)."""
+           started: float, via: str, caller_pid: int | None) -> None:
+    """Run the request and send the reply: the same for both listeners (``via`` is logged;
+    ``caller_pid``: the verified pid of the launcher, whose mount namespace CNI_NETNS is
+    resolved in)."""
     default_log = env.pop(DEFAULT_LOG_KEY, owner.default_log)
-    outcome = run(env, stdin, owner.state, default_log=default_log, via=via)
+    outcome = run(env, stdin, owner.state, default_log=default_log, via=via,
+                  caller_pid=caller_pid)
     with contextlib.suppress(OSError):
         body = outcome.stdout.encode()
         sock.sendall(b"%d %d\n" % (outcome.code, len(body)) + body)

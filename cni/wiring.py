@@ -37,6 +37,20 @@ def host_veth_name(container_id: str, ifname: str) -> str:
     return HOST_VETH_PREFIX + digest[:12]
 
 
+OWNER_ALIAS_PREFIX = "netweft:"
+
+
+def owner_alias(network: str) -> str:
+    """The ifalias recording which CNI network owns a host veth (GC deletes only its own)."""
+    return (OWNER_ALIAS_PREFIX + network).encode()[:255].decode(errors="ignore")
+
+
+def attached(container_id: str, ifname: str) -> bool:
+    """Does the node already have the host veth of (container, ifname)? One netlink request."""
+    with Rtnl() as rt:
+        return rt.link(host_veth_name(container_id, ifname)) is not None
+
+
 def is_host_veth_name(name: str) -> bool:
     rest = name[len(HOST_VETH_PREFIX):]
     return (name.startswith(HOST_VETH_PREFIX) and len(rest) == 12
@@ -68,6 +82,8 @@ class PodPlan:
     addresses: list[IPv4Interface | IPv6Interface]
     routes: list[PodRoute] = field(default_factory=list)
     hairpin: bool = True
+    caller_pid: int = 0  # open ``netns`` as this process sees it (0: as we do; cni/callerns.py)
+    network: str = ""  # the CNI network name, recorded on the host veth (owner_alias)
 
     @property
     def host_veth(self) -> str:
@@ -189,18 +205,16 @@ def delete_bridge_if_unused(state: BridgeState) -> None:
 def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
     """Create and configure the veth pair for ``plan``; on failure remove what was created."""
     try:
-        pod_fd = nsenter.open_netns(plan.netns)
+        pod_fd = nsenter.open_netns(plan.netns, plan.caller_pid)
     except nsenter.NetnsGone as exc:
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
     host = Rtnl()
     created = False
     try:
-        stale = Rtnl.dellink_msg(plan.host_veth)  # a previous ADD of the same attachment
         veth = Rtnl.veth_msg(plan.host_veth, plan.ifname, pod_fd, plan.mtu, bridge_index,
                              plan.mac)
         get = Rtnl.getlink_msg(plan.host_veth)
         try:
-            host.batch([stale], ignore=(errno.ENODEV,))
             replies = host.batch([veth, get])
         except RtnlError as exc:
             if exc.errno == errno.EEXIST:
@@ -210,8 +224,8 @@ def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
             raise
         created = True
         host_link = Rtnl.parse_link(replies[get[0]])
-        if plan.hairpin:
-            host.call(Rtnl.hairpin_msg(host_link.index))
+        owner = [Rtnl.alias_msg(host_link.index, owner_alias(plan.network))]
+        host.batch(owner + ([Rtnl.hairpin_msg(host_link.index)] if plan.hairpin else []))
         with nsenter.entered(pod_fd):
             pod = Rtnl()
             _write_sysctl(f"/proc/sys/net/ipv6/conf/{plan.ifname}/accept_dad", "0")
@@ -221,8 +235,13 @@ def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
                 raise CniError(ERR_INTERNAL, f"{plan.ifname} vanished from {plan.netns}")
             msgs = [Rtnl.setlink_msg(pod_link.index, up=True)]
             msgs += [Rtnl.addr_msg(pod_link.index, a) for a in plan.addresses]
-            msgs += [Rtnl.route_msg(r.dst, r.gw, pod_link.index) for r in plan.routes]
             pod.batch(msgs)
+            # a route the pod already has (its default and cluster routes through eth0 when
+            # this is a second interface) stays where it is: never moved to this one, so a
+            # DEL of this interface cannot take them away (the reference bridge plugin's
+            # behaviour)
+            pod.batch([Rtnl.route_msg(r.dst, r.gw, pod_link.index) for r in plan.routes],
+                      ignore=(errno.EEXIST,))
         finally:
             pod.close()
         return Wired(host_link, pod_link)
@@ -258,16 +277,17 @@ def delete_links(names: list[str]) -> None:
         host.batch([Rtnl.dellink_msg(n) for n in names], ignore=(errno.ENODEV,))
 
 
-def bridge_ports(bridge: str) -> list[str]:
-    """Names of the links enslaved to ``bridge`` in the node namespace (pyroute2 dump)."""
+def bridge_ports(bridge: str) -> dict[str, str]:
+    """``{name: ifalias}`` of the links enslaved to ``bridge`` in the node namespace (pyroute2
+    dump; "" when a link has no alias)."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=bridge)
         if not found:
-            return []
-        return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
-                if link.get_attr("IFLA_MASTER") == found[0]]
+            return {}
+        return {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or ""
+                for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == found[0]}
 
 
 def _fail(msg: str) -> CniError:
@@ -275,8 +295,12 @@ def _fail(msg: str) -> CniError:
 
 
 def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
-              addresses: list[Any], routes: list[tuple[str, str]]) -> None:
-    """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference."""
+              addresses: list[Any], routes: list[tuple[str, str]], caller_pid: int = 0,
+              mtu: int = 0) -> None:
+    """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference
+    (code 4 when ``netns`` is not a network namespace). ``caller_pid``: open ``netns`` as that
+    process sees it (see :mod:`cni.callerns`); ``mtu``: the MTU both ends must have (0: not
+    checked)."""
     from pyroute2 import IPRoute
 
     name = host_veth_name(container_id, ifname)
@@ -288,8 +312,15 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
         link = ipr.link("get", index=host[0])[0]
         if not br or link.get_attr("IFLA_MASTER") != br[0]:
             raise _fail(f"host interface {name} is not attached to bridge {bridge}")
+        if not link["flags"] & 1:
+            raise _fail(f"host interface {name} is down")
+        if mtu and link.get_attr("IFLA_MTU") != mtu:
+            raise _fail(f"host interface {name} has MTU {link.get_attr('IFLA_MTU')}, "
+                        f"expected {mtu}")
     try:
-        fd = nsenter.open_netns(netns)
+        fd = nsenter.open_netns(netns, caller_pid)
+    except nsenter.NotNetns as exc:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
     except nsenter.NetnsGone as exc:
         raise _fail(f"network namespace {netns}: {exc.strerror}") from None
     try:
@@ -306,6 +337,9 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
             raise _fail(f"{ifname} has MAC {link.get_attr('IFLA_ADDRESS')}, expected {mac}")
         if not link["flags"] & 1:
             raise _fail(f"{ifname} in {netns} is down")
+        if mtu and link.get_attr("IFLA_MTU") != mtu:
+            raise _fail(f"{ifname} in {netns} has MTU {link.get_attr('IFLA_MTU')}, "
+                        f"expected {mtu}")
         have = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
                 for a in ipr.get_addr(index=found[0])}
         for addr in addresses:

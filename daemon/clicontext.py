@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from netweft.ipam.etcd import EtcdSettings
+from netweft.kv.etcd import EtcdSettings
+from netweft.kv.tls import EtcdConfigError, load_tls
 from netweft.proxy.records import DEFAULT_SERVICES_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -18,10 +19,14 @@ DEFAULT_PREFIX = "/coreos.com/network"
 
 def etcd_options(func: F) -> F:
     """Add --etcd-endpoints/--etcd-prefix/TLS options (env NETWEFT_ETCD_*) and store an
-    :class:`EtcdSettings` as the click context object."""
+    :class:`EtcdSettings` as the click context object. A bad endpoint is a usage error (exit 2);
+    a missing, unreadable or non-PEM TLS file, or a key that is not the certificate's, exits 1
+    with one line naming the option and file."""
 
     @click.option("--etcd-endpoints", envvar="NETWEFT_ETCD_ENDPOINTS", default=DEFAULT_ENDPOINTS,
-                  show_default=True, help="Comma-separated etcd client URLs.")
+                  show_default=True,
+                  help="Comma-separated etcd client URLs, all used with failover (host "
+                  "names, IPv4 or [IPv6] literals).")
     @click.option("--etcd-prefix", envvar="NETWEFT_ETCD_PREFIX", default=DEFAULT_PREFIX,
                   show_default=True, help="Key prefix of the network (Flannel's default).")
     @click.option("--etcd-cafile", envvar="NETWEFT_ETCD_CAFILE", default=None,
@@ -40,6 +45,12 @@ def etcd_options(func: F) -> F:
                 etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        s = ctx.obj
+        if s.tls and not ctx.resilient_parsing:
+            try:  # a missing or broken file: one line now, not a traceback at first use
+                load_tls(s.cafile, s.certfile, s.keyfile)
+            except EtcdConfigError as exc:
+                fail(str(exc))
         return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -16,6 +16,8 @@ from typing import Any
 from netweft.cni.plugin import PodInfo
 from netweft.cni.server import CniHooks, CniServer
 from netweft.daemon.metrics import Metrics
+from netweft.daemon.podsync import PodSync
+from netweft.kv.etcd import EtcdError
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord, RecordError, pod_key
 
@@ -27,7 +29,8 @@ class CniHost:
                  etcd: Any = None, services_prefix: str = "/netweft", node_name: str = "",
                  pod_records: bool = True,
                  on_etcd_error: Callable[[Exception], None] | None = None,
-                 tcp_port: int = 1019, token_file: str | None = None) -> None:
+                 tcp_port: int = 1019, token_file: str | None = None,
+                 sync: PodSync | None = None) -> None:
         self.socket_path = socket_path
         self.tcp_port = tcp_port  # the bash launcher's loopback fast path (0: off)
         self.token_file = token_file
@@ -38,6 +41,7 @@ class CniHost:
         self.node_name = node_name
         self.pod_records = pod_records and etcd is not None
         self.on_etcd_error = on_etcd_error
+        self.sync = sync  # reconciles the records; hook writes go through its lock
         self.server: CniServer | None = None
 
     def start(self) -> None:
@@ -83,22 +87,33 @@ class CniHost:
             host_veth=pod.host_veth,
         )
 
-    async def _put(self, pod: Any) -> None:
+    async def _write(self, what: str, container_id: str,
+                     write: Callable[[], Awaitable[Any]]) -> None:
+        """One hook write, serialised with the reconcile passes; a failure asks for a pass
+        (which retries until etcd takes it), so records converge after an outage."""
         try:
-            await put_pod(self.etcd, self.services_prefix, self.record_for(pod))
+            if self.sync is None:
+                await write()
+                return
+            async with self.sync.lock:
+                self.sync.writes += 1
+                await write()
         except Exception as exc:  # noqa: BLE001 - logged and counted; the pod itself is fine
-            log.warning("pod record for %s not written: %s", pod.container_id[:12], exc)
+            log.warning("pod record for %s not %s: %s%s", container_id[:12], what, exc,
+                        "; retrying" if self.sync is not None else "")
             if self.on_etcd_error:
                 self.on_etcd_error(exc)
+            if self.sync is not None:
+                self.sync.request()
+
+    async def _put(self, pod: Any) -> None:
+        record = self.record_for(pod)
+        await self._write("written", pod.container_id,
+                          lambda: put_pod(self.etcd, self.services_prefix, record))
 
     async def _delete(self, container_id: str) -> None:
-        try:
-            await delete_pod(self.etcd, self.services_prefix, self.node_name,
-                                           container_id)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("pod record for %s not removed: %s", container_id[:12], exc)
-            if self.on_etcd_error:
-                self.on_etcd_error(exc)
+        await self._write("removed", container_id, lambda: delete_pod(
+            self.etcd, self.services_prefix, self.node_name, container_id))
 
     async def prune_stale(self, link_exists: Callable[[str], Awaitable[bool]]) -> int:
         """Remove this node's pod records whose pod link is gone: pods deleted while no daemon
@@ -137,3 +152,16 @@ class CniHost:
                         {"command": command})
             metrics.set("netweft_cni_request_duration_seconds_max", s.seconds_max,
                         {"command": command})
+
+
+async def host_cni(host: CniHost, link_exists: Callable[[str], Awaitable[bool]]) -> None:
+    """Start ``host`` (its own thread), then drop the records of pods deleted while no daemon
+    served the plugin. Raises OSError when the socket cannot be bound."""
+    await asyncio.to_thread(host.start)
+    try:
+        removed = await host.prune_stale(link_exists)
+    except EtcdError as exc:
+        log.warning("stale pod records not checked: %s", exc)
+        return
+    if removed:
+        log.info("removed %d stale pod record(s)", removed)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -15,10 +17,28 @@ ETCD_BINARY = "etcd"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (on ``host``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port nobody listens on right now (on ``host``, IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def url(host: str, port: int, scheme: str = "http") -> str:
+    """``http://host:port``, an IPv6 literal in brackets."""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files of a TLS etcd: its certificate and key, and (``client_ca``) the CA its clients'
+    certificates must be signed by (etcd's --client-cert-auth); None: no client certificates.
+    ``probe``: (cert, key, ca) a health probe presents."""
+
+    cert: str
+    key: str
+    client_ca: str | None
+    probe: tuple[str | None, str | None, str]
 
 
 @dataclass
@@ -32,6 +52,9 @@ class EtcdProcess:
     data_dir: str | None = None
     log_path: str | None = None
     name: str = "netweft-etcd"
+    cluster: str | None = None  # --initial-cluster of a multi-member cluster (None: just this)
+    peer_host: str | None = None  # where peers reach it (default: ``host``)
+    tls: ServerTls | None = None  # serve clients over TLS
     binary: str = ETCD_BINARY  # a path, or a name looked up on PATH (Debian's 3.4 by default)
     pid: int | None = None
     _own_data_dir: bool = field(default=False, repr=False)
@@ -39,23 +62,30 @@ class EtcdProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return url(self.host, self.client_port, "https" if self.tls else "http")
 
-    def start(self, timeout: float = 15.0) -> EtcdProcess:
+    @property
+    def peer_url(self) -> str:
+        return url(self.peer_host or self.host, self.peer_port)
+
+    def start(self, timeout: float = 15.0, wait: bool = True) -> EtcdProcess:
+        """Start etcd; with ``wait``, until it is healthy (a member of a new multi-member
+        cluster only becomes healthy once a quorum runs: start them all, then wait)."""
         if shutil.which(self.binary) is None:
             raise RuntimeError(f"etcd is not installed: {self.binary} not found"
                                " (apt-get install etcd-server, or deploy/controlplane.sh)")
         if not self.client_port:
-            self.client_port = free_port() if self.netns is None else 2379
+            self.client_port = free_port(self.host) if self.netns is None else 2379
         if not self.peer_port:
-            self.peer_port = free_port() if self.netns is None else 2380
+            self.peer_port = free_port(self.peer_host or self.host) if self.netns is None \
+                else 2380
         if self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="netweft-etcd-")
             self._own_data_dir = True
         if self.log_path is None:
             self.log_path = os.path.join(self.data_dir, "etcd.log")
-        client = f"http://{self.host}:{self.client_port}"
-        peer = f"http://{self.host}:{self.peer_port}"
+        client = self.endpoint
+        peer = self.peer_url
         cmd = [
             self.binary,
             "--name", self.name,
@@ -64,9 +94,13 @@ class EtcdProcess:
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster", self.cluster or f"{self.name}={peer}",
             "--log-level", "warn",
         ]
+        if self.tls is not None:
+            cmd += ["--cert-file", self.tls.cert, "--key-file", self.tls.key]
+            if self.tls.client_ca is not None:
+                cmd += ["--client-cert-auth", "--trusted-ca-file", self.tls.client_ca]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -76,10 +110,11 @@ class EtcdProcess:
         )
         log.close()
         self.pid = self._proc.pid
-        self._wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
@@ -102,16 +137,30 @@ class EtcdProcess:
             reply = proc.stdout
         else:
             try:
-                with socket.create_connection((self.host, self.client_port), timeout=1) as sock:
+                with socket.create_connection((self.host, self.client_port), timeout=1) as raw:
+                    sock = raw
+                    if self.tls is not None:
+                        cert, key, ca = self.tls.probe
+                        ctx = ssl.create_default_context(cafile=ca)
+                        if cert is not None:
+                            ctx.load_cert_chain(cert, key)
+                        sock = ctx.wrap_socket(raw, server_hostname=self.host)
                     sock.sendall(request.encode())
                     sock.settimeout(2)
                     chunks = []
                     while chunk := sock.recv(4096):
                         chunks.append(chunk)
                 reply = b"".join(chunks).decode(errors="replace")
-            except OSError:
+            except OSError:  # ssl.SSLError is one
                 return False
         return '"health":"true"' in reply.replace(" ", "")
+
+    def kill(self) -> None:
+        """SIGKILL by PID, as a crash (no graceful leave); the data dir stays."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._proc = None
 
     def stop(self) -> None:
         """SIGTERM then SIGKILL, by PID; the data dir stays (see :meth:`remove`)."""
@@ -134,3 +183,46 @@ class EtcdProcess:
         self.stop()
         if self._own_data_dir and self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@dataclass
+class EtcdCluster:
+    """A real multi-member etcd cluster on this host: member ``i`` serves clients on
+    ``hosts[i]`` (a loopback address, IPv4 or IPv6) and talks to its peers over 127.0.0.1."""
+
+    members: list[EtcdProcess]
+
+    @classmethod
+    def start(cls, hosts: list[str], timeout: float = 30.0) -> EtcdCluster:
+        members = [EtcdProcess(host=h, name=f"m{i}", peer_host="127.0.0.1",
+                               peer_port=free_port("127.0.0.1"), client_port=free_port(h))
+                   for i, h in enumerate(hosts)]
+        spec = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        cluster = cls(members)
+        try:
+            for m in members:
+                m.cluster = spec
+                m.start(wait=False)
+            for m in members:
+                m.wait_ready(timeout)
+        except BaseException:
+            cluster.remove()
+            raise
+        return cluster
+
+    def leader(self) -> EtcdProcess:
+        """The member that is leader now (asked with Debian's ``etcdctl endpoint status``)."""
+        alive = [m for m in self.members if m.pid is not None and m._proc is not None]
+        out = subprocess.run(
+            ["etcdctl", "--endpoints", ",".join(m.endpoint for m in alive), "endpoint",
+             "status", "-w", "json"], capture_output=True, text=True, timeout=30,
+            env={**os.environ, "ETCDCTL_API": "3"}, check=True).stdout
+        for entry in json.loads(out):
+            status = entry["Status"]
+            if status["header"]["member_id"] == status["leader"]:
+                return next(m for m in alive if m.endpoint == entry["Endpoint"])
+        raise RuntimeError("no member says it is the leader")
+
+    def remove(self) -> None:
+        for m in self.members:
+            m.remove()

@@ -6,11 +6,12 @@ to this node's subnet is not masqueraded; pod -> anywhere else (except multicast
 masqueraded; host -> pod network is masqueraded. Forwarding is accepted to and from the pod
 network.
 
-nftables (default): table ``ip netweft``, loaded atomically with ``nft -f -``; a periodic check
-compares the kernel's listing with the rendered text (written in nft's canonical form) and
-reloads only on a difference. iptables: chains ``NETWEFT-POSTRTG`` (nat) and ``NETWEFT-FWD``
-(filter) filled by ``iptables-restore --noflush`` (which only flushes the chains it declares),
-plus one jump rule each from POSTROUTING / FORWARD. Nothing else is ever touched.
+nftables (default): table ``ip netweft``, loaded atomically with ``nft -f -``; a check (at once
+on an nftables change notice for our table, and periodically) compares the kernel's listing with
+the rendered text (written in nft's canonical form) and reloads only on a difference.
+iptables: chains ``NETWEFT-POSTRTG`` (nat) and ``NETWEFT-FWD`` (filter) filled by
+``iptables-restore --noflush`` (which only flushes the chains it declares), plus one jump rule
+each from POSTROUTING / FORWARD. Nothing else is ever touched.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _normalise(text: str) -> list[str]:
 
 class NftFirewall:
     kind = "nftables"
+    # (NFPROTO family, table) whose change notices mean "check now" (daemon/nftwatch.py).
+    watched_tables: tuple[tuple[int, str], ...] = ((2, NFT_TABLE),)
 
     def __init__(self, runner: Runner | None = None) -> None:
         self.run = runner or Runner()
@@ -149,6 +152,7 @@ JUMPS = {"nat": ("POSTROUTING", IPT_NAT_CHAIN, "netweft masq"),
 
 class IptablesFirewall:
     kind = "iptables"
+    watched_tables: tuple[tuple[int, str], ...] = ((2, "nat"), (2, "filter"))  # iptables-nft
 
     def __init__(self, runner: Runner | None = None) -> None:
         self.run = runner or Runner()

@@ -121,9 +121,12 @@ class NodeLab:
                "--subnet-file", p["subnet_file"], "--state-dir", p["state_dir"],
                "--metrics-addr", "127.0.0.1:9464",
                "--cni-socket", os.path.join(os.path.dirname(p["log"]), "cni.sock"),
-               "--node-name", ns, *extra]
+               "--node-name", ns, "--cni-data-dir", os.path.join(self.workdir, "ipam"),
+               "--cni-cache-dir", os.path.join(self.workdir, ns, "cni-cache"), *extra]
         log = open(p["log"], "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+        # Each node keeps its own WireGuard key (Flannel's override of /run/flannel/wgkey).
+        env = dict(os.environ, WIREGUARD_KEY_FILE=os.path.join(p["state_dir"], "wgkey"))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.procs[ns] = proc

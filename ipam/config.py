@@ -5,13 +5,19 @@ Every refusal is a :class:`ConfigError` whose message starts with the field it i
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
-BACKEND_TYPES = ("vxlan", "host-gw")
+BACKEND_TYPES = ("vxlan", "host-gw", "wireguard")
 DEFAULT_VXLAN_PORT = 8472
+# Flannel's wireguard backend (pkg/backend/wireguard): defaults and the modes it accepts.
+DEFAULT_WG_PORT = 51820
+DEFAULT_WG_PORT_V6 = 51821
+WG_MODES = ("separate", "auto", "ipv4", "ipv6")
 MIN_V4_NETWORK_PREFIX = 28  # Flannel: "Network is too small. Minimum useful network prefix is /28"
 
 
@@ -25,12 +31,23 @@ class BackendConfig:
     vni: int = 1
     port: int = DEFAULT_VXLAN_PORT
     direct_routing: bool = False
-    mtu: int | None = None  # None: underlay MTU - 50 (vxlan) or the underlay MTU (host-gw)
+    mtu: int | None = None  # None: underlay MTU - 50 (vxlan), - 60/80 (wireguard), host-gw: =
+    # wireguard (Flannel's names): base64 32-byte preshared key, listen ports, keepalive (s)
+    psk: str | None = field(default=None, repr=False)
+    listen_port: int = DEFAULT_WG_PORT
+    listen_port_v6: int = DEFAULT_WG_PORT_V6
+    keepalive: int = 0
+    mode: str = "separate"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type}
         if self.type == "vxlan":
             out.update(VNI=self.vni, Port=self.port, DirectRouting=self.direct_routing)
+        if self.type == "wireguard":
+            out.update(ListenPort=self.listen_port, ListenPortV6=self.listen_port_v6,
+                       PersistentKeepaliveInterval=self.keepalive, Mode=self.mode)
+            if self.psk:
+                out["PSK"] = self.psk
         if self.mtu is not None:
             out["MTU"] = self.mtu
         return out
@@ -101,6 +118,18 @@ class NetworkConfig:
         out["Backend"] = self.backend.to_dict()
         return out
 
+    def summary(self) -> str:
+        """One line per enabled family, e.g. ``10.244.0.0/16, /24 per node (255 subnets)``,
+        joined by ``; `` (IPv4 first)."""
+        parts = []
+        if self.enable_ipv4 and self.network is not None:
+            parts.append(f"{self.network}, /{self.subnet_len} per node "
+                         f"({self.capacity} subnets)")
+        if self.enable_ipv6 and self.ipv6_network is not None:
+            parts.append(f"{self.ipv6_network}, /{self.ipv6_subnet_len} per node "
+                         f"({self.ipv6_capacity} subnets)")
+        return "; ".join(parts)
+
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
@@ -160,16 +189,47 @@ def _parse_backend(raw: Any) -> BackendConfig:
         vni = 1
     if not 1 <= vni <= 0xFFFFFF:
         raise ConfigError(f"Backend.VNI: {vni} is out of range 1-16777215")
-    port = _int(raw, "Port", "Backend.")
-    if port is None or port == 0:
-        port = DEFAULT_VXLAN_PORT
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"Backend.Port: {port} is out of range 1-65535")
+    port = _port(raw, "Port", DEFAULT_VXLAN_PORT)
     mtu = _int(raw, "MTU", "Backend.")
     if mtu is not None and not 68 <= mtu <= 65535:
         raise ConfigError(f"Backend.MTU: {mtu} is out of range 68-65535")
     direct = _bool(raw, "DirectRouting", False, "Backend.")
-    return BackendConfig(type=btype, vni=vni, port=port, direct_routing=direct, mtu=mtu or None)
+    wg: dict[str, Any] = _parse_wireguard(raw) if btype == "wireguard" else {}
+    return BackendConfig(type=btype, vni=vni, port=port, direct_routing=direct, mtu=mtu or None,
+                         **wg)
+
+
+def _port(raw: dict[str, Any], key: str, default: int) -> int:
+    port = _int(raw, key, "Backend.")
+    if port is None or port == 0:
+        return default
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"Backend.{key}: {port} is out of range 1-65535")
+    return port
+
+
+def _parse_wireguard(raw: dict[str, Any]) -> dict[str, Any]:
+    """The wireguard options with Flannel's defaults (pkg/backend/wireguard/wireguard.go):
+    ListenPort 51820, ListenPortV6 51821, PersistentKeepaliveInterval 0 (seconds, off), Mode
+    "separate"; PSK, when given, must be a base64 32-byte key as ``wg genpsk`` prints."""
+    psk = _str(raw, "PSK", "Backend.")
+    if psk is not None:
+        try:
+            decoded = base64.b64decode(psk, validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if len(decoded) != 32:
+            raise ConfigError("Backend.PSK: not a base64 32-byte key (make one with `wg genpsk`)")
+    keepalive = _int(raw, "PersistentKeepaliveInterval", "Backend.") or 0
+    if not 0 <= keepalive <= 65535:
+        raise ConfigError(f"Backend.PersistentKeepaliveInterval: {keepalive} is out of range "
+                          "0-65535 (seconds, 0 = off)")
+    mode = (_str(raw, "Mode", "Backend.") or "separate").lower()
+    if mode not in WG_MODES:
+        raise ConfigError(f"Backend.Mode: unknown mode {mode!r} (one of {', '.join(WG_MODES)})")
+    return {"psk": psk, "listen_port": _port(raw, "ListenPort", DEFAULT_WG_PORT),
+            "listen_port_v6": _port(raw, "ListenPortV6", DEFAULT_WG_PORT_V6),
+            "keepalive": keepalive, "mode": mode}
 
 
 def _subnet_bounds(d: dict[str, Any], min_key: str, max_key: str,
@@ -206,6 +266,18 @@ def _subnet_bounds(d: dict[str, Any], min_key: str, max_key: str,
     return smin, smax
 
 
+def _check_subnet_len(name: str, subnet_len: int, net_field: str, prefixlen: int,
+                      longest: int) -> None:
+    """Flannel's CheckNetworkConfig (pkg/subnet/config.go): a node subnet leaves room for the
+    tunnel and bridge addresses (at most /30, IPv6 /126) and the network holds at least four of
+    them, because the first is skipped (so SubnetLen >= prefix + 2). A flanneld sharing the etcd
+    would refuse anything else."""
+    if not prefixlen + 2 <= subnet_len <= longest:
+        raise ConfigError(f"{name}: {subnet_len} is out of range: the {net_field}'s "
+                          f"/{prefixlen} must hold at least four subnets (the first is skipped), "
+                          f"so it must be from /{prefixlen + 2} to /{longest}")
+
+
 def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Address]:
     text = _str(d, "Network")
     if text is None:
@@ -222,9 +294,7 @@ def _v4_range(d: dict[str, Any]) -> tuple[IPv4Network, int, IPv4Address, IPv4Add
     subnet_len = _int(d, "SubnetLen")
     if subnet_len is None or subnet_len == 0:
         subnet_len = 24 if network.prefixlen < 22 else network.prefixlen + 2
-    if not network.prefixlen < subnet_len <= 30:
-        raise ConfigError(f"SubnetLen: {subnet_len} is out of range: it must be longer than "
-                          f"the Network's /{network.prefixlen} and at most 30")
+    _check_subnet_len("SubnetLen", subnet_len, "Network", network.prefixlen, 30)
     # Flannel skips the first subnet by default (its network address doubles as the network's).
     smin, smax = _subnet_bounds(d, "SubnetMin", "SubnetMax", network, subnet_len)
     return network, subnet_len, smin, smax  # type: ignore[return-value]
@@ -243,9 +313,7 @@ def _v6_range(d: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Add
     subnet_len = _int(d, "IPv6SubnetLen")
     if subnet_len is None or subnet_len == 0:
         subnet_len = 64 if network.prefixlen < 62 else network.prefixlen + 2
-    if not network.prefixlen < subnet_len <= 126:
-        raise ConfigError(f"IPv6SubnetLen: {subnet_len} is out of range: it must be longer than "
-                          f"the IPv6Network's /{network.prefixlen} and at most 126")
+    _check_subnet_len("IPv6SubnetLen", subnet_len, "IPv6Network", network.prefixlen, 126)
     smin, smax = _subnet_bounds(d, "IPv6SubnetMin", "IPv6SubnetMax", network, subnet_len)
     return network, subnet_len, smin, smax  # type: ignore[return-value]
 

@@ -1,16 +1,28 @@
 """Subnet lease records, wire-compatible with Flannel's etcd layout.
 
 Key: ``<prefix>/subnets/<a.b.c.d>-<len>`` (dual stack: ``<v4>-<len>&<v6>-<len>``).
-Value: ``{"PublicIP", "PublicIPv6", "BackendType", "BackendData"}``.
-A key bound to an etcd lease expires with it; a key with no etcd lease is a reservation.
+Value: ``{"PublicIP", "PublicIPv6", "BackendType", "BackendData"}``, plus netweft's
+``"NetweftNodeID"`` (the node identity, see ``ipam/identity.py``): flanneld decodes lease values
+with Go's ``encoding/json``, which ignores fields it does not know, and a lease flanneld wrote has
+none. A key bound to an etcd lease expires with it; a key with no etcd lease is a reservation.
+
+Values are read strictly (:func:`parse_lease`): a field of the wrong JSON type is a
+:class:`LeaseFormatError`, never coerced (``IPv4Address(3221225985)`` would accept a number).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
+
+from netweft.ipam.config import ConfigError
+from netweft.ipam.config import _str as config_str
+
+NODE_ID_FIELD = "NetweftNodeID"
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 class LeaseFormatError(ValueError):
@@ -30,6 +42,8 @@ class Lease:
     etcd_lease_id: int = 0          # 0: a reservation (never expires)
     expiration: float | None = None  # unix time, None for reservations / unknown
     mod_revision: int = 0
+    node_id: str | None = None       # netweft's node identity; None: flanneld or older netweft
+    create_revision: int = field(default=0, compare=False)  # etcd: older leases win overlaps
 
     @property
     def reserved(self) -> bool:
@@ -53,6 +67,8 @@ class Lease:
         out["BackendType"] = self.backend_type
         if self.backend_data:
             out["BackendData"] = self.backend_data
+        if self.node_id:
+            out[NODE_ID_FIELD] = self.node_id
         return out
 
     def value_json(self) -> str:
@@ -70,6 +86,7 @@ class Lease:
             "reserved": self.reserved,
             "leaseID": self.etcd_lease_id,
             "expiration": self.expiration,
+            "nodeID": self.node_id,
         }
 
     @classmethod
@@ -83,6 +100,7 @@ class Lease:
             backend_data=dict(d.get("backendData") or {}),
             etcd_lease_id=int(d.get("leaseID") or 0),
             expiration=d.get("expiration"),
+            node_id=d.get("nodeID") or None,
         )
 
 
@@ -117,9 +135,44 @@ def parse_key_name(name: str) -> tuple[IPv4Network | None, IPv6Network | None]:
     return v4, v6
 
 
+def _opt_str(data: dict[str, Any], key: str, name: str) -> str | None:
+    """``data[key]`` as a string, None when absent/null/empty; LeaseFormatError for other types
+    (the config's strict field reader, with the lease's name in front)."""
+    try:
+        return config_str(data, key, f"lease {name}: ")
+    except ConfigError as exc:
+        raise LeaseFormatError(str(exc)) from None
+
+
+def _backend_data(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """``BackendData`` (an object or null); the vxlan fields it carries must have their types."""
+    bd = data.get("BackendData")
+    if bd is None:
+        return {}
+    if not isinstance(bd, dict):
+        raise LeaseFormatError(f"lease {name}: BackendData: expected an object, "
+                               f"got {json.dumps(bd)}")
+    mac = bd.get("VtepMAC")
+    if mac is not None and (not isinstance(mac, str) or not MAC_RE.match(mac)):
+        raise LeaseFormatError(f"lease {name}: BackendData.VtepMAC: {json.dumps(mac)} is not "
+                               "a MAC address")
+    vni = bd.get("VNI")
+    if vni is not None and (isinstance(vni, bool) or not isinstance(vni, int)):
+        raise LeaseFormatError(f"lease {name}: BackendData.VNI: expected an integer, "
+                               f"got {json.dumps(vni)}")
+    return dict(bd)
+
+
 def parse_lease(name: str, raw: bytes | str, etcd_lease_id: int = 0,
-                expiration: float | None = None, mod_revision: int = 0) -> Lease:
-    """A :class:`Lease` from a key name (after ``subnets/``) and its JSON value."""
+                expiration: float | None = None, mod_revision: int = 0,
+                create_revision: int = 0) -> Lease:
+    """A :class:`Lease` from a key name (after ``subnets/``) and its JSON value.
+
+    Raises :class:`LeaseFormatError` (message ``lease <name>: <field>: <why>``) for a bad key,
+    a value that is not a JSON object, or a field of the wrong type: PublicIP / PublicIPv6 /
+    BackendType / NetweftNodeID must be strings (or null), BackendData an object (or null)
+    whose VtepMAC is a MAC string and VNI an integer.
+    """
     v4, v6 = parse_key_name(name)
     try:
         data = json.loads(raw or b"{}")
@@ -127,15 +180,17 @@ def parse_lease(name: str, raw: bytes | str, etcd_lease_id: int = 0,
         raise LeaseFormatError(f"lease {name}: value is not JSON") from None
     if not isinstance(data, dict):
         raise LeaseFormatError(f"lease {name}: value is not a JSON object")
+    pub_s = _opt_str(data, "PublicIP", name)
+    pub6_s = _opt_str(data, "PublicIPv6", name)
     try:
-        pub = IPv4Address(data["PublicIP"]) if data.get("PublicIP") else None
-        pub6 = IPv6Address(data["PublicIPv6"]) if data.get("PublicIPv6") else None
+        pub = IPv4Address(pub_s) if pub_s else None
+        pub6 = IPv6Address(pub6_s) if pub6_s else None
     except ValueError as exc:
         raise LeaseFormatError(f"lease {name}: {exc}") from None
-    bd = data.get("BackendData") or {}
     return Lease(
         subnet=v4, ipv6_subnet=v6, public_ip=pub, public_ipv6=pub6,
-        backend_type=str(data.get("BackendType") or ""),
-        backend_data=dict(bd) if isinstance(bd, dict) else {},
+        backend_type=_opt_str(data, "BackendType", name) or "",
+        backend_data=_backend_data(data, name),
         etcd_lease_id=etcd_lease_id, expiration=expiration, mod_revision=mod_revision,
+        node_id=_opt_str(data, NODE_ID_FIELD, name), create_revision=create_revision,
     )

@@ -8,6 +8,8 @@ emits the difference).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 import time
@@ -16,9 +18,14 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from netweft.ipam.claim import Claimant, Drift, drift, plan_claim
 from netweft.ipam.config import ConfigError, NetworkConfig, parse_config
-from netweft.ipam.etcd import CompactedError, EtcdClient, EtcdError, EventType, KeyValue
 from netweft.ipam.lease import Lease, LeaseFormatError, parse_lease
+from netweft.ipam.leasecheck import InvalidLease
+from netweft.kv.backoff import Backoff
+from netweft.kv.protocol import KV
+from netweft.kv.reflector import Listed, Reflector
+from netweft.kv.types import EtcdError, EventType, KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,51 @@ class SubnetsExhausted(LeaseError):
 
 
 class LeaseLost(LeaseError):
-    """Our lease (or its key) is gone from etcd."""
+    """Our lease (or its key) is gone from etcd, or another node's identity holds it now."""
+
+
+class LeaseConflict(LeaseError):
+    """Another node's live lease holds our public IP or VTEP MAC: never taken over."""
+
+
+class LeaseHeld(LeaseError):
+    """A live lease of another identity holds our public IP and this node has a new identity:
+    wait for it to expire (``seconds_left``; -1: a reservation, never) and try again."""
+
+    def __init__(self, message: str, lease: Lease, seconds_left: int) -> None:
+        super().__init__(message)
+        self.lease = lease
+        self.seconds_left = seconds_left
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _changes(ours: Lease, current: Lease | None) -> str:
+    """``PublicIP 192.0.2.1 -> 192.0.2.9, VtepMAC ...``: what differs, for the log."""
+    if current is None:
+        return "its value was not a lease"
+    mine, theirs = ours.value(), current.value()
+    diffs = [f"{k} {json.dumps(theirs.get(k))} (ours {json.dumps(mine.get(k))})"
+             for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+    return ", ".join(diffs) or "etcd lease"
+
+
+def fits(cfg: NetworkConfig, lease: Lease) -> bool:
+    """Whether our own lease may be kept under ``cfg`` (Flannel's isSubnetConfigCompat: the
+    subnet's length and position between SubnetMin and SubnetMax, per family)."""
+    if cfg.enable_ipv4 and cfg.network is not None:
+        if lease.subnet is None or cfg.subnet_index(lease.subnet) is None:
+            return False
+    elif lease.subnet is not None:
+        return False
+    if cfg.enable_ipv6 and cfg.ipv6_network is not None:
+        sub6 = lease.ipv6_subnet
+        lo, hi = cfg.ipv6_subnet_min, cfg.ipv6_subnet_max
+        return (sub6 is not None and sub6.prefixlen == cfg.ipv6_subnet_len and lo is not None
+                and hi is not None and lo <= sub6.network_address <= hi)
+    return lease.ipv6_subnet is None
 
 
 @dataclass(frozen=True)
@@ -45,10 +96,25 @@ class LeaseEvent:
     lease: Lease
 
 
+@dataclass(frozen=True)
+class LeaseScan:
+    """Everything under ``<prefix>/subnets/`` at ``revision``: the leases that parse, and the
+    keys whose name or value is not a lease (shown as invalid by ``netweft leases list``)."""
+
+    leases: list[Lease]
+    malformed: list[InvalidLease]
+    revision: int
+
+
+def _parse_kv(kv: KeyValue, subnets_prefix: str) -> Lease:
+    """LeaseFormatError when the key or value is not a lease."""
+    return parse_lease(kv.key[len(subnets_prefix):], kv.value, etcd_lease_id=kv.lease,
+                       mod_revision=kv.mod_revision, create_revision=kv.create_revision)
+
+
 def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
-    name = kv.key[len(subnets_prefix):]
     try:
-        return parse_lease(name, kv.value, etcd_lease_id=kv.lease, mod_revision=kv.mod_revision)
+        return _parse_kv(kv, subnets_prefix)
     except LeaseFormatError as exc:
         log.warning("ignoring %s: %s", kv.key, exc)
         return None
@@ -57,7 +123,7 @@ def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
 class LeaseStore:
     """The leases of one network (one etcd prefix)."""
 
-    def __init__(self, etcd: EtcdClient, prefix: str = "/coreos.com/network",
+    def __init__(self, etcd: KV, prefix: str = "/coreos.com/network",
                  ttl: int = DEFAULT_TTL) -> None:
         self.etcd = etcd
         self.prefix = prefix.rstrip("/")
@@ -90,17 +156,37 @@ class LeaseStore:
 
     # --- reading ----------------------------------------------------------------------------
 
+    async def scan(self, with_expiry: bool = False) -> LeaseScan:
+        """Every key under ``subnets/``: parsed leases and malformed entries (not logged)."""
+        kvs, revision = await self.etcd.get_prefix(self.subnets_prefix)
+        leases: list[Lease] = []
+        malformed: list[InvalidLease] = []
+        for kv in kvs:
+            try:
+                leases.append(_parse_kv(kv, self.subnets_prefix))
+            except LeaseFormatError as exc:
+                malformed.append(InvalidLease(kv.key[len(self.subnets_prefix):], str(exc)))
+        if with_expiry:
+            leases = await self._with_expiry(leases)
+        return LeaseScan(leases, malformed, revision)
+
     async def list(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
+        """The leases that parse (malformed keys are logged and skipped) and the revision."""
         kvs, revision = await self.etcd.get_prefix(self.subnets_prefix)
         leases = [lease for kv in kvs if (lease := _kv_to_lease(kv, self.subnets_prefix))]
         if with_expiry:
+            leases = await self._with_expiry(leases)
+        return leases, revision
+
+    async def _with_expiry(self, leases: list[Lease]) -> list[Lease]:
+        if leases:
             now = time.time()
             ids = sorted({le.etcd_lease_id for le in leases if le.etcd_lease_id})
             ttls = await asyncio.gather(*(self.etcd.time_to_live(i) for i in ids))
             left = dict(zip(ids, ttls, strict=True))
             leases = [replace(le, expiration=now + left[le.etcd_lease_id])
                       if left.get(le.etcd_lease_id, -1) >= 0 else le for le in leases]
-        return leases, revision
+        return leases
 
     # --- acquiring --------------------------------------------------------------------------
 
@@ -108,21 +194,59 @@ class LeaseStore:
                       backend_type: str, backend_data: dict[str, Any] | None = None,
                       previous: IPv4Network | None = None,
                       public_ipv6: IPv6Address | None = None,
-                      previous_ipv6: IPv6Network | None = None) -> Lease:
-        """Our lease: the one holding our public IP, else ``previous`` if free, else a random
-        free subnet. Lost creation races are retried with another subnet."""
+                      previous_ipv6: IPv6Network | None = None, node_id: str | None = None,
+                      new_identity: bool = False, take_over: bool = False) -> Lease:
+        """Our lease, decided by :func:`~netweft.ipam.claim.plan_claim`: the one carrying
+        ``node_id``, else the one holding our public IP (unless another identity's), else the
+        ``previous`` subnet's when it publishes our VTEP MAC, else ``previous`` if free, else a
+        random free subnet. Our stale leases (same identity or VTEP MAC) are deleted first; a
+        reused lease that no longer fits the config is deleted too (Flannel does the same).
+        Lost creation races are retried with another subnet.
+
+        Raises :class:`LeaseConflict` when another identity's live lease holds our public IP or
+        VTEP MAC, :class:`LeaseHeld` when we must wait for it to expire (``new_identity``),
+        :class:`SubnetsExhausted`, :class:`LeaseError` after too many lost races.
+        """
         data = dict(backend_data or {})
+        mac = data.get("VtepMAC")
+        me = Claimant(node_id=node_id, public_ip=public_ip, public_ipv6=public_ipv6,
+                      vtep_mac=mac if isinstance(mac, str) else None, previous=previous,
+                      previous_ipv6=previous_ipv6, new_identity=new_identity,
+                      take_over=take_over)
         for _attempt in range(ACQUIRE_ATTEMPTS):
             leases, _rev = await self.list()
-            mine = self._find_mine(leases, public_ip, public_ipv6)
-            if mine is not None:
-                got = await self._refresh_mine(mine, backend_type, data, public_ip, public_ipv6)
+            claim = plan_claim(leases, me)
+            if claim.refuse is not None:
+                raise LeaseConflict(claim.refuse)
+            if claim.wait_for is not None:
+                held = claim.wait_for
+                left = await self.etcd.time_to_live(held.etcd_lease_id) \
+                    if held.etcd_lease_id else -1
+                raise LeaseHeld(claim.why + (f"; it expires in {_duration(left)}" if left >= 0
+                                             else "; it is a reservation and never expires"),
+                                held, left)
+            stale = list(claim.stale)
+            reuse = claim.reuse
+            if reuse is not None and not fits(cfg, reuse):
+                log.warning("lease %s no longer fits the network config: deleting it",
+                            reuse.key_name)
+                stale.append(reuse)
+                reuse = None
+            if not await self._delete_stale(stale):
+                continue
+            if reuse is not None:
+                if claim.why:
+                    log.info("%s", claim.why)
+                got = await self._refresh_mine(reuse, backend_type, data, public_ip,
+                                               public_ipv6, node_id)
                 if got is not None:
                     return got
                 continue
-            v4, v6 = self._choose(cfg, leases, previous, previous_ipv6)
+            taken = [le for le in leases if le.key_name not in {s.key_name for s in stale}]
+            v4, v6 = self._choose(cfg, taken, previous, previous_ipv6)
             lease = Lease(subnet=v4, ipv6_subnet=v6, public_ip=public_ip,
-                          public_ipv6=public_ipv6, backend_type=backend_type, backend_data=data)
+                          public_ipv6=public_ipv6, backend_type=backend_type, backend_data=data,
+                          node_id=node_id)
             lease_id = await self.etcd.grant(self.ttl)
             if await self.etcd.create(self.key_for(lease), lease.value_json(), lease=lease_id):
                 log.info("acquired %s for %s", lease.key_name, public_ip or public_ipv6)
@@ -134,40 +258,46 @@ class LeaseStore:
         raise LeaseError(f"could not acquire a subnet after {ACQUIRE_ATTEMPTS} attempts "
                          "(heavy contention?)")
 
-    @staticmethod
-    def _find_mine(leases: list[Lease], public_ip: IPv4Address | None,
-                   public_ipv6: IPv6Address | None) -> Lease | None:
-        for lease in leases:
-            if public_ip is not None and lease.public_ip == public_ip:
-                return lease
-            if public_ip is None and public_ipv6 is not None and lease.public_ipv6 == public_ipv6:
-                return lease
-        return None
+    async def _delete_stale(self, stale: list[Lease]) -> bool:
+        """Delete our stale leases, each only if unchanged since listed (False: re-list)."""
+        for lease in stale:
+            key = self.key_for(lease)
+            if not await self.etcd.delete_all([key], key, lease.mod_revision):
+                return False
+            log.warning("deleted the stale lease %s (PublicIP %s, VtepMAC %s): it was this "
+                        "node's", lease.key_name, lease.public_ip or lease.public_ipv6,
+                        lease.vtep_mac or "-")
+            if lease.etcd_lease_id:
+                with contextlib.suppress(EtcdError):
+                    await self.etcd.revoke(lease.etcd_lease_id)
+        return True
 
     async def _refresh_mine(self, mine: Lease, backend_type: str, data: dict[str, Any],
                             public_ip: IPv4Address | None,
-                            public_ipv6: IPv6Address | None) -> Lease | None:
-        """Take over the lease holding our public IP (after a restart): keep its subnet, refresh
-        its value and etcd lease. None when it changed under us (re-list and retry)."""
+                            public_ipv6: IPv6Address | None,
+                            node_id: str | None = None) -> Lease | None:
+        """Take over our lease (after a restart or a public IP change): keep its subnet,
+        write our value (PublicIP, backend data, identity) and give it a fresh etcd lease of
+        ``self.ttl`` seconds (as Flannel's updateSubnet does: a changed --lease-ttl applies at
+        once, not after the old lease ends). None when it changed under us (re-list and retry).
+        """
         updated = replace(mine, backend_type=backend_type, backend_data=data,
                           public_ip=public_ip or mine.public_ip,
-                          public_ipv6=public_ipv6 or mine.public_ipv6)
-        if mine.reserved:
-            lease_id = 0
-        else:
-            lease_id = mine.etcd_lease_id
-            if await self.etcd.time_to_live(lease_id) <= 0:
-                lease_id = await self.etcd.grant(self.ttl)
+                          public_ipv6=public_ipv6 or mine.public_ipv6,
+                          node_id=node_id or mine.node_id)
+        lease_id = 0 if mine.reserved else await self.etcd.grant(self.ttl)
         ok = await self.etcd.replace(self.key_for(mine), updated.value_json(),
                                      mine.mod_revision, lease=lease_id)
         if not ok:
+            if lease_id:
+                await self.etcd.revoke(lease_id)
             return None
-        ttl = self.ttl
-        if lease_id:
-            ttl = await self.etcd.keepalive_once(lease_id) or self.ttl
+        if mine.etcd_lease_id and mine.etcd_lease_id != lease_id:
+            # The key no longer references the old lease, so revoking it deletes nothing.
+            await self.etcd.revoke(mine.etcd_lease_id)
         log.info("reusing %s for %s", mine.key_name, public_ip or public_ipv6)
         return replace(updated, etcd_lease_id=lease_id,
-                       expiration=None if not lease_id else time.time() + ttl)
+                       expiration=None if not lease_id else time.time() + self.ttl)
 
     def _choose(self, cfg: NetworkConfig, leases: list[Lease], previous: IPv4Network | None,
                 previous_ipv6: IPv6Network | None) -> tuple[IPv4Network | None, IPv6Network | None]:
@@ -221,19 +351,47 @@ class LeaseStore:
     # --- keeping and giving back ------------------------------------------------------------
 
     async def renew(self, lease: Lease) -> Lease:
-        """Refresh our etcd lease; :class:`LeaseLost` when the key or the lease is gone."""
-        kv = await self.etcd.get(self.key_for(lease))
-        if kv is None:
-            raise LeaseLost(f"lease {lease.key_name} is gone from etcd")
-        current = _kv_to_lease(kv, self.subnets_prefix)
-        if current is None or current.public_ip != lease.public_ip:
-            raise LeaseLost(f"lease {lease.key_name} now belongs to someone else")
-        if current.reserved:
-            return replace(current, expiration=None)
-        ttl = await self.etcd.keepalive_once(current.etcd_lease_id)
-        if ttl <= 0:
-            raise LeaseLost(f"etcd lease of {lease.key_name} has expired")
-        return replace(current, expiration=time.time() + ttl)
+        """Keep our lease: refresh its etcd lease, and put our value back when it was changed
+        under us (another PublicIP, VTEP MAC, garbage, ...: issue 9 item 11) as long as it is
+        still ours (:func:`~netweft.ipam.claim.drift`). Returns ``lease`` with the new expiry,
+        etcd lease id and revision. :class:`LeaseLost` when the key or its etcd lease is gone
+        or another identity (or, without identities, another PublicIP) holds the key."""
+        key = self.key_for(lease)
+        for _attempt in range(ACQUIRE_ATTEMPTS):
+            kv = await self.etcd.get(key)
+            if kv is None:
+                raise LeaseLost(f"lease {lease.key_name} is gone from etcd")
+            try:
+                current: Lease | None = _parse_kv(kv, self.subnets_prefix)
+            except LeaseFormatError:
+                current = None
+            state = drift(lease, current)
+            if state is Drift.SAME and not lease.reserved and kv.lease == 0:
+                state = Drift.ALTERED  # rewritten as a permanent key: bind it to its lease again
+            if state is Drift.FOREIGN:
+                assert current is not None
+                who = f"node {current.node_id}" if current.node_id else str(current.public_ip)
+                raise LeaseLost(f"lease {lease.key_name} now belongs to {who}")
+            lease_id = kv.lease
+            revision = kv.mod_revision
+            if state is Drift.ALTERED:
+                if not lease.reserved and lease_id == 0:
+                    lease_id = lease.etcd_lease_id  # rewritten without its etcd lease
+                if not await self.etcd.replace(key, lease.value_json(), kv.mod_revision,
+                                               lease=lease_id):
+                    continue  # changed again meanwhile: look again
+                now = await self.etcd.get(key)
+                revision = now.mod_revision if now is not None else revision
+                log.warning("lease %s was changed in etcd (%s): restored it", lease.key_name,
+                            _changes(lease, current))
+            if lease.reserved or lease_id == 0:
+                return replace(lease, expiration=None, etcd_lease_id=0, mod_revision=revision)
+            ttl = await self.etcd.keepalive_once(lease_id)
+            if ttl <= 0:
+                raise LeaseLost(f"etcd lease of {lease.key_name} has expired")
+            return replace(lease, expiration=time.time() + ttl, etcd_lease_id=lease_id,
+                           mod_revision=revision)
+        raise LeaseError(f"lease {lease.key_name} keeps changing under us")
 
     async def _find(self, subnet: IPv4Network | IPv6Network) -> tuple[Lease, str] | None:
         leases, _ = await self.list()
@@ -280,45 +438,35 @@ class LeaseStore:
 
     async def watch(self, leases: list[Lease], revision: int,
                     retry_delay: float = 1.0) -> AsyncIterator[list[LeaseEvent]]:
-        """Events after ``revision`` relative to ``leases``. On compaction or a broken stream,
-        re-list and yield the difference, so the caller's view always converges to etcd's."""
+        """Events after ``revision`` relative to ``leases``, forever (through a
+        :class:`netweft.kv.reflector.Reflector`). After a compaction it re-lists and yields the
+        difference; a broken stream resumes from the last revision seen after ``retry_delay``
+        seconds (jittered); so the caller's view always converges to etcd's."""
         known: dict[str, Lease] = {self.key_for(le): le for le in leases}
-        rev = revision
-        while True:
-            try:
-                async for batch in self.etcd.watch_prefix(self.subnets_prefix, rev + 1):
-                    events: list[LeaseEvent] = []
-                    last = rev
-                    for ev in batch.events:
-                        last = max(last, ev.kv.mod_revision)
-                        if ev.type is EventType.PUT:
-                            lease = _kv_to_lease(ev.kv, self.subnets_prefix)
-                            if lease is not None:
-                                known[ev.kv.key] = lease
-                                events.append(LeaseEvent("added", lease))
-                        else:
-                            old = known.pop(ev.kv.key, None)
-                            if old is None:
-                                old = _kv_to_lease(ev.kv, self.subnets_prefix)
-                            if old is not None:
-                                events.append(LeaseEvent("removed", old))
-                    rev = last if batch.events else max(rev, batch.revision)
-                    if events:
-                        yield events
-            except (CompactedError, EtcdError) as exc:
-                log.warning("lease watch interrupted (%s); re-listing", exc)
-            while True:
-                try:
-                    current, rev = await self.list()
-                    break
-                except EtcdError as exc:
-                    log.warning("re-list failed (%s); retrying in %.1fs", exc, retry_delay)
-                    await asyncio.sleep(retry_delay)
-            diff = diff_leases(known, {self.key_for(le): le for le in current})
-            known = {self.key_for(le): le for le in current}
-            if diff:
-                yield diff
-            await asyncio.sleep(0)
+        reflector = Reflector(self.subnets_prefix, revision,
+                              Backoff(retry_delay, retry_delay), name="lease watch")
+        async for update in reflector.updates(self.etcd):
+            if isinstance(update, Listed):
+                current = {kv.key: lease for kv in update.kvs
+                           if (lease := _kv_to_lease(kv, self.subnets_prefix))}
+                events = diff_leases(known, current)
+                known = current
+            else:
+                events = []
+                for ev in update.events:
+                    if ev.type is EventType.PUT:
+                        lease = _kv_to_lease(ev.kv, self.subnets_prefix)
+                        if lease is not None:
+                            known[ev.kv.key] = lease
+                            events.append(LeaseEvent("added", lease))
+                    else:
+                        old = known.pop(ev.kv.key, None)
+                        if old is None:
+                            old = _kv_to_lease(ev.kv, self.subnets_prefix)
+                        if old is not None:
+                            events.append(LeaseEvent("removed", old))
+            if events:
+                yield events
 
 
 def diff_leases(old: dict[str, Lease], new: dict[str, Lease]) -> list[LeaseEvent]:

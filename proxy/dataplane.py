@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
+from netweft.proxy.constants import NFT_TABLE
 from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
 from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
-from netweft.proxy.nft_apply import NftApplier, NftError
+from netweft.proxy.nft_apply import NftApplier, NftError, netns_prefix
+from netweft.proxy.nft_monitor import TableMonitor, in_initial_pid_namespace
+from netweft.proxy.nft_tx import Transaction
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import NodeContext, ServicePlan
 
@@ -35,6 +39,11 @@ class Dataplane(Protocol):
 
     def cleanup(self) -> None: ...
 
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        """Call ``on_foreign_change()`` whenever someone else changes the proxy's rules, until
+        cancelled (or return at once when the dataplane cannot notice; the runner's periodic
+        full resync heals it then)."""
+
 
 class NftablesDataplane:
     mode = "nftables"
@@ -43,32 +52,65 @@ class NftablesDataplane:
         self.state = NftState(node)
         self.applier = applier or NftApplier()
         self.apply_seconds = 0.0      # time the last sync spent in the kernel transaction(s)
+        self.monitor: TableMonitor | None = None
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
-        text = self.state.update(plans, delta=not full)
+        tx = self.state.update_transaction(plans, delta=not full)
         self.apply_seconds = 0.0
+        size = 0
         if not full:
             try:
-                self._apply(text)
+                size = self._apply(tx)
             except NftError as exc:
                 log.warning("nft delta failed (%s): full resync", exc)
                 full = True
         if full:
-            text = self.state.full_text(sort=False)
-            self._apply(text)
+            tx = self.state.full_transaction(sort=False)
+            timeouts = self.state.affinity_timeouts()
+            if timeouts:
+                for name, items in carry_elements(timeouts, self._affinity_in_kernel()).items():
+                    tx.add_elements(name, items)
+            size = self._apply(tx)
         chains, rules, elements = self.state.counts()
-        return SyncResult(full, chains, rules, elements, len(text))
+        return SyncResult(full, chains, rules, elements, size)
 
-    def _apply(self, text: str) -> None:
+    def _affinity_in_kernel(self) -> dict[str, tuple[AffinityEntry, ...]]:
+        """The clients the kernel's affinity sets remember now (none if there is no table
+        yet); a listing nft refuses for another reason is logged and nothing is carried."""
+        try:
+            return parse_affinity_sets(self.applier.list_json(f"list sets table ip {NFT_TABLE}"))
+        except NftError as exc:
+            if "No such file or directory" not in str(exc):
+                log.warning("reading affinity sets failed (%s): clients pick afresh", exc)
+            return {}
+        except ValueError as exc:
+            log.warning("reading affinity sets failed (%s): clients pick afresh", exc)
+            return {}
+
+    def _apply(self, tx: Transaction) -> int:
+        """Apply ``tx``; returns the size of its text (bytes handed to nft)."""
         start = time.perf_counter()
         try:
-            self.applier.apply(text)
+            return self.applier.apply(tx)
         finally:
             self.apply_seconds += time.perf_counter() - start
 
     def cleanup(self) -> None:
         from netweft.proxy.nftables import delete_text
         self.applier.apply(delete_text())
+
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        """``nft monitor`` in the applier's namespace: any transaction on our table by another
+        process (see proxy/nft_monitor.py). Outside the host pid namespace our own commits
+        cannot be told from others' (the monitor names host pids): then only the periodic full
+        resync heals, said in one warning."""
+        if not in_initial_pid_namespace():
+            log.warning("not in the host pid namespace: changes to table ip %s by others are "
+                        "healed only by the periodic full resync", NFT_TABLE)
+            return
+        self.monitor = TableMonitor(f"ip {NFT_TABLE}", self.applier.is_own, on_foreign_change,
+                                    netns_prefix(self.applier.netns))
+        await self.monitor.run()
 
 
 class IptablesDataplane:
@@ -101,3 +143,6 @@ class IptablesDataplane:
 
     def cleanup(self) -> None:
         self.applier.remove_all()
+
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        """iptables has no change events: the periodic full resync heals foreign edits."""

@@ -34,6 +34,7 @@ class ProxyMetrics:
     rules: int = 0
     elements: int = 0
     conntrack_deletes: int = 0
+    repairs: int = 0                # full syncs because someone else changed our rules
     last_sync_timestamp: float = 0.0
 
     def render(self) -> str:
@@ -65,6 +66,8 @@ class ProxyMetrics:
         gauge("netweft_proxy_elements", self.elements, "Set and map elements (nftables).")
         gauge("netweft_proxy_conntrack_deletes_total", self.conntrack_deletes,
               "Stale UDP conntrack filters applied.", "counter")
+        gauge("netweft_proxy_rule_repairs_total", self.repairs,
+              "Full syncs because another process changed the proxy's rules.", "counter")
         gauge("netweft_proxy_last_sync_timestamp_seconds", self.last_sync_timestamp,
               "Unix time of the last successful sync.")
         return "\n".join(lines) + "\n"

@@ -4,8 +4,13 @@ network namespace, for tests and benchmarks driven from outside the node)."""
 
 from __future__ import annotations
 
+import collections
+import json
+import os
 import subprocess
 from typing import Any
+
+from netweft.proxy.nft_tx import Transaction
 
 
 class NftError(RuntimeError):
@@ -19,6 +24,7 @@ def netns_prefix(netns: str | None) -> list[str]:
 class NftApplier:
     def __init__(self, netns: str | None = None, use_library: bool = True) -> None:
         self.netns = netns
+        self._children: collections.deque[int] = collections.deque(maxlen=64)
         self._lib: Any = None
         if use_library and netns is None:
             try:
@@ -34,18 +40,36 @@ class NftApplier:
     def kind(self) -> str:
         return "libnftables" if self._lib is not None else "nft -f -"
 
-    def apply(self, text: str) -> None:
-        if not text:
-            return
+    def apply(self, change: Transaction | str) -> int:
+        """Apply a transaction (or nft command text) atomically; returns the size of the text
+        handed to nft. Raises NftError when nft refuses it (then nothing was applied)."""
+        text = change if isinstance(change, str) else change.render()
+        if text:
+            self._apply_text(text)
+        return len(text)
+
+    def _apply_text(self, text: str) -> None:
         if self._lib is not None:
             rc, _out, err = self._lib.cmd(text)
             if rc != 0:
                 raise NftError(_first_error(err))
             return
-        proc = subprocess.run([*netns_prefix(self.netns), "nft", "-f", "-"], input=text,
-                              capture_output=True, text=True, timeout=300)
+        with subprocess.Popen([*netns_prefix(self.netns), "nft", "-f", "-"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as proc:
+            self._children.append(proc.pid)     # ``ip netns exec`` execs nft: same pid
+            try:
+                _out, err = proc.communicate(text, timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise NftError("nft -f - did not finish in 300 s") from None
         if proc.returncode != 0:
-            raise NftError(_first_error(proc.stderr))
+            raise NftError(_first_error(err))
+
+    def is_own(self, pid: int) -> bool:
+        """Whether a transaction committed by ``pid`` (as ``nft monitor`` names it) is ours:
+        this process (libnftables) or one of the last ``nft -f`` children it ran."""
+        return pid == os.getpid() if self._lib is not None else pid in self._children
 
     def run(self, command: str) -> str:
         """One nft command (e.g. ``list table ...``); returns its output."""
@@ -59,6 +83,26 @@ class NftApplier:
         if proc.returncode != 0:
             raise NftError(_first_error(proc.stderr))
         return proc.stdout
+
+
+    def list_json(self, command: str) -> dict[str, Any]:
+        """One ``list ...`` command with JSON output (libnftables JSON schema 1), parsed.
+        Raises NftError when nft refuses it (e.g. the table does not exist)."""
+        if self._lib is not None:
+            self._lib.set_json_output(True)
+            try:
+                rc, out, err = self._lib.cmd(command)
+            finally:
+                self._lib.set_json_output(False)
+            if rc != 0:
+                raise NftError(_first_error(err))
+        else:
+            proc = subprocess.run([*netns_prefix(self.netns), "nft", "-j", *command.split()],
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise NftError(_first_error(proc.stderr))
+            out = proc.stdout
+        return dict(json.loads(out)) if out.strip() else {"nftables": []}
 
 
 def _first_error(text: str) -> str:

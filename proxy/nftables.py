@@ -33,90 +33,149 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
 from netweft.proxy.model import ServiceKey
-from netweft.proxy.plan import Backend, Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
+from netweft.proxy.nft_tx import (
+    AddChain,
+    AddRules,
+    AddSet,
+    Chain,
+    DeleteObject,
+    DeleteTable,
+    Element,
+    FlushChain,
+    Hook,
+    NftSet,
+    ReplaceTable,
+    Transaction,
+)
+from netweft.proxy.plan import Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
 
-T = f"ip {NFT_TABLE}"
+FAMILY = "ip"
+EKey = tuple[str, str]       # (set or map name, element key)
+T = f"{FAMILY} {NFT_TABLE}"
 IP_KEY = "ip daddr . meta l4proto . th dport"
 NODEPORT_KEY = "meta l4proto . th dport"
 MARK = f"0x{MASQUERADE_MARK:x}"
 SET_MARK = f"meta mark set meta mark | {MARK}"
-REJECT_CHAIN = "reject-new"
 PROTOCOLS = ("tcp", "udp", "sctp")
-ELEMENTS_PER_STATEMENT = 200
 
-# Static sets and maps: name -> declaration.
-STATIC_SETS: dict[str, str] = {
-    "nodeport-ips": "type ipv4_addr;",
-    "cluster-cidrs": "type ipv4_addr; flags interval;",
-    "service-ips": "type ipv4_addr . inet_proto . inet_service : verdict;",
-    "service-nodeports": "type inet_proto . inet_service : verdict;",
-    "no-endpoint-ips": "type ipv4_addr . inet_proto . inet_service : verdict;",
-    "no-endpoint-nodeports": "type inet_proto . inet_service : verdict;",
-    **{f"backends-{p}": "typeof ip daddr . th dport . numgen random mod 1 : ip daddr . th dport;"
-       for p in PROTOCOLS},
-    **{f"nodeport-backends-{p}": "typeof th dport . numgen random mod 1 : ip daddr . th dport;"
-       for p in PROTOCOLS},
-    "firewall-ips": "type ipv4_addr . inet_proto . inet_service;",
-    "firewall-allow": "type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval;",
-    "hairpin": "type ipv4_addr . ipv4_addr;",
-}
-MAPS = {"service-ips", "service-nodeports", "no-endpoint-ips", "no-endpoint-nodeports",
-        *(f"{m}-{p}" for m in ("backends", "nodeport-backends") for p in PROTOCOLS)}
+# Every name in the table, once.
+NODEPORT_IPS = "nodeport-ips"
+CLUSTER_CIDRS = "cluster-cidrs"
+SERVICE_IPS = "service-ips"
+SERVICE_NODEPORTS = "service-nodeports"
+NO_ENDPOINT_IPS = "no-endpoint-ips"
+NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
+FIREWALL_IPS = "firewall-ips"
+FIREWALL_ALLOW = "firewall-allow"
+HAIRPIN = "hairpin"
+REJECT_CHAIN = "reject-new"
+SERVICES_CHAIN = "services"
+NAT_PREROUTING = "nat-prerouting"
+NAT_OUTPUT = "nat-output"
+NAT_POSTROUTING = "nat-postrouting"
+FILTER_PREROUTING = "filter-prerouting"
+FILTER_INPUT = "filter-input"
+FILTER_FORWARD = "filter-forward"
+FILTER_OUTPUT = "filter-output"
+AFFINITY_PREFIX = "aff-"          # aff-<h> entry chains, aff-<h>-<b> sets
+AFFINITY_ENDPOINT_PREFIX = "affep-"
 
 
-def static_chains(node: NodeContext) -> dict[str, tuple[str, ...]]:
-    """The fixed chains: hooks, the dispatch chain, reject and masquerade."""
+def backends_map(proto: str) -> str:
+    """The DNAT map of ClusterIP/external frontends of one protocol: ``backends-tcp``."""
+    return f"backends-{proto}"
+
+
+def nodeport_backends_map(proto: str) -> str:
+    """The DNAT map of nodePorts of one protocol: ``nodeport-backends-tcp``."""
+    return f"nodeport-backends-{proto}"
+
+
+_VERDICT_KEY = "type ipv4_addr . inet_proto . inet_service : verdict"
+STATIC_SETS: tuple[NftSet, ...] = (
+    NftSet(NODEPORT_IPS, "type ipv4_addr"),
+    NftSet(CLUSTER_CIDRS, "type ipv4_addr", flags=("interval",)),
+    NftSet(SERVICE_IPS, _VERDICT_KEY, is_map=True),
+    NftSet(SERVICE_NODEPORTS, "type inet_proto . inet_service : verdict", is_map=True),
+    NftSet(NO_ENDPOINT_IPS, _VERDICT_KEY, is_map=True),
+    NftSet(NO_ENDPOINT_NODEPORTS, "type inet_proto . inet_service : verdict", is_map=True),
+    # typeof names the protocol (``tcp dport``, not ``th dport``): nft re-evaluates a map's
+    # typeof from the kernel when a later transaction adds a rule using it, in the context of
+    # that rule's ``meta l4proto tcp``, and nft 1.0.6 rejects ``th`` there ("conflicting
+    # protocols specified: tcp vs. th"); in a full load the map is declared before any rule
+    # and ``th`` passed, so only deltas creating a new group chain failed (issue 9, item 1).
+    *(NftSet(backends_map(p),
+             f"typeof ip daddr . {p} dport . numgen random mod 1 : ip daddr . {p} dport",
+             is_map=True) for p in PROTOCOLS),
+    *(NftSet(nodeport_backends_map(p),
+             f"typeof {p} dport . numgen random mod 1 : ip daddr . {p} dport", is_map=True)
+      for p in PROTOCOLS),
+    NftSet(FIREWALL_IPS, "type ipv4_addr . inet_proto . inet_service"),
+    NftSet(FIREWALL_ALLOW, "type ipv4_addr . inet_proto . inet_service . ipv4_addr",
+           flags=("interval",)),
+    NftSet(HAIRPIN, "type ipv4_addr . ipv4_addr"),
+)
+
+
+def static_chains(node: NodeContext) -> tuple[Chain, ...]:
+    """The fixed chains: hooks, the dispatch chain, reject and masquerade (in table order)."""
     no_endpoints = (
-        f"ct state new {IP_KEY} vmap @no-endpoint-ips",
-        f"ct state new ip daddr @nodeport-ips {NODEPORT_KEY} vmap @no-endpoint-nodeports",
+        f"ct state new {IP_KEY} vmap @{NO_ENDPOINT_IPS}",
+        f"ct state new ip daddr @{NODEPORT_IPS} {NODEPORT_KEY} vmap @{NO_ENDPOINT_NODEPORTS}",
     )
-    return {
-        REJECT_CHAIN: ("meta l4proto tcp reject with tcp reset", "reject"),
-        "services": (
-            f"{IP_KEY} vmap @service-ips",
-            f"ip daddr @nodeport-ips {NODEPORT_KEY} vmap @service-nodeports",
-        ),
-        "nat-prerouting": ("type nat hook prerouting priority dstnat; policy accept;",
-                           "jump services"),
-        "nat-output": ("type nat hook output priority -100; policy accept;", "jump services"),
-        "nat-postrouting": (
-            "type nat hook postrouting priority srcnat - 10; policy accept;",
-            f"ct status dnat ip saddr . ip daddr @hairpin {SET_MARK}",
+    return (
+        Chain(REJECT_CHAIN, ("meta l4proto tcp reject with tcp reset", "reject")),
+        Chain(SERVICES_CHAIN, (
+            f"{IP_KEY} vmap @{SERVICE_IPS}",
+            f"ip daddr @{NODEPORT_IPS} {NODEPORT_KEY} vmap @{SERVICE_NODEPORTS}",
+        )),
+        Chain(NAT_PREROUTING, (f"jump {SERVICES_CHAIN}",), Hook("nat", "prerouting", "dstnat")),
+        Chain(NAT_OUTPUT, (f"jump {SERVICES_CHAIN}",), Hook("nat", "output", "-100")),
+        Chain(NAT_POSTROUTING, (
+            f"ct status dnat ip saddr . ip daddr @{HAIRPIN} {SET_MARK}",
             f"meta mark & {MARK} == 0 return",
             f"meta mark set meta mark ^ {MARK}",
             "masquerade fully-random",
-        ),
-        "filter-prerouting": (
-            "type filter hook prerouting priority dstnat - 10; policy accept;",
-            f"{IP_KEY} @firewall-ips {IP_KEY} . ip saddr != @firewall-allow drop",
-        ),
-        "filter-input": ("type filter hook input priority filter - 5; policy accept;",
-                         *no_endpoints),
-        "filter-forward": ("type filter hook forward priority filter - 5; policy accept;",
-                           no_endpoints[0]),
-        "filter-output": ("type filter hook output priority filter - 5; policy accept;",
-                          *no_endpoints),
-    }
+        ), Hook("nat", "postrouting", "srcnat - 10")),
+        Chain(FILTER_PREROUTING, (
+            f"{IP_KEY} @{FIREWALL_IPS} {IP_KEY} . ip saddr != @{FIREWALL_ALLOW} drop",),
+            Hook("filter", "prerouting", "dstnat - 10")),
+        Chain(FILTER_INPUT, no_endpoints, Hook("filter", "input", "filter - 5")),
+        Chain(FILTER_FORWARD, no_endpoints[:1], Hook("filter", "forward", "filter - 5")),
+        Chain(FILTER_OUTPUT, no_endpoints, Hook("filter", "output", "filter - 5")),
+    )
 
 
 @dataclass(frozen=True)
 class NftObject:
-    """A set or chain that exists because some service needs it (shared ones are refcounted)."""
-    kind: str                 # "set" | "chain"
-    name: str
-    level: int                # created in ascending, deleted in descending order
-    body: tuple[str, ...]     # chain: its rules; set: its declaration
+    """A set or chain that exists because some service needs it (shared ones are refcounted);
+    created in ascending, deleted in descending ``level``."""
+    level: int
+    obj: Chain | NftSet
+
+    @property
+    def name(self) -> str:
+        return self.obj.name
+
+    @property
+    def kind(self) -> str:
+        return self.obj.kind
 
 
 @dataclass
 class Contribution:
+    """Everything one service adds: elements ((set, key) -> value or None), the readable comment
+    of each element (``namespace/service:port``, as kube-proxy comments its elements), and the
+    chains and sets it needs."""
     elements: dict[tuple[str, str], str | None] = field(default_factory=dict)
     objects: dict[str, NftObject] = field(default_factory=dict)
+    comments: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def family(fe: Frontend) -> str:
@@ -131,7 +190,7 @@ def mark_rule(fam: str, has_cidrs: bool) -> tuple[str, ...]:
     """Set the masquerade mark: off-cluster clients of a ClusterIP (when the pod network is
     known), every client of an external frontend with policy Cluster, nobody under Local."""
     if fam == "cluster":
-        return ("ip saddr != @cluster-cidrs " + SET_MARK,) if has_cidrs else ()
+        return (f"ip saddr != @{CLUSTER_CIDRS} {SET_MARK}",) if has_cidrs else ()
     if fam in ("external", "nodeport"):
         return (SET_MARK,)
     return ()
@@ -145,11 +204,11 @@ def group_chain(fam: str, proto: str, count: int, node: NodeContext) -> NftObjec
 def _group_chain(fam: str, proto: str, count: int, has_cidrs: bool) -> NftObject:
     if fam.startswith("nodeport"):
         dnat = (f"meta l4proto {proto} dnat ip to th dport . numgen random mod {count} "
-                f"map @nodeport-backends-{proto}")
+                f"map @{nodeport_backends_map(proto)}")
     else:
         dnat = (f"meta l4proto {proto} dnat ip to ip daddr . th dport . numgen random mod "
-                f"{count} map @backends-{proto}")
-    return NftObject("chain", f"{fam}-{proto}-{count}", 2, (*mark_rule(fam, has_cidrs), dnat))
+                f"{count} map @{backends_map(proto)}")
+    return NftObject(2, Chain(f"{fam}-{proto}-{count}", (*mark_rule(fam, has_cidrs), dnat)))
 
 
 def _short_hash(*parts: object) -> str:
@@ -169,12 +228,14 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
     picks: list[str] = []
     for b in fe.backends:
         bh = _short_hash(b)[:8]
-        set_name, chain_name = f"aff-{h}-{bh}", f"affep-{h}-{bh}"
-        objects.append(NftObject("set", set_name, 0, (
-            "type ipv4_addr;", "flags dynamic,timeout;", f"timeout {fe.affinity_timeout}s;")))
-        objects.append(NftObject("chain", chain_name, 1, (
+        set_name = f"{AFFINITY_PREFIX}{h}-{bh}"
+        chain_name = f"{AFFINITY_ENDPOINT_PREFIX}{h}-{bh}"
+        objects.append(NftObject(0, NftSet(set_name, "type ipv4_addr",
+                                           flags=("dynamic", "timeout"),
+                                           timeout=fe.affinity_timeout)))
+        objects.append(NftObject(1, Chain(chain_name, (
             f"update @{set_name} {{ ip saddr }}",
-            f"meta l4proto {fe.protocol.lower()} dnat ip to {b.address}:{b.port}")))
+            f"meta l4proto {fe.protocol.lower()} dnat ip to {b.address}:{b.port}"))))
         sticky.append(f"ip saddr @{set_name} goto {chain_name}")
         picks.append(chain_name)
     if len(picks) == 1:
@@ -182,9 +243,9 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
     else:
         pick = "numgen random mod {} vmap {{ {} }}".format(
             len(picks), ", ".join(f"{i} : goto {c}" for i, c in enumerate(picks)))
-    entry = f"aff-{h}"
-    objects.append(NftObject("chain", entry, 2, (*mark_rule(fam, bool(node.cluster_cidrs)),
-                                                 *sticky, pick)))
+    entry = f"{AFFINITY_PREFIX}{h}"
+    objects.append(NftObject(2, Chain(entry, (*mark_rule(fam, bool(node.cluster_cidrs)),
+                                              *sticky, pick))))
     return entry, objects
 
 
@@ -200,16 +261,19 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
     """Everything one service adds to the table (pure)."""
     out = Contribution()
     el = out.elements
+    comments = out.comments
     for fe in plan.frontends:
+        first = len(el)
         key = frontend_key(fe)
         nodeport = fe.address is None
         if fe.source_ranges and not nodeport:
-            el[("firewall-ips", key)] = None
+            el[(FIREWALL_IPS, key)] = None
             for r in filter(None, map(_range, fe.source_ranges)):
-                el[("firewall-allow", f"{key} . {r}")] = None
+                el[(FIREWALL_ALLOW, f"{key} . {r}")] = None
         if fe.outcome is not Outcome.BALANCE:
             verdict = f"goto {REJECT_CHAIN}" if fe.outcome is Outcome.REJECT else "drop"
-            el[("no-endpoint-nodeports" if nodeport else "no-endpoint-ips", key)] = verdict
+            el[(NO_ENDPOINT_NODEPORTS if nodeport else NO_ENDPOINT_IPS, key)] = verdict
+            _comment(fe, el, comments, first)
             continue
         fam = family(fe)
         if fe.affinity_timeout is not None:
@@ -223,20 +287,32 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
             out.objects[chain.name] = chain
             verdict = f"goto {chain.name}"
             if nodeport:
-                backends, short = f"nodeport-backends-{proto}", str(fe.port)
+                backends, short = nodeport_backends_map(proto), str(fe.port)
             else:
-                backends, short = f"backends-{proto}", f"{fe.address} . {fe.port}"
+                backends, short = backends_map(proto), f"{fe.address} . {fe.port}"
             for i, b in enumerate(fe.backends):
                 el[(backends, f"{short} . {i}")] = f"{b.address} . {b.port}"
-        el[("service-nodeports" if nodeport else "service-ips", key)] = verdict
+        el[(SERVICE_NODEPORTS if nodeport else SERVICE_IPS, key)] = verdict
         for b in fe.backends:
             if b.address in plan.local_addresses:      # only a pod of this node can hairpin
-                el[("hairpin", f"{b.address} . {b.address}")] = None
+                el[(HAIRPIN, f"{b.address} . {b.address}")] = None
+        _comment(fe, el, comments, first)
     return out
 
 
+COMMENT_MAX = 128     # bytes nft keeps of an element comment
+
+
+def _comment(fe: Frontend, elements: Mapping[EKey, object], comments: dict[EKey, str],
+             first: int) -> None:
+    """Comment the elements this frontend added (those after index ``first``; an element an
+    earlier frontend of the same service added keeps that one's comment)."""
+    text = f"{fe.service}:{fe.port_name or fe.port}"[:COMMENT_MAX]
+    for k in itertools.islice(elements, first, None):
+        comments.setdefault(k, text)
+
+
 _ABSENT = object()
-EKey = tuple[str, str]
 
 
 class NftState:
@@ -304,6 +380,11 @@ class NftState:
     def update(self, plans: Mapping[ServiceKey, ServicePlan | None], delta: bool = True) -> str:
         """Record new plans (None: the service is gone); return the delta as nft commands
         (``delta=False``: skip computing it, a full load follows)."""
+        return self.update_transaction(plans, delta).render()
+
+    def update_transaction(self, plans: Mapping[ServiceKey, ServicePlan | None],
+                           delta: bool = True) -> Transaction:
+        """``update`` as a typed transaction (empty when nothing changed or ``delta=False``)."""
         new: dict[ServiceKey, Contribution | None] = {
             k: (contribution(p, self.node) if p is not None else None) for k, p in plans.items()}
         if not delta:
@@ -314,7 +395,7 @@ class NftState:
                 if c is not None:
                     self._add(key, c)
                     self.contribs[key] = c
-            return ""
+            return Transaction(FAMILY, NFT_TABLE)
         touched_el: set[EKey] = set()
         touched_ob: set[str] = set()
         for key, c in new.items():
@@ -335,47 +416,68 @@ class NftState:
                 self.contribs[key] = c
         after_el = {k: values.get(k, _ABSENT) for k in touched_el}
         after_ob = {n: self._object(n) for n in touched_ob}
-        return delta_text(before_el, after_el, before_ob, after_ob)
+        return delta_transaction(before_el, after_el, before_ob, after_ob, self.comment)
 
     def full_text(self, sort: bool = True) -> str:
         """The whole table, replacing whatever is there, as one transaction (``sort``: elements
         in a stable order, for golden files; the kernel does not care)."""
+        return self.full_transaction(sort).render()
+
+    def full_transaction(self, sort: bool = True) -> Transaction:
+        """``full_text`` as a typed transaction."""
         objects = [o for o in (self._object(n) for n in self.objects) if o]
-        return full_text(self.node, self.values, objects, sort)
+        return full_transaction(self.node, self.values, objects, sort, self.comment)
+
+    def comment(self, k: EKey) -> str | None:
+        """The comment of element ``k``: that of the service owning it (the smallest service
+        key when several share it); None for elements no service owns (node IPs, pod CIDRs)."""
+        owner = self.owners.get(k)
+        if owner is None:
+            return None
+        if type(owner) is dict:
+            owner = min(owner)
+        return self.contribs[owner].comments.get(k)  # type: ignore[index]
+
+    def affinity_timeouts(self) -> dict[str, int]:
+        """{affinity set of the desired table: its timeout in seconds} (empty without any
+        sessionAffinity service)."""
+        return {n: o.obj.timeout for n, o in self.object_defs.items()
+                if isinstance(o.obj, NftSet) and o.obj.timeout is not None}
 
     def counts(self) -> tuple[int, int, int]:
-        """(chains, rules, elements) of the desired table."""
+        """(chains, rules, elements) of the desired table (a base chain's hook counts as a
+        rule, as it always did in the metrics)."""
         chains = static_chains(self.node)
         objects = [o for o in (self._object(n) for n in self.objects) if o]
-        n_chains = len(chains) + sum(1 for o in objects if o.kind == "chain")
-        n_rules = sum(len(r) for r in chains.values()) + sum(
-            len(o.body) for o in objects if o.kind == "chain")
+        object_chains = [o.obj for o in objects if isinstance(o.obj, Chain)]
+        n_chains = len(chains) + len(object_chains)
+        n_rules = sum(len(c.rules) + (c.hook is not None) for c in chains) + sum(
+            len(c.rules) for c in object_chains)
         n_el = len(self.values) + len(self.node.node_ips) + len(self.node.cluster_cidrs)
         return n_chains, n_rules, n_el
 
 
-def _element_text(k: str, v: str | None) -> str:
-    return k if v is None else f"{k} : {v}"
-
-
-def _grouped(items: Iterable[tuple[EKey, object]], sort: bool = True) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for (name, k), v in (sorted(items, key=lambda kv: kv[0]) if sort else items):
-        out.setdefault(name, []).append(k if v is None else f"{k} : {v}")
+def _grouped(items: Iterable[tuple[EKey, object]], sort: bool = True,
+             comment: Callable[[EKey], str | None] | None = None) -> dict[str, list[Element]]:
+    out: dict[str, list[Element]] = {}
+    new = tuple.__new__     # Element(k, v, c) without the generated __new__: a full load makes
+    for ek, v in (sorted(items, key=lambda kv: kv[0]) if sort else items):  # 40,000
+        c = comment(ek) if comment is not None else None
+        out.setdefault(ek[0], []).append(new(Element, (ek[1], v, c, None, None)))
     if not sort:
         return out
     return dict(sorted(out.items()))
 
 
-def _set_decl(obj: NftObject) -> str:
-    return " ".join(obj.body)
-
-
-def delta_text(
+def delta_transaction(
     before_el: Mapping[tuple[str, str], object], after_el: Mapping[tuple[str, str], object],
     before_ob: Mapping[str, NftObject | None], after_ob: Mapping[str, NftObject | None],
-) -> str:
-    lines: list[str] = []
+    comment: Callable[[EKey], str | None] | None = None,
+) -> Transaction:
+    """The changes from one desired state to the next: new sets and chains (then their
+    rules, once every chain exists), rewritten chains, elements deleted then added, removed
+    chains and sets last (nothing references them any more)."""
+    tx = Transaction(FAMILY, NFT_TABLE)
     created = sorted((o for n, o in after_ob.items() if o and not before_ob.get(n)),
                      key=lambda o: (o.level, o.name))
     changed = sorted((o for n, o in after_ob.items()
@@ -384,61 +486,43 @@ def delta_text(
     removed = sorted((o for n, o in before_ob.items() if o and not after_ob.get(n)),
                      key=lambda o: (-o.level, o.name))
     for o in created:
-        if o.kind == "set":
-            lines.append(f"add set {T} {o.name} {{ {_set_decl(o)} }}")
-        else:
-            lines.append(f"add chain {T} {o.name}")
+        tx.add(AddSet(o.obj) if isinstance(o.obj, NftSet) else AddChain(o.obj))
     for o in created:
-        if o.kind == "chain":
-            lines.extend(f"add rule {T} {o.name} {r}" for r in o.body)
+        if isinstance(o.obj, Chain):
+            tx.add(AddRules(o.name, o.obj.rules))
     for o in changed:
-        lines.append(f"flush chain {T} {o.name}")
-        lines.extend(f"add rule {T} {o.name} {r}" for r in o.body)
+        assert isinstance(o.obj, Chain)
+        tx.add(FlushChain(o.name)).add(AddRules(o.name, o.obj.rules))
     dels = [(k, None) for k, v in before_el.items()
             if v is not _ABSENT and after_el.get(k, _ABSENT) != v]
     adds = [(k, v) for k, v in after_el.items()
             if v is not _ABSENT and before_el.get(k, _ABSENT) != v]
     for name, items in _grouped(dels).items():
-        lines.append(f"delete element {T} {name} {{ {', '.join(items)} }}")
-    for name, items in _grouped(adds).items():  # type: ignore[arg-type]
-        lines.append(f"add element {T} {name} {{ {', '.join(items)} }}")
+        tx.delete_elements(name, (e.key for e in items))
+    for name, items in _grouped(adds, comment=comment).items():
+        tx.add_elements(name, items)
     for o in removed:
-        lines.append(f"delete {o.kind} {T} {o.name}")
-    return "\n".join(lines) + ("\n" if lines else "")
+        tx.add(DeleteObject(o.kind, o.name))
+    return tx
 
 
-def full_text(node: NodeContext, elements: Mapping[EKey, object],
-              objects: Iterable[NftObject], sort: bool = True) -> str:
-    """The complete table: ``add table; delete table`` then the definition, one transaction."""
-    out = [f"add table {T}", f"delete table {T}", f"table {T} {{"]
-    for name, decl in STATIC_SETS.items():
-        out.append(f"\t{'map' if name in MAPS else 'set'} {name} {{ {decl} }}")
+def full_transaction(node: NodeContext, elements: Mapping[EKey, object],
+                     objects: Iterable[NftObject], sort: bool = True,
+                     comment: Callable[[EKey], str | None] | None = None) -> Transaction:
+    """The complete table (replacing whatever is there) and every element, one transaction."""
     objs = sorted(objects, key=lambda o: (o.level, o.name))
-    for o in objs:
-        if o.kind == "set":
-            out.append(f"\tset {o.name} {{ {_set_decl(o)} }}")
-    chains = [(n, body) for n, body in static_chains(node).items()]
-    chains[1:1] = [(o.name, o.body) for o in objs if o.kind == "chain"]
-    for name, body in chains:
-        out.append(f"\tchain {name} {{")
-        out.extend(f"\t\t{r}" for r in body)
-        out.append("\t}")
-    out.append("}")
+    sets = (*STATIC_SETS, *(o.obj for o in objs if isinstance(o.obj, NftSet)))
+    static = static_chains(node)
+    chains = (static[0], *(o.obj for o in objs if isinstance(o.obj, Chain)), *static[1:])
+    tx = Transaction(FAMILY, NFT_TABLE, [ReplaceTable(sets, chains)])
     static_el: list[tuple[tuple[str, str], str | None]] = [
-        (("nodeport-ips", ip), None) for ip in node.node_ips]
-    static_el += [(("cluster-cidrs", c), None) for c in node.cluster_cidrs]
-    for name, items in _grouped([*static_el, *elements.items()], sort).items():
-        # statements of a few hundred elements load measurably faster than one huge one
-        for i in range(0, len(items), ELEMENTS_PER_STATEMENT):
-            chunk = items[i:i + ELEMENTS_PER_STATEMENT]
-            out.append(f"add element {T} {name} {{ {', '.join(chunk)} }}")
-    return "\n".join(out) + "\n"
+        ((NODEPORT_IPS, ip), None) for ip in node.node_ips]
+    static_el += [((CLUSTER_CIDRS, c), None) for c in node.cluster_cidrs]
+    for name, items in _grouped([*static_el, *elements.items()], sort, comment).items():
+        tx.add_elements(name, items)
+    return tx
 
 
 def delete_text() -> str:
     """Remove the table (``netweft proxy --cleanup``); harmless when it does not exist."""
-    return f"add table {T}\ndelete table {T}\n"
-
-
-def backend_set(plan: ServicePlan) -> set[Backend]:
-    return {b for fe in plan.frontends for b in fe.backends}
+    return Transaction(FAMILY, NFT_TABLE, [DeleteTable()]).render()

@@ -10,20 +10,20 @@ The daemon builds a :class:`~proxy.records.PodRecord` from what the CNI plugin p
 
 from __future__ import annotations
 
-from netweft.ipam.etcd import EtcdClient
+from netweft.kv.protocol import KV
 from netweft.proxy.records import PodRecord, pod_key
 
 
-async def put_pod(etcd: EtcdClient, prefix: str, record: PodRecord) -> None:
+async def put_pod(etcd: KV, prefix: str, record: PodRecord) -> None:
     await etcd.put(pod_key(prefix, record.node, record.container_id), record.to_json())
 
 
-async def delete_pod(etcd: EtcdClient, prefix: str, node: str, container_id: str) -> bool:
+async def delete_pod(etcd: KV, prefix: str, node: str, container_id: str) -> bool:
     """Remove a pod's record; False if there was none (a repeated DEL)."""
     return await etcd.delete(pod_key(prefix, node, container_id))
 
 
-async def sync_pods(etcd: EtcdClient, prefix: str, node: str, records: list[PodRecord]) -> int:
+async def sync_pods(etcd: KV, prefix: str, node: str, records: list[PodRecord]) -> int:
     """Make this node's pod records exactly ``records`` (on daemon start, after GC): puts the
     missing or changed ones, deletes the rest. Returns the number of keys written or removed."""
     node_dir = pod_key(prefix, node, "")

@@ -29,9 +29,11 @@ class RunnerOptions:
     status_address: str = "0.0.0.0"
     status_port: int | None = 10256     # /healthz and /metrics; None: no server
     health_check_ports: bool = True
-    # rewrite everything now and then, healing out-of-band edits (nftables: this also empties
-    # the affinity sets, so it is off by default); None: never
-    full_resync_interval: float | None = None
+    # rewrite everything now and then, healing out-of-band edits the dataplane cannot notice
+    # (kube-proxy's FullSyncPeriod is 1 h; a full load keeps affinity clients); None: never
+    full_resync_interval: float | None = 3600.0
+    # restore the rules at once when someone else changes them (nftables: nft monitor)
+    watch_rules: bool = True
 
 
 class ProxyRunner:
@@ -51,6 +53,13 @@ class ProxyRunner:
         self.health_ports = HealthCheckPorts()
         self.last_sync_start = 0.0
         self.synced_event = asyncio.Event()      # set after each successful sync (for tests)
+        self._urgent = False                     # next sync skips the rate limit (a repair)
+
+    def rules_changed_by_others(self) -> None:
+        """Someone else changed our rules (the dataplane's watch): a full sync, at once."""
+        self.metrics.repairs += 1
+        self._urgent = True
+        self.tracker.request_full()
 
     def _changed(self) -> None:
         if self.status.pending_since is None:
@@ -153,13 +162,21 @@ class ProxyRunner:
             await self.health_ports.close()
 
     async def loop(self, source_task: asyncio.Task[None] | None = None) -> None:
-        resync = (asyncio.create_task(self._periodic_resync(self.options.full_resync_interval))
-                  if self.options.full_resync_interval else None)
+        helpers = []
+        if self.options.full_resync_interval:
+            helpers.append(asyncio.create_task(
+                self._periodic_resync(self.options.full_resync_interval), name="proxy-resync"))
+        if self.options.watch_rules:
+            helpers.append(asyncio.create_task(
+                self.dataplane.watch(self.rules_changed_by_others), name="proxy-watch"))
         try:
             await self._loop(source_task)
         finally:
-            if resync is not None:
-                resync.cancel()
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _loop(self, source_task: asyncio.Task[None] | None) -> None:
         while True:
@@ -171,8 +188,9 @@ class ProxyRunner:
             if not self.tracker.pending:
                 continue
             wait = self.last_sync_start + self.options.min_sync_interval - time.monotonic()
-            if wait > 0:
+            if wait > 0 and not self._urgent:
                 await asyncio.sleep(wait)       # changes arriving now join this batch
+            self._urgent = False
             try:
                 self.sync_once()                # in the loop: the tracker is not shared
             except Exception as exc:            # noqa: BLE001 - keep serving, retry later

@@ -14,8 +14,8 @@ import ipaddress
 import random
 from dataclasses import replace
 
-from netweft.ipam.etcd import EtcdClient
-from netweft.proxy.model import ServiceKey, ServiceType
+from netweft.kv.protocol import KV
+from netweft.proxy.model import Protocol, ServiceKey, ServiceType
 from netweft.proxy.records import (
     NODE_PORT_MAX,
     NODE_PORT_MIN,
@@ -78,6 +78,50 @@ def pick_cluster_ip(cidr: ipaddress.IPv4Network, used: set[str], rng: random.Ran
     raise AllocationError(f"the service range {cidr} is full")
 
 
+def check_node_ports(ports: list[PortRecord] | tuple[PortRecord, ...]) -> None:
+    """Requested node ports, by Kubernetes' rules (``ValidateService``: no node port twice for
+    one protocol; the apiserver's ``initNodePorts`` allocates a node port once, so one node port
+    serves one service port number): ``dns=53/udp`` and ``dns-tcp=53/tcp`` may share 30053,
+    ports 53 and 80 may not. Raises AllocationError naming ``--node-port``."""
+    number: dict[int, int] = {}
+    seen: set[tuple[int, Protocol]] = set()
+    for p in ports:
+        if p.node_port is None:
+            continue
+        if (p.node_port, p.protocol) in seen:
+            raise AllocationError(f"--node-port: {p.node_port} is given twice for "
+                                  f"{p.protocol.value}")
+        seen.add((p.node_port, p.protocol))
+        if number.setdefault(p.node_port, p.port) != p.port:
+            raise AllocationError(f"--node-port: {p.node_port} is given to ports "
+                                  f"{number[p.node_port]} and {p.port} (a node port serves one "
+                                  "port number, on any protocols)")
+
+
+def assign_node_ports(ports: tuple[PortRecord, ...], used: set[int],
+                      rng: random.Random) -> tuple[PortRecord, ...]:
+    """Every port gets a node port, as the Kubernetes apiserver's ``initNodePorts`` assigns
+    them: ports with the same service port number (53/UDP and 53/TCP) share one, the one
+    requested for any of them, else one picked once among ports not in ``used``. Pure; raises
+    AllocationError when the range is full."""
+    by_number: dict[int, int] = {}
+    for p in ports:
+        if p.node_port is not None:
+            by_number.setdefault(p.port, p.node_port)
+    taken = used | {p.node_port for p in ports if p.node_port is not None}
+    out = []
+    for p in ports:
+        node_port = p.node_port
+        if node_port is None:
+            node_port = by_number.get(p.port)
+            if node_port is None:
+                node_port = pick_node_port(taken, rng)
+                taken.add(node_port)
+                by_number[p.port] = node_port
+        out.append(replace(p, node_port=node_port))
+    return tuple(out)
+
+
 def pick_node_port(used: set[int], rng: random.Random) -> int:
     free = [p for p in range(NODE_PORT_MIN, NODE_PORT_MAX + 1) if p not in used]
     if not free:
@@ -85,7 +129,7 @@ def pick_node_port(used: set[int], rng: random.Random) -> int:
     return rng.choice(free)
 
 
-async def _allocated(etcd: EtcdClient, prefix: str) -> tuple[set[str], set[int]]:
+async def _allocated(etcd: KV, prefix: str) -> tuple[set[str], set[int]]:
     ips_dir = cluster_ip_key(prefix, "")
     ports_dir = node_port_key(prefix, 0)[:-1]
     ip_kvs, _ = await etcd.get_prefix(ips_dir)
@@ -95,7 +139,7 @@ async def _allocated(etcd: EtcdClient, prefix: str) -> tuple[set[str], set[int]]
 
 
 async def create_service(
-    etcd: EtcdClient, prefix: str, request: ServiceRecord, cidr: ipaddress.IPv4Network,
+    etcd: KV, prefix: str, request: ServiceRecord, cidr: ipaddress.IPv4Network,
     rng: random.Random | None = None,
 ) -> ServiceRecord:
     """Store ``request``; an empty ``cluster_ip`` and absent node ports (NodePort/LoadBalancer)
@@ -113,9 +157,8 @@ async def create_service(
             if not NODE_PORT_MIN <= p.node_port <= NODE_PORT_MAX:
                 raise AllocationError(f"--node-port: {p.node_port} is outside "
                                       f"{NODE_PORT_MIN}-{NODE_PORT_MAX}")
-    asked = [p.node_port for p in request.ports if p.node_port is not None]
-    if len(set(asked)) != len(asked):
-        raise AllocationError("--node-port: the same node port is given twice")
+    check_node_ports(request.ports)
+    asked = sorted({p.node_port for p in request.ports if p.node_port is not None})
     for attempt in range(ATTEMPTS):
         if await etcd.get(key) is not None:
             raise ServiceExists(f"service {request.key} already exists")
@@ -126,19 +169,13 @@ async def create_service(
             if port in used_ports:
                 raise AllocationError(f"--node-port: {port} is already in use")
         cluster_ip = request.cluster_ip or pick_cluster_ip(cidr, used_ips, rng)
-        taken = used_ports | set(asked)
-        ports = []
-        for p in request.ports:
-            node_port = p.node_port
-            if wants_node_ports and node_port is None:
-                node_port = pick_node_port(taken, rng)
-                taken.add(node_port)
-            ports.append(replace(p, node_port=node_port))
-        record = replace(request, cluster_ip=cluster_ip, ports=tuple(ports))
+        ports = (assign_node_ports(request.ports, used_ports, rng) if wants_node_ports
+                 else request.ports)
+        record = replace(request, cluster_ip=cluster_ip, ports=ports)
         owner = _owner(record.key)
         items: dict[str, bytes | str] = {key: record.to_json(),
                                          cluster_ip_key(prefix, cluster_ip): owner}
-        for p in record.ports:
+        for p in record.ports:       # one key per node port, however many protocols share it
             if p.node_port is not None:
                 items[node_port_key(prefix, p.node_port)] = owner
         if await etcd.create_all(items):
@@ -148,12 +185,12 @@ async def create_service(
                           "attempts (concurrent creates?); try again")
 
 
-async def get_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> ServiceRecord | None:
+async def get_service(etcd: KV, prefix: str, key: ServiceKey) -> ServiceRecord | None:
     kv = await etcd.get(service_key(prefix, key))
     return ServiceRecord.from_json(kv.value) if kv is not None else None
 
 
-async def delete_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> ServiceRecord:
+async def delete_service(etcd: KV, prefix: str, key: ServiceKey) -> ServiceRecord:
     """Delete a service and release its cluster IP and node ports (one transaction)."""
     etcd_key = service_key(prefix, key)
     for _ in range(ATTEMPTS):
@@ -163,8 +200,8 @@ async def delete_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> Serv
         try:
             record = ServiceRecord.from_json(kv.value)
             keys = [cluster_ip_key(prefix, record.cluster_ip)]
-            keys += [node_port_key(prefix, p.node_port) for p in record.ports
-                     if p.node_port is not None]
+            keys += [node_port_key(prefix, n) for n in sorted(
+                {p.node_port for p in record.ports if p.node_port is not None})]
         except RecordError:
             record, keys = None, []  # a damaged record: remove it anyway
         if await etcd.delete_all([etcd_key, *keys], etcd_key, kv.mod_revision):
@@ -174,7 +211,7 @@ async def delete_service(etcd: EtcdClient, prefix: str, key: ServiceKey) -> Serv
     raise RecordError(f"service {key} kept changing while deleting it; try again")
 
 
-async def list_services(etcd: EtcdClient, prefix: str) -> list[ServiceRecord]:
+async def list_services(etcd: KV, prefix: str) -> list[ServiceRecord]:
     kvs, _ = await etcd.get_prefix(services_dir(prefix))
     out = []
     for kv in kvs:
@@ -185,7 +222,7 @@ async def list_services(etcd: EtcdClient, prefix: str) -> list[ServiceRecord]:
     return sorted(out, key=lambda r: (r.namespace, r.name))
 
 
-async def list_pods(etcd: EtcdClient, prefix: str) -> list[PodRecord]:
+async def list_pods(etcd: KV, prefix: str) -> list[PodRecord]:
     kvs, _ = await etcd.get_prefix(pods_dir(prefix))
     out = []
     for kv in kvs:

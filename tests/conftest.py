@@ -11,11 +11,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from netweft.daemon import netns
 from netweft.daemon.controlplane import ControlPlane, ControlPlaneError
 from netweft.daemon.etcd_process import EtcdProcess
+from netweft.daemon.nodelab import NodeLab
 
 _counter = itertools.count()
 
@@ -84,6 +86,29 @@ def netns_factory() -> Iterator[Callable[[str], str]]:
             netns.delete(name)
 
 
+@pytest.fixture
+def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
+    """``make(nodes, backend)``: a NodeLab (etcd, underlay, outside host, node namespaces)
+    with the network config set (vxlan unless ``backend`` says otherwise); closed afterwards."""
+    labs: list[NodeLab] = []
+
+    def make(nodes: int = 2, backend: dict[str, object] | None = None,
+             config: bool = True) -> NodeLab:
+        lab = NodeLab(netns_factory("dul"), [netns_factory("dn") for _ in range(nodes)],
+                      netns_factory("dout"), str(tmp_path))
+        labs.append(lab)
+        lab.build()
+        if config:
+            lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in labs:
+            lab.close()
+
+
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """One real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager, built
@@ -118,3 +143,15 @@ def control_plane_factory() -> Iterator[Callable[..., ControlPlane]]:
     finally:
         for plane in made:
             plane.stop()
+
+
+@pytest.fixture
+def bed(netns_factory: Callable[[str], str]) -> Iterator[Any]:
+    """The proxy's testbed (netweft.proxy.testbed): a node namespace with a bridge, a client
+    namespace outside it; pods added by the test. Pod servers are stopped afterwards."""
+    from netweft.proxy.testbed import build
+    testbed = build(netns_factory)
+    try:
+        yield testbed
+    finally:
+        testbed.close()

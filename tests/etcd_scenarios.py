@@ -1,11 +1,15 @@
-"""Shared pieces of the etcd source tests: the model etcd's records mean, random changes."""
+"""Shared pieces of the etcd tests: the model etcd's records mean, random changes, waiting for a
+source to converge, and a lease watch followed into a set of keys."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 
-from netweft.ipam.etcd import EtcdClient
+from netweft.ipam.lease import Lease
+from netweft.ipam.leases import LeaseStore
+from netweft.kv.protocol import KV
 from netweft.proxy.model import Endpoint, Protocol, Service, ServiceKey, ServiceType
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import (
@@ -18,6 +22,7 @@ from netweft.proxy.records import (
     service_key,
     services_dir,
 )
+from proxy_sink import RecordingSink, eventually
 
 Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 
@@ -28,7 +33,7 @@ def expected_from(services: list[ServiceRecord], pods: list[PodRecord]) -> Model
     return svc, eps
 
 
-async def truth(etcd: EtcdClient, prefix: str) -> Model:
+async def truth(etcd: KV, prefix: str) -> Model:
     skvs, _ = await etcd.get_prefix(services_dir(prefix))
     pkvs, _ = await etcd.get_prefix(pods_dir(prefix))
     services = []
@@ -38,7 +43,7 @@ async def truth(etcd: EtcdClient, prefix: str) -> Model:
     return expected_from(services, [PodRecord.from_json(kv.value) for kv in pkvs])
 
 
-async def random_changes(etcd: EtcdClient, prefix: str, rng: random.Random, count: int) -> None:
+async def random_changes(etcd: KV, prefix: str, rng: random.Random, count: int) -> None:
     for _ in range(count):
         roll = rng.random()
         name = f"s{rng.randint(0, 5)}"
@@ -60,3 +65,22 @@ async def random_changes(etcd: EtcdClient, prefix: str, rng: random.Random, coun
                 rng.choice([{}, {"http": 8081}])))
         else:
             await delete_pod(etcd, prefix, f"node{rng.randint(1, 3)}", f"c{rng.randint(0, 15)}")
+
+
+async def converge(etcd: KV, prefix: str, sink: RecordingSink, what: str) -> None:
+    """Until ``sink`` holds the model of etcd's records now (fails after eventually()'s
+    deadline)."""
+    expected = await truth(etcd, prefix)
+    await eventually(lambda: (sink.services, sink.endpoints) == expected, what)
+
+
+def follow_leases(store: LeaseStore, leases: list[Lease], revision: int, view: set[str],
+                  retry_delay: float) -> asyncio.Task[None]:
+    """A task applying ``store.watch(leases, revision)`` to ``view`` (etcd keys)."""
+
+    async def consume() -> None:
+        async for events in store.watch(leases, revision, retry_delay=retry_delay):
+            for ev in events:
+                (view.add if ev.kind == "added" else view.discard)(store.key_for(ev.lease))
+
+    return asyncio.create_task(consume())

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import kubeapi_server as kapi
+from netweft.kv.backoff import Backoff
 from netweft.proxy.model import Endpoint, Service, ServiceKey
-from netweft.proxy.sources.backoff import Backoff
 from netweft.proxy.sources.base import ChangeSink
 from netweft.proxy.sources.kube import KubeSource
 from netweft.proxy.sources.kubeconvert import (

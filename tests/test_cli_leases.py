@@ -37,13 +37,31 @@ def test_config_set_refuses_bad_config_with_one_line(etcd_endpoint: str, etcd_pr
         "netweft: SubnetMin: 10.244.1.9 is not on a /24 boundary (SubnetLen)"]
 
 
+def test_config_set_summarises_an_ipv6_only_network(etcd_endpoint: str,
+                                                    etcd_prefix: str) -> None:
+    r = netweft(etcd_endpoint, etcd_prefix, "config", "set", "-f", "-",
+                stdin='{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10::/56"}')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (f"network config stored at {etcd_prefix}/config: "
+                                "fd00:10::/56, /64 per node (255 subnets), vxlan")
+
+
+def test_config_set_refuses_what_flannel_refuses(etcd_endpoint: str, etcd_prefix: str) -> None:
+    r = netweft(etcd_endpoint, etcd_prefix, "config", "set", "--network", "10.244.0.0/16",
+                "--subnet-len", "17")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "netweft: SubnetLen: 17 is out of range: the Network's /16 must hold at least four "
+        "subnets (the first is skipped), so it must be from /18 to /30"]
+
+
 def test_leases_list_json_round_trips(etcd_endpoint: str, etcd_prefix: str) -> None:
     import asyncio
 
     from netweft.ipam.config import parse_config
-    from netweft.ipam.etcd import EtcdClient, EtcdSettings
     from netweft.ipam.lease import Lease
     from netweft.ipam.leases import LeaseStore
+    from netweft.kv.etcd import EtcdClient, EtcdSettings
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
 
@@ -101,3 +119,43 @@ def test_bad_endpoint_option_is_a_usage_error() -> None:
     r = subprocess.run([NETWEFT, "--etcd-endpoints", "ftp://x", "leases", "list"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--etcd-endpoints" in r.stderr
+
+
+def test_leases_list_marks_malformed_and_misfit_leases_invalid(etcd_endpoint: str,
+                                                               etcd_prefix: str) -> None:
+    """Issue 9 item 12: what no node programs is shown as INVALID with the reason."""
+    import asyncio
+
+    from netweft.kv.etcd import EtcdClient, EtcdSettings
+
+    assert netweft(etcd_endpoint, etcd_prefix, "config", "set", "--network",
+                   "10.244.0.0/16").returncode == 0
+    values = {
+        "10.244.1.0-24": '{"PublicIP":"192.0.2.1","BackendType":"vxlan",'
+                         '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"}}',
+        "10.244.2.0-24": '{"PublicIP":3221225986,"BackendType":"vxlan"}',
+        "10.244.3.0-24": '{"PublicIP":"192.0.2.3","BackendData":{"VtepMAC":42}}',
+        "10.244.4.0-25": '{"PublicIP":"192.0.2.4","BackendType":"vxlan"}',
+        "10.99.0.0-24": '{"PublicIP":"192.0.2.5","BackendType":"vxlan"}',
+    }
+
+    async def put() -> None:
+        async with EtcdClient(EtcdSettings.from_strings(etcd_endpoint, etcd_prefix)) as etcd:
+            for name, value in values.items():
+                await etcd.put(f"{etcd_prefix}/subnets/{name}", value)
+
+    asyncio.run(put())
+    r = netweft(etcd_endpoint, etcd_prefix, "leases", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {d.get("subnet") or d.get("key"): d for d in json.loads(r.stdout)}
+    assert rows["10.244.1.0/24"]["valid"] is True
+    assert "PublicIP" in rows["10.244.2.0-24"]["invalid"]
+    assert "VtepMAC" in rows["10.244.3.0-24"]["invalid"]
+    assert "SubnetLen" in rows["10.244.4.0/25"]["invalid"]
+    assert "outside 10.244.0.0/16" in rows["10.99.0.0/24"]["invalid"]
+    table = netweft(etcd_endpoint, etcd_prefix, "leases", "list").stdout.splitlines()
+    assert table[0].split()[-1] == "STATUS"
+    status = {line.split()[0]: line for line in table[1:]}
+    assert status["10.244.1.0/24"].endswith("ok")
+    assert "INVALID: Network:" in status["10.99.0.0/24"]
+    assert "INVALID: lease 10.244.2.0-24: PublicIP" in status["10.244.2.0-24"]

@@ -158,15 +158,17 @@ def test_install_and_uninstall(tmp_path) -> None:
     assert py_text.startswith("#!") and " -IS\n" in py_text.splitlines()[0] + "\n"
     assert MARKER in py_text
     conf = json.loads(read(done.conflist))
-    assert done.conflist.endswith(CONF_NAME) and conf["cniVersion"] == "1.1.0"
+    assert done.conflist.endswith(CONF_NAME) and conf["cniVersion"] == "1.0.0"
     plugin = conf["plugins"][0]
     assert plugin["type"] == "netweft" and plugin["mtu"] == 1400
     assert plugin["subnetFile"] == "/x/subnet.env" and plugin["socketPath"] == "/x/cni.sock"
     assert plugin["capabilities"] == {"ips": True}
-    assert sorted(os.listdir(bin_dir)) == ["netweft", "netweft-py"]  # no temp files left
+    # no temp files left; the reference plugins the chain and containerd need came along
+    assert sorted(os.listdir(bin_dir)) == ["loopback", "netweft", "netweft-py", "portmap"]
     assert sorted(uninstall(bin_dir, conf_dir)) == sorted(
         [done.executable, os.path.join(bin_dir, "netweft-py"), done.conflist])
-    assert os.listdir(bin_dir) == [] and os.listdir(conf_dir) == []
+    assert sorted(os.listdir(bin_dir)) == ["loopback", "portmap"]  # shared: left in place
+    assert os.listdir(conf_dir) == []
 
 
 def test_uninstall_leaves_foreign_executable(tmp_path) -> None:

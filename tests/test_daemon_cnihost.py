@@ -8,7 +8,7 @@ import json
 from netweft.cni.plugin import PodInfo
 from netweft.daemon.cnihost import CniHost
 from netweft.daemon.metrics import daemon_metrics
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 
 
 def test_add_writes_and_del_removes_the_pod_record(etcd_endpoint: str) -> None:

@@ -5,33 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv4Network
 
-import pytest
 from netweft.daemon import underlay
-from netweft.daemon.nodelab import NodeLab, wait_for
-
-
-@pytest.fixture
-def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
-    labs: list[NodeLab] = []
-
-    def make(nodes: int = 2, backend: dict[str, object] | None = None,
-             config: bool = True) -> NodeLab:
-        lab = NodeLab(netns_factory("dul"), [netns_factory("dn") for _ in range(nodes)],
-                      netns_factory("dout"), str(tmp_path))
-        labs.append(lab)
-        lab.build()
-        if config:
-            lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
-        return lab
-
-    try:
-        yield make
-    finally:
-        for lab in labs:
-            lab.close()
+from netweft.daemon.nodelab import NodeLab, poll_until, wait_for
 
 
 def ip(ns: str, *args: str) -> str:
@@ -344,3 +322,169 @@ def test_cleanup_on_exit_and_inspection_cli(make_lab) -> None:
     status = lab.netweft(a, "status", *paths).stdout
     assert "daemon          not running" in status and str(subnets[0]) in status
     assert "flannel.1 (missing)" in status
+
+
+# --- healing speed (issue 9 item 8) ------------------------------------------------------------
+
+# Seconds. Quiet machine: 0.07-0.35 s per repair. The median of three must stay within a few
+# hundred ms; single repairs may take longer when the machine runs at load 20-40 on 2 cores
+# (seen here: 1.2 s once), hence the looser bound on the slowest. Before the fix a deletion
+# queued behind other notices was not repaired within 10 s; the periodic pass is 60 s here.
+REPAIR_MEDIAN_BOUND = 0.5
+REPAIR_MAX_BOUND = 2.0
+
+
+def unrelated_churn(ns: str, count: int = 8) -> None:
+    """Kernel notices that are none of the daemon's business (routes of another protocol),
+    queued ahead of the deletion that follows: each must not delay the one that matters."""
+    batch = "".join(f"route add 198.18.{i}.0/24 dev eth0\n" for i in range(count))
+    batch += "".join(f"route del 198.18.{i}.0/24 dev eth0\n" for i in range(count))
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True, check=True)
+
+
+def repair_seconds(delete: list[str], present: Callable[[], bool]) -> float:
+    """Seconds from the deletion command's return until ``present()`` holds again (polled
+    every 10 ms; 10 s at most)."""
+    subprocess.run(delete, check=True)
+    started = time.monotonic()
+    assert poll_until(present, timeout=10, interval=0.01), "not repaired within 10 s"
+    return time.monotonic() - started
+
+
+def test_deleted_route_fdb_neighbour_come_back_in_a_fraction_of_a_second(make_lab) -> None:
+    lab = make_lab(2)
+    subnets = start_all(lab)
+    a = lab.node_nss[0]
+    lab.stop_daemon(a)  # again with a periodic pass too slow to be what repairs
+    lab.start_daemon(a, "--reconcile-interval", "60")
+    wait_for(lambda: lab.http(a, "/readyz")[0] == 200, what="daemon ready")
+    mac_b = lab.leases()[str(subnets[1])]["BackendData"]["VtepMAC"]  # type: ignore[index]
+    gw_b = str(subnets[1].network_address)
+    kinds = {
+        "route": (["ip", "-n", a, "route", "del", str(subnets[1])],
+                  lambda: f"{subnets[1]} via" in ip(a, "route", "show", str(subnets[1]))),
+        "fdb": (["bridge", "-n", a, "fdb", "del", str(mac_b), "dev", "flannel.1", "dst",
+                 "192.0.2.11"], lambda: str(mac_b) in fdb(a)),
+        "neighbour": (["ip", "-n", a, "neigh", "del", gw_b, "dev", "flannel.1"],
+                      lambda: "PERMANENT" in ip(a, "neigh", "show", gw_b, "dev", "flannel.1")),
+    }
+    took: dict[str, list[float]] = {}
+    for _round in range(3):
+        for kind, (delete, present) in kinds.items():
+            unrelated_churn(a)
+            took.setdefault(kind, []).append(repair_seconds(delete, present))
+    print("repair seconds:", {k: [round(t, 3) for t in v] for k, v in took.items()})
+    for kind, times in took.items():
+        assert sorted(times)[1] < REPAIR_MEDIAN_BOUND, f"{kind}: repaired after {times} s"
+        assert max(times) < REPAIR_MAX_BOUND, f"{kind}: repaired after {times} s"
+
+
+# --- the daemon's firewall rules (issue 9 item 9) -----------------------------------------------
+
+FIREWALL_BOUND = 1.0  # seconds ("within about a second"); the periodic check is 60 s here
+
+
+def test_removed_firewall_rules_come_back_within_a_second(make_lab) -> None:
+    lab = make_lab(2)
+    start_all(lab, "--firewall-interval", "60")
+    a, b = lab.node_nss
+
+    def nft(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], capture_output=True,
+                              text=True)
+
+    def table_back() -> bool:
+        out = nft(a, "list", "table", "ip", "netweft").stdout
+        return "masquerade fully-random" in out and "chain forward" in out
+
+    took = []
+    for delete in (["delete", "table", "ip", "netweft"],
+                   ["flush", "chain", "ip", "netweft", "postrouting"],
+                   ["delete", "chain", "ip", "netweft", "forward"]):
+        took.append(repair_seconds(["ip", "netns", "exec", a, "nft", *delete], table_back))
+    # iptables (nf_tables backend): the jump rule and our chain's rules come back too.
+    lab.stop_daemon(b)
+    lab.start_daemon(b, "--firewall", "iptables", "--firewall-interval", "60")
+    wait_for(lambda: lab.http(b, "/readyz")[0] == 200, what="iptables daemon ready")
+
+    def saved() -> str:
+        return subprocess.run(["ip", "netns", "exec", b, "iptables-save", "-t", "nat"],
+                              capture_output=True, text=True).stdout
+
+    jump = "-A POSTROUTING -m comment --comment \"netweft masq\" -j NETWEFT-POSTRTG"
+    wait_for(lambda: jump in saved(), what="iptables rules")
+    took.append(repair_seconds(
+        ["ip", "netns", "exec", b, "iptables", "-t", "nat", "-D", "POSTROUTING", "-m",
+         "comment", "--comment", "netweft masq", "-j", "NETWEFT-POSTRTG"],
+        lambda: jump in saved()))
+    took.append(repair_seconds(
+        ["ip", "netns", "exec", b, "iptables", "-t", "nat", "-F", "NETWEFT-POSTRTG"],
+        lambda: "-A NETWEFT-POSTRTG -s 10.244.0.0/16" in saved()))
+    print("firewall repair seconds:", [round(t, 3) for t in took])
+    assert max(took) < FIREWALL_BOUND, took
+
+
+# --- node state read at start is followed (issue 9 item 5) -------------------------------------
+
+def test_device_and_public_side_changes_are_restored_or_republished(make_lab) -> None:
+    lab = make_lab(2)
+    subnets = start_all(lab)
+    a, b = lab.node_nss
+    mac = lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"]  # type: ignore[index]
+    gw_a = str(subnets[0].network_address)
+
+    def link(ns: str, dev: str = "flannel.1") -> str:
+        return ip(ns, "link", "show", dev)
+
+    # The VXLAN device's MAC, MTU and address, changed by hand, come back (peers keep working).
+    subprocess.run(["ip", "-n", a, "link", "set", "flannel.1", "address", "02:11:22:33:44:55"],
+                   check=True)
+    wait_for(lambda: f"link/ether {mac} " in link(a), timeout=5, what="VTEP MAC restored")
+    assert lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"] == mac  # type: ignore[index]
+    subprocess.run(["ip", "-n", a, "link", "set", "flannel.1", "mtu", "1300"], check=True)
+    wait_for(lambda: "mtu 1450 " in link(a), timeout=5, what="device MTU restored")
+    subprocess.run(["ip", "-n", a, "addr", "flush", "dev", "flannel.1"], check=True)
+    wait_for(lambda: f"inet {gw_a}/32" in ip(a, "addr", "show", "flannel.1"), timeout=5,
+             what="device address restored")
+    wait_for(lambda: underlay.ping(b, gw_a, src=str(subnets[1].network_address)), timeout=10,
+             what="pod network reachable after the repairs")
+    # The public interface's MTU: the device follows, and so does subnet.env.
+    subprocess.run(["ip", "-n", a, "link", "set", "eth0", "mtu", "1400"], check=True)
+    wait_for(lambda: "mtu 1350 " in link(a), timeout=5, what="device MTU follows eth0")
+
+    def subnet_env() -> str:
+        with open(lab.paths(a)["subnet_file"]) as f:
+            return f.read()
+
+    wait_for(lambda: "FLANNEL_MTU=1350" in subnet_env(), timeout=5, what="subnet.env MTU")
+    # The public address: the lease is republished with it (same subnet), peers follow.
+    subprocess.run(["ip", "netns", "exec", a, "sysctl", "-qw",
+                    "net.ipv4.conf.eth0.promote_secondaries=1"], check=True)
+    subprocess.run(["ip", "-n", a, "addr", "add", "192.0.2.20/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", a, "addr", "del", "192.0.2.10/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", a, "route", "replace", "default", "via", "192.0.2.1"],
+                   check=True)
+    wait_for(lambda: lab.leases()[str(subnets[0])]["PublicIP"] == "192.0.2.20", timeout=10,
+             what="lease republished with the new public IP")
+    assert lab.subnet(a) == subnets[0]
+    assert "local 192.0.2.20" in ip(a, "-d", "link", "show", "flannel.1")
+    wait_for(lambda: f"{mac} dst 192.0.2.20 self permanent" in fdb(b), timeout=10,
+             what="the peer's FDB entry follows")
+    wait_for(lambda: underlay.ping(b, gw_a, src=str(subnets[1].network_address)), timeout=10,
+             what="pod network reachable at the new public IP")
+    # While the daemon is down, a changed MAC shows in `netweft status`; a restart restores it
+    # (it does not republish the hand-set one).
+    assert lab.stop_daemon(a) == 0
+    subprocess.run(["ip", "-n", a, "link", "set", "flannel.1", "address", "02:11:22:33:44:66"],
+                   check=True)
+    p = lab.paths(a)
+    status = lab.netweft(a, "status", "--subnet-file", p["subnet_file"], "--state-dir",
+                         p["state_dir"]).stdout
+    assert f"MISMATCH        device flannel.1 has MAC 02:11:22:33:44:66, the lease publishes " \
+           f"{mac}" in status, status
+    lab.start_daemon(a, "--reconcile-interval", "1")
+    wait_for(lambda: lab.http(a, "/readyz")[0] == 200, what="restarted daemon ready")
+    wait_for(lambda: f"link/ether {mac} " in link(a), timeout=5, what="MAC restored at start")
+    assert lab.leases()[str(subnets[0])]["BackendData"]["VtepMAC"] == mac  # type: ignore[index]
+    assert "MISMATCH" not in lab.netweft(a, "status", "--subnet-file", p["subnet_file"],
+                                         "--state-dir", p["state_dir"]).stdout

@@ -6,9 +6,10 @@ import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from netweft.daemon.agent import AgentError, make_backend, subnet_env_for
+from netweft.backends import registry
 from netweft.daemon.firewall import FirewallSpec, iptables_rules, make_firewall, render_nft
 from netweft.daemon.iface import IfaceError, parse_options
+from netweft.daemon.leasekeeper import subnet_env_for
 from netweft.daemon.metrics import HttpEndpoint, daemon_metrics
 from netweft.ipam.config import parse_config
 from netweft.ipam.lease import Lease
@@ -56,9 +57,10 @@ def test_unknown_backend_is_one_clear_line() -> None:
     from dataclasses import replace
 
     cfg = parse_config('{"Network": "10.244.0.0/16"}')
-    cfg = replace(cfg, backend=replace(cfg.backend, type="wireguard"))
-    with pytest.raises(AgentError, match="Backend.Type: 'wireguard' is not supported"):
-        make_backend(cfg, None, None, None)  # type: ignore[arg-type]
+    cfg = replace(cfg, backend=replace(cfg.backend, type="ipsec"))
+    with pytest.raises(registry.UnknownBackend,
+                       match="Backend.Type: 'ipsec' is not supported"):
+        registry.create(registry.BackendParams(cfg.backend, None, None))  # type: ignore[arg-type]
 
 
 def test_iface_option_errors_name_the_option() -> None:
@@ -115,7 +117,7 @@ def test_metrics_text_format_and_http_endpoints() -> None:
 
 
 def test_wait_helpers_time_out_and_never_swallow_cancellation() -> None:
-    from netweft.daemon.agent import wait_event, with_timeout
+    from netweft.daemon.asyncutil import wait_event, with_timeout
 
     async def scenario() -> None:
         ev = asyncio.Event()
@@ -141,3 +143,57 @@ def test_wait_helpers_time_out_and_never_swallow_cancellation() -> None:
             assert done and task.cancelled()
 
     asyncio.run(scenario())
+
+
+def test_status_names_each_mismatch_between_kernel_and_published_state() -> None:
+    from netweft.daemon.commands.inspect import mismatches
+
+    lease = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("192.0.2.10"), backend_type="vxlan",
+                  backend_data={"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})
+    status = {"device": "flannel.1", "iface": "eth0", "mtu": 1450, "address": "192.0.2.10",
+              "underlayMTU": 1500, "publicIP": "192.0.2.10"}
+    good_dev = {"present": True, "mac": "0E:00:00:00:00:01", "mtu": 1450}
+    good_pub = {"present": True, "addresses": ["192.0.2.10"], "mtu": 1500}
+    assert mismatches(status, lease, good_dev, good_pub) == []
+    assert mismatches(status, lease, {**good_dev, "mac": "02:11:22:33:44:55", "mtu": 1300},
+                      {"present": True, "addresses": ["192.0.2.20"], "mtu": 1400}) == [
+        "device flannel.1 has MAC 02:11:22:33:44:55, the lease publishes 0e:00:00:00:00:01",
+        "device flannel.1 has MTU 1300, the daemon set 1450",
+        "public interface eth0 no longer has 192.0.2.10",
+        "public interface eth0 has MTU 1400, the daemon uses 1500",
+    ]
+    assert mismatches(status, lease, good_dev, {"present": False}) == [
+        "public interface eth0 is gone"]
+    moved = Lease(lease.subnet, IPv4Address("192.0.2.20"), backend_type="vxlan",
+                  backend_data=lease.backend_data)
+    assert mismatches(status, moved, good_dev, good_pub) == [
+        "the lease publishes 192.0.2.20, the daemon uses 192.0.2.10"]
+
+
+def test_backend_registry_creates_by_type_name_and_takes_new_types() -> None:
+    from netweft.backends.base import Underlay
+    from netweft.backends.hostgw import HostGwBackend
+    from netweft.backends.vxlan import VxlanBackend
+
+    cfg = parse_config('{"Network": "10.244.0.0/16"}')
+    under = Underlay("eth0", 2, IPv4Address("192.0.2.10"), 1500)
+    previous = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("192.0.2.10"),
+                     backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": "0e:00:00:00:00:07"})
+    vx = registry.create(registry.BackendParams(cfg.backend, None, under,  # type: ignore[arg-type]
+                                                previous=previous))
+    assert isinstance(vx, VxlanBackend) and vx.mac == "0e:00:00:00:00:07" and vx.mtu() == 1450
+    from dataclasses import replace
+
+    hg = registry.create(registry.BackendParams(replace(cfg.backend, type="host-gw"), None,  # type: ignore[arg-type]
+                                                under))
+    assert isinstance(hg, HostGwBackend) and hg.mtu() == 1500
+    assert hg.watched().device == "eth0" and hg.watched().neighbour_index is None
+    assert {"vxlan", "host-gw"} <= set(registry.names())
+    registry.register("test-only", lambda p: HostGwBackend(p.nl, p.underlay, 1400))
+    try:
+        made = registry.create(registry.BackendParams(replace(cfg.backend, type="test-only"),
+                                                      None, under))  # type: ignore[arg-type]
+        assert made.mtu() == 1400
+    finally:
+        registry.unregister("test-only")
+    assert "test-only" not in registry.names()

@@ -50,6 +50,14 @@ def test_dual_stack_defaults() -> None:
         ({"Network": "10.244.0.0/16", "SubnetLen": 33}, "SubnetLen", "out of range"),
         ({"Network": "10.244.0.0/16", "SubnetLen": 16}, "SubnetLen", "out of range"),
         ({"Network": "10.244.0.0/16", "SubnetLen": 8}, "SubnetLen", "out of range"),
+        # Flannel refuses a SubnetLen that fits fewer than four times (issue 9 item 6)
+        ({"Network": "10.244.0.0/16", "SubnetLen": 17}, "SubnetLen", "at least four subnets"),
+        ({"Network": "10.244.0.0/24", "SubnetLen": 25}, "SubnetLen", "from /26 to /30"),
+        ({"Network": "10.244.0.0/16", "SubnetLen": 31}, "SubnetLen", "from /18 to /30"),
+        ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00::/56",
+          "IPv6SubnetLen": 57}, "IPv6SubnetLen", "at least four subnets"),
+        ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00::/56",
+          "IPv6SubnetLen": 127}, "IPv6SubnetLen", "from /58 to /126"),
         ({"Network": "10.244.0.0/16", "SubnetLen": "24"}, "SubnetLen", "integer"),
         ({"Network": "10.0.0.0/29"}, "Network", "smaller than a /28"),
         ({"Network": "10.244.1.0/16"}, "Network", "host bits"),
@@ -81,3 +89,23 @@ def test_invalid_config_is_refused_naming_the_field(config: object, field: str,
 def test_malformed_json_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^config: not valid JSON"):
         parse_config("{nope")
+
+
+@pytest.mark.parametrize(("config", "subnet_len", "capacity"), [
+    ({"Network": "10.244.0.0/16", "SubnetLen": 18}, 18, 3),  # four, the first skipped
+    ({"Network": "10.244.0.0/16", "SubnetLen": 30}, 30, 16383),
+    ({"Network": "10.244.0.0/28"}, 30, 3),
+])
+def test_subnet_lengths_flannel_accepts_are_accepted(config: dict, subnet_len: int,
+                                                     capacity: int) -> None:
+    cfg = parse_config(json.dumps(config))
+    assert (cfg.subnet_len, cfg.capacity) == (subnet_len, capacity)
+
+
+def test_summary_describes_each_enabled_family() -> None:
+    v6 = parse_config('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56"}')
+    assert v6.summary() == "fd00::/56, /64 per node (255 subnets)"
+    dual = parse_config('{"Network": "10.244.0.0/16", "EnableIPv6": true, '
+                        '"IPv6Network": "fd00::/56", "IPv6SubnetLen": 60}')
+    assert dual.summary() == ("10.244.0.0/16, /24 per node (255 subnets); "
+                              "fd00::/56, /60 per node (15 subnets)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 
 
 def test_fresh_client_connects_on_first_call_and_after_close(etcd_endpoint: str,

@@ -4,18 +4,24 @@ reservations and a watch that survives compaction and reconnects."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from netweft.daemon.etcd_process import EtcdProcess
-from netweft.ipam.config import NetworkConfig, parse_config
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
-from netweft.ipam.lease import Lease
-from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from etcd_scenarios import follow_leases  # noqa: E402
+from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from netweft.ipam.config import NetworkConfig, parse_config  # noqa: E402
+from netweft.ipam.lease import Lease  # noqa: E402
+from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 
 T = TypeVar("T")
 
@@ -263,12 +269,7 @@ def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess
         leases, rev = await store.list()
         view = {store.key_for(le) for le in leases}
 
-        async def consume() -> None:
-            async for events in store.watch(leases, rev, retry_delay=0.2):
-                for ev in events:
-                    (view.add if ev.kind == "added" else view.discard)(store.key_for(ev.lease))
-
-        watcher = asyncio.create_task(consume())
+        watcher = follow_leases(store, leases, rev, view, retry_delay=0.2)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(server.restart)
         for i in range(1, 4):
@@ -285,3 +286,111 @@ def test_watch_resyncs_after_etcd_restart(etcd_factory: Callable[[], EtcdProcess
 
     view, truth = run(server.endpoint, etcd_prefix, body)
     assert view == truth and len(truth) == 4
+
+
+def test_reused_lease_takes_the_ttl_asked_now(etcd_endpoint: str, etcd_prefix: str) -> None:
+    """--lease-ttl is honoured when a restarted node reuses its lease (issue 9 item 13): the
+    lease does not keep the TTL it was granted with before."""
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    first = run(etcd_endpoint, etcd_prefix,
+                lambda s: s.acquire(cfg, node_ip(1), "vxlan", VXLAN_DATA), ttl=3600)
+    again = run(etcd_endpoint, etcd_prefix,
+                lambda s: s.acquire(cfg, node_ip(1), "vxlan", VXLAN_DATA), ttl=60)
+    assert again.subnet == first.subnet
+    left = run(etcd_endpoint, etcd_prefix, lambda s: s.etcd.time_to_live(again.etcd_lease_id))
+    assert 50 <= left <= 60
+    old = run(etcd_endpoint, etcd_prefix, lambda s: s.etcd.time_to_live(first.etcd_lease_id))
+    assert old == -1  # the old etcd lease is not left behind
+    # and it renews to the new TTL
+    renewed = run(etcd_endpoint, etcd_prefix, lambda s: s.renew(again), ttl=60)
+    assert renewed.expiration is not None and renewed.expiration - time.time() <= 61
+
+
+MAC_A = {"VNI": 1, "VtepMAC": "0a:00:00:00:00:0a"}
+ID_A, ID_B = "a" * 32, "b" * 32
+
+
+def test_public_ip_change_keeps_the_subnet_and_leaves_one_lease_per_mac(
+        etcd_endpoint: str, etcd_prefix: str) -> None:
+    """Issue 9 item 4: same identity, new public IP -> the same lease, PublicIP updated."""
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    first = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+        cfg, node_ip(1), "vxlan", MAC_A, node_id=ID_A))
+    again = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+        cfg, node_ip(2), "vxlan", MAC_A, previous=first.subnet, node_id=ID_A))
+    assert again.subnet == first.subnet and again.public_ip == node_ip(2)
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list())
+    assert [(le.subnet, le.public_ip, le.node_id) for le in listed] == [
+        (first.subnet, node_ip(2), ID_A)]
+
+
+def test_public_ip_change_of_a_pre_identity_lease_takes_over_the_subnet_env_one(
+        etcd_endpoint: str, etcd_prefix: str) -> None:
+    """Item 4 for a lease without identity (older netweft, Flannel): our VTEP MAC, old IP."""
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    old = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(cfg, node_ip(1), "vxlan", MAC_A))
+    again = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+        cfg, node_ip(2), "vxlan", MAC_A, previous=old.subnet, node_id=ID_A))
+    assert again.subnet == old.subnet
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list())
+    assert [(le.public_ip, le.node_id) for le in listed] == [(node_ip(2), ID_A)]
+
+
+def test_another_identity_never_takes_a_live_lease_without_take_over(
+        etcd_endpoint: str, etcd_prefix: str) -> None:
+    """Item 11: an intruder with the victim's public IP is refused; a node with a fresh
+    identity is told to wait; --take-over-lease takes it."""
+    from netweft.ipam.leases import LeaseConflict, LeaseHeld
+
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+    victim = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+        cfg, node_ip(1), "vxlan", MAC_A, node_id=ID_A))
+    other_mac = {"VNI": 1, "VtepMAC": "0a:00:00:00:00:0b"}
+    with pytest.raises(LeaseConflict) as refused:
+        run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+            cfg, node_ip(1), "vxlan", other_mac, node_id=ID_B))
+    assert victim.key_name in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(LeaseHeld) as held:
+        run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+            cfg, node_ip(1), "vxlan", other_mac, node_id=ID_B, new_identity=True))
+    assert 0 < held.value.seconds_left <= 60 and "expires in" in str(held.value)
+    listed, _ = run(etcd_endpoint, etcd_prefix, lambda s: s.list())
+    assert [(le.node_id, le.vtep_mac) for le in listed] == [(ID_A, "0a:00:00:00:00:0a")]
+    taken = run(etcd_endpoint, etcd_prefix, lambda s: s.acquire(
+        cfg, node_ip(1), "vxlan", other_mac, node_id=ID_B, take_over=True))
+    assert taken.subnet == victim.subnet and taken.node_id == ID_B
+
+
+def test_renewal_restores_a_lease_altered_under_us_and_gives_up_a_foreign_one(
+        etcd_endpoint: str, etcd_prefix: str) -> None:
+    """Item 11: renewal compares the whole value, not only PublicIP."""
+    import json
+
+    from netweft.ipam.leases import LeaseLost
+
+    cfg = setup_network(etcd_endpoint, etcd_prefix, '{"Network": "10.244.0.0/16"}')
+
+    async def body(store: LeaseStore) -> tuple[list[dict[str, Any]], str]:
+        mine = await store.acquire(cfg, node_ip(1), "vxlan", MAC_A, node_id=ID_A)
+        key = store.key_for(mine)
+        seen = []
+        for bad in ({"PublicIP": str(node_ip(9)), "BackendType": "vxlan",
+                     "BackendData": {"VNI": 1, "VtepMAC": "0a:00:00:00:00:99"}},
+                    {"PublicIP": 7}):
+            await store.etcd.put(key, json.dumps(bad), lease=mine.etcd_lease_id)
+            mine = await store.renew(mine)
+            kv = await store.etcd.get(key)
+            assert kv is not None and kv.lease == mine.etcd_lease_id
+            seen.append(json.loads(kv.value))
+        await store.etcd.put(key, json.dumps({"PublicIP": str(node_ip(9)),
+                                              "NetweftNodeID": ID_B}))
+        try:
+            await store.renew(mine)
+        except LeaseLost as exc:
+            return seen, str(exc)
+        return seen, ""
+
+    seen, lost = run(etcd_endpoint, etcd_prefix, body)
+    assert all(v["PublicIP"] == str(node_ip(1)) and v["NetweftNodeID"] == ID_A
+               and v["BackendData"]["VtepMAC"] == "0a:00:00:00:00:0a" for v in seen)
+    assert f"now belongs to node {ID_B}" in lost

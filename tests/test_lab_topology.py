@@ -37,7 +37,8 @@ def test_plan_names_addresses_and_paths() -> None:
 @pytest.mark.parametrize("changes, field", [
     ({"nodes": 0}, "--nodes"), ({"backend": "udp"}, "--backend"), ({"prefix": "NW"}, "--prefix"),
     ({"pods_per_node": -1}, "--pods-per-node"), ({"vni": 2**24}, "--vni"),
-    ({"subnet_len": 16}, "--subnet-len"), ({"port": 0}, "--port"),
+    ({"subnet_len": 16}, "--subnet-len"), ({"subnet_len": 17}, "--subnet-len"),
+    ({"port": 0}, "--port"),
     ({"proxy_mode": "ipvs"}, "--proxy-mode"),
 ])
 def test_spec_errors_name_the_option(changes: dict, field: str) -> None:

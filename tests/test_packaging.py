@@ -14,6 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("cni", "daemon", "ipam", "backends", "proxy")
+# Folders that install as their own package, not as a sub-package of the folder they sit in.
+NESTED = {"netweft.kv": "ipam/kv"}
 
 
 def _pyproject() -> dict:
@@ -22,14 +24,31 @@ def _pyproject() -> dict:
 
 def test_every_package_folder_is_listed_under_the_netweft_namespace() -> None:
     setuptools = _pyproject()["tool"]["setuptools"]
+    mapping = {f"netweft.{d}": d for d in FOLDERS} | NESTED
+
+    def name(rel: str) -> str:
+        # the longest mapped folder containing ``rel`` names its package
+        pkg, folder = max(((p, f) for p, f in mapping.items()
+                           if rel == f or rel.startswith(f + "/")), key=lambda m: len(m[1]))
+        return pkg + rel[len(folder):].replace("/", ".")
+
     found = {
-        "netweft." + str(Path(dirpath).relative_to(ROOT)).replace(os.sep, ".")
+        name(str(Path(dirpath).relative_to(ROOT)).replace(os.sep, "/"))
         for top in FOLDERS
         for dirpath, _dirs, files in os.walk(ROOT / top)
         if "__init__.py" in files and "__pycache__" not in dirpath
     }
     assert set(setuptools["packages"]) == found
-    assert setuptools["package-dir"] == {f"netweft.{d}": d for d in FOLDERS}
+    assert setuptools["package-dir"] == mapping
+
+
+def test_key_value_layer_imports_nothing_from_ipam() -> None:
+    """netweft.kv is not IPAM (issue 10 item 3): it sits under ipam/ only because the top-level
+    folders are fixed."""
+    offending = [f"{path.name}:{n}" for path in (ROOT / "ipam" / "kv").rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if line.lstrip().startswith(("from netweft.ipam", "import netweft.ipam"))]
+    assert offending == []
 
 
 def test_console_script_points_into_the_namespace() -> None:
@@ -57,3 +76,5 @@ def test_wheel_holds_only_the_netweft_namespace(tmp_path: Path) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == {"netweft"}
     names = zipfile.ZipFile(wheel).namelist()
     assert "netweft/cni/launcher.sh" in names and "netweft/daemon/cli.py" in names
+    assert "netweft/kv/etcd.py" in names and not any(n.startswith("netweft/ipam/kv/")
+                                                     for n in names)

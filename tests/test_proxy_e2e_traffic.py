@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess
-from netweft.proxy.testbed import Testbed, build, run_in
+from netweft.proxy.testbed import Testbed, run_in
 
 pytestmark = pytest.mark.lab
 NETWEFT = str(Path(sys.executable).parent / "netweft")
@@ -26,7 +26,7 @@ PREFIX = "/nwp-e2e"
 
 PODS = """
 import asyncio, sys
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord
 async def main():
@@ -39,15 +39,6 @@ async def main():
             await delete_pod(etcd, sys.argv[3], "node1", "c1")
 asyncio.run(main())
 """
-
-
-@pytest.fixture
-def bed(netns_factory: Callable[[str], str]) -> Iterator[Testbed]:
-    testbed = build(netns_factory)
-    try:
-        yield testbed
-    finally:
-        testbed.close()
 
 
 def wait_for(check: Callable[[], bool], what: str, deadline: float = 60) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from etcd_scenarios import random_changes, truth  # noqa: E402
+from etcd_scenarios import converge, random_changes, truth  # noqa: E402
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
-from netweft.ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.kv.backoff import Backoff  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.kv.memory import MemoryKV  # noqa: E402
 from netweft.proxy.model import (  # noqa: E402
     Endpoint,
     EndpointPort,
@@ -35,7 +37,6 @@ from netweft.proxy.records import (  # noqa: E402
     service_key,
     services_dir,
 )
-from netweft.proxy.sources.backoff import Backoff  # noqa: E402
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
 from proxy_sink import RecordingSink, eventually  # noqa: E402
 
@@ -223,15 +224,11 @@ def test_compaction_while_away_and_an_etcd_restart_end_in_the_exact_model(
         source = EtcdSource(settings, prefix, backoff=lambda: Backoff(0.05, 0.5))
         sink = RecordingSink()
 
-        async def converge(what: str) -> None:
-            expected = await truth(etcd, prefix)
-            await eventually(lambda: (sink.services, sink.endpoints) == expected, what)
-
         task = asyncio.create_task(source.run(sink))
         await eventually(lambda: sink.synced_count == 1, "synced")
-        await converge("initial")
+        await converge(etcd, prefix, sink, "initial")
         await random_changes(etcd, prefix, rng, 40)
-        await converge("watched")
+        await converge(etcd, prefix, sink, "watched")
 
         # The source goes away; things change; etcd compacts past what it saw.
         task.cancel()
@@ -242,14 +239,47 @@ def test_compaction_while_away_and_an_etcd_restart_end_in_the_exact_model(
         assert seen is not None and seen < await etcd.status()
         task = asyncio.create_task(source.run(sink))
         await eventually(lambda: source.lists == 2, "re-listed after compaction")
-        await converge("after compaction")
+        await converge(etcd, prefix, sink, "after compaction")
 
         # etcd restarts under a running source: it resumes (no re-list) and converges.
         await asyncio.to_thread(server.restart)
         await random_changes(etcd, prefix, rng, 40)
-        await converge("after an etcd restart")
+        await converge(etcd, prefix, sink, "after an etcd restart")
         assert source.lists == 2
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     run(server.endpoint, body)
+
+
+def test_source_on_the_memory_store_converges_through_breaks_and_compaction() -> None:
+    """The same list-then-watch contract, pure (MemoryKV): broken streams resume without a
+    re-list, a compaction while away re-lists once, and the model is always exact."""
+    kv = MemoryKV()
+    prefix = "/nws-mem"
+    rng = random.Random(11)
+
+    async def main() -> None:
+        await random_changes(kv, prefix, rng, 30)
+        source = EtcdSource(EtcdSettings(), prefix, backoff=lambda: Backoff(0.01, 0.05), kv=kv)
+        sink = RecordingSink()
+
+        task = asyncio.create_task(source.run(sink))
+        await eventually(lambda: sink.synced_count == 1, "synced")
+        await converge(kv, prefix, sink, "initial")
+        for _ in range(3):
+            await random_changes(kv, prefix, rng, 20)
+            kv.break_watches()
+            await converge(kv, prefix, sink, "after a broken stream")
+        assert source.lists == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await random_changes(kv, prefix, rng, 30)
+        await kv.compact(await kv.status())
+        task = asyncio.create_task(source.run(sink))
+        await eventually(lambda: source.lists == 2, "re-listed after compaction")
+        await converge(kv, prefix, sink, "after compaction")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Iterator
 
 import pytest
 from netweft.proxy.conntrack import ConntrackCleaner
@@ -24,19 +23,10 @@ from netweft.proxy.model import (
 from netweft.proxy.nft_apply import NftApplier
 from netweft.proxy.plan import NodeContext
 from netweft.proxy.runner import ProxyRunner, RunnerOptions
-from netweft.proxy.testbed import Testbed, build
+from netweft.proxy.testbed import Testbed
 
 pytestmark = pytest.mark.lab
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))
-
-
-@pytest.fixture
-def bed(netns_factory: Callable[[str], str]) -> Iterator[Testbed]:
-    testbed = build(netns_factory)
-    try:
-        yield testbed
-    finally:
-        testbed.close()
 
 
 @pytest.fixture(params=["nftables", "iptables"])

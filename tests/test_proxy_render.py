@@ -5,6 +5,7 @@ fallback, affinity, traffic policies, reject/drop, hairpin, masquerade, TCP/UDP/
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,10 @@ from netweft.proxy.model import (
 )
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import Backend, NodeContext, plan_service
-from netweft.proxy.trace import IptablesTracer, NftTracer, Packet, Trace
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_nft import FakeNft, FakeTable  # noqa: E402
+from proxy_trace import IptablesTracer, NftTracer, Packet, Trace  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy"
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))
@@ -89,8 +93,24 @@ def render(mode: str, services: dict | None = None) -> str:
     return ipt.full_text()
 
 
-def tracer(mode: str, text: str) -> NftTracer | IptablesTracer:
-    return NftTracer(text) if mode == "nftables" else IptablesTracer(text)
+def ruleset(mode: str, services: dict | None = None) -> FakeTable | str:
+    """What the tracers walk: nftables, the table the full transaction leaves in the in-memory
+    fake; iptables, the restore text."""
+    if mode != "nftables":
+        return render(mode, services)
+    services = catalog() if services is None else services
+    state = NftState(NODE)
+    state.update({k: plan_service(s, e, NODE) for k, (s, e) in services.items()})
+    fake = FakeNft()
+    fake.apply(state.full_transaction())
+    return fake.table("ip netweft-proxy")
+
+
+def tracer(mode: str, rules: FakeTable | str,
+           sticky: dict[str, Backend] | None = None) -> NftTracer | IptablesTracer:
+    if isinstance(rules, str):
+        return IptablesTracer(rules, sticky)
+    return NftTracer(rules, sticky)
 
 
 MODES = ["nftables", "iptables"]
@@ -111,7 +131,7 @@ def B(addr: str, port: int = 8080) -> Backend:
 
 @pytest.fixture(params=MODES)
 def trace(request: pytest.FixtureRequest):
-    t = tracer(request.param, render(request.param))
+    t = tracer(request.param, ruleset(request.param))
 
     def run(src: str, dst: str, port: int, proto: str = "tcp", local: bool = False) -> Trace:
         return t.trace(Packet(src, dst, proto, port, local))
@@ -187,15 +207,15 @@ def test_session_affinity_first_connection_balances(trace) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_session_affinity_returning_client_sticks(mode: str) -> None:
-    text = render(mode)
-    cls = NftTracer if mode == "nftables" else IptablesTracer
+    rules = ruleset(mode)
     for backend in (B("10.244.1.10"), B("10.244.1.11")):
-        t = cls(text, sticky={POD: backend}).trace(Packet(POD, "10.96.0.50", "tcp", 80))
+        t = tracer(mode, rules, {POD: backend}).trace(Packet(POD, "10.96.0.50", "tcp", 80))
         assert t.backends == {backend}
     # another client, or a service without affinity, is not affected
-    t = cls(text, sticky={POD: B("10.244.1.10")}).trace(Packet(OUTSIDE, "10.96.0.50", "tcp", 80))
+    t = tracer(mode, rules, {POD: B("10.244.1.10")}).trace(
+        Packet(OUTSIDE, "10.96.0.50", "tcp", 80))
     assert t.backends == {B("10.244.1.10"), B("10.244.1.11")}
-    t = cls(text, sticky={POD: B("10.244.1.2")}).trace(Packet(POD, "10.96.0.10", "tcp", 80))
+    t = tracer(mode, rules, {POD: B("10.244.1.2")}).trace(Packet(POD, "10.96.0.10", "tcp", 80))
     assert len(t.backends) == 3
 
 
@@ -230,9 +250,13 @@ def test_nft_delta_touches_only_the_changed_service() -> None:
         # 10.244.2.2 is on another node: never in the hairpin set
         "delete element ip netweft-proxy hairpin { 10.244.1.3 . 10.244.1.3 }",
         "delete element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 }",
-        "add element ip netweft-proxy backends-tcp { 10.96.0.10 . 80 . 1 : 10.244.1.99 . 8080 }",
-        "add element ip netweft-proxy hairpin { 10.244.1.99 . 10.244.1.99 }",
-        "add element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 : goto cluster-tcp-2 }",
+        # every element says whose it is (namespace/service:port), like kube-proxy's
+        "add element ip netweft-proxy backends-tcp { 10.96.0.10 . 80 . 1 "
+        'comment "default/web:http" : 10.244.1.99 . 8080 }',
+        "add element ip netweft-proxy hairpin { 10.244.1.99 . 10.244.1.99 "
+        'comment "default/web:http" }',
+        "add element ip netweft-proxy service-ips { 10.96.0.10 . tcp . 80 "
+        'comment "default/web:http" : goto cluster-tcp-2 }',
         "delete chain ip netweft-proxy cluster-tcp-3",
     ]
     # the state after the delta equals a fresh full render of the new world
@@ -276,3 +300,50 @@ def test_iptables_delta_writes_only_changed_chains() -> None:
     assert "-X NETWEFT-SEP-" in delta and "*filter" not in delta
     services[key] = (s, eps("10.244.1.40", proto=Protocol.UDP, port=5353))
     assert state.full_text() == render("iptables", services)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tcp_and_udp_on_one_node_port(mode: str) -> None:
+    """53/UDP and 53/TCP sharing node port 30053 (Kubernetes allocates it once): each protocol
+    reaches its own endpoint port on the node port and on the cluster IP."""
+    dns = Service(ServiceKey("kube-system", "dns"), ServiceType.NODE_PORT, ("10.96.0.53",),
+                  (ServicePort("dns", Protocol.UDP, 53, 5353, 30053),
+                   ServicePort("dns-tcp", Protocol.TCP, 53, 5354, 30053)))
+    pod = (Endpoint("10.244.1.4", (EndpointPort("dns", 5353, Protocol.UDP),
+                                   EndpointPort("dns-tcp", 5354, Protocol.TCP)), node="node-a"),)
+    t = tracer(mode, ruleset(mode, {dns.key: (dns, pod)}))
+    for dst, port in (("192.0.2.11", 30053), ("10.96.0.53", 53)):
+        assert t.trace(Packet(OUTSIDE, dst, "udp", port)).backends == {B("10.244.1.4", 5353)}
+        assert t.trace(Packet(OUTSIDE, dst, "tcp", port)).backends == {B("10.244.1.4", 5354)}
+
+
+def test_nft_deltas_applied_to_the_fake_equal_a_fresh_full_load() -> None:
+    """Every delta transaction, applied in memory like the kernel would (refusing deletes of
+    what is not there), leaves the same table as a full load of the new world."""
+    services = catalog()
+    state, fake = _state_of(services), FakeNft()
+    fake.apply(state.full_transaction())
+    steps = [
+        ("web", eps("10.244.1.2", "10.244.1.99")),             # endpoint replaced, 3 -> 2
+        ("sticky", eps("10.244.1.10")),                          # affinity chains removed
+        ("empty", eps("10.244.1.30")),                           # reject -> balance
+        ("np", ()),                                              # balance -> reject
+        ("sticky", eps("10.244.1.10", "10.244.1.11", "10.244.1.12")),
+    ]
+    for name, endpoints in steps:
+        key = ServiceKey("default", name)
+        services[key] = (services[key][0], endpoints)
+        fake.apply(state.update_transaction({key: plan_service(services[key][0], endpoints,
+                                                               NODE)}))
+        fresh = FakeNft()
+        fresh.apply(_state_of(services).full_transaction())
+        assert fake.tables == fresh.tables, name
+    fake.apply(state.update_transaction({k: None for k in services}))
+    assert not any(fake.table("ip netweft-proxy").elements[n] for n in (
+        "service-ips", "backends-tcp", "hairpin", "no-endpoint-ips"))
+
+
+def _state_of(services: dict) -> NftState:
+    state = NftState(NODE)
+    state.update({k: plan_service(s, e, NODE) for k, (s, e) in services.items()})
+    return state

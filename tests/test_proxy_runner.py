@@ -82,6 +82,9 @@ class RecordingDataplane:
     def cleanup(self) -> None:
         pass
 
+    async def watch(self, on_foreign_change: Callable[[], None]) -> None:
+        self.on_foreign_change = on_foreign_change
+
 
 class ScriptedSource:
     """Reports a list, then a burst of changes, then waits."""
@@ -151,6 +154,30 @@ def test_runner_full_resync_now_and_then() -> None:
 
     asyncio.run(main())
     assert all(full for _, full in dp.calls[:3]) and set(dp.calls[1][0]) == {KEY}
+
+
+def test_rules_changed_by_others_make_a_full_sync_at_once() -> None:
+    """The dataplane's watch reports a foreign change: the next sync is full and does not wait
+    for the rate limit (10 s here)."""
+    dp = RecordingDataplane()
+    runner = ProxyRunner(NODE, dp, None, RunnerOptions(
+        min_sync_interval=10.0, status_port=None, health_check_ports=False))
+
+    async def script(sink: ChangeSink) -> None:
+        sink.service_updated(web())
+        sink.synced()
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run(ScriptedSource(script)))
+        await asyncio.wait_for(runner.synced_event.wait(), 10)
+        runner.synced_event.clear()
+        dp.on_foreign_change()
+        await asyncio.wait_for(runner.synced_event.wait(), 5)   # not the 10 s rate limit
+        task.cancel()
+
+    asyncio.run(main())
+    assert [full for _, full in dp.calls] == [True, True] and set(dp.calls[1][0]) == {KEY}
+    assert runner.metrics.repairs == 1
 
 
 def test_runner_failed_sync_requests_a_full_resync() -> None:

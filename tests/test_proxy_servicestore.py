@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.model import Protocol, ServiceKey, ServiceType
 from netweft.proxy.records import (
     PortRecord,
@@ -22,6 +22,8 @@ from netweft.proxy.servicestore import (
     AllocationError,
     ServiceExists,
     ServiceNotFound,
+    assign_node_ports,
+    check_node_ports,
     create_service,
     delete_service,
     list_services,
@@ -120,5 +122,57 @@ def test_fixed_addresses_conflicts_and_delete_releases(etcd_endpoint: str,
         again = await create_service(etcd, etcd_prefix, request("b", ServiceType.NODE_PORT,
                                                                 "10.96.0.10", 30080), CIDR)
         assert again.cluster_ip == "10.96.0.10"
+
+    run(etcd_endpoint, body)
+
+
+def _dns(udp_node_port: int | None = None, tcp_node_port: int | None = None,
+         tcp_port: int = 53) -> tuple[PortRecord, ...]:
+    return (PortRecord("dns", Protocol.UDP, 53, 5353, udp_node_port),
+            PortRecord("dns-tcp", Protocol.TCP, tcp_port, 5353, tcp_node_port))
+
+
+def test_tcp_and_udp_of_one_port_number_share_one_node_port() -> None:
+    """Kubernetes' initNodePorts: ports with the same number get one node port, the requested
+    one if any of them names it, else one picked once."""
+    rng = random.Random(7)
+    picked = assign_node_ports(_dns(), set(), rng)
+    assert picked[0].node_port == picked[1].node_port is not None
+    assert [p.node_port for p in assign_node_ports(_dns(None, 30053), set(), rng)] == [
+        30053, 30053]
+    # other numbers get their own; an explicit different one for the same number is kept
+    three = assign_node_ports((*_dns(), PortRecord("http", Protocol.TCP, 80, 8080)), set(), rng)
+    assert three[0].node_port == three[1].node_port != three[2].node_port
+    assert [p.node_port for p in assign_node_ports(_dns(30053, 30054), set(), rng)] == [
+        30053, 30054]
+
+
+def test_node_port_rules_follow_kubernetes_validation() -> None:
+    check_node_ports(_dns(30053, 30053))                     # one number, two protocols
+    with pytest.raises(AllocationError, match="30053 is given twice for TCP"):
+        check_node_ports((PortRecord("a", Protocol.TCP, 53, 53, 30053),
+                          PortRecord("b", Protocol.TCP, 53, 54, 30053)))
+    with pytest.raises(AllocationError, match="30053 is given to ports 53 and 80"):
+        check_node_ports(_dns(30053, 30053, tcp_port=80))
+
+
+def test_shared_node_port_is_one_allocation_released_once(etcd_endpoint: str,
+                                                          etcd_prefix: str) -> None:
+    def dns(name: str, *ports: PortRecord) -> ServiceRecord:
+        return ServiceRecord("kube-system", name, ServiceType.NODE_PORT, "", ports, {"k": "v"})
+
+    async def body(etcd: EtcdClient) -> None:
+        given = await create_service(etcd, etcd_prefix, dns("a", *_dns(30053, 30053)), CIDR)
+        assert [p.node_port for p in given.ports] == [30053, 30053]
+        picked = await create_service(etcd, etcd_prefix, dns("b", *_dns()), CIDR)
+        assert picked.ports[0].node_port == picked.ports[1].node_port != 30053
+        with pytest.raises(AllocationError, match="--node-port: 30053 is already in use"):
+            await create_service(etcd, etcd_prefix, dns("c", *_dns(None, 30053)), CIDR)
+        ports, _ = await etcd.get_prefix(node_port_key(etcd_prefix, 0)[:-1])
+        assert len(ports) == 2
+        await delete_service(etcd, etcd_prefix, ServiceKey("kube-system", "a"))
+        await delete_service(etcd, etcd_prefix, ServiceKey("kube-system", "b"))
+        ports, _ = await etcd.get_prefix(node_port_key(etcd_prefix, 0)[:-1])
+        assert ports == []
 
     run(etcd_endpoint, body)

@@ -102,7 +102,7 @@ def test_etcd_records_reach_the_kernel(node: str, etcd_in: EtcdProcess, tmp_path
     cluster_ip = json.loads(r.stdout)["clusterIP"]
     pods = """
 import asyncio, sys
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord
 async def main():

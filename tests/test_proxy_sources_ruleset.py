@@ -27,11 +27,11 @@ from kube_scenarios import (  # noqa: E402
     run_with_source,
 )
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
-from netweft.ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.kv.backoff import Backoff  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 from netweft.proxy import nftables as nft_mod  # noqa: E402
 from netweft.proxy import plan as plan_mod  # noqa: E402
 from netweft.proxy import tracker as tracker_mod  # noqa: E402
-from netweft.proxy.sources.backoff import Backoff  # noqa: E402
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
 from netweft.proxy.sources.kube import KubeSource  # noqa: E402
 from proxy_sink import eventually  # noqa: E402

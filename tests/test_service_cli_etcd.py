@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from netweft.ipam.etcd import EtcdClient, EtcdSettings
+from netweft.kv.etcd import EtcdClient, EtcdSettings
 from netweft.proxy.podrecords import put_pod
 from netweft.proxy.records import PodRecord
 
@@ -99,3 +99,21 @@ def test_mistakes_are_one_line(etcd_endpoint: str, etcd_prefix: str) -> None:
     r = netweft("http://127.0.0.1:1", prefix, "service", "list")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "unreachable" in r.stderr
+
+
+def test_tcp_and_udp_share_a_node_port(etcd_endpoint: str, etcd_prefix: str) -> None:
+    """Issue 9 item 3, the command from the report: one node port for 53/UDP and 53/TCP, given
+    twice or allocated once."""
+    prefix = etcd_prefix + "-svc"
+    dns = ("--port", "dns=53:5353/udp", "--port", "dns-tcp=53:5353/tcp", "--type", "NodePort")
+    r = netweft(etcd_endpoint, prefix, "service", "create", "dns", *dns,
+                "--node-port", "30053", "--node-port", "30053")
+    assert r.returncode == 0, r.stderr
+    assert "ports dns=53:30053->5353/UDP,dns-tcp=53:30053->5353/TCP " in r.stdout
+    r = netweft(etcd_endpoint, prefix, "service", "create", "dns2", *dns, "--json")
+    assert r.returncode == 0, r.stderr
+    udp, tcp = json.loads(r.stdout)["ports"]
+    assert udp["nodePort"] == tcp["nodePort"] != 30053
+    r = netweft(etcd_endpoint, prefix, "service", "create", "dns3", *dns, "--node-port", "30053")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "netweft: --node-port: 30053 is already in use"

@@ -9,6 +9,8 @@ ETCD=${2:?}
 BACKEND=${3:-vxlan}
 ROLE=${4:-join}
 cd /opt/netweft
+# A box built by vagrant/box/build.sh carries the apt packages and a wheelhouse: no mirror needed.
+if [ -d /opt/netweft-wheels ]; then export NETWEFT_WHEELHOUSE=/opt/netweft-wheels; fi
 bash deploy/setup.sh
 NETWEFT=/opt/netweft/.venv/bin/netweft
 ln -sfn "$NETWEFT" /usr/local/bin/netweft
@@ -17,7 +19,8 @@ ln -sfn "$NETWEFT" /usr/local/bin/netweft
 cat > /etc/sysctl.d/90-netweft.conf <<CONF
 net.ipv4.ip_forward = 1
 CONF
-sysctl -q --system
+# Only our own file: `sysctl --system` fails in a container (non-net keys are read-only there).
+sysctl -q -p /etc/sysctl.d/90-netweft.conf
 
 if [ "$ROLE" = config ]; then
     # Written once, by the node that also runs etcd; the others only read it.
@@ -28,6 +31,9 @@ fi
 IFACE=$(ip -o -4 addr show | awk -v ip="$IP" '$4 ~ "^"ip"/" {print $2; exit}')
 [ -n "$IFACE" ] || { echo "provision-node.sh: no interface holds $IP" >&2; exit 1; }
 
+# The etcd endpoints for the units and for `netweft` commands on this VM (vagrant/demo.sh).
+echo "NETWEFT_ETCD_ENDPOINTS=${ETCD}" > /etc/default/netweft
+
 cat > /etc/systemd/system/netweft.service <<UNIT
 [Unit]
 Description=netweft node agent (pod network overlay, Flannel-compatible)
@@ -36,7 +42,7 @@ After=network-online.target
 
 [Service]
 Type=simple
-Environment=NETWEFT_ETCD_ENDPOINTS=${ETCD}
+EnvironmentFile=/etc/default/netweft
 ExecStart=${NETWEFT} daemon --iface ${IFACE}
 Restart=always
 RestartSec=2
@@ -53,7 +59,7 @@ After=netweft.service
 
 [Service]
 Type=simple
-Environment=NETWEFT_ETCD_ENDPOINTS=${ETCD}
+EnvironmentFile=/etc/default/netweft
 ExecStart=${NETWEFT} proxy --source etcd --node-ip ${IP}
 Restart=always
 RestartSec=2

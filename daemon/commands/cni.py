@@ -10,7 +10,9 @@ from netweft.cni.config import (
     DEFAULT_SOCKET_PATH,
     DEFAULT_SUBNET_FILE,
 )
+from netweft.cni.conflist import DEFAULT_CNI_VERSION
 from netweft.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+from netweft.cni.spec import SUPPORTED_VERSIONS
 from netweft.cni.tcpwire import DEFAULT_TCP_PORT
 from netweft.daemon.clicontext import fail
 
@@ -41,20 +43,52 @@ def register(group: click.Group) -> None:
     @click.option("--ip-masq/--no-ip-masq", default=None,
                   help="Masquerade pod traffic leaving the cluster network "
                        "(default: not FLANNEL_IPMASQ).")
+    @click.option("--cni-version", type=click.Choice(SUPPORTED_VERSIONS),
+                  default=DEFAULT_CNI_VERSION, show_default=True,
+                  help="The conflist's cniVersion, for runtimes that do not read cniVersions "
+                       "(podman 4, containerd 1.6 know results up to 1.0.0); cniVersions lists "
+                       "every version the whole chain supports.")
+    @click.option("--portmap/--no-portmap", default=True, show_default=True,
+                  help="Chain the reference portmap plugin (hostPort, podman -p), as Flannel "
+                       "does; copied into --bin-dir from /usr/lib/cni if missing there.")
+    @click.option("--chain-plugin", "chain", multiple=True, metavar="JSON",
+                  help="Another plugin entry to chain, as a JSON object with a \"type\" "
+                       "(repeatable; in order, after portmap).")
+    @click.option("--replace-chain", is_flag=True,
+                  help="Drop the plugins chained into an existing conflist (default: keep "
+                       "them).")
     def install_cmd(bin_dir: str, conf_dir: str, subnet_file: str, data_dir: str,
                     socket_path: str, log_file: str, tcp_port: int, token_file: str | None,
-                    name: str, bridge: str, mtu: int | None, ip_masq: bool | None) -> None:
+                    name: str, bridge: str, mtu: int | None, ip_masq: bool | None,
+                    cni_version: str, portmap: bool, chain: tuple[str, ...],
+                    replace_chain: bool) -> None:
         """Write the netweft executable and 10-netweft.conflist (atomically)."""
+        import json
+
+        from netweft.cni.conflist import ConflistError
         from netweft.cni.install import install
 
+        entries = []
+        for i, text in enumerate(chain, 1):
+            try:
+                entries.append(json.loads(text))
+            except ValueError as exc:
+                fail(f"cni install: --chain-plugin #{i}: not JSON ({exc})")
+                return
         try:
             done = install(bin_dir, conf_dir, name=name, bridge=bridge, subnet_file=subnet_file,
                            data_dir=data_dir, socket_path=socket_path, log_file=log_file,
                            mtu=mtu, ip_masq=ip_masq, tcp_port=tcp_port,
-                           token_file=token_file)
+                           token_file=token_file, cni_version=cni_version, portmap=portmap,
+                           chain=entries, replace_chain=replace_chain)
+        except ConflistError as exc:
+            fail(f"cni install: {exc}")
+            return
         except OSError as exc:
             fail(f"cni install: {exc.filename or ''}: {exc.strerror or exc}")
             return
+        for note in done.notes:
+            click.echo(f"note: {note}")
         click.echo(f"installed {done.executable}")
         click.echo(f"installed {done.conflist}")
 

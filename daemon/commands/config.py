@@ -37,7 +37,8 @@ def show(ctx: click.Context) -> None:
 @click.option("--subnet-max", help="Last subnet to lease.")
 @click.option("--ipv6-network", help="IPv6 pod network (enables IPv6).")
 @click.option("--ipv6-subnet-len", type=int)
-@click.option("--backend", type=click.Choice(["vxlan", "host-gw"]), help="Backend type.")
+@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "wireguard"]),
+              help="Backend type.")
 @click.option("--vni", type=int, help="VXLAN network identifier.")
 @click.option("--port", type=int, help="VXLAN UDP port.")
 @click.option("--direct-routing/--no-direct-routing", default=None,
@@ -82,8 +83,8 @@ def set_config(ctx: click.Context, path: str | None, network: str | None,
         return
     s = settings(ctx)
     with_store(s, lambda store: store.set_config(cfg))
-    click.echo(f"network config stored at {s.prefix}/config: {cfg.network or cfg.ipv6_network}, "
-               f"/{cfg.subnet_len} per node ({cfg.capacity} subnets), {cfg.backend.type}")
+    click.echo(f"network config stored at {s.prefix}/config: {cfg.summary()}, "
+               f"{cfg.backend.type}")
 
 
 def register(group: click.Group) -> None:

@@ -9,6 +9,7 @@ import socket
 
 import click
 from netweft.daemon.clicontext import fail, services_prefix_option, settings
+from netweft.daemon.etcdrun import refuse_tls_mistakes
 
 
 @click.command("daemon")
@@ -34,8 +35,9 @@ from netweft.daemon.clicontext import fail, services_prefix_option, settings
               help="Renew this many seconds before the lease expires.")
 @click.option("--reconcile-interval", type=click.FloatRange(min=0.5), default=10.0,
               show_default=True, help="Seconds between periodic dataplane checks.")
-@click.option("--firewall-interval", type=click.FloatRange(min=0.5), default=30.0,
-              show_default=True, help="Seconds between firewall rule checks.")
+@click.option("--firewall-interval", type=click.FloatRange(min=0.5), default=5.0,
+              show_default=True, help="Seconds between firewall rule checks (changes to our "
+              "nftables/iptables-nft rules are also noticed at once).")
 @click.option("--metrics-addr", default="127.0.0.1:9464", show_default=True,
               help="host:port for /healthz, /readyz and /metrics ('' to disable).")
 @click.option("--cni-socket", default="/run/netweft/cni.sock", show_default=True,
@@ -49,6 +51,17 @@ from netweft.daemon.clicontext import fail, services_prefix_option, settings
 @services_prefix_option
 @click.option("--pod-records/--no-pod-records", default=True, show_default=True,
               help="Write a pod record to etcd for every pod the CNI server wires.")
+@click.option("--cni-data-dir", default="/var/lib/cni/networks", show_default=True,
+              help="The CNI plugin's dataDir (IPAM state): pod records follow what it holds.")
+@click.option("--cni-network", default="netweft", show_default=True,
+              help="The CNI network name (the conflist's name).")
+@click.option("--cni-cache-dir", default="/var/lib/cni", show_default=True,
+              help="The runtime's libcni cache dir (results/: pod names and labels).")
+@click.option("--pod-sync-interval", type=click.FloatRange(min=0.5), default=10.0,
+              show_default=True, help="Seconds between pod record reconcile passes.")
+@click.option("--take-over-lease", is_flag=True,
+              help="Take over the live lease holding this node's public IP even if another "
+                   "node identity wrote it (a reinstalled node that lost --state-dir).")
 @click.option("--cleanup-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT remove the device, routes and firewall rules.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -60,6 +73,8 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                reconcile_interval: float, firewall_interval: float, metrics_addr: str,
                cni_socket: str, cni_tcp_port: int, cni_token_file: str | None,
                node_name: str | None, services_prefix: str, pod_records: bool,
+               cni_data_dir: str, cni_network: str, cni_cache_dir: str,
+               pod_sync_interval: float, take_over_lease: bool,
                cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
     from netweft.daemon import iface
@@ -76,6 +91,7 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
     except iface.IfaceError as exc:
         fail(str(exc))
         return
+    refuse_tls_mistakes(settings(ctx))
     cfg = AgentConfig(
         etcd=settings(ctx), iface=opts, subnet_file=subnet_file, state_dir=state_dir,
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,
@@ -84,6 +100,8 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
         cni_tcp_port=cni_tcp_port, cni_token_file=cni_token_file,
         cleanup_on_exit=cleanup_on_exit, node_name=node_name or socket.gethostname(),
         services_prefix=services_prefix, pod_records=pod_records,
+        take_over_lease=take_over_lease, cni_data_dir=cni_data_dir, cni_network=cni_network,
+        cni_cache_dir=cni_cache_dir, pod_sync_interval=pod_sync_interval,
     )
 
     async def main() -> None:

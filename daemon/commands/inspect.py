@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 from netweft.daemon.clicontext import fail, settings
-from netweft.ipam.etcd import EtcdClient, EtcdError, EtcdSettings
 from netweft.ipam.lease import Lease
+from netweft.kv.etcd import EtcdClient, EtcdError, EtcdSettings
 
 
 @dataclass
@@ -37,13 +37,8 @@ def _local_subnet(subnet_file: str) -> IPv4Network | None:
 
 
 def _read_status(state_dir: str) -> dict[str, Any] | None:
-    from netweft.daemon.agent import STATUS_FILE
-    try:
-        with open(os.path.join(state_dir, STATUS_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    from netweft.daemon.statedir import read_status
+    return read_status(state_dir)
 
 
 def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None) -> NodeView:
@@ -65,13 +60,16 @@ def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None
     own = next((le for le in leases if own_subnet is not None and le.subnet == own_subnet), None)
     if own is None and public_ip:
         own = next((le for le in leases if str(le.public_ip) == public_ip), None)
+    if cfg is not None:  # what the daemon programs: the valid leases only (ipam/leasecheck.py)
+        from netweft.ipam.leasecheck import check_leases
+        leases = check_leases(cfg, leases, own).valid
     return NodeView(cfg, leases, own, None)
 
 
 def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name: str | None):  # type: ignore[no-untyped-def]
+    from netweft.backends import registry
     from netweft.backends.netlink import Netlink
     from netweft.daemon import iface
-    from netweft.daemon.agent import make_backend
 
     nl = Netlink()
     name = iface_name or (status or {}).get("iface")
@@ -81,9 +79,56 @@ def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name
     except iface.IfaceError as exc:
         fail(str(exc))
         raise
-    backend = make_backend(cfg, nl, side, None)
+    try:
+        # state_dir: where the daemon keeps what inspection reads (wireguard-go's socket)
+        backend = registry.create(registry.BackendParams(cfg.backend, nl, side.underlay,
+                                                         state_dir))
+    except registry.UnknownBackend as exc:
+        fail(str(exc))
+        raise
     backend.attach()
     return backend, nl
+
+
+def _entry(kind: str, want: Any, got: Any) -> dict[str, Any]:
+    """One desired entry beside the kernel's entry under the same key (None: missing)."""
+    return {"kind": kind, "desired": want.describe(), "kernel": got.describe() if got else None,
+            "state": "ok" if got == want else ("differs" if got else "missing")}
+
+
+def mismatches(status: dict[str, Any], lease: Lease | None, device: dict[str, Any] | None,
+               public: dict[str, Any] | None) -> list[str]:
+    """Pure: where the kernel differs from what the daemon published or set up, one line each.
+
+    ``status``: the daemon's status file; ``lease``: our lease in etcd; ``device``: the device
+    as the kernel has it (``{"present", "mac", "mtu"}``); ``public``: the public interface as
+    the kernel has it (``{"present", "addresses": [ip, ...], "mtu"}``)."""
+    out = []
+    dev, iface_name = status.get("device"), status.get("iface")
+    if device is not None and device.get("present") and dev != iface_name:
+        mac = lease.vtep_mac.lower() if lease is not None and lease.vtep_mac else None
+        if mac and device.get("mac") and device["mac"].lower() != mac:
+            out.append(f"device {dev} has MAC {device['mac']}, the lease publishes {mac}")
+        if status.get("mtu") and device.get("mtu") != status["mtu"]:
+            out.append(f"device {dev} has MTU {device.get('mtu')}, the daemon set "
+                       f"{status['mtu']}")
+    if public is not None and iface_name:
+        if not public.get("present"):
+            out.append(f"public interface {iface_name} is gone")
+        else:
+            addr = status.get("address")
+            if addr and addr not in public.get("addresses", []):
+                out.append(f"public interface {iface_name} no longer has {addr}")
+            if status.get("underlayMTU") and public.get("mtu") != status["underlayMTU"]:
+                out.append(f"public interface {iface_name} has MTU {public.get('mtu')}, the "
+                           f"daemon uses {status['underlayMTU']}")
+    if lease is not None and status.get("publicIP") and str(lease.public_ip) != \
+            status["publicIP"]:
+        out.append(f"the lease publishes {lease.public_ip}, the daemon uses "
+                   f"{status['publicIP']}")
+    if status.get("ifaceError"):
+        out.append(f"public interface: {status['ifaceError']}")
+    return out
 
 
 def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, Any]:
@@ -93,25 +138,21 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
     have_routes = {r.dst: r for r in actual.routes}
     have_neigh = {(n.ip, n.dev): n for n in actual.neighbours}
     have_fdb = set(actual.fdb)
+    have_wg = {w.public_key: w for w in actual.wg_peers}
     peers = []
     for p in desired.peers:
         entries = []
         if p.neighbour is not None:
-            got = have_neigh.get((p.neighbour.ip, p.neighbour.dev))
-            entries.append({"kind": "neighbour", "desired": p.neighbour.describe(),
-                            "kernel": got.describe() if got else None,
-                            "state": "ok" if got == p.neighbour else
-                            ("differs" if got else "missing")})
+            entries.append(_entry("neighbour", p.neighbour,
+                                  have_neigh.get((p.neighbour.ip, p.neighbour.dev))))
         if p.fdb is not None:
             entries.append({"kind": "fdb", "desired": p.fdb.describe(),
                             "kernel": p.fdb.describe() if p.fdb in have_fdb else None,
                             "state": "ok" if p.fdb in have_fdb else "missing"})
+        if p.wg is not None:
+            entries.append(_entry("wg-peer", p.wg, have_wg.get(p.wg.public_key)))
         if p.route is not None:
-            got_r = have_routes.get(p.route.dst)
-            entries.append({"kind": "route", "desired": p.route.describe(),
-                            "kernel": got_r.describe() if got_r else None,
-                            "state": "ok" if got_r == p.route else
-                            ("differs" if got_r else "missing")})
+            entries.append(_entry("route", p.route, have_routes.get(p.route.dst)))
         peers.append({"subnet": str(p.subnet), "publicIP": str(p.public_ip), "error": p.error,
                       "entries": entries})
     stray = ([{"kind": "route", "kernel": r.describe()}
@@ -120,7 +161,9 @@ def routes_report(backend: Any, own: Lease, leases: list[Lease]) -> dict[str, An
              + [{"kind": "neighbour", "kernel": n.describe()}
                 for n in sorted(actual.neighbours - desired.neighbours)
                 if (n.ip, n.dev) not in {(d.ip, d.dev) for d in desired.neighbours}]
-             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)])
+             + [{"kind": "fdb", "kernel": f.describe()} for f in sorted(actual.fdb - desired.fdb)]
+             + [{"kind": "wg-peer", "kernel": w.describe()} for w in sorted(actual.wg_peers)
+                if w.public_key not in {d.public_key for d in desired.wg_peers}])
     return {"node": {"subnet": str(own.subnet), "publicIP": str(own.public_ip),
                      "backend": backend.type_name},
             "peers": peers, "stray": stray}
@@ -177,6 +220,16 @@ def routes_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
     ctx.exit(0 if not bad else 3)
 
 
+def describe_wireguard(dp: dict[str, Any]) -> str:
+    """``kernel`` or ``userspace wireguard-go pid N (socket S, R restarts)``, port, public key."""
+    if dp.get("implementation") == "userspace":
+        what = (f"userspace wireguard-go pid {dp.get('pid')} (socket {dp.get('socket')}, "
+                f"{dp.get('restarts', 0)} restarts)")
+    else:
+        what = "kernel"
+    return f"{what}, port {dp.get('listenPort')}, public key {dp.get('publicKey')}"
+
+
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
@@ -213,19 +266,28 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         "peersProgrammed": status.get("peers"),
         "lastReconcile": status.get("lastReconcile"),
         "errors": status.get("errors") or [],
+        "dataplane": status.get("dataplane") or {},
     }
     dev = out["device"]
+    public = None
+    nl = Netlink()
+    try:
+        link = nl.link(dev) if dev else None
+        if out["iface"]:
+            plink = nl.link(out["iface"])
+            public = {"present": plink is not None, "mtu": plink.mtu if plink else None,
+                      "addresses": [str(a.ip) for _, a in nl.addresses(plink.index)]
+                      if plink else []}
+    finally:
+        nl.close()
     if dev:
-        nl = Netlink()
-        try:
-            link = nl.link(dev)
-        finally:
-            nl.close()
         out["deviceState"] = ({"present": True, "mtu": link.mtu, "mac": link.mac, "up": link.up}
                               if link else {"present": False})
         out["mtu"] = link.mtu if link else status.get("mtu")
     else:
         out["mtu"] = status.get("mtu")
+    out["mismatches"] = mismatches(status, view.own, out.get("deviceState"), public) \
+        if status else []
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
@@ -245,11 +307,16 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         ("backend", out["backend"] or "-"),
         ("device", f"{dev or '-'}" + (
             "" if not dev else (" (missing)" if not out["deviceState"]["present"] else
-                                f" mac {out['deviceState']['mac']}"))),
+                                f" mac {out['deviceState']['mac']}"
+                                if out["deviceState"]["mac"] else ""))),
         ("mtu", out["mtu"] or "-"),
+        *([("wireguard", describe_wireguard(out["dataplane"]))]
+          if out["dataplane"].get("implementation") else []),
         ("peers", f"{out['peers']} leased, {out['peersProgrammed'] or 0} programmed"),
         ("last reconcile", f"{int(time.time() - last)}s ago" if last else "never"),
     ]
+    for line in out["mismatches"]:
+        rows.append(("MISMATCH", line))
     for err in out["errors"][:5]:
         rows.append(("error", err))
     width = max(len(k) for k, _ in rows)

@@ -61,7 +61,9 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
             where = f"--kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
             fail(f"{where}: {' '.join(str(exc).split())}")
         return source
+    from netweft.daemon.etcdrun import refuse_tls_mistakes
     from netweft.proxy.sources.etcd import EtcdSource
+    refuse_tls_mistakes(settings(ctx))  # fail now, with one line, not inside the event loop
     return EtcdSource(settings(ctx), services_prefix)
 
 
@@ -84,9 +86,10 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @services_prefix_option
 @click.option("--min-sync-interval", type=click.FloatRange(0, 3600), default=1.0,
               show_default=True, help="Seconds between two syncs; changes meanwhile coalesce.")
-@click.option("--full-resync-interval", type=click.FloatRange(0, 86400), default=0,
+@click.option("--full-resync-interval", type=click.FloatRange(0, 86400), default=3600,
               show_default=True, help="Seconds between full rewrites of the ruleset, healing "
-              "edits made by others (0: never; nftables: also resets session affinity).")
+              "edits made by others that were not noticed at once (0: never; like kube-proxy's "
+              "hourly full sync; session affinity is kept).")
 @click.option("--healthz-bind-address", default="0.0.0.0", show_default=True)
 @click.option("--healthz-port", type=click.IntRange(0, 65535), default=10256, show_default=True,
               help="Port of /healthz and /metrics (0: none).")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from netweft.daemon.clicontext import fail, services_prefix_option, settings
-from netweft.ipam.etcd import EtcdClient, EtcdError
+from netweft.kv.etcd import EtcdClient, EtcdError
 from netweft.proxy.model import DEFAULT_AFFINITY_TIMEOUT, Endpoint, ServiceKey, ServiceType
 from netweft.proxy.records import (
     DEFAULT_SERVICE_CIDR,

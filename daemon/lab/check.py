@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any, Protocol
 
 from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, Topology
 
@@ -135,6 +136,14 @@ def wait_listening(ns: str, port: int, timeout: float = 10.0) -> bool:
 def iperf(server_ns: str, server_ip: IPv4Address, client_ns: str, seconds: float = 3.0,
           port: int = 5201, extra: Sequence[str] = ()) -> float:
     """iperf3 TCP throughput (bits/s, receiver side) from ``client_ns`` to ``server_ip``."""
+    data = iperf_json(server_ns, server_ip, client_ns, seconds, port, extra)
+    return float(data["end"]["sum_received"]["bits_per_second"])
+
+
+def iperf_json(server_ns: str, server_ip: IPv4Address, client_ns: str, seconds: float = 3.0,
+               port: int = 5201, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The client's ``iperf3 -J`` report of a TCP run from ``client_ns`` to ``server_ip``
+    (``end.sum_received.bits_per_second``, ``end.cpu_utilization_percent``, ...)."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", str(port),
          "-B", str(server_ip)],
@@ -149,7 +158,7 @@ def iperf(server_ns: str, server_ip: IPv4Address, client_ns: str, seconds: float
         if proc.returncode != 0 or "error" in data:
             raise RuntimeError(f"iperf3 {client_ns} -> {server_ip}: "
                                f"{data.get('error', proc.stderr.strip())}")
-        return float(data["end"]["sum_received"]["bits_per_second"])
+        return data  # type: ignore[no-any-return]
     finally:
         if server.poll() is None:
             server.terminate()
@@ -168,15 +177,26 @@ def iperf_pair(topo: Topology) -> tuple[str, str] | None:
     return topo.pods_on(nodes[0].name)[0].name, topo.pods_on(nodes[-1].name)[0].name
 
 
-def render_matrix(topo: Topology, results: Sequence[ProbeResult]) -> str:
-    """Rows are sources (pods, then nodes), columns destination pods; then the outside column."""
+class Outcome(Protocol):
+    """What the renderers read of a probe's result (:class:`ProbeResult`, or vagrant/check.py's):
+    ``ok``, ``detail`` and a ``probe`` with ``kind``, ``src``, ``dst`` and ``dst_ip``."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def detail(self) -> str: ...
+
+    @property
+    def probe(self) -> Any: ...
+
+
+def render_grid(srcs: Sequence[str], cols: Sequence[str], results: Sequence[Outcome],
+                nodeport_kind: str = NODEPORT) -> str:
+    """The matrix ``lab check`` and vagrant/check.py print: one row per source, ``ok``/``FAIL``
+    per (source, column) probe, ``-`` for a source to itself, blank where nothing was probed;
+    then one line for the probes of ``nodeport_kind`` (destination = the node)."""
     by_pair = {(r.probe.src, r.probe.dst): r for r in results}
-    dsts = [p.name for p in topo.pods if any(r.probe.dst == p.name for r in results)]
-    srcs = [p.name for p in topo.pods if any(r.probe.src == p.name for r in results)]
-    srcs += [n.name for n in topo.nodes if any(r.probe.src == n.name for r in results)]
-    cols = [*dsts, "outside"]
-    if any(r.probe.dst == "service" for r in results):
-        cols.append("service")
     width = max([len(c) for c in cols] + [4]) + 1
     first = max([len(s) for s in srcs] + [8]) + 1
     lines = ["from \\ to".ljust(first) + "".join(c.rjust(width) for c in cols)]
@@ -186,16 +206,28 @@ def render_matrix(topo: Topology, results: Sequence[ProbeResult]) -> str:
             r = by_pair.get((src, dst))
             cells.append(("-" if src == dst else "") if r is None else ("ok" if r.ok else "FAIL"))
         lines.append(src.ljust(first) + "".join(c.rjust(width) for c in cells))
-    nodeports = [r for r in results if r.probe.kind == NODEPORT]
+    nodeports = [r for r in results if r.probe.kind == nodeport_kind]
     if nodeports:
         lines.append("NodePort from outside: " + "  ".join(
             f"{r.probe.dst} {'ok' if r.ok else 'FAIL'}" for r in nodeports))
     return "\n".join(lines)
 
 
-def summarize(results: Sequence[ProbeResult]) -> list[str]:
+def render_matrix(topo: Topology, results: Sequence[ProbeResult]) -> str:
+    """Rows are sources (pods, then nodes), columns destination pods; then the outside column."""
+    dsts = [p.name for p in topo.pods if any(r.probe.dst == p.name for r in results)]
+    srcs = [p.name for p in topo.pods if any(r.probe.src == p.name for r in results)]
+    srcs += [n.name for n in topo.nodes if any(r.probe.src == n.name for r in results)]
+    cols = [*dsts, "outside"]
+    if any(r.probe.dst == "service" for r in results):
+        cols.append("service")
+    return render_grid(srcs, cols, results)
+
+
+def summarize(results: Sequence[Outcome], kinds: Sequence[str] = KINDS) -> list[str]:
+    """One ``KIND: good/all ok`` line per kind with probes, then one line per failed probe."""
     lines = []
-    for kind in KINDS:
+    for kind in kinds:
         of_kind = [r for r in results if r.probe.kind == kind]
         if not of_kind:
             continue

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -85,6 +85,8 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
         "--state-dir", node.daemon_state_dir,
         "--cni-socket", node.cni_socket,
         "--node-name", node.name,
+        "--cni-data-dir", node.cni_data_dir,
+        "--cni-cache-dir", runtime.cache_dir(node),
     ]
 
 
@@ -115,6 +117,7 @@ def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
     env["NETWEFT_ETCD_ENDPOINTS"] = topo.etcd_endpoint
     env["NETWEFT_ETCD_PREFIX"] = topo.spec.etcd_prefix
     if node is not None:
+        env["WIREGUARD_KEY_FILE"] = node.wireguard_key_file  # Flannel's override, per node
         for cmd in ("ROUTES", "STATUS"):
             env[f"NETWEFT_{cmd}_SUBNET_FILE"] = node.subnet_env
             env[f"NETWEFT_{cmd}_STATE_DIR"] = node.daemon_state_dir
@@ -635,6 +638,19 @@ def down(prefix: str, state_root: str = LabSpec.state_root) -> list[str]:
         shutil.rmtree(state_dir, ignore_errors=True)
         removed.append(f"state {state_dir}")
     return removed
+
+
+@contextlib.contextmanager
+def running(spec: LabSpec) -> Iterator[Lab]:
+    """``Lab.up(spec)`` for the duration of a ``with`` block (tests, benchmarks); the lab is
+    torn down afterwards, also on failure, and no namespace of it remains."""
+    try:
+        yield Lab.up(spec)
+    finally:
+        down(spec.prefix, spec.state_root)
+        left = netns.list_names(f"{spec.prefix}-")
+        if left:
+            raise LabError(f"lab {spec.prefix}: namespaces left after down: {', '.join(left)}")
 
 
 def replace_spec(spec: LabSpec, **changes: Any) -> LabSpec:

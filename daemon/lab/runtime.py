@@ -98,9 +98,24 @@ def exec_plugin(node: Node, pod: Pod, command: str, plugin_type: str, stdin: dic
     return parsed if isinstance(parsed, dict) else None
 
 
+def cache_dir(node: Node) -> str:
+    """The node's libcni cache directory (``/var/lib/cni`` on a real node)."""
+    return os.path.join(node.state_dir, "cni")
+
+
 def _cache_path(node: Node, conflist: dict[str, Any], pod: Pod) -> str:
-    return os.path.join(node.state_dir, "cni", "results",
-                        f"{conflist['name']}-{pod.container_id}-{POD_IFACE}.json")
+    """libcni's cache file name: ``<cacheDir>/results/<network>-<container id>-<ifname>``."""
+    return os.path.join(cache_dir(node), "results",
+                        f"{conflist['name']}-{pod.container_id}-{POD_IFACE}")
+
+
+def _cache_entry(conflist: dict[str, Any], pod: Pod, result: dict[str, Any]) -> dict[str, Any]:
+    """What libcni caches after an ADD (``cniCacheV1``): the daemon reads ``cniArgs`` from it
+    to rebuild pod records (daemon/podsync.py), as it does from containerd's or podman's."""
+    args = [list(p.split("=", 1)) for p in cni_args(pod).split(";") if "=" in p]
+    return {"kind": "cniCacheV1", "containerId": pod.container_id, "ifName": POD_IFACE,
+            "networkName": conflist["name"], "netns": pod.netns_path, "cniArgs": args,
+            "result": result}
 
 
 def pod_address(result: dict[str, Any]) -> tuple[IPv4Interface, str | None]:
@@ -127,7 +142,7 @@ def add(node: Node, pod: Pod) -> PodNetwork:
     cache = _cache_path(node, conflist, pod)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     with open(cache, "w") as f:
-        json.dump(prev, f)
+        json.dump(_cache_entry(conflist, pod, prev), f)
     address, gateway = pod_address(prev)
     return PodNetwork(pod.name, address, gateway, prev)
 
@@ -147,7 +162,8 @@ def cached_result(node: Node, pod: Pod) -> dict[str, Any] | None:
             data = json.load(f)
     except (OSError, ValueError, CniError):
         return None
-    return data if isinstance(data, dict) else None
+    result = data.get("result") if isinstance(data, dict) else None
+    return result if isinstance(result, dict) else None
 
 
 def delete(node: Node, pod: Pod) -> None:

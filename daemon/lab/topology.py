@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from netweft.ipam.config import ConfigError
+from netweft.ipam.config import from_dict as config_from_dict
+
 UNDERLAY = IPv4Network("192.0.2.0/24")
 GATEWAY_IP = IPv4Address("192.0.2.1")
 ETCD_IP = IPv4Address("192.0.2.2")
@@ -33,7 +36,7 @@ DEFAULT_PREFIX = "nwlab"
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
 DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 STATE_ROOT = "/run/netweft-lab"
-BACKENDS = ("vxlan", "host-gw")
+BACKENDS = ("vxlan", "host-gw", "wireguard")
 DATAPLANES = ("netweft", "reference")
 PROXY_MODES = ("nftables", "iptables")
 MAX_NODES = 200
@@ -83,15 +86,18 @@ class LabSpec:
         if self.dataplane not in DATAPLANES:
             raise LabSpecError(
                 f"dataplane: {self.dataplane!r} is not one of {', '.join(DATAPLANES)}")
+        if self.dataplane == "reference" and self.backend == "wireguard":
+            raise LabSpecError("--dataplane reference: hand-programmed labs are vxlan or host-gw "
+                               "only (bench/dataplane.py measures wireguard against them)")
         if self.proxy_mode not in PROXY_MODES:
             raise LabSpecError(
                 f"--proxy-mode: {self.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
         if not 1 <= self.port <= 65535:
             raise LabSpecError(f"--port: {self.port} is out of range 1-65535")
-        if not self.network.prefixlen < self.subnet_len <= 30:
-            raise LabSpecError(
-                f"--subnet-len: {self.subnet_len} must be longer than the network's "
-                f"/{self.network.prefixlen} and at most 30")
+        try:  # the network config's own (Flannel's) rules, so the daemons accept it
+            config_from_dict({"Network": str(self.network), "SubnetLen": self.subnet_len})
+        except ConfigError as exc:
+            raise LabSpecError(f"--subnet-len: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +134,11 @@ class Node:
     def underlay_port(self) -> str:
         """Name of the node's veth end on the underlay bridge (in the underlay namespace)."""
         return self.name
+
+    @property
+    def wireguard_key_file(self) -> str:
+        """The node's WireGuard private key (the daemon reads ``$WIREGUARD_KEY_FILE``)."""
+        return os.path.join(self.state_dir, "wgkey")
 
     @property
     def subnet_env(self) -> str:
@@ -266,6 +277,8 @@ def network_config(spec: LabSpec) -> dict[str, Any]:
     backend: dict[str, Any] = {"Type": spec.backend}
     if spec.backend == "vxlan":
         backend.update({"VNI": spec.vni, "Port": spec.port})
+    if spec.backend == "wireguard":
+        backend.update({"PersistentKeepaliveInterval": 25})
     return {"Network": str(spec.network), "SubnetLen": spec.subnet_len, "Backend": backend}
 
 

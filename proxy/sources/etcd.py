@@ -1,26 +1,25 @@
 """The etcd source: Services and pod records under netweft's services prefix (no Kubernetes).
 
 One list of ``<prefix>/`` (services and pods together, so both come from one revision), then one
-watch from the next revision. Every watch batch is applied, then only the services it touched are
-recomputed and reported if they differ from what was reported. A compacted revision re-lists and
-reports the difference; a broken stream resumes from the last revision seen (re-listing only if
-that one was compacted meanwhile); errors back off and retry forever. See proxy/records.py for the
-key layout and how endpoints are selected.
+watch from the next revision, through the key-value layer's reflector (netweft.kv.reflector).
+Every watch batch is applied, then only the services it touched are recomputed and reported if
+they differ from what was reported. A compacted revision re-lists and reports the difference; a
+broken stream resumes from the last revision seen (re-listing only if that one was compacted
+meanwhile); errors back off and retry forever. See proxy/records.py for the key layout and how
+endpoints are selected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
-from netweft.ipam.etcd import (
-    CompactedError,
-    EtcdClient,
-    EtcdError,
-    EtcdSettings,
-    EventType,
-    KeyValue,
-)
+from netweft.kv.backoff import Backoff
+from netweft.kv.etcd import EtcdClient, EtcdSettings
+from netweft.kv.protocol import KV
+from netweft.kv.reflector import Listed, Reflector
+from netweft.kv.types import EventType, KeyValue
 from netweft.proxy.model import Endpoint, Service, ServiceKey
 from netweft.proxy.records import (
     DEFAULT_SERVICES_PREFIX,
@@ -33,7 +32,6 @@ from netweft.proxy.records import (
     selects,
     services_dir,
 )
-from netweft.proxy.sources.backoff import Backoff
 from netweft.proxy.sources.base import ChangeSink
 
 log = logging.getLogger("netweft.proxy.etcd")
@@ -157,53 +155,53 @@ class EtcdState:
 
 
 class EtcdSource:
-    """Services and endpoints from netweft's records in etcd."""
+    """Services and endpoints from netweft's records in etcd.
+
+    ``kv``: a store to use instead of connecting to ``settings`` (a :class:`netweft.kv.memory.
+    MemoryKV` in pure unit tests); the source does not close it.
+    """
 
     def __init__(
         self, settings: EtcdSettings, prefix: str = DEFAULT_SERVICES_PREFIX,
-        backoff: Callable[[], Backoff] = Backoff,
+        backoff: Callable[[], Backoff] = Backoff, kv: KV | None = None,
     ) -> None:
         self.settings = settings
         self.prefix = prefix.rstrip("/")
-        self.backoff = backoff()
-        self.revision: int | None = None
-        self.lists = 0  # full lists done (tests and metrics read it)
+        self.kv = kv
+        self.reflector = Reflector(self.prefix + "/", backoff=backoff(), name="etcd source")
         self.state: EtcdState | None = None
+
+    @property
+    def revision(self) -> int | None:
+        """The last etcd revision applied (None: the next run lists first)."""
+        return self.reflector.revision
+
+    @property
+    def lists(self) -> int:
+        """Full lists done (tests and metrics read it)."""
+        return self.reflector.lists
+
+    def _connect(self) -> contextlib.AbstractAsyncContextManager[KV]:
+        if self.kv is not None:
+            return contextlib.nullcontext(self.kv)
+        return EtcdClient(self.settings)
 
     async def run(self, sink: ChangeSink) -> None:
         """Run forever. Run again after a cancel with the same sink, it resumes from the last
         revision it saw (re-listing if that was compacted) and reports only what changed."""
         if self.state is None or self.state.sink is not sink:
             self.state = EtcdState(sink, self.prefix)
-            self.revision = None
+            self.reflector.revision = None
         state = self.state
-        root = self.prefix + "/"
-        async with EtcdClient(self.settings) as etcd:
-            while True:
-                try:
-                    if self.revision is None:
-                        kvs, revision = await etcd.get_prefix(root)
-                        state.replace(kvs)
-                        self.revision = revision
-                        self.lists += 1
-                        self.backoff.reset()
-                        sink.synced()
-                    async for batch in etcd.watch_prefix(root, self.revision + 1):
-                        last = self.revision
-                        for event in batch.events:
-                            if event.type is EventType.PUT:
-                                state.put(event.kv)
-                            else:
-                                state.delete(event.kv.key)
-                            last = max(last, event.kv.mod_revision)
-                        state.flush()
-                        # A progress notification (no events) vouches for its header revision;
-                        # an event batch only for the events it carries.
-                        self.revision = last if batch.events else max(last, batch.revision)
-                        self.backoff.reset()
-                except CompactedError as exc:
-                    log.info("etcd watch from revision %s: %s; listing again", self.revision, exc)
-                    self.revision = None
-                except EtcdError as exc:
-                    log.warning("etcd source: %s; retrying", exc)
-                    await self.backoff.wait()
+        async with self._connect() as kv:
+            async for update in self.reflector.updates(kv):
+                if isinstance(update, Listed):
+                    state.replace(update.kvs)
+                    sink.synced()
+                    continue
+                for event in update.events:
+                    if event.type is EventType.PUT:
+                        state.put(event.kv)
+                    else:
+                        state.delete(event.kv.key)
+                state.flush()

@@ -23,8 +23,8 @@ from typing import Any
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube import operators as op
 from lightkube.generic_resource import GenericNamespacedResource, create_api_info
+from netweft.kv.backoff import Backoff
 from netweft.proxy.model import Endpoint, Service, ServiceKey
-from netweft.proxy.sources.backoff import Backoff
 from netweft.proxy.sources.base import ChangeSink
 from netweft.proxy.sources.kubeconvert import (
     SKIP_LABELS,

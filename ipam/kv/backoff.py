@@ -1,4 +1,4 @@
-"""Exponential backoff with jitter for sources that retry forever."""
+"""Exponential backoff with jitter for loops that retry forever (watches, sources)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Packet tracing over a *rendered* ruleset: which backends can a new connection (src, dst, proto,
-port) reach, is it rejected or dropped, and is it masqueraded?
+"""Packet tracing over the proxy's rules (test support, not shipped): which backends can a new
+connection (src, dst, proto, port) reach, is it rejected or dropped, and is it masqueraded?
 
-Both interpreters read the exact text the renderers hand to the kernel (``nft -f`` input and
-``iptables-restore`` input) and follow every random branch (``numgen``/``statistic``), so a test
-sees the full set of backends a packet may reach. They understand precisely the rule forms the
-renderers emit and raise on anything else. Session-affinity state is given by the caller
-(``sticky``: client address -> the backend it was sent to before); empty, a connection is a
-client's first.
+The nftables tracer walks the table the proxy's typed transactions leave in the in-memory fake
+(tests/fake_nft.py); the iptables tracer reads the exact ``iptables-restore`` text. Both follow
+every random branch (``numgen``/``statistic``), so a test sees the full set of backends a packet
+may reach; they understand precisely the rule forms the renderers emit and raise on anything
+else. Session-affinity state is given by the caller (``sticky``: client address -> the backend
+it was sent to before); empty, a connection is a client's first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 
+from fake_nft import FakeTable
 from netweft.proxy.constants import MASQUERADE_MARK
 from netweft.proxy.plan import Backend
 
@@ -113,8 +114,6 @@ class _Tracer:
 # --------------------------------------------------------------------------------------------
 # nftables
 
-_ELEMENTS = re.compile(r"^add element ip \S+ (\S+) \{ (.*) \}$")
-_CHAIN = re.compile(r"^\tchain (\S+) \{$")
 _NUMGEN_MAP = re.compile(r"^meta l4proto (tcp|udp|sctp) dnat ip to (ip daddr \. )?th dport \. "
                          r"numgen random mod (\d+) map @(\S+)$")
 _NUMGEN_VMAP = re.compile(r"^numgen random mod (\d+) vmap \{ (.*) \}$")
@@ -123,28 +122,14 @@ _MARK = f"meta mark set meta mark | 0x{MASQUERADE_MARK:x}"
 
 
 class NftTracer(_Tracer):
-    def __init__(self, text: str, sticky: dict[str, Backend] | None = None) -> None:
+    """Walks the proxy's table as the in-memory fake holds it after applying the proxy's
+    transactions (tests/fake_nft.py): chains with their rules, sets and maps with elements."""
+
+    def __init__(self, table: FakeTable, sticky: dict[str, Backend] | None = None) -> None:
         self.sticky = sticky or {}
-        self.chains: dict[str, list[str]] = {}
-        self.elements: dict[str, dict[str, str | None]] = {}
-        current: str | None = None
-        for line in text.splitlines():
-            m = _CHAIN.match(line)
-            if m:
-                current = m.group(1)
-                self.chains[current] = []
-            elif line == "\t}":
-                current = None
-            elif current is not None and line.startswith("\t\t"):
-                rule = line.strip()
-                if not rule.startswith("type "):
-                    self.chains[current].append(rule)
-            m = _ELEMENTS.match(line)
-            if m:
-                table = self.elements.setdefault(m.group(1), {})
-                for item in m.group(2).split(", "):
-                    k, _, v = item.partition(" : ")
-                    table[k] = v or None
+        self.chains: dict[str, list[str]] = {n: list(c.rules) for n, c in table.chains.items()}
+        self.elements: dict[str, dict[str, str | None]] = {
+            n: dict(e) for n, e in table.elements.items()}
         self.node_ips = set(self.elements.get("nodeport-ips", {}))
 
     def _set(self, name: str) -> dict[str, str | None]:
