@@ -26,7 +26,7 @@ from typing import Any
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.lab import check as checks
-from netweft.daemon.lab import procs, reference, runtime, underlay
+from netweft.daemon.lab import flannel, procs, reference, runtime, underlay
 from netweft.daemon.lab.etcdctl import LabEtcd
 from netweft.daemon.lab.topology import (
     ETCD_CLIENT_PORT,
@@ -142,11 +142,14 @@ class PodState:
 
 class Lab:
     def __init__(self, topo: Topology, pods: dict[str, PodState] | None = None,
-                 retired: list[int] | None = None) -> None:
+                 retired: list[int] | None = None, flannel_nodes: set[str] | None = None) -> None:
         self.topo = topo
         self.pods: dict[str, PodState] = pods or {}
         self.retired: list[int] = retired or []   # indexes of removed nodes (never reused)
         self.service: ServiceState | None = None
+        # nodes running the real flanneld instead of netweft's daemon (daemon/lab/flannel.py)
+        self.flannel_nodes: set[str] = flannel_nodes if flannel_nodes is not None else {
+            n.name for n in topo.nodes[:topo.spec.flannel_nodes]}
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -165,6 +168,7 @@ class Lab:
             "spec": self.topo.spec.to_dict(),
             "nodes": [n.index for n in self.topo.nodes],
             "retired": self.retired,
+            "flannel_nodes": sorted(self.flannel_nodes),
             "service": dataclasses.asdict(self.service) if self.service else None,
             "pods": [
                 {"name": s.pod.name, "node": s.pod.node,
@@ -199,7 +203,8 @@ class Lab:
             pod = make_pod(spec, node, p["index"], p["labels"])
             pods[pod.name] = PodState(pod, IPv4Address(p["ip"]) if p["ip"] else None)
         topo = Topology(spec, nodes, tuple(s.pod for s in pods.values()))
-        lab = cls(topo, pods, list(data.get("retired", [])))
+        lab = cls(topo, pods, list(data.get("retired", [])),
+                  set(data.get("flannel_nodes", [])))
         if data.get("service"):
             lab.service = ServiceState(**data["service"])
         return lab
@@ -261,9 +266,16 @@ class Lab:
             raise
         return lab
 
+    def runs_flanneld(self, node: Node) -> bool:
+        return node.name in self.flannel_nodes
+
     def prepare_node(self, node: Node) -> None:
+        """Directories and, for a netweft node, ``netweft cni install``; a flanneld node gets
+        its conflist once flanneld wrote subnet.env (:meth:`wait_daemon_ready`)."""
         for d in (node.state_dir, node.cni_bin_dir, node.cni_conf_dir, node.cni_data_dir):
             os.makedirs(d, exist_ok=True)
+        if self.runs_flanneld(node):
+            return
         proc = subprocess.run(cni_install_command(node), capture_output=True, text=True)
         if proc.returncode != 0:
             raise LabError(f"cni install for {node.name}: "
@@ -295,10 +307,19 @@ class Lab:
             raise LabError("whoami server on the outside host did not start")
 
     def start_daemon(self, node: Node) -> procs.ProcessRecord:
-        """Start the node's daemon; a socket left by a killed one is removed first, so the
-        socket's appearance tells that the new daemon is serving."""
+        """Start the node's daemon (netweft's, or flanneld on a flanneld node: same PID file);
+        a socket left by a killed one is removed first, so the socket's appearance tells that
+        the new daemon is serving."""
         if self.daemon_record(node) is not None:
-            raise LabError(f"netweft daemon on {node.name} is already running")
+            raise LabError(f"{self.daemon_kind(node)} on {node.name} is already running")
+        if self.runs_flanneld(node):
+            try:
+                build = flannel.load_build()
+            except flannel.FlannelMissing as exc:
+                raise LabError(str(exc)) from None
+            return procs.start(node.netns, flannel.flanneld_command(build.flanneld, self.topo,
+                                                                     node),
+                               self.pidfile(f"daemon-{node.name}"), node.daemon_log)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(node.cni_socket)
         os.makedirs(node.daemon_state_dir, exist_ok=True)
@@ -375,10 +396,40 @@ class Lab:
             return None
         return data if isinstance(data, dict) else None
 
+    def daemon_kind(self, node: Node) -> str:
+        return "flanneld" if self.runs_flanneld(node) else "netweft daemon"
+
+    def _wait_flanneld_ready(self, node: Node, timeout: float) -> None:
+        """Wait until the running flanneld has (re)written subnet.env, then write the node's
+        bridge conflist from it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.daemon_record(node)
+            if record is None:
+                raise LabError(f"flanneld on {node.name} exited; see {node.daemon_log}: "
+                               f"{tail(node.daemon_log)}")
+            try:
+                written = os.stat(node.subnet_env).st_mtime
+            except FileNotFoundError:
+                written = 0.0
+            if written >= procs.started_at(record):
+                break
+            time.sleep(0.05)
+        else:
+            raise LabError(f"flanneld on {node.name} wrote no subnet.env after {timeout:.0f}s; "
+                           f"see {node.daemon_log}")
+        try:
+            flannel.install_cni(node)
+        except (OSError, KeyError, ValueError) as exc:
+            raise LabError(f"{node.subnet_env}: no bridge conflist from it: {exc}") from None
+
     def wait_daemon_ready(self, node: Node, timeout: float = DAEMON_READY_TIMEOUT) -> None:
         """Wait until this node's running daemon has written subnet.env and reported its first
         reconcile (status file with its PID), then briefly for its CNI socket; fail early if
-        the daemon exits."""
+        the daemon exits. A flanneld node: until flanneld rewrote subnet.env."""
+        if self.runs_flanneld(node):
+            self._wait_flanneld_ready(node, timeout)
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self.daemon_record(node)
@@ -425,10 +476,13 @@ class Lab:
         return json.loads(raw) if raw else None
 
     # ---- nodes and pods ----------------------------------------------------------------
-    def add_node(self, pods: int | None = None) -> Node:
-        """Join one more node (next free index), start its daemon and its pods."""
+    def add_node(self, pods: int | None = None, flanneld: bool = False) -> Node:
+        """Join one more node (next free index), start its daemon (flanneld if ``flanneld``)
+        and its pods."""
         index = max([n.index for n in self.topo.nodes] + self.retired, default=0) + 1
         node = make_node(self.topo.spec, index)
+        if flanneld:
+            self.flannel_nodes.add(node.name)
         self._set_topology([*self.topo.nodes, node])
         self.save()
         underlay.attach_host(self.topo, underlay.node_host(node))
@@ -443,6 +497,20 @@ class Lab:
         if self.service is not None:
             self.wait_service(node)
         return node
+
+    def migrate_node(self, name: str) -> None:
+        """Swap a flanneld node to netweft's daemon the way an operator does: stop flanneld,
+        install netweft's CNI config, start ``netweft daemon`` with the same subnet.env (it
+        keeps the subnet and the VTEP MAC of the lease). Running pods keep their wiring."""
+        node = self.topo.node(name)
+        if not self.runs_flanneld(node):
+            raise LabError(f"NODE: {name} does not run flanneld")
+        self.stop_daemon(node)
+        self.flannel_nodes.discard(name)
+        self.save()
+        self.prepare_node(node)
+        self.start_daemon(node)
+        self.wait_daemon_ready(node)
 
     def remove_node(self, name: str) -> None:
         node = self.topo.node(name)
@@ -553,6 +621,7 @@ class Lab:
             nodes.append({
                 "name": node.name, "netns": node.netns, "ip": str(node.ip),
                 "daemon_pid": record.pid if record else None,
+                "daemon": "flanneld" if self.runs_flanneld(node) else "netweft",
                 "subnet": self.node_subnet(node),
             })
         etcd_record = procs.read_pidfile(self.pidfile("etcd"))
