@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 from netweft.daemon.lab import flannel
@@ -88,7 +89,7 @@ def test_mixed_cluster_every_path_both_directions(need_flanneld: flannel.Flannel
     assert {v["BackendType"] for v in leases} == {backend}
     if backend == "vxlan":
         assert all(set(v["BackendData"]) == {"VNI", "VtepMAC"} for v in leases)
-    envs = [flannel.parse_subnet_env(open(n.subnet_env).read()) for n in lab.topo.nodes]
+    envs = [flannel.parse_subnet_env(Path(n.subnet_env).read_text()) for n in lab.topo.nodes]
     assert set(envs[0]) == set(envs[1])
     assert envs[0]["FLANNEL_MTU"] == envs[1]["FLANNEL_MTU"]
 
