@@ -531,10 +531,18 @@ class Lab:
         self._set_topology([n for n in self.topo.nodes if n.name != name])
         self.save()
 
+    def _runtime_pod(self, pod: Pod) -> Pod:
+        """The pod as the runtime side hands it to the node's plugins: on a flanneld node
+        without the labels in CNI_ARGS (``NETWEFT_POD_LABELS=a=b,...`` is netweft's convention;
+        the reference plugins' CNI_ARGS parser rejects a value holding ``=``)."""
+        if self.runs_flanneld(self.topo.node(pod.node)):
+            return dataclasses.replace(pod, labels={})
+        return pod
+
     def _add_pod(self, pod: Pod) -> runtime.PodNetwork:
         self.pods[pod.name] = PodState(pod)
         self.save()
-        net = runtime.add(self.topo.node(pod.node), pod)
+        net = runtime.add(self.topo.node(pod.node), self._runtime_pod(pod))
         self.pods[pod.name] = PodState(pod, net.address.ip)
         if self.topo.spec.proxy:
             self.start_pod_server(pod)
@@ -556,7 +564,7 @@ class Lab:
     def delete_pod(self, name: str) -> None:
         state = self.pods[name]
         self.stop_pod_processes(state.pod)
-        runtime.delete(self.topo.node(state.pod.node), state.pod)
+        runtime.delete(self.topo.node(state.pod.node), self._runtime_pod(state.pod))
         del self.pods[name]
         self._set_topology()
         self.save()
