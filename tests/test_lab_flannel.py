@@ -63,6 +63,13 @@ def _logs(lab: Lab) -> str:
     return "\n".join(out)
 
 
+def _assert_root_namespace_untouched() -> None:
+    """flanneld set up its iptables chains in its node namespace only (read, never changed)."""
+    for cmd in (["iptables-save"], ["nft", "list", "ruleset"]):
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        assert "flannel" not in out.lower(), f"{cmd[0]} in the root namespace: {out}"
+
+
 def _restart(lab: Lab, name: str) -> None:
     node = lab.topo.node(name)
     lab.stop_daemon(node)
@@ -93,6 +100,7 @@ def test_mixed_cluster_every_path_both_directions(need_flanneld: flannel.Flannel
     assert {v["BackendType"] for v in leases} == {backend}
     if backend == "vxlan":
         assert all(set(v["BackendData"]) == {"VNI", "VtepMAC"} for v in leases)
+    _assert_root_namespace_untouched()
     envs = [flannel.parse_subnet_env(Path(n.subnet_env).read_text()) for n in lab.topo.nodes]
     assert set(envs[0]) == set(envs[1])
     assert envs[0]["FLANNEL_MTU"] == envs[1]["FLANNEL_MTU"]
