@@ -168,7 +168,7 @@ def sequential(b: Bench, n: int, tag: str,
             for which in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:  # rotate the order
                 out[which][command].append(
                     b.run_in(which, lambda w=which, p=pods[which][i], c=command, i=i:
-                             b.call(w, c, f"{tag}-{i}", p)))
+                             b.call(w, c, f"{tag}-{w}-{i}", p)))
     return out
 
 
@@ -183,7 +183,7 @@ def parallel(b: Bench, m: int, tag: str,
 
             def one(i: int, w: str = which, c: str = command,
                     results: list[float] = results, lock: threading.Lock = lock) -> None:
-                ms = b.run_in(w, lambda: b.call(w, c, f"{tag}-{i}", pods[i]))  # noqa: B023
+                ms = b.run_in(w, lambda: b.call(w, c, f"{tag}-{w}-{i}", pods[i]))  # noqa: B023
                 with lock:
                     results.append(ms)
 

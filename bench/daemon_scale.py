@@ -100,20 +100,37 @@ def flannel_routes(ns: str) -> int:
                           capture_output=True, text=True).stdout.count(" via ")
 
 
-def flanneld_run(n: int, tag: str, flanneld: str) -> dict[str, float]:
-    """The real flanneld in the same setting: start -> all ``n`` routes, CPU s, RSS."""
+def bench_lab(tag: str) -> tuple[list[str], str, NodeLab]:
+    """Fresh namespaces nwd-bench-<pid>-<tag>-{ul,n1,out} and a work dir: (names, dir, lab)."""
     names = [f"nwd-bench-{os.getpid()}-{tag}-{x}" for x in ("ul", "n1", "out")]
     for name in names:
         netns.delete(name)
         netns.add(name)
     work = tempfile.mkdtemp(prefix="nwd-bench-")
-    lab = NodeLab(names[0], [names[1]], names[2], work, prefix="/nwd-bench/network")
+    return names, work, NodeLab(names[0], [names[1]], names[2], work, prefix="/nwd-bench/network")
+
+
+def fill(lab: NodeLab, underlay_ns: str, n: int) -> None:
+    """Build the lab, write the vxlan config and ``n`` remote leases."""
+    lab.build()
+    lab.set_config({"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
+    netns.run(underlay_ns, [sys.executable, "-c", PUT_SCRIPT, lab.endpoint, lab.prefix, str(n)],
+              timeout=300)
+
+
+def close(lab: NodeLab, names: list[str], work: str) -> None:
+    lab.close()
+    for name in names:
+        netns.delete(name)
+    subprocess.run(["rm", "-rf", work])
+
+
+def flanneld_run(n: int, tag: str, flanneld: str) -> dict[str, float]:
+    """The real flanneld in the same setting: start -> all ``n`` routes, CPU s, RSS."""
+    names, work, lab = bench_lab(tag)
     proc = None
     try:
-        lab.build()
-        lab.set_config({"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
-        netns.run(names[0], [sys.executable, "-c", PUT_SCRIPT, lab.endpoint, lab.prefix, str(n)],
-                  timeout=300)
+        fill(lab, names[0], n)
         ns = names[1]
         with open(os.path.join(work, "flanneld.log"), "wb") as log:
             t0 = time.perf_counter()
@@ -135,10 +152,7 @@ def flanneld_run(n: int, tag: str, flanneld: str) -> dict[str, float]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        lab.close()
-        for name in names:
-            netns.delete(name)
-        subprocess.run(["rm", "-rf", work])
+        close(lab, names, work)
 
 
 def pass_seconds(lab: NodeLab, ns: str) -> tuple[float, float]:
@@ -153,17 +167,9 @@ def pass_seconds(lab: NodeLab, ns: str) -> tuple[float, float]:
 
 
 def one_run(n: int, tag: str) -> dict[str, float]:
-    names = [f"nwd-bench-{os.getpid()}-{tag}-{x}" for x in ("ul", "n1", "out")]
-    for name in names:
-        netns.delete(name)
-        netns.add(name)
-    work = tempfile.mkdtemp(prefix="nwd-bench-")
-    lab = NodeLab(names[0], [names[1]], names[2], work, prefix="/nwd-bench/network")
+    names, work, lab = bench_lab(tag)
     try:
-        lab.build()
-        lab.set_config({"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
-        netns.run(names[0], [sys.executable, "-c", PUT_SCRIPT, lab.endpoint, lab.prefix, str(n)],
-                  timeout=300)
+        fill(lab, names[0], n)
         ns = names[1]
         t0 = time.perf_counter()
         proc = lab.start_daemon(ns, "--reconcile-interval", "10", "--log-level", "warning")
@@ -205,10 +211,7 @@ def one_run(n: int, tag: str) -> dict[str, float]:
                 "add_one_s": t_add, "restart_s": t_restart, "restart_kernel_changes": changes,
                 "noop_pass_s": noop_pass}
     finally:
-        lab.close()
-        for name in names:
-            netns.delete(name)
-        subprocess.run(["rm", "-rf", work])
+        close(lab, names, work)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -399,51 +399,47 @@ class Lab:
     def daemon_kind(self, node: Node) -> str:
         return "flanneld" if self.runs_flanneld(node) else "netweft daemon"
 
-    def _wait_flanneld_ready(self, node: Node, timeout: float) -> None:
-        """Wait until the running flanneld has (re)written subnet.env, then write the node's
-        bridge conflist from it."""
+    def _wait_until(self, node: Node, timeout: float, ready: Callable[[procs.ProcessRecord],
+                                                                       bool]) -> None:
+        """Poll ``ready(record)`` for the node's running daemon; LabError (naming the log) when
+        it exits or is not ready within ``timeout`` seconds."""
+        kind = self.daemon_kind(node)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self.daemon_record(node)
             if record is None:
-                raise LabError(f"flanneld on {node.name} exited; see {node.daemon_log}: "
+                raise LabError(f"{kind} on {node.name} exited; see {node.daemon_log}: "
                                f"{tail(node.daemon_log)}")
-            try:
-                written = os.stat(node.subnet_env).st_mtime
-            except FileNotFoundError:
-                written = 0.0
-            if written >= procs.started_at(record):
-                break
+            if ready(record):
+                return
             time.sleep(0.05)
-        else:
-            raise LabError(f"flanneld on {node.name} wrote no subnet.env after {timeout:.0f}s; "
-                           f"see {node.daemon_log}")
+        raise LabError(f"{kind} on {node.name} not ready after {timeout:.0f}s; "
+                       f"see {node.daemon_log}")
+
+    def _subnet_env_written_by(self, node: Node, record: procs.ProcessRecord) -> bool:
         try:
-            flannel.install_cni(node)
-        except (OSError, KeyError, ValueError) as exc:
-            raise LabError(f"{node.subnet_env}: no bridge conflist from it: {exc}") from None
+            return os.stat(node.subnet_env).st_mtime >= procs.started_at(record)
+        except FileNotFoundError:
+            return False
+
+    def _daemon_reported(self, node: Node, record: procs.ProcessRecord) -> bool:
+        status = self.daemon_status(node)
+        return (os.path.exists(node.subnet_env) and status is not None
+                and status.get("pid") == record.pid)
 
     def wait_daemon_ready(self, node: Node, timeout: float = DAEMON_READY_TIMEOUT) -> None:
         """Wait until this node's running daemon has written subnet.env and reported its first
         reconcile (status file with its PID), then briefly for its CNI socket; fail early if
-        the daemon exits. A flanneld node: until flanneld rewrote subnet.env."""
+        the daemon exits. A flanneld node: until flanneld (re)wrote subnet.env; then the
+        node's bridge conflist is written from it."""
         if self.runs_flanneld(node):
-            self._wait_flanneld_ready(node, timeout)
+            self._wait_until(node, timeout, lambda r: self._subnet_env_written_by(node, r))
+            try:
+                flannel.install_cni(node)
+            except (OSError, KeyError, ValueError) as exc:
+                raise LabError(f"{node.subnet_env}: no bridge conflist from it: {exc}") from None
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = self.daemon_record(node)
-            if record is None:
-                raise LabError(f"netweft daemon on {node.name} exited; see {node.daemon_log}: "
-                               f"{tail(node.daemon_log)}")
-            status = self.daemon_status(node)
-            if (os.path.exists(node.subnet_env) and status is not None
-                    and status.get("pid") == record.pid):
-                break
-            time.sleep(0.05)
-        else:
-            raise LabError(f"netweft daemon on {node.name} not ready after {timeout:.0f}s; "
-                           f"see {node.daemon_log}")
+        self._wait_until(node, timeout, lambda r: self._daemon_reported(node, r))
         # the CNI request server may come up just after; without it the plugin works in-process
         socket_deadline = time.monotonic() + SOCKET_GRACE
         while not os.path.exists(node.cni_socket) and time.monotonic() < socket_deadline:
