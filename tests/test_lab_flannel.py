@@ -165,4 +165,8 @@ def test_migrating_flannel_nodes_to_netweft_keeps_subnets_and_loses_no_packet(
     assert {n.name: lab.node_subnet(n) for n in lab.topo.nodes} == before
     assert {k: v.get("BackendData", {}).get("VtepMAC")
             for k, v in _leases(lab).items()} == macs
+    # netweft's IPAM continues host-local's allocations: a new pod never gets a running
+    # pod's address (Flannel's network name, so the same host-local directory)
+    new = lab.add_pod("node1")
+    assert new.address.ip not in {s.ip for s in lab.pods.values() if s.pod.name != new.pod}
     _assert_all_paths(lab)

@@ -29,6 +29,7 @@ from netweft.daemon.lab import check as checks
 from netweft.daemon.lab import flannel, procs, reference, runtime, underlay
 from netweft.daemon.lab.etcdctl import LabEtcd
 from netweft.daemon.lab.topology import (
+    CNI_NETWORK_NAME,
     ETCD_CLIENT_PORT,
     ETCD_IP,
     SERVICE_NAME,
@@ -73,8 +74,9 @@ def netweft_command() -> list[str]:
     return [sys.executable, "-m", "netweft.daemon.cli"]
 
 
-def daemon_command(topo: Topology, node: Node) -> list[str]:
-    """How the lab starts ``netweft daemon`` on ``node`` (inside the node's namespace)."""
+def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME) -> list[str]:
+    """How the lab starts ``netweft daemon`` on ``node`` (inside the node's namespace);
+    ``network``: the CNI network name (IPAM directory), Flannel's on a migrated node."""
     return [
         *netweft_command(),
         "--etcd-endpoints", topo.etcd_endpoint,
@@ -86,6 +88,7 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
         "--cni-socket", node.cni_socket,
         "--node-name", node.name,
         "--cni-data-dir", node.cni_data_dir,
+        "--cni-network", network,
         "--cni-cache-dir", runtime.cache_dir(node),
     ]
 
@@ -104,9 +107,9 @@ def proxy_command(topo: Topology, node: Node) -> list[str]:
     ]
 
 
-def cni_install_command(node: Node) -> list[str]:
+def cni_install_command(node: Node, network: str = CNI_NETWORK_NAME) -> list[str]:
     """How the lab installs the CNI plugin (executable + conflist) with the node's own paths."""
-    return [*netweft_command(), "cni", "install", *cni_install_args(node)]
+    return [*netweft_command(), "cni", "install", *cni_install_args(node), "--name", network]
 
 
 def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
@@ -150,6 +153,9 @@ class Lab:
         # nodes running the real flanneld instead of netweft's daemon (daemon/lab/flannel.py)
         self.flannel_nodes: set[str] = flannel_nodes if flannel_nodes is not None else {
             n.name for n in topo.nodes[:topo.spec.flannel_nodes]}
+        # nodes migrated from flanneld keep Flannel's CNI network name, so netweft's IPAM
+        # (host-local's layout) continues host-local's allocations in <data dir>/cbr0
+        self.migrated: set[str] = set()
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -169,6 +175,7 @@ class Lab:
             "nodes": [n.index for n in self.topo.nodes],
             "retired": self.retired,
             "flannel_nodes": sorted(self.flannel_nodes),
+            "migrated": sorted(self.migrated),
             "service": dataclasses.asdict(self.service) if self.service else None,
             "pods": [
                 {"name": s.pod.name, "node": s.pod.node,
@@ -205,6 +212,7 @@ class Lab:
         topo = Topology(spec, nodes, tuple(s.pod for s in pods.values()))
         lab = cls(topo, pods, list(data.get("retired", [])),
                   set(data.get("flannel_nodes", [])))
+        lab.migrated = set(data.get("migrated", []))
         if data.get("service"):
             lab.service = ServiceState(**data["service"])
         return lab
@@ -269,6 +277,10 @@ class Lab:
     def runs_flanneld(self, node: Node) -> bool:
         return node.name in self.flannel_nodes
 
+    def cni_network(self, node: Node) -> str:
+        """The node's CNI network name: Flannel's (``cbr0``) on a node migrated from it."""
+        return flannel.FLANNEL_CNI_NAME if node.name in self.migrated else CNI_NETWORK_NAME
+
     def prepare_node(self, node: Node) -> None:
         """Directories and, for a netweft node, ``netweft cni install``; a flanneld node gets
         its conflist once flanneld wrote subnet.env (:meth:`wait_daemon_ready`)."""
@@ -276,7 +288,8 @@ class Lab:
             os.makedirs(d, exist_ok=True)
         if self.runs_flanneld(node):
             return
-        proc = subprocess.run(cni_install_command(node), capture_output=True, text=True)
+        proc = subprocess.run(cni_install_command(node, self.cni_network(node)),
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise LabError(f"cni install for {node.name}: "
                            f"{(proc.stderr or proc.stdout).strip()[:300]}")
@@ -323,7 +336,7 @@ class Lab:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(node.cni_socket)
         os.makedirs(node.daemon_state_dir, exist_ok=True)
-        return procs.start(node.netns, daemon_command(self.topo, node),
+        return procs.start(node.netns, daemon_command(self.topo, node, self.cni_network(node)),
                            self.pidfile(f"daemon-{node.name}"), node.daemon_log,
                            env=node_env(self.topo, node))
 
@@ -503,7 +516,9 @@ class Lab:
             raise LabError(f"NODE: {name} does not run flanneld")
         self.stop_daemon(node)
         self.flannel_nodes.discard(name)
+        self.migrated.add(name)
         self.save()
+        os.unlink(node.conflist_path)  # flannel's bridge conflist: replaced, not chained onto
         self.prepare_node(node)
         self.start_daemon(node)
         self.wait_daemon_ready(node)
