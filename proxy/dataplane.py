@@ -15,7 +15,7 @@ from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
 from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
 from netweft.proxy.nft_apply import NftApplier, NftError, netns_prefix
-from netweft.proxy.nft_monitor import TableMonitor
+from netweft.proxy.nft_monitor import TableMonitor, in_initial_pid_namespace
 from netweft.proxy.nft_tx import Transaction
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import NodeContext, ServicePlan
@@ -101,7 +101,13 @@ class NftablesDataplane:
 
     async def watch(self, on_foreign_change: Callable[[], None]) -> None:
         """``nft monitor`` in the applier's namespace: any transaction on our table by another
-        process (see proxy/nft_monitor.py)."""
+        process (see proxy/nft_monitor.py). Outside the host pid namespace our own commits
+        cannot be told from others' (the monitor names host pids): then only the periodic full
+        resync heals, said in one warning."""
+        if not in_initial_pid_namespace():
+            log.warning("not in the host pid namespace: changes to table ip %s by others are "
+                        "healed only by the periodic full resync", NFT_TABLE)
+            return
         self.monitor = TableMonitor(f"ip {NFT_TABLE}", self.applier.is_own, on_foreign_change,
                                     netns_prefix(self.applier.netns))
         await self.monitor.run()

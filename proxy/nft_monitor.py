@@ -16,11 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+# The kernel's fixed inode of the initial pid namespace (PROC_PID_INIT_INO): nft monitor names
+# committing processes by their pid there, so only a proxy running in it can tell its own.
+INITIAL_PID_NAMESPACE = "pid:[4026531836]"
+
+
+def in_initial_pid_namespace() -> bool:
+    """Whether this process's pids are the ones ``nft monitor`` reports (host pid namespace)."""
+    try:
+        return os.readlink("/proc/self/ns/pid") == INITIAL_PID_NAMESPACE
+    except OSError:
+        return False
 
 _GENERATION = re.compile(r"^# new generation \d+ by process (\d+)")
 

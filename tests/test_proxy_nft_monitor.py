@@ -40,3 +40,10 @@ def test_other_tables_and_families_are_ignored() -> None:
         # new generation 8 by process 101 (nft)
         # new generation 9 by process 102 (iptables)
     """) == [101]
+
+
+def test_this_machine_runs_the_tests_in_the_host_pid_namespace() -> None:
+    """The monitor attributes transactions by host pid; the kernel tests rely on running there
+    (a proxy in a container's pid namespace falls back to the periodic resync)."""
+    from netweft.proxy.nft_monitor import in_initial_pid_namespace
+    assert in_initial_pid_namespace()
