@@ -1,5 +1,7 @@
 """CNI ADD/DEL latency: netweft (installed executable + CNI server) against the reference Go
-plugins (Debian's containernetworking-plugins: bridge + host-local), side by side in one run.
+plugins, bridge + host-local, in two versions: Debian's containernetworking-plugins 1.1.1
+(``ref``) and the current release built by deploy/flannel.sh (``cur``, v1.10.0), side by side in
+one run.
 
 Each plugin gets its own node namespace with the same subnet (10.250.1.0/24) and MTU (1450);
 this process enters the node namespace itself and executes the plugin binary directly with the
@@ -35,8 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netweft.cni import nsenter  # noqa: E402
 from netweft.cni.install import PY_BIN_NAME, install  # noqa: E402
+from netweft.daemon.lab import flannel  # noqa: E402
 
-REF_DIR = "/usr/lib/cni"
+REF_DIR = flannel.DEBIAN_PLUGINS
+REFERENCES = ("ref", "cur")   # Debian's 1.1.1, the current release
 SUBNET = "10.250.1.0/24"
 GATEWAY = "10.250.1.1"
 NETWORK = "10.250.0.0/16"
@@ -53,6 +57,7 @@ class Bench:
         self.prefix = f"{ns_prefix}-{os.getpid()}"
         self.namespaces: list[str] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.cur_dir = flannel.load_build().plugins_dir
 
     # -- namespaces -----------------------------------------------------------------------
     def netns(self, tag: str) -> str:
@@ -82,6 +87,7 @@ class Bench:
     def setup(self) -> None:
         self.node_nw = self.netns("node-nw")
         self.node_ref = self.netns("node-ref")
+        self.node_cur = self.netns("node-cur")
         subnet_env = os.path.join(self.tmp, "subnet.env")
         with open(subnet_env, "w") as f:
             f.write(f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\n"
@@ -99,13 +105,13 @@ class Bench:
         plugin.pop("capabilities", None)
         # the reference speaks at most 1.0.0: both get the same version
         self.nw_conf = json.dumps({"cniVersion": "1.0.0", "name": "netweft", **plugin}).encode()
-        self.ref_conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cni0",
+        self.ref_conf, self.cur_conf = (json.dumps({
+            "cniVersion": "1.0.0", "name": f"{kind}net", "type": "bridge", "bridge": "cni0",
             "isGateway": True, "isDefaultGateway": True, "hairpinMode": True, "mtu": MTU,
             "ipam": {"type": "host-local", "subnet": SUBNET,
-                     "dataDir": os.path.join(self.tmp, "refdata"),
+                     "dataDir": os.path.join(self.tmp, f"{kind}data"),
                      "routes": [{"dst": NETWORK}]},
-        }).encode()
+        }).encode() for kind in REFERENCES)
 
     def start_server(self) -> None:
         sh("ip", "-n", self.node_nw, "link", "set", "lo", "up")  # the TCP fast path's loopback
@@ -129,11 +135,13 @@ class Bench:
 
     # -- calls ------------------------------------------------------------------------------
     def call(self, which: str, command: str, cid: str, pod_ns: str) -> float:
+        plugin_dir = self.cur_dir if which == "cur" else REF_DIR
         exe = {"nw": self.exe, "bash": self.exe, "python": self.exe_py}.get(
-            which, os.path.join(REF_DIR, "bridge"))
+            which, os.path.join(plugin_dir, "bridge"))
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": REF_DIR, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        conf = self.ref_conf if which == "ref" else self.nw_conf
+               "CNI_IFNAME": "eth0", "CNI_PATH": plugin_dir,
+               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        conf = {"ref": self.ref_conf, "cur": self.cur_conf}.get(which, self.nw_conf)
         started = time.perf_counter()
         proc = subprocess.run([exe], input=conf, env=env, capture_output=True)
         elapsed = time.perf_counter() - started
@@ -143,7 +151,7 @@ class Bench:
         return elapsed * 1000
 
     def run_in(self, which: str, fn: Callable[[], Any]) -> Any:
-        with self.inside(self.node_ref if which == "ref" else self.node_nw):
+        with self.inside({"ref": self.node_ref, "cur": self.node_cur}.get(which, self.node_nw)):
             return fn()
 
 
@@ -160,7 +168,7 @@ def sequential(b: Bench, n: int, tag: str,
             for which in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:  # rotate the order
                 out[which][command].append(
                     b.run_in(which, lambda w=which, p=pods[which][i], c=command, i=i:
-                             b.call(w, c, f"{tag}-{i}", p)))
+                             b.call(w, c, f"{tag}-{w}-{i}", p)))
     return out
 
 
@@ -175,7 +183,7 @@ def parallel(b: Bench, m: int, tag: str,
 
             def one(i: int, w: str = which, c: str = command,
                     results: list[float] = results, lock: threading.Lock = lock) -> None:
-                ms = b.run_in(w, lambda: b.call(w, c, f"{tag}-{i}", pods[i]))  # noqa: B023
+                ms = b.run_in(w, lambda: b.call(w, c, f"{tag}-{w}-{i}", pods[i]))  # noqa: B023
                 with lock:
                     results.append(ms)
 
@@ -191,18 +199,21 @@ def parallel(b: Bench, m: int, tag: str,
 
 
 def report(title: str, data: dict[str, dict[str, list[float]]]) -> None:
-    """Median (and mean) per call of each netweft launcher against the reference."""
+    """Median (and mean) per call of each netweft launcher (and of the current reference
+    release, ``cur``) against each reference: ``ref`` = Debian 1.1.1, ``cur`` = current."""
     print(f"\n{title}")
-    print(f"  {'op':4} {'launcher':8} {'median ms':>10} {'ref median':>11} {'ratio':>7} "
-          f"{'mean ms':>9} {'ref mean':>9} {'ratio':>7}")
+    print(f"  {'op':4} {'launcher':8} {'vs':4} {'median ms':>10} {'ref median':>11} "
+          f"{'ratio':>7} {'mean ms':>9} {'ref mean':>9} {'ratio':>7}")
     for command in ("ADD", "DEL"):
-        ref = data["ref"][command]
-        for which in (w for w in data if w != "ref"):
-            nw = data[which][command]
-            mean_nw, mean_ref = statistics.fmean(nw), statistics.fmean(ref)
-            print(f"  {command:4} {which:8} {median(nw):10.1f} {median(ref):11.1f} "
-                  f"{median(nw) / median(ref):7.2f}x {mean_nw:9.1f} "
-                  f"{mean_ref:9.1f} {mean_nw / mean_ref:7.2f}x")
+        for yardstick in REFERENCES:
+            ref = data[yardstick][command]
+            for which in (w for w in data if w not in REFERENCES or
+                          (w == "cur" and yardstick == "ref")):
+                nw = data[which][command]
+                mean_nw, mean_ref = statistics.fmean(nw), statistics.fmean(ref)
+                print(f"  {command:4} {which:8} {yardstick:4} {median(nw):10.1f} "
+                      f"{median(ref):11.1f} {median(nw) / median(ref):7.2f}x {mean_nw:9.1f} "
+                      f"{mean_ref:9.1f} {mean_nw / mean_ref:7.2f}x")
 
 
 def server_times(log_file: str) -> dict[str, list[float]]:
@@ -231,12 +242,16 @@ def main() -> None:
     parser.add_argument("--ns-prefix", default="nwc-bench",
                         help="names of the namespaces this run creates (<prefix>-<pid>-*)")
     opts = parser.parse_args()
-    kinds = (("bash", "python") if opts.launcher == "both" else (opts.launcher,)) + ("ref",)
+    kinds = (("bash", "python") if opts.launcher == "both" else (opts.launcher,)) + REFERENCES
     if os.geteuid() != 0:
         raise SystemExit("cni_latency: run as root (network namespaces)")
     if not os.path.exists(os.path.join(REF_DIR, "bridge")):
         raise SystemExit(f"cni_latency: {REF_DIR}/bridge missing: apt-get install "
                          "containernetworking-plugins")
+    try:
+        flannel.load_build()
+    except flannel.FlannelMissing as exc:
+        raise SystemExit(f"cni_latency: current reference plugins: {exc}") from None
     tmp = tempfile.mkdtemp(prefix="nwc-bench-")
     bench = Bench(tmp, opts.ns_prefix)
     try:
@@ -247,8 +262,9 @@ def main() -> None:
             warm = bench.netns(f"warm{which}")
             bench.run_in(which, lambda w=which, p=warm: bench.call(w, "ADD", "warm", p))
             bench.run_in(which, lambda w=which, p=warm: bench.call(w, "DEL", "warm", p))
-        print(f"netweft CNI latency vs reference bridge+host-local "
-              f"({os.path.join(REF_DIR, 'bridge')}), subnet {SUBNET}, MTU {MTU}")
+        print(f"netweft CNI latency vs reference bridge+host-local: ref = Debian "
+              f"({os.path.join(REF_DIR, 'bridge')}), cur = {flannel.load_build().plugins_version}"
+              f" ({os.path.join(bench.cur_dir, 'bridge')}); subnet {SUBNET}, MTU {MTU}")
         ratios: dict[str, list[float]] = {}
         for r in range(opts.repeat):
             seq = sequential(bench, opts.sequential, f"s{r}", kinds)
@@ -258,13 +274,14 @@ def main() -> None:
             report(f"run {r + 1}: parallel, M={opts.parallel}", par)
             for mode, data in (("seq", seq), ("par", par)):
                 for command in ("ADD", "DEL"):
-                    for which in kinds[:-1]:
-                        ratios.setdefault(f"{mode} {command} {which}", []).append(
-                            median(data[which][command]) / median(data["ref"][command]))
+                    for which in kinds[:-2]:
+                        for yardstick in REFERENCES:
+                            ratios.setdefault(f"{mode} {command} {which}/{yardstick}", []).append(
+                                median(data[which][command]) / median(data[yardstick][command]))
         if opts.repeat > 1:
             print("\nmedian ratio netweft/reference over the runs (min .. max)")
             for key, values in ratios.items():
-                print(f"  {key:18} {median(values):5.2f}x ({min(values):.2f} .. "
+                print(f"  {key:22} {median(values):5.2f}x ({min(values):.2f} .. "
                       f"{max(values):.2f})")
         server_side = server_times(os.path.join(tmp, "cni.log"))
         print("\ninside the CNI server (median of all requests above): "

@@ -12,7 +12,12 @@ host-gw route back to node1 set up by hand, so only node1's reaction is measured
 
 Then the lease is deleted, node1 drops the route, and the next join uses a fresh subnet.
 
+``--daemon both`` (default) runs the same joins against netweft's daemon and against the real
+flanneld (deploy/flannel.sh; the lab's ``--flannel-nodes``) as node1, one after the other in one
+run, and prints both and the ratio netweft/flanneld.
+
     sudo .venv/bin/python bench/convergence.py [--joins 20] [--backend vxlan|host-gw]
+        [--daemon both|netweft|flanneld]
 """
 
 from __future__ import annotations
@@ -185,22 +190,11 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--joins", type=int, default=20)
-    parser.add_argument("--backend", choices=["vxlan", "host-gw"], default="vxlan")
-    parser.add_argument("--timeout", type=float, default=10.0)
-    parser.add_argument("--json", dest="json_path")
-    parser.add_argument("--agent", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.agent:
-        asyncio.run(agent(args.agent))
-        return 0
-    if os.geteuid() != 0:
-        print("convergence.py: needs root (network namespaces)", file=sys.stderr)
-        return 2
+def measure(args: argparse.Namespace, daemon: str) -> dict[str, object]:
+    """``args.joins`` joins against ``daemon`` (netweft or flanneld) as node1; the figures."""
     prefix = f"nwlc{os.getpid() % 10000:04d}"
-    spec = LabSpec(prefix=prefix, nodes=2, pods_per_node=0, backend=args.backend)
+    spec = LabSpec(prefix=prefix, nodes=2, pods_per_node=0, backend=args.backend,
+                   proxy=False, flannel_nodes=2 if daemon == "flanneld" else 0)
     samples: list[float] = []
     upper: list[float] = []
     try:
@@ -212,24 +206,52 @@ def main(argv: list[str] | None = None) -> int:
                 conv, conv_upper = join_once(lab, agent_, joiner_ns, subnet, args.timeout)
                 samples.append(conv)
                 upper.append(conv_upper)
-                print(f"  join {i + 1:2d} {subnet}: {conv * 1000:7.1f} ms", flush=True)
+                print(f"  {daemon} join {i + 1:2d} {subnet}: {conv * 1000:7.1f} ms",
+                      flush=True)
         finally:
             agent_.stop()
     finally:
         down(prefix)
     ms = [s * 1000 for s in samples]
-    result = {
-        "backend": args.backend, "joins": len(ms),
+    result: dict[str, object] = {
+        "daemon": daemon, "backend": args.backend, "joins": len(ms),
         "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1),
         "mean_ms": round(statistics.mean(ms), 1), "max_ms": round(max(ms), 1),
         "p50_ms_from_put_start": round(percentile([u * 1000 for u in upper], 50), 1),
     }
-    print(f"\nconvergence ({args.backend}, {len(ms)} joins, lease put -> first echo reply on "
-          f"another node): p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-          f"max {result['max_ms']} ms")
+    result["samples_ms"] = [round(m, 2) for m in ms]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--joins", type=int, default=20)
+    parser.add_argument("--backend", choices=["vxlan", "host-gw"], default="vxlan")
+    parser.add_argument("--daemon", choices=["both", "netweft", "flanneld"], default="both")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--agent", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.agent:
+        asyncio.run(agent(args.agent))
+        return 0
+    if os.geteuid() != 0:
+        print("convergence.py: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    daemons = ["netweft", "flanneld"] if args.daemon == "both" else [args.daemon]
+    results = [measure(args, d) for d in daemons]
+    print()
+    for r in results:
+        print(f"convergence {r['daemon']:8} ({args.backend}, {r['joins']} joins, lease put -> "
+              f"first echo reply on another node): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+              f"max {r['max_ms']} ms")
+    if len(results) == 2:
+        a, b = results
+        print(f"ratio netweft/flanneld: p50 {float(a['p50_ms']) / float(b['p50_ms']):.2f}x, "
+              f"p99 {float(a['p99_ms']) / float(b['p99_ms']):.2f}x")
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({**result, "samples_ms": [round(m, 2) for m in ms]}, f, indent=2)
+            json.dump(results if len(results) > 1 else results[0], f, indent=2)
     return 0
 
 

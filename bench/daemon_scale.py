@@ -3,10 +3,12 @@
 latency of one added lease, and a restart with nothing changed.
 
 Reference in the same run: the same N neighbour + FDB + route entries programmed by hand with
-`ip -batch` / `bridge -batch` in a fresh namespace (what a hand-built dataplane costs).
+`ip -batch` / `bridge -batch` in a fresh namespace (what a hand-built dataplane costs), and
+(``--flanneld``, on by default) the real flanneld (deploy/flannel.sh) in the same setting: start
+-> all N routes in the kernel, CPU seconds and RSS of the process.
 Everything runs in namespaces named nwd-bench-<pid>-*, removed at the end.
 
-    sudo .venv/bin/python bench/daemon_scale.py --leases 1000 --runs 3
+    sudo .venv/bin/python bench/daemon_scale.py --leases 1000 --runs 3 [--no-flanneld]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netweft.daemon import netns  # noqa: E402
+from netweft.daemon.lab import flannel  # noqa: E402
 from netweft.daemon.nodelab import NodeLab, wait_for  # noqa: E402
 
 PUT_SCRIPT = r"""
@@ -85,6 +88,73 @@ def reference(n: int, name: str) -> float:
         netns.delete(name)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (fields 14 and 15 of /proc/<pid>/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def flannel_routes(ns: str) -> int:
+    return subprocess.run(["ip", "-n", ns, "route", "show", "dev", "flannel.1"],
+                          capture_output=True, text=True).stdout.count(" via ")
+
+
+def bench_lab(tag: str) -> tuple[list[str], str, NodeLab]:
+    """Fresh namespaces nwd-bench-<pid>-<tag>-{ul,n1,out} and a work dir: (names, dir, lab)."""
+    names = [f"nwd-bench-{os.getpid()}-{tag}-{x}" for x in ("ul", "n1", "out")]
+    for name in names:
+        netns.delete(name)
+        netns.add(name)
+    work = tempfile.mkdtemp(prefix="nwd-bench-")
+    return names, work, NodeLab(names[0], [names[1]], names[2], work, prefix="/nwd-bench/network")
+
+
+def fill(lab: NodeLab, underlay_ns: str, n: int) -> None:
+    """Build the lab, write the vxlan config and ``n`` remote leases."""
+    lab.build()
+    lab.set_config({"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
+    netns.run(underlay_ns, [sys.executable, "-c", PUT_SCRIPT, lab.endpoint, lab.prefix, str(n)],
+              timeout=300)
+
+
+def close(lab: NodeLab, names: list[str], work: str) -> None:
+    lab.close()
+    for name in names:
+        netns.delete(name)
+    subprocess.run(["rm", "-rf", work])
+
+
+def flanneld_run(n: int, tag: str, flanneld: str) -> dict[str, float]:
+    """The real flanneld in the same setting: start -> all ``n`` routes, CPU s, RSS."""
+    names, work, lab = bench_lab(tag)
+    proc = None
+    try:
+        fill(lab, names[0], n)
+        ns = names[1]
+        with open(os.path.join(work, "flanneld.log"), "wb") as log:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, flanneld, f"--etcd-endpoints={lab.endpoint}",
+                 f"--etcd-prefix={lab.prefix}", f"--subnet-file={work}/subnet.env",
+                 "--ip-masq"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for(lambda: flannel_routes(ns) >= n, timeout=300, interval=0.02,
+                 what=f"flanneld: {n} routes")
+        t_program = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        return {"program_s": t_program, "cpu_s": cpu, "rss_mib": rss_kib(proc.pid) / 1024}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        close(lab, names, work)
+
+
 def pass_seconds(lab: NodeLab, ns: str) -> tuple[float, float]:
     """(sum, count) of the daemon's reconcile pass durations."""
     total = count = 0.0
@@ -97,23 +167,16 @@ def pass_seconds(lab: NodeLab, ns: str) -> tuple[float, float]:
 
 
 def one_run(n: int, tag: str) -> dict[str, float]:
-    names = [f"nwd-bench-{os.getpid()}-{tag}-{x}" for x in ("ul", "n1", "out")]
-    for name in names:
-        netns.delete(name)
-        netns.add(name)
-    work = tempfile.mkdtemp(prefix="nwd-bench-")
-    lab = NodeLab(names[0], [names[1]], names[2], work, prefix="/nwd-bench/network")
+    names, work, lab = bench_lab(tag)
     try:
-        lab.build()
-        lab.set_config({"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
-        netns.run(names[0], [sys.executable, "-c", PUT_SCRIPT, lab.endpoint, lab.prefix, str(n)],
-                  timeout=300)
+        fill(lab, names[0], n)
         ns = names[1]
         t0 = time.perf_counter()
         proc = lab.start_daemon(ns, "--reconcile-interval", "10", "--log-level", "warning")
         wait_for(lambda: (lab.status(ns) or {}).get("peers") == n, timeout=300, interval=0.02,
                  what=f"{n} peers programmed")
         t_program = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid)
         routes = subprocess.run(["ip", "-n", ns, "route", "show", "proto", "78"],
                                 capture_output=True, text=True).stdout.count("\n")
         assert routes == n, f"{routes} routes in the kernel, expected {n}"
@@ -143,29 +206,33 @@ def one_run(n: int, tag: str) -> dict[str, float]:
         t_restart = time.perf_counter() - t2
         changes = lab.log(ns).split("public interface")[-1].count("kernel change")
         noop_pass, _ = pass_seconds(lab, ns)
-        return {"program_s": t_program, "program_pass_s": first_pass, "rss_mib": rss / 1024,
+        return {"program_s": t_program, "cpu_s": cpu, "program_pass_s": first_pass,
+                "rss_mib": rss / 1024,
                 "add_one_s": t_add, "restart_s": t_restart, "restart_kernel_changes": changes,
                 "noop_pass_s": noop_pass}
     finally:
-        lab.close()
-        for name in names:
-            netns.delete(name)
-        subprocess.run(["rm", "-rf", work])
+        close(lab, names, work)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leases", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--flanneld", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the real flanneld (deploy/flannel.sh)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("daemon_scale.py: needs root (network namespaces)")
     assert IPv4Network("10.0.0.0/8") and IPv4Address("198.18.0.1")
-    results, refs = [], []
+    flanneld = flannel.load_build().flanneld if args.flanneld else None
+    results, refs, fl = [], [], []
     for r in range(args.runs):
         results.append(one_run(args.leases, f"r{r}"))
         refs.append(reference(args.leases, f"nwd-bench-{os.getpid()}-ref{r}"))
-        print(json.dumps({**results[-1], "reference_ip_batch_s": refs[-1]}), flush=True)
+        if flanneld:
+            fl.append(flanneld_run(args.leases, f"f{r}", flanneld))
+        print(json.dumps({**results[-1], "reference_ip_batch_s": refs[-1],
+                          "flanneld": fl[-1] if fl else None}), flush=True)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     ref = statistics.median(refs)
     print(f"\n{args.leases} remote leases ({3 * args.leases} kernel entries), {args.runs} runs, "
@@ -180,6 +247,16 @@ def main() -> None:
     print(f"  lease put returned -> route in kernel: {med['add_one_s'] * 1000:.0f} ms")
     print(f"  restart -> reconciled                : {med['restart_s']:.2f} s, "
           f"kernel changes {med['restart_kernel_changes']:.0f}")
+    print(f"  CPU seconds, start -> all programmed : {med['cpu_s']:.2f} s")
+    if fl:
+        fmed = {k: statistics.median(r[k] for r in fl) for k in fl[0]}
+        print(f"flanneld {flannel.load_build().version}, same setting, medians:")
+        print(f"  flanneld start -> all routes         : {fmed['program_s']:.2f} s   "
+              f"(netweft/flanneld = {med['program_s'] / fmed['program_s']:.2f}x)")
+        print(f"  CPU seconds, start -> all routes     : {fmed['cpu_s']:.2f} s   "
+              f"(netweft/flanneld = {med['cpu_s'] / fmed['cpu_s']:.2f}x)")
+        print(f"  RSS after programming                : {fmed['rss_mib']:.1f} MiB   "
+              f"(netweft/flanneld = {med['rss_mib'] / fmed['rss_mib']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ if [ -d /usr/lib/python3/dist-packages/nftables ]; then
 fi
 if [ -z "${NETWEFT_WHEELHOUSE:-}" ]; then
     bash deploy/runtimes.sh  # crictl, containerd 2.x (tests)
+    bash deploy/flannel.sh   # flanneld v0.28 + current reference CNI plugins (interop tests)
     # The real Kubernetes control plane (etcd 3.6, kube-apiserver, kube-controller-manager,
     # kubectl, kube-proxy) built from its Go modules, cached by version under
     # /var/cache/netweft/go: the Kubernetes tests run it. Cold: ~31 CPU-minutes (92 min wall on

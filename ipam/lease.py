@@ -62,8 +62,8 @@ class Lease:
         out: dict[str, Any] = {}
         if self.public_ip is not None:
             out["PublicIP"] = str(self.public_ip)
-        if self.public_ipv6 is not None:
-            out["PublicIPv6"] = str(self.public_ipv6)
+        # flanneld's LeaseAttrs always carries PublicIPv6 (a Go pointer: null without IPv6)
+        out["PublicIPv6"] = str(self.public_ipv6) if self.public_ipv6 is not None else None
         out["BackendType"] = self.backend_type
         if self.backend_data:
             out["BackendData"] = self.backend_data

@@ -47,6 +47,16 @@ def test_flannel_values_still_parse_including_null_ipv6_and_unknown_fields() -> 
     assert le.vtep_mac == "c6:d2:32:6f:8f:44" and le.node_id is None
 
 
+def test_an_ipv4_lease_is_written_in_flanneld_layout() -> None:
+    """Field for field and in order what flanneld v0.28.10 wrote in the lab (interop test):
+    PublicIPv6 is null, not left out; netweft's identity comes last."""
+    le = Lease(subnet=IPv4Network("10.244.35.0/24"), public_ip=IPv4Address("192.0.2.11"),
+               backend_data={"VNI": 1, "VtepMAC": "46:e2:d9:51:68:a4"})
+    assert le.value_json() == ('{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan",'
+                               '"BackendData":{"VNI":1,"VtepMAC":"46:e2:d9:51:68:a4"}}')
+    assert list(lease("10.244.3.0/24", node_id="ab").value())[-1] == "NetweftNodeID"
+
+
 def test_node_identity_round_trips_through_the_value() -> None:
     le = lease("10.244.3.0/24", node_id="abc123")
     assert json.loads(le.value_json())["NetweftNodeID"] == "abc123"

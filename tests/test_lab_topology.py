@@ -40,6 +40,9 @@ def test_plan_names_addresses_and_paths() -> None:
     ({"subnet_len": 16}, "--subnet-len"), ({"subnet_len": 17}, "--subnet-len"),
     ({"port": 0}, "--port"),
     ({"proxy_mode": "ipvs"}, "--proxy-mode"),
+    ({"nodes": 2, "flannel_nodes": 3}, "--flannel-nodes"),
+    ({"flannel_nodes": 1, "backend": "wireguard"}, "--flannel-nodes"),
+    ({"flannel_nodes": 1, "dataplane": "reference"}, "--flannel-nodes"),
 ])
 def test_spec_errors_name_the_option(changes: dict, field: str) -> None:
     with pytest.raises(LabSpecError, match=field):
@@ -48,7 +51,7 @@ def test_spec_errors_name_the_option(changes: dict, field: str) -> None:
 
 def test_spec_round_trips_through_dict() -> None:
     spec = LabSpec(prefix="nwly", nodes=5, backend="host-gw", network=IPv4Network("10.9.0.0/16"),
-                   proxy_mode="iptables")
+                   proxy_mode="iptables", flannel_nodes=2)
     assert LabSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 

@@ -67,11 +67,14 @@ def register(group: click.Group) -> None:
                   help="Run `netweft proxy` on every node and a NodePort service over the pods.")
     @click.option("--proxy-mode", type=click.Choice(PROXY_MODES), default="nftables",
                   show_default=True, help="The proxy's dataplane (`netweft proxy --mode`).")
+    @click.option("--flannel-nodes", default=0, show_default=True, type=int,
+                  help="The first K nodes run the real flanneld (deploy/flannel.sh) instead of "
+                       "netweft's daemon, their pods wired by the reference bridge plugin.")
     @click.option("--check/--no-check", "run_check", default=False,
                   help="Run `lab check` once the lab is up.")
     def up(prefix: str, nodes: int, pods_per_node: int, backend: str, vni: int, port: int,
            network: str, subnet_len: int, dataplane: str, proxy: bool,
-           proxy_mode: str, run_check: bool) -> None:
+           proxy_mode: str, flannel_nodes: int, run_check: bool) -> None:
         """Build the lab and start netweft on every node."""
         _need_root()
         try:
@@ -82,7 +85,7 @@ def register(group: click.Group) -> None:
         spec = LabSpec(prefix=prefix, nodes=nodes, pods_per_node=pods_per_node, backend=backend,
                        vni=vni, port=port, network=net, subnet_len=subnet_len,
                        state_root=STATE_ROOT, dataplane=dataplane, proxy=proxy,
-                       proxy_mode=proxy_mode)
+                       proxy_mode=proxy_mode, flannel_nodes=flannel_nodes)
         try:
             spec.validate()
             built = Lab.up(spec, log=lambda msg: click.echo(f"  {msg}"))
@@ -110,7 +113,8 @@ def register(group: click.Group) -> None:
         click.echo(f"lab {st['prefix']} ({st['backend']}), etcd {st['etcd']} "
                    f"{'running' if st['etcd_running'] else 'STOPPED'}, state {st['state_dir']}")
         for n in st["nodes"]:
-            daemon = f"daemon pid {n['daemon_pid']}" if n["daemon_pid"] else "daemon STOPPED"
+            kind = n.get("daemon", "netweft")
+            daemon = f"{kind} pid {n['daemon_pid']}" if n["daemon_pid"] else f"{kind} STOPPED"
             proxy = ""
             if n["name"] in st["proxies"]:
                 proxy = "  proxy " + ("running" if st["proxies"][n["name"]] else "STOPPED")
@@ -171,16 +175,32 @@ def register(group: click.Group) -> None:
     @lab.command("add-node")
     @_prefix_option
     @click.option("--pods", default=None, type=int, help="Pods to start on it (default: as up).")
-    def add_node(prefix: str, pods: int | None) -> None:
+    @click.option("--flanneld", is_flag=True, help="The node runs the real flanneld.")
+    def add_node(prefix: str, pods: int | None, flanneld: bool) -> None:
         """Join one more node to a running lab."""
         _need_root()
         lab_ = _load(prefix)
         try:
-            node = lab_.add_node(pods)
+            node = lab_.add_node(pods, flanneld=flanneld)
         except LabError as exc:
             fail(str(exc))
             return
         click.echo(f"{node.name} ({node.ip}) joined, subnet {lab_.node_subnet(node)}")
+
+    @lab.command("migrate-node")
+    @_prefix_option
+    @click.argument("node")
+    def migrate_node(prefix: str, node: str) -> None:
+        """Swap a flanneld node to netweft's daemon (same subnet.env, pods keep running)."""
+        _need_root()
+        lab_ = _load(prefix)
+        try:
+            lab_.migrate_node(node)
+        except KeyError:
+            fail(f"NODE: no node {node!r} in lab {prefix!r}")
+        except LabError as exc:
+            fail(str(exc))
+        click.echo(f"{node} runs netweft's daemon, subnet {lab_.node_subnet(lab_.topo.node(node))}")
 
     @lab.command("remove-node")
     @_prefix_option

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -26,9 +26,10 @@ from typing import Any
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.lab import check as checks
-from netweft.daemon.lab import procs, reference, runtime, underlay
+from netweft.daemon.lab import flannel, procs, reference, runtime, underlay
 from netweft.daemon.lab.etcdctl import LabEtcd
 from netweft.daemon.lab.topology import (
+    CNI_NETWORK_NAME,
     ETCD_CLIENT_PORT,
     ETCD_IP,
     SERVICE_NAME,
@@ -73,8 +74,9 @@ def netweft_command() -> list[str]:
     return [sys.executable, "-m", "netweft.daemon.cli"]
 
 
-def daemon_command(topo: Topology, node: Node) -> list[str]:
-    """How the lab starts ``netweft daemon`` on ``node`` (inside the node's namespace)."""
+def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME) -> list[str]:
+    """How the lab starts ``netweft daemon`` on ``node`` (inside the node's namespace);
+    ``network``: the CNI network name (IPAM directory), Flannel's on a migrated node."""
     return [
         *netweft_command(),
         "--etcd-endpoints", topo.etcd_endpoint,
@@ -86,6 +88,7 @@ def daemon_command(topo: Topology, node: Node) -> list[str]:
         "--cni-socket", node.cni_socket,
         "--node-name", node.name,
         "--cni-data-dir", node.cni_data_dir,
+        "--cni-network", network,
         "--cni-cache-dir", runtime.cache_dir(node),
     ]
 
@@ -104,9 +107,9 @@ def proxy_command(topo: Topology, node: Node) -> list[str]:
     ]
 
 
-def cni_install_command(node: Node) -> list[str]:
+def cni_install_command(node: Node, network: str = CNI_NETWORK_NAME) -> list[str]:
     """How the lab installs the CNI plugin (executable + conflist) with the node's own paths."""
-    return [*netweft_command(), "cni", "install", *cni_install_args(node)]
+    return [*netweft_command(), "cni", "install", *cni_install_args(node), "--name", network]
 
 
 def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
@@ -142,11 +145,17 @@ class PodState:
 
 class Lab:
     def __init__(self, topo: Topology, pods: dict[str, PodState] | None = None,
-                 retired: list[int] | None = None) -> None:
+                 retired: list[int] | None = None, flannel_nodes: set[str] | None = None) -> None:
         self.topo = topo
         self.pods: dict[str, PodState] = pods or {}
         self.retired: list[int] = retired or []   # indexes of removed nodes (never reused)
         self.service: ServiceState | None = None
+        # nodes running the real flanneld instead of netweft's daemon (daemon/lab/flannel.py)
+        self.flannel_nodes: set[str] = flannel_nodes if flannel_nodes is not None else {
+            n.name for n in topo.nodes[:topo.spec.flannel_nodes]}
+        # nodes migrated from flanneld keep Flannel's CNI network name, so netweft's IPAM
+        # (host-local's layout) continues host-local's allocations in <data dir>/cbr0
+        self.migrated: set[str] = set()
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -165,6 +174,8 @@ class Lab:
             "spec": self.topo.spec.to_dict(),
             "nodes": [n.index for n in self.topo.nodes],
             "retired": self.retired,
+            "flannel_nodes": sorted(self.flannel_nodes),
+            "migrated": sorted(self.migrated),
             "service": dataclasses.asdict(self.service) if self.service else None,
             "pods": [
                 {"name": s.pod.name, "node": s.pod.node,
@@ -199,7 +210,9 @@ class Lab:
             pod = make_pod(spec, node, p["index"], p["labels"])
             pods[pod.name] = PodState(pod, IPv4Address(p["ip"]) if p["ip"] else None)
         topo = Topology(spec, nodes, tuple(s.pod for s in pods.values()))
-        lab = cls(topo, pods, list(data.get("retired", [])))
+        lab = cls(topo, pods, list(data.get("retired", [])),
+                  set(data.get("flannel_nodes", [])))
+        lab.migrated = set(data.get("migrated", []))
         if data.get("service"):
             lab.service = ServiceState(**data["service"])
         return lab
@@ -261,10 +274,22 @@ class Lab:
             raise
         return lab
 
+    def runs_flanneld(self, node: Node) -> bool:
+        return node.name in self.flannel_nodes
+
+    def cni_network(self, node: Node) -> str:
+        """The node's CNI network name: Flannel's (``cbr0``) on a node migrated from it."""
+        return flannel.FLANNEL_CNI_NAME if node.name in self.migrated else CNI_NETWORK_NAME
+
     def prepare_node(self, node: Node) -> None:
+        """Directories and, for a netweft node, ``netweft cni install``; a flanneld node gets
+        its conflist once flanneld wrote subnet.env (:meth:`wait_daemon_ready`)."""
         for d in (node.state_dir, node.cni_bin_dir, node.cni_conf_dir, node.cni_data_dir):
             os.makedirs(d, exist_ok=True)
-        proc = subprocess.run(cni_install_command(node), capture_output=True, text=True)
+        if self.runs_flanneld(node):
+            return
+        proc = subprocess.run(cni_install_command(node, self.cni_network(node)),
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise LabError(f"cni install for {node.name}: "
                            f"{(proc.stderr or proc.stdout).strip()[:300]}")
@@ -295,14 +320,23 @@ class Lab:
             raise LabError("whoami server on the outside host did not start")
 
     def start_daemon(self, node: Node) -> procs.ProcessRecord:
-        """Start the node's daemon; a socket left by a killed one is removed first, so the
-        socket's appearance tells that the new daemon is serving."""
+        """Start the node's daemon (netweft's, or flanneld on a flanneld node: same PID file);
+        a socket left by a killed one is removed first, so the socket's appearance tells that
+        the new daemon is serving."""
         if self.daemon_record(node) is not None:
-            raise LabError(f"netweft daemon on {node.name} is already running")
+            raise LabError(f"{self.daemon_kind(node)} on {node.name} is already running")
+        if self.runs_flanneld(node):
+            try:
+                build = flannel.load_build()
+            except flannel.FlannelMissing as exc:
+                raise LabError(str(exc)) from None
+            return procs.start(node.netns, flannel.flanneld_command(build.flanneld, self.topo,
+                                                                     node),
+                               self.pidfile(f"daemon-{node.name}"), node.daemon_log)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(node.cni_socket)
         os.makedirs(node.daemon_state_dir, exist_ok=True)
-        return procs.start(node.netns, daemon_command(self.topo, node),
+        return procs.start(node.netns, daemon_command(self.topo, node, self.cni_network(node)),
                            self.pidfile(f"daemon-{node.name}"), node.daemon_log,
                            env=node_env(self.topo, node))
 
@@ -375,24 +409,50 @@ class Lab:
             return None
         return data if isinstance(data, dict) else None
 
-    def wait_daemon_ready(self, node: Node, timeout: float = DAEMON_READY_TIMEOUT) -> None:
-        """Wait until this node's running daemon has written subnet.env and reported its first
-        reconcile (status file with its PID), then briefly for its CNI socket; fail early if
-        the daemon exits."""
+    def daemon_kind(self, node: Node) -> str:
+        return "flanneld" if self.runs_flanneld(node) else "netweft daemon"
+
+    def _wait_until(self, node: Node, timeout: float, ready: Callable[[procs.ProcessRecord],
+                                                                       bool]) -> None:
+        """Poll ``ready(record)`` for the node's running daemon; LabError (naming the log) when
+        it exits or is not ready within ``timeout`` seconds."""
+        kind = self.daemon_kind(node)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self.daemon_record(node)
             if record is None:
-                raise LabError(f"netweft daemon on {node.name} exited; see {node.daemon_log}: "
+                raise LabError(f"{kind} on {node.name} exited; see {node.daemon_log}: "
                                f"{tail(node.daemon_log)}")
-            status = self.daemon_status(node)
-            if (os.path.exists(node.subnet_env) and status is not None
-                    and status.get("pid") == record.pid):
-                break
+            if ready(record):
+                return
             time.sleep(0.05)
-        else:
-            raise LabError(f"netweft daemon on {node.name} not ready after {timeout:.0f}s; "
-                           f"see {node.daemon_log}")
+        raise LabError(f"{kind} on {node.name} not ready after {timeout:.0f}s; "
+                       f"see {node.daemon_log}")
+
+    def _subnet_env_written_by(self, node: Node, record: procs.ProcessRecord) -> bool:
+        try:
+            return os.stat(node.subnet_env).st_mtime >= procs.started_at(record)
+        except FileNotFoundError:
+            return False
+
+    def _daemon_reported(self, node: Node, record: procs.ProcessRecord) -> bool:
+        status = self.daemon_status(node)
+        return (os.path.exists(node.subnet_env) and status is not None
+                and status.get("pid") == record.pid)
+
+    def wait_daemon_ready(self, node: Node, timeout: float = DAEMON_READY_TIMEOUT) -> None:
+        """Wait until this node's running daemon has written subnet.env and reported its first
+        reconcile (status file with its PID), then briefly for its CNI socket; fail early if
+        the daemon exits. A flanneld node: until flanneld (re)wrote subnet.env; then the
+        node's bridge conflist is written from it."""
+        if self.runs_flanneld(node):
+            self._wait_until(node, timeout, lambda r: self._subnet_env_written_by(node, r))
+            try:
+                flannel.install_cni(node)
+            except (OSError, KeyError, ValueError) as exc:
+                raise LabError(f"{node.subnet_env}: no bridge conflist from it: {exc}") from None
+            return
+        self._wait_until(node, timeout, lambda r: self._daemon_reported(node, r))
         # the CNI request server may come up just after; without it the plugin works in-process
         socket_deadline = time.monotonic() + SOCKET_GRACE
         while not os.path.exists(node.cni_socket) and time.monotonic() < socket_deadline:
@@ -425,10 +485,13 @@ class Lab:
         return json.loads(raw) if raw else None
 
     # ---- nodes and pods ----------------------------------------------------------------
-    def add_node(self, pods: int | None = None) -> Node:
-        """Join one more node (next free index), start its daemon and its pods."""
+    def add_node(self, pods: int | None = None, flanneld: bool = False) -> Node:
+        """Join one more node (next free index), start its daemon (flanneld if ``flanneld``)
+        and its pods."""
         index = max([n.index for n in self.topo.nodes] + self.retired, default=0) + 1
         node = make_node(self.topo.spec, index)
+        if flanneld:
+            self.flannel_nodes.add(node.name)
         self._set_topology([*self.topo.nodes, node])
         self.save()
         underlay.attach_host(self.topo, underlay.node_host(node))
@@ -443,6 +506,22 @@ class Lab:
         if self.service is not None:
             self.wait_service(node)
         return node
+
+    def migrate_node(self, name: str) -> None:
+        """Swap a flanneld node to netweft's daemon the way an operator does: stop flanneld,
+        install netweft's CNI config, start ``netweft daemon`` with the same subnet.env (it
+        keeps the subnet and the VTEP MAC of the lease). Running pods keep their wiring."""
+        node = self.topo.node(name)
+        if not self.runs_flanneld(node):
+            raise LabError(f"NODE: {name} does not run flanneld")
+        self.stop_daemon(node)
+        self.flannel_nodes.discard(name)
+        self.migrated.add(name)
+        self.save()
+        os.unlink(node.conflist_path)  # flannel's bridge conflist: replaced, not chained onto
+        self.prepare_node(node)
+        self.start_daemon(node)
+        self.wait_daemon_ready(node)
 
     def remove_node(self, name: str) -> None:
         node = self.topo.node(name)
@@ -463,10 +542,18 @@ class Lab:
         self._set_topology([n for n in self.topo.nodes if n.name != name])
         self.save()
 
+    def _runtime_pod(self, pod: Pod) -> Pod:
+        """The pod as the runtime side hands it to the node's plugins: on a flanneld node
+        without the labels in CNI_ARGS (``NETWEFT_POD_LABELS=a=b,...`` is netweft's convention;
+        the reference plugins' CNI_ARGS parser rejects a value holding ``=``)."""
+        if self.runs_flanneld(self.topo.node(pod.node)):
+            return dataclasses.replace(pod, labels={})
+        return pod
+
     def _add_pod(self, pod: Pod) -> runtime.PodNetwork:
         self.pods[pod.name] = PodState(pod)
         self.save()
-        net = runtime.add(self.topo.node(pod.node), pod)
+        net = runtime.add(self.topo.node(pod.node), self._runtime_pod(pod))
         self.pods[pod.name] = PodState(pod, net.address.ip)
         if self.topo.spec.proxy:
             self.start_pod_server(pod)
@@ -488,7 +575,7 @@ class Lab:
     def delete_pod(self, name: str) -> None:
         state = self.pods[name]
         self.stop_pod_processes(state.pod)
-        runtime.delete(self.topo.node(state.pod.node), state.pod)
+        runtime.delete(self.topo.node(state.pod.node), self._runtime_pod(state.pod))
         del self.pods[name]
         self._set_topology()
         self.save()
@@ -553,6 +640,7 @@ class Lab:
             nodes.append({
                 "name": node.name, "netns": node.netns, "ip": str(node.ip),
                 "daemon_pid": record.pid if record else None,
+                "daemon": "flanneld" if self.runs_flanneld(node) else "netweft",
                 "subnet": self.node_subnet(node),
             })
         etcd_record = procs.read_pidfile(self.pidfile("etcd"))

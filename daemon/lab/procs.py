@@ -43,6 +43,14 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22 overall
 
 
+def started_at(record: ProcessRecord) -> float:
+    """Wall-clock start time (seconds since the epoch) of ``record``'s process: its start time
+    in clock ticks after the boot time (``btime`` in /proc/stat)."""
+    with open("/proc/stat") as f:
+        btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    return btime + record.start_time / os.sysconf("SC_CLK_TCK")
+
+
 def is_running(record: ProcessRecord) -> bool:
     if start_time(record.pid) != record.start_time:
         return False

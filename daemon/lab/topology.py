@@ -69,6 +69,7 @@ class LabSpec:
     dataplane: str = "netweft"   # "reference": hand-programmed, no daemons (bench/dataplane.py)
     proxy: bool = True           # run `netweft proxy` on every node and a NodePort service
     proxy_mode: str = "nftables"  # `netweft proxy --mode`
+    flannel_nodes: int = 0       # the first K nodes run the real flanneld (daemon/lab/flannel.py)
 
     def validate(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -92,6 +93,12 @@ class LabSpec:
         if self.proxy_mode not in PROXY_MODES:
             raise LabSpecError(
                 f"--proxy-mode: {self.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
+        if not 0 <= self.flannel_nodes <= self.nodes:
+            raise LabSpecError(f"--flannel-nodes: {self.flannel_nodes} is out of range "
+                               f"0-{self.nodes} (--nodes)")
+        if self.flannel_nodes and (self.dataplane != "netweft" or self.backend == "wireguard"):
+            raise LabSpecError("--flannel-nodes: flanneld nodes need --dataplane netweft and "
+                               "--backend vxlan or host-gw")
         if not 1 <= self.port <= 65535:
             raise LabSpecError(f"--port: {self.port} is out of range 1-65535")
         try:  # the network config's own (Flannel's) rules, so the daemons accept it
@@ -106,6 +113,7 @@ class LabSpec:
             "network": str(self.network), "subnet_len": self.subnet_len,
             "etcd_prefix": self.etcd_prefix, "state_root": self.state_root,
             "dataplane": self.dataplane, "proxy": self.proxy, "proxy_mode": self.proxy_mode,
+            "flannel_nodes": self.flannel_nodes,
         }
 
     @classmethod
@@ -117,6 +125,7 @@ class LabSpec:
             etcd_prefix=d["etcd_prefix"], state_root=d["state_root"],
             dataplane=d.get("dataplane", "netweft"), proxy=bool(d.get("proxy", True)),
             proxy_mode=d.get("proxy_mode", "nftables"),
+            flannel_nodes=int(d.get("flannel_nodes", 0)),
         )
 
 
