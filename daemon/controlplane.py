@@ -65,11 +65,15 @@ class ControlPlaneBinaries:
             controller_manager=str(kube_bin / "kube-controller-manager"),
             kubectl=str(kube_bin / "kubectl"), kube_proxy=str(kube_bin / "kube-proxy"),
             version=env.get("NETWEFT_KUBE_VERSION", "?"))
-        for path in (found.etcd, found.apiserver, found.controller_manager, found.kubectl):
-            if not os.access(path, os.X_OK):
-                raise ControlPlaneError(f"{path} (named by {env_file}) is missing: run "
-                                        "deploy/controlplane.sh")
+        for path in (found.etcd, found.apiserver):
+            found.require(path)
         return found
+
+    def require(self, path: str) -> str:
+        """``path`` if it is an executable; else ControlPlaneError (one line)."""
+        if not os.access(path, os.X_OK):
+            raise ControlPlaneError(f"{path} is missing: run deploy/controlplane.sh")
+        return path
 
 
 # --- PKI -----------------------------------------------------------------------------------------
@@ -258,6 +262,7 @@ class ControlPlane:
                              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
                             {"admin": "/O=system:masters/CN=netweft-admin",
                              "controller-manager": "/CN=system:kube-controller-manager"})
+        (self.workdir / "etcd").mkdir(exist_ok=True)
         self.etcd = EtcdProcess(binary=self.binaries.etcd, name="netweft-k8s-etcd",
                                 data_dir=str(self.workdir / "etcd")).start()
         self.port = free_port()
@@ -279,6 +284,9 @@ class ControlPlane:
             self.binaries.apiserver,
             f"--etcd-servers={self.etcd.endpoint}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            # The endpoint reconciler refuses a loopback address: no endpoints for the
+            # default/kubernetes Service (nothing here reaches the apiserver through it).
+            "--endpoint-reconciler-type=none",
             f"--secure-port={self.port}",
             f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_cert}",
@@ -303,7 +311,7 @@ class ControlPlane:
                                      key=pki.clients["controller-manager"][1],
                                      user="system:kube-controller-manager"))
         self.kcm = Process("kube-controller-manager", [
-            self.binaries.controller_manager,
+            self.binaries.require(self.binaries.controller_manager),
             f"--kubeconfig={config}",
             f"--authentication-kubeconfig={config}", f"--authorization-kubeconfig={config}",
             "--secure-port=0", "--leader-elect=false",
@@ -382,8 +390,8 @@ class ControlPlane:
         """Run the built kubectl against this control plane (admin unless ``kubeconfig_path``);
         returns stdout; raises ControlPlaneError with kubectl's last error line."""
         assert self.binaries is not None
-        cmd = [self.binaries.kubectl, f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}",
-               *args]
+        cmd = [self.binaries.require(self.binaries.kubectl),
+               f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}", *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]

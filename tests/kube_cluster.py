@@ -86,12 +86,11 @@ class Cluster:
         await self.client.delete(Pod, name, namespace=namespace, grace_period=grace)
 
     async def service(self, namespace: str, name: str, spec: Obj,
-                      labels: dict[str, str] | None = None) -> Obj:
-        created = await self.create({
+                      labels: dict[str, str] | None = None) -> None:
+        await self.create({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
             "spec": spec})
-        return codecs.to_dict(created) if not isinstance(created, dict) else created
 
     async def patch_service(self, namespace: str, name: str, patch: Obj,
                             status: bool = False) -> None:

@@ -1,7 +1,9 @@
 """A small Kubernetes API server for tests: real HTTP on 127.0.0.1, the real list/watch wire format.
 
-No API server can run on these machines, so this one speaks just enough of the protocol for a
-client library to drive it unchanged:
+Kept only for faults the real kube-apiserver cannot be made to produce (streams cut mid-event,
+HTTP 500s, 410 as an HTTP status; see tests/test_proxy_kube_source.py); everything else is tested
+against the real control plane (tests/conftest.py ``control_plane``). It speaks just enough of the
+protocol for a client library to drive it unchanged:
 
 - ``GET /api/v1/services`` and ``GET /apis/discovery.k8s.io/v1/endpointslices`` (all namespaces):
   lists ``{"kind": "...List", "metadata": {"resourceVersion"}, "items": [...]}``;

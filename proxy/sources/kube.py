@@ -212,8 +212,8 @@ class Reflector:
                 await self._watch()
             except Exception as exc:  # noqa: BLE001 - a source never dies; it reports and retries
                 if _is_gone(exc):
-                    log.info("%s: resourceVersion %s is gone (410); listing again",
-                             self.name, self.resource_version)
+                    log.info("%s: resourceVersion %s is gone (410: %s); listing again",
+                             self.name, self.resource_version, _describe(exc))
                     self.resource_version = None
                     if listed_now and self.events == 0:
                         await self.backoff.wait()  # gone right after a list: do not spin
