@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.codecs import load_all_yaml
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Node, ServiceAccountToken
 from netweft.daemon import kubenode as kn
 from netweft.daemon import underlay
-from netweft.daemon.controlplane import ControlPlane
+from netweft.daemon.controlplane import ControlPlane, kubeconfig
 from netweft.daemon.nodelab import NodeLab, wait_for
 from netweft.daemon.nsrelay import NsRelay
 
@@ -34,10 +39,19 @@ class KubeNodes:
         for ns in lab.node_nss:
             subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
             self.relays.append(NsRelay(ns, plane.port).start())
-        for name in ("00-namespace.yaml", "10-rbac.yaml"):
-            plane.kubectl("apply", "--server-side", "-f", str(MANIFESTS / name))
-        self.kubeconfig = plane.token_kubeconfig("netweft-system", "netweft",
-                                                 workdir / "netweft.kubeconfig")
+        self.admin = Client(KubeConfig.from_file(str(plane.admin_kubeconfig)), trust_env=False,
+                            field_manager="netweft-tests")
+        for name in ("00-namespace.yaml", "10-rbac.yaml"):  # server-side apply, as a user would
+            for obj in load_all_yaml((MANIFESTS / name).read_text()):
+                self.admin.apply(obj)
+        # A bound token of the manifests' service account (what a pod's projected token is).
+        token = self.admin.create(ServiceAccountToken(metadata=ObjectMeta(), spec=TokenRequestSpec(
+            audiences=[], expirationSeconds=3600)), "netweft", namespace="netweft-system")
+        assert token.status is not None
+        self.kubeconfig = workdir / "netweft.kubeconfig"
+        self.kubeconfig.write_text(kubeconfig(
+            plane.url, plane.pki.ca_cert, token=token.status.token,  # type: ignore[union-attr]
+            user="system:serviceaccount:netweft-system:netweft"))
         self.net_conf = workdir / "net-conf.json"
         self.net_conf.write_text(json.dumps(NET_CONF))
 
@@ -48,15 +62,22 @@ class KubeNodes:
 
     def create_node(self, name: str, **annotations: str) -> None:
         self.nodes.append(name)
-        self.plane.kubectl("create", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": annotations}}))
+        self.admin.create(Node(metadata=ObjectMeta(name=name, annotations=annotations)))
 
     def node(self, name: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.plane.kubectl("get", "node", name, "-o", "json"))  # type: ignore[no-any-return]
-        except Exception:  # noqa: BLE001 - NotFound
-            return None
+            return self.admin.get(Node, name).to_dict()  # type: ignore[no-any-return]
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    def delete_node(self, name: str) -> None:
+        try:
+            self.admin.delete(Node, name)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
 
     def close(self) -> None:
         for ns in list(self.lab.procs):
@@ -64,7 +85,8 @@ class KubeNodes:
         for relay in self.relays:
             relay.stop()
         for name in self.nodes:
-            self.plane.kubectl("delete", "node", name, "--ignore-not-found")
+            self.delete_node(name)
+        self.admin.close()
 
 
 @pytest.fixture
@@ -128,6 +150,6 @@ def test_kube_mode_takes_podcidrs_publishes_flannel_annotations_and_pods_talk(
         return subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True).stdout
 
     assert route in routes(a)
-    k.plane.kubectl("delete", "node", b)
+    k.delete_node(b)
     wait_for(lambda: route not in routes(a), 30, what=f"{a} drops the deleted node's route")
     wait_for(lambda: (k.lab.status(a) or {}).get("peers") == 0, 30, what="no peer left")
