@@ -7,9 +7,10 @@ the registry, the peer reconciler (lease events and full passes), the netlink wa
 firewall keeper and the CNI host. One asyncio loop runs them; netlink work runs in one kernel
 thread (``daemon/kernel.py``), the watcher in its own.
 
-Start-up order: lock the state directory, pick the public interface, serve health, wait for the
-network config, create the backend, acquire the lease, list the leases, set up the device,
-write subnet.env, install the firewall rules, one full pass; then run the loops until stopped.
+Start-up order: lock the state directory, serve health, (kube mode: read the Node's
+public-ip-overwrite), pick the public interface, wait for the network config, create the backend,
+acquire the lease, list the leases, set up the device, write subnet.env, install the firewall
+rules, one full pass, announce it (kube mode: NetworkUnavailable=False); then run the loops.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Agent:
                      f"new: {self.identity.path}" if self.identity.created
                      else self.identity.path)
         self.nl = nl = Netlink(cfg.netns)
+        await self.health.serve(cfg.metrics_addr)
         manager = self._subnet_manager()
         opts = cfg.iface
         if cfg.kube_subnet_mgr:  # Flannel: the Node's public-ip-overwrite beats the interface
@@ -109,7 +111,6 @@ class Agent:
                  side.underlay.ip, side.public_ip, side.underlay.mtu)
         if cfg.firewall != "none":
             self.firewall.firewall = make_firewall(cfg.firewall, Runner(cfg.netns))
-        await self.health.serve(cfg.metrics_addr)
         self.keeper = keeper = LeaseKeeper(
             manager, KeeperSettings(cfg.subnet_file, cfg.ip_masq, cfg.renew_margin,
                                     cfg.config_retry), self.health, self._lease_attrs)
@@ -173,7 +174,8 @@ class Agent:
             try:
                 return await manager.public_ip_overwrite()  # type: ignore[no-any-return]
             except Unavailable as exc:
-                log.warning("reading node %s: %s; retrying", self.cfg.node_name, exc)
+                self.health.reason = f"reading node {self.cfg.node_name}: {exc}; retrying"
+                log.warning("%s", self.health.reason)
                 await asyncio.sleep(self.cfg.config_retry)
 
     async def _lease_attrs(self) -> LeaseAttrs:

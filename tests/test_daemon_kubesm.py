@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,19 +45,25 @@ class KubeNodes:
         for name in ("00-namespace.yaml", "10-rbac.yaml"):  # server-side apply, as a user would
             for obj in load_all_yaml((MANIFESTS / name).read_text()):
                 self.admin.apply(obj)
-        # A bound token of the manifests' service account (what a pod's projected token is).
-        token = self.admin.create(ServiceAccountToken(metadata=ObjectMeta(), spec=TokenRequestSpec(
-            audiences=[], expirationSeconds=3600)), "netweft", namespace="netweft-system")
-        assert token.status is not None
-        self.kubeconfig = workdir / "netweft.kubeconfig"
-        self.kubeconfig.write_text(kubeconfig(
-            plane.url, plane.pki.ca_cert, token=token.status.token,  # type: ignore[union-attr]
-            user="system:serviceaccount:netweft-system:netweft"))
+        self.kubeconfig = self.token_kubeconfig("netweft")
         self.net_conf = workdir / "net-conf.json"
         self.net_conf.write_text(json.dumps(NET_CONF))
 
-    def start(self, ns: str) -> None:
-        self.lab.start_daemon(ns, "--kube-subnet-mgr", "--kubeconfig-file", str(self.kubeconfig),
+    def token_kubeconfig(self, account: str) -> Path:
+        """A kubeconfig with a bound token of ``netweft-system/account`` (what a pod's
+        projected service-account token is)."""
+        token = self.admin.create(ServiceAccountToken(metadata=ObjectMeta(), spec=TokenRequestSpec(
+            audiences=[], expirationSeconds=3600)), account, namespace="netweft-system")
+        assert token.status is not None and self.plane.pki is not None
+        path = self.workdir / f"{account}.kubeconfig"
+        path.write_text(kubeconfig(self.plane.url, self.plane.pki.ca_cert,
+                                   token=token.status.token,
+                                   user=f"system:serviceaccount:netweft-system:{account}"))
+        return path
+
+    def start(self, ns: str, kubeconfig_path: Path | None = None) -> None:
+        self.lab.start_daemon(ns, "--kube-subnet-mgr", "--kubeconfig-file",
+                              str(kubeconfig_path or self.kubeconfig),
                               "--net-conf-path", str(self.net_conf), "--reconcile-interval", "1",
                               store=())
 
@@ -93,6 +100,19 @@ class KubeNodes:
 def kube_nodes(control_plane: ControlPlane, make_lab: Callable[..., NodeLab],
                tmp_path: Path) -> Iterator[KubeNodes]:
     nodes = KubeNodes(control_plane, make_lab(2, config=False), tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+@pytest.fixture
+def kube_nodes_no_ipam(control_plane_factory: Callable[..., ControlPlane],
+                       make_lab: Callable[..., NodeLab], tmp_path: Path) -> Iterator[KubeNodes]:
+    """Like ``kube_nodes`` on a private control plane without kube-controller-manager: Nodes
+    get no podCIDR until the test sets one."""
+    nodes = KubeNodes(control_plane_factory(controller_manager=False),
+                      make_lab(1, config=False), tmp_path)
     try:
         yield nodes
     finally:
@@ -153,3 +173,36 @@ def test_kube_mode_takes_podcidrs_publishes_flannel_annotations_and_pods_talk(
     k.delete_node(b)
     wait_for(lambda: route not in routes(a), 30, what=f"{a} drops the deleted node's route")
     wait_for(lambda: (k.lab.status(a) or {}).get("peers") == 0, 30, what="no peer left")
+
+
+def test_a_node_without_podcidr_waits_with_one_log_line_then_uses_the_one_it_gets(
+        kube_nodes_no_ipam: KubeNodes) -> None:
+    k = kube_nodes_no_ipam
+    (a,) = k.lab.node_nss
+    k.create_node(a)
+    k.start(a)
+    wait_for(lambda: "has no podCIDR yet" in k.lab.log(a), 30,
+             what=f"the no-podCIDR log line: {k.lab.log(a)[-800:]}")
+    time.sleep(3)  # several more looks at the Node (every 2 s) must not repeat the line
+    assert not ready(k, a)
+    k.admin.patch(Node, a, {"spec": {"podCIDR": "10.244.7.0/24",
+                                     "podCIDRs": ["10.244.7.0/24"]}})
+    wait_for(lambda: ready(k, a), 30, what=f"{a} ready: {k.lab.log(a)[-800:]}")
+    assert str(k.lab.subnet(a)) == "10.244.7.0/24"
+    assert k.lab.log(a).count("has no podCIDR yet") == 1
+    cond = kn.condition(k.node(a) or {}, "NetworkUnavailable")
+    assert cond is not None and cond["status"] == "False"
+
+
+def test_a_token_without_the_node_rbac_is_one_error_line_and_exit_1(
+        kube_nodes: KubeNodes) -> None:
+    k = kube_nodes
+    a = k.lab.node_nss[0]
+    k.create_node(a)
+    proxy_token = k.token_kubeconfig("netweft-proxy")  # may read Services, not Nodes
+    k.start(a, proxy_token)
+    proc = k.lab.procs[a]
+    assert proc.wait(timeout=60) == 1
+    log = k.lab.log(a)
+    assert "kube-apiserver refused" in log and "HTTP 403" in log, log[-800:]
+    assert "Traceback" not in log
