@@ -71,13 +71,14 @@ class CniNode:
     def call(self, command: str, container_id: str = "", netns: str = "", ifname: str = "eth0",
              config: dict[str, Any] | str | bytes | None = None, args: dict[str, str] | None = None,
              version: str = "1.1.0", extra_env: dict[str, str] | None = None,
-             executable: str | None = None) -> PluginReply:
-        """``executable``: another launcher than the installed one (e.g. the Python one)."""
+             executable: str | None = None, timeout: float = 60) -> PluginReply:
+        """``executable``: another launcher than the installed one (e.g. the Python one);
+        ``timeout``: seconds before the call counts as hung."""
         return invoke(PluginCall(
             executable or self.executable, command,
             config if config is not None else self.config(version),
             container_id, netns, ifname, args or {}, cni_path=self.bin_dir,
-            node_netns=self.node_netns, extra_env=extra_env or {}))
+            node_netns=self.node_netns, extra_env=extra_env or {}), timeout=timeout)
 
     # -- the CNI server of this node ------------------------------------------------------
     def start_server(self, tcp: bool = True, command: list[str] | None = None) -> None:

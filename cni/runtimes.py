@@ -203,8 +203,12 @@ class PodmanNode(RuntimeNode):
             f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root}/storage"\n'
                     f'runroot = "{self.runroot}"\n')
         self.mnt = MountNamespace(self.node_netns)
-        if self.image_tar:
-            self.podman("load", "-q", "-i", self.image_tar)
+        try:
+            if self.image_tar:
+                self.podman("load", "-q", "-i", self.image_tar)
+        except BaseException:
+            self.close()  # a failed start leaves no holder process behind
+            raise
 
     def containers_conf(self) -> str:
         """The whole config podman reads (CONTAINERS_CONF): CNI backend on our dirs, runc,
@@ -363,6 +367,14 @@ class ContainerdNode(RuntimeNode):
             f.write(containerd_config(self.root, self.cni_bin_dir, self.cni_conf_dir))
         self.log_file = os.path.join(self.root, "containerd.log")
         self.mnt = MountNamespace(self.node_netns)
+        try:
+            self._start()
+        except BaseException:
+            self.close()  # a failed start leaves no containerd nor holder behind
+            raise
+
+    def _start(self) -> None:
+        assert self.mnt is not None
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(
                 self.mnt.argv([self.containerd_bin, "--config", self.config_file]),
@@ -372,7 +384,7 @@ class ContainerdNode(RuntimeNode):
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeCommandError(f"containerd {self.version} did not start: "
-                                    f"{self.log_tail()}")
+                                          f"{self.log_tail()}")
             time.sleep(0.2)
         _run([self.ctr_bin, "--address", self.socket, "-n", "k8s.io", "images", "import",
               self.image_tar], env={"PATH": self.path})

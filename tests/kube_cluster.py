@@ -21,7 +21,7 @@ from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.resources.core_v1 import Namespace, Node, Pod, Service
 from lightkube.types import PatchType
 from netweft.daemon.controlplane import ControlPlane
-from netweft.proxy.sources.backoff import Backoff
+from netweft.kv.backoff import Backoff
 from netweft.proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource
 from proxy_sink import RecordingSink
 

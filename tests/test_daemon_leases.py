@@ -23,14 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import test_daemon_node  # noqa: E402
 from netweft.cni.install import install  # noqa: E402
 from netweft.cni.invoke import PluginCall, invoke  # noqa: E402
 from netweft.daemon import underlay  # noqa: E402
 from netweft.daemon.nodelab import NodeLab, poll_until, wait_for  # noqa: E402
 from test_daemon_node import fdb, ip  # noqa: E402
-
-make_lab = test_daemon_node.make_lab  # the node lab fixture, shared
 
 
 def start(lab: NodeLab, ns: str, *extra: str) -> IPv4Network:

@@ -16,8 +16,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 from kube_cluster import Cluster, converged, running_source  # noqa: E402
-from netweft.cni.install import conflist  # noqa: E402
 from netweft.cni.install import install as cni_install  # noqa: E402
+from netweft.cni.install import plugin_entry  # noqa: E402
 from netweft.daemon.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 from netweft.ipam.config import parse_config  # noqa: E402
 
@@ -47,9 +47,8 @@ def test_configmap_net_conf_and_conflist_match_what_netweft_reads_and_installs(
     installed = json.loads(Path(done.conflist).read_text())
     # The netweft plugin's options are exactly the ones `netweft cni install` writes (the launcher
     # it installs bakes in the same socket and paths); portmap is chained after it.
-    assert shipped["plugins"][0] == installed["plugins"][0] == conflist(
-        "netweft", {k: v for k, v in installed["plugins"][0].items()
-                    if k not in ("type", "capabilities")})["plugins"][0]
+    assert shipped["plugins"][0] == installed["plugins"][0] == plugin_entry(
+        {k: v for k, v in installed["plugins"][0].items() if k not in ("type", "capabilities")})
     assert shipped["plugins"][1] == {"type": "portmap", "capabilities": {"portMappings": True}}
     assert shipped["cniVersion"] == "1.0.0" and "1.1.0" in shipped["cniVersions"]
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kube_cluster import Cluster, converged, running_source, until  # noqa: E402
 from netweft.daemon.controlplane import ControlPlane  # noqa: E402
-from netweft.ipam.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 from netweft.proxy.model import (  # noqa: E402
     EndpointPort,
     Protocol,
