@@ -412,7 +412,7 @@ class ControlPlane:
     def compact_etcd(self) -> int:
         """Compact etcd's history up to its current revision (what the apiserver also does every
         5 minutes); returns that revision."""
-        from netweft.ipam.etcd import EtcdClient, EtcdSettings
+        from netweft.kv.etcd import EtcdClient, EtcdSettings
 
         assert self.etcd is not None
 

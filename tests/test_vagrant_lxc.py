@@ -57,3 +57,34 @@ def test_run_sh_refuses_bad_arguments_with_one_line() -> None:
                               timeout=30)
         assert proc.returncode == 2
         assert word in proc.stderr.splitlines()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.lab
+def test_a_failed_vagrant_up_still_removes_the_namespaces_and_the_run(tmp_path: Path) -> None:
+    """A box whose root filesystem tarball holds nothing (a real failure of vagrant-lxc's
+    template, "Failed to extract rootfs"): run.sh exits non-zero and leaves nothing behind."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, lxc)")
+    key = subprocess.run(["bash", str(ROOT / "vagrant" / "box" / "build.sh"), "--print-key",
+                          "lxc"], capture_output=True, text=True, check=True).stdout.strip()
+    box = tmp_path / "boxes" / f"lxc-{key}"
+    box.mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    subprocess.run(["tar", "-C", str(tmp_path / "empty"), "-czf", str(box / "rootfs.tar.gz"),
+                    "."], check=True)
+    (box / "lxc-config").write_text((ROOT / "vagrant" / "box" / "lxc-config").read_text())
+    (box / "metadata.json").write_text('{"provider": "lxc", "version": "1.0.0"}\n')
+    (box / ".built").write_text(key + "\n")
+    before_state, before_runs = _root_netns_state(), _runs()
+    before_netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    proc = subprocess.run(["bash", str(RUN_SH), "--nodes", "2"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "NETWEFT_CACHE": str(tmp_path)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    assert "vagrant up failed" in out, out[-4000:]
+    assert "removed the cluster, the namespaces" in out, out[-4000:]
+    after_netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    assert not {n for n in after_netns - before_netns if n.startswith("nwvg-")}
+    assert _runs() == before_runs
+    assert _root_netns_state() == before_state

@@ -145,17 +145,18 @@ class EtcdClient:
         return explain_handshake(exc.details() or "", conn.endpoint.url, conn.endpoint.host,
                                  self.settings.cafile, self.settings.certfile)
 
-    def _error(self, exc: grpc.aio.AioRpcError) -> EtcdError:
+    def _error(self, exc: grpc.aio.AioRpcError, closed: bool = False) -> EtcdError:
+        """One line for ``exc``; ``closed``: some endpoint accepted the connection and closed it
+        (what a TLS-only etcd does to plain gRPC), which earns a hint."""
         code = exc.code()
+        hint = ("; it closed the connection: if etcd serves TLS, use https:// and --etcd-cafile"
+                if closed and not self.settings.tls else "")
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
-                                   f"(no answer within {self.timeout:g}s)")
+                                   f"(no answer within {self.timeout:g}s{hint})")
         if code is grpc.StatusCode.UNAVAILABLE:
-            details = exc.details() or "unavailable"
-            if "Socket closed" in details and not self.settings.tls:
-                details += "; if etcd serves TLS, use https:// and --etcd-cafile"
             return EtcdUnavailable(f"etcd at {self.settings.describe()} is unreachable "
-                                   f"({details})")
+                                   f"({exc.details() or 'unavailable'}{hint})")
         return EtcdError(f"etcd refused the request: {exc.details() or code.name}")
 
     async def _failover(self, attempt: Callable[[_Conn, float], Awaitable[T]]) -> T:
@@ -167,6 +168,7 @@ class EtcdClient:
         n = len(self._conns)
         pause = 0.05
         last: grpc.aio.AioRpcError | None = None
+        closed = False
         while True:
             tls_problems: list[str] = []
             for i in range(n):
@@ -183,6 +185,7 @@ class EtcdClient:
                     if exc.code() not in _FAILOVER:
                         raise self._error(exc) from None
                     last = exc
+                    closed = closed or "Socket closed" in (exc.details() or "")
                     problem = self._tls_problem(conn, exc)
                     if problem is not None:
                         tls_problems.append(problem)
@@ -196,7 +199,7 @@ class EtcdClient:
                 if tls_problems:
                     raise EtcdConfigError(tls_problems[0])
                 assert last is not None
-                raise self._error(last) from None
+                raise self._error(last, closed) from None
             await asyncio.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.5)
 

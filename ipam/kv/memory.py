@@ -247,11 +247,18 @@ class MemoryKV:
         self._watchers.add(watcher)
         try:
             while True:
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that
+                # arrives as the queue yields an item, and the watcher would never stop.
+                getter = asyncio.ensure_future(watcher.queue.get())
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(), self._until_expiry())
-                except TimeoutError:
+                    done, _ = await asyncio.wait({getter}, timeout=self._until_expiry())
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if not done:
                     await self._check()
                     continue
+                item = getter.result()
                 if item is _BROKEN:
                     raise EtcdUnavailable("etcd at memory:// closed the watch stream")
                 assert isinstance(item, WatchBatch)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (or reuse) the netweft Debian 12 Vagrant box for a provider, from debootstrap:
 #
-#   vagrant/box/build.sh lxc        -> prints the box directory on stdout
+#   vagrant/box/build.sh lxc              -> prints the box directory on stdout
+#   vagrant/box/build.sh --print-key lxc  -> prints only the cache key
 #
 # The box carries every apt package netweft needs (deploy/setup.sh's list + packages.txt) and a
 # wheelhouse of netweft's Python dependencies, because guests reach no package mirror.
@@ -14,12 +15,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-provider=${1:?usage: vagrant/box/build.sh lxc}
+print_key=""
+if [ "${1:-}" = --print-key ]; then print_key=1; shift; fi   # only print the cache key
+provider=${1:?usage: vagrant/box/build.sh [--print-key] lxc}
 case "$provider" in
 lxc) ;;
 *) echo "box/build.sh: provider must be lxc (got '$provider')" >&2; exit 2 ;;
 esac
-[ "$(id -u)" = 0 ] || { echo "box/build.sh: run as root" >&2; exit 1; }
 
 # apt packages: deploy/setup.sh's PKGS (what netweft needs on a node) + the box's own.
 setup_pkgs=$(sed -n 's/^PKGS="\(.*\)"$/\1/p' "$root/deploy/setup.sh")
@@ -36,6 +38,8 @@ PY
 )
 key=$( { cat "$here/build.sh" "$here/rootfs.sh" "$here/lxc-config"; echo "$pkgs"; echo "$reqs"; } \
        | sha256sum | cut -c1-16)
+if [ -n "$print_key" ]; then echo "$key"; exit 0; fi
+[ "$(id -u)" = 0 ] || { echo "box/build.sh: run as root" >&2; exit 1; }
 cache=${NETWEFT_CACHE:-/var/cache/netweft}/boxes
 out=$cache/$provider-$key
 if [ -f "$out/.built" ]; then echo "$out"; exit 0; fi
