@@ -1,15 +1,16 @@
 """The node agent: the composition root wiring the daemon's parts, like Flannel's ``main.go``.
 
 Parts (each owns one job): the state directory (lock, status file), health (``/readyz``, metrics
-HTTP, store probe), a subnet manager (etcd now; Kubernetes behind the same interface), the lease
+HTTP, store probe), a subnet manager (etcd, or Node objects with ``--kube-subnet-mgr``), the lease
 keeper (config, acquire, renew, re-acquire, subnet.env), the backend chosen by type name from
 the registry, the peer reconciler (lease events and full passes), the netlink watcher, the
 firewall keeper and the CNI host. One asyncio loop runs them; netlink work runs in one kernel
 thread (``daemon/kernel.py``), the watcher in its own.
 
-Start-up order: lock the state directory, pick the public interface, serve health, wait for the
-network config, create the backend, acquire the lease, list the leases, set up the device,
-write subnet.env, install the firewall rules, one full pass; then run the loops until stopped.
+Start-up order: lock the state directory, serve health, (kube mode: read the Node's
+public-ip-overwrite), pick the public interface, wait for the network config, create the backend,
+acquire the lease, list the leases, set up the device, write subnet.env, install the firewall
+rules, one full pass, announce it (kube mode: NetworkUnavailable=False); then run the loops.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import asyncio
 import contextlib
 import logging
 import os
+from dataclasses import replace
+from ipaddress import IPv4Address
 from typing import Any
 
 from netweft.backends import registry
@@ -38,7 +41,7 @@ from netweft.daemon.nlwatch import NetlinkWatcher, SocketWatcher
 from netweft.daemon.peers import PeerReconciler
 from netweft.daemon.publicside import PublicSideFollower
 from netweft.daemon.statedir import StateDir
-from netweft.daemon.subnetmgr import LeaseAttrs, SubnetManager
+from netweft.daemon.subnetmgr import LeaseAttrs, SubnetManager, Unavailable
 from netweft.ipam.identity import IdentityError, NodeIdentity, load_or_create
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseError
@@ -62,6 +65,7 @@ class Agent:
         self.nl: Netlink | None = None
         self.side: PublicSideFollower | None = None
         self.etcd: EtcdClient | None = None
+        self.manager: SubnetManager | None = None
         self.keeper: LeaseKeeper | None = None
         self.backend: Backend | None = None
         self.peers: PeerReconciler | None = None
@@ -91,16 +95,22 @@ class Agent:
                      f"new: {self.identity.path}" if self.identity.created
                      else self.identity.path)
         self.nl = nl = Netlink(cfg.netns)
+        await self.health.serve(cfg.metrics_addr)
+        manager = self._subnet_manager()
+        opts = cfg.iface
+        if cfg.kube_subnet_mgr:  # Flannel: the Node's public-ip-overwrite beats the interface
+            overwrite = await self._public_ip_overwrite(manager)
+            if overwrite is not None:
+                log.info("public IP %s from the node annotation public-ip-overwrite", overwrite)
+                opts = replace(opts, public_ip=overwrite)
         try:
-            side = await self.kernel.call(iface.select, nl, cfg.iface)
+            side = await self.kernel.call(iface.select, nl, opts)
         except iface.IfaceError as exc:
             raise AgentError(str(exc)) from None
         log.info("public interface %s, address %s, public IP %s, mtu %d", side.underlay.iface,
                  side.underlay.ip, side.public_ip, side.underlay.mtu)
         if cfg.firewall != "none":
             self.firewall.firewall = make_firewall(cfg.firewall, Runner(cfg.netns))
-        await self.health.serve(cfg.metrics_addr)
-        manager = self._subnet_manager()
         self.keeper = keeper = LeaseKeeper(
             manager, KeeperSettings(cfg.subnet_file, cfg.ip_masq, cfg.renew_margin,
                                     cfg.config_retry), self.health, self._lease_attrs)
@@ -140,13 +150,33 @@ class Agent:
         except BackendError as exc:
             raise AgentError(str(exc)) from None
         await peers.reconcile_once()
+        await keeper.retry("announcing the dataplane", manager.complete_lease)
         self.health.reason = READY
 
     def _subnet_manager(self) -> SubnetManager:
-        """Where config and leases come from (the one place a Kubernetes one plugs in)."""
+        """Where config and leases come from: the Node objects (``--kube-subnet-mgr``, no
+        etcd at all) or etcd."""
+        if self.cfg.kube_subnet_mgr:
+            from netweft.daemon.kubesubnets import KubeSubnetManager
+
+            self.manager = KubeSubnetManager(self.cfg.node_name, self.cfg.net_conf_path,
+                                             self.cfg.kubeconfig, retry=self.cfg.config_retry)
+            return self.manager
         self.etcd = EtcdClient(self.cfg.etcd)
         self.etcd.connect()  # _call() reads the stubs before it connects
-        return EtcdSubnetManager(self.etcd, self.cfg.etcd.prefix, self.cfg.lease_ttl)
+        self.manager = EtcdSubnetManager(self.etcd, self.cfg.etcd.prefix, self.cfg.lease_ttl)
+        return self.manager
+
+    async def _public_ip_overwrite(self, manager: Any) -> IPv4Address | None:
+        """The Node's ``public-ip-overwrite`` (None without one); retries while the API is
+        unreachable."""
+        while True:
+            try:
+                return await manager.public_ip_overwrite()  # type: ignore[no-any-return]
+            except Unavailable as exc:
+                self.health.reason = f"reading node {self.cfg.node_name}: {exc}; retrying"
+                log.warning("%s", self.health.reason)
+                await asyncio.sleep(self.cfg.config_retry)
 
     async def _lease_attrs(self) -> LeaseAttrs:
         assert self.backend is not None and self.side is not None
@@ -311,9 +341,9 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.kernel.call(self.backend.close)
         await self.health.stop()
-        if self.etcd is not None:
+        if self.manager is not None:
             with contextlib.suppress(Exception):
-                await self.etcd.close()
+                await self.manager.close()
         if self.nl is not None:
             with contextlib.suppress(Exception):
                 await self.kernel.call(self.nl.close)

@@ -40,3 +40,6 @@ class AgentConfig:
     cni_network: str = "netweft"                 # the conflist's name
     cni_cache_dir: str = "/var/lib/cni"          # the runtime's libcni cache directory
     pod_sync_interval: float = 10.0
+    kube_subnet_mgr: bool = False  # subnets from Node objects, no etcd (daemon/kubesubnets.py)
+    kubeconfig: str | None = None  # --kubeconfig-file; None: in-cluster, then $KUBECONFIG
+    net_conf_path: str = "/etc/kube-flannel/net-conf.json"  # the network config in kube mode

@@ -64,5 +64,11 @@ class EtcdSubnetManager:
     def lease_key(self, lease: Lease) -> str:
         return self.store.key_for(lease)
 
+    async def complete_lease(self) -> None:
+        """Nothing to announce in etcd: the lease itself is the announcement."""
+
     async def ping(self) -> None:
         await _guard(self.etcd.status())
+
+    async def close(self) -> None:
+        await self.etcd.close()

@@ -113,11 +113,16 @@ class NodeLab:
         return {"subnet_file": os.path.join(base, "subnet.env"),
                 "state_dir": os.path.join(base, "state"), "log": os.path.join(base, "daemon.log")}
 
-    def start_daemon(self, ns: str, *extra: str) -> subprocess.Popen[bytes]:
+    def start_daemon(self, ns: str, *extra: str,
+                     store: tuple[str, ...] | None = None) -> subprocess.Popen[bytes]:
+        """``netweft daemon`` in ``ns``; ``store``: the group options naming the store (default:
+        the lab's etcd; ``()`` for ``--kube-subnet-mgr``, whose options go in ``extra``)."""
         p = self.paths(ns)
         os.makedirs(os.path.dirname(p["log"]), exist_ok=True)
+        if store is None:
+            store = ("--etcd-endpoints", self.endpoint, "--etcd-prefix", self.prefix)
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "netweft.daemon.cli",
-               "--etcd-endpoints", self.endpoint, "--etcd-prefix", self.prefix, "daemon",
+               *store, "daemon",
                "--subnet-file", p["subnet_file"], "--state-dir", p["state_dir"],
                "--metrics-addr", "127.0.0.1:9464",
                "--cni-socket", os.path.join(os.path.dirname(p["log"]), "cni.sock"),

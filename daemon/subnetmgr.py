@@ -2,7 +2,8 @@
 
 Flannel keeps this behind one interface (``pkg/subnet.Manager``) with an etcd and a Kubernetes
 implementation; so do we. The lease keeper and the peer reconciler only talk to this protocol.
-Implementations: :class:`netweft.daemon.etcdsubnets.EtcdSubnetManager` (Flannel's etcd layout).
+Implementations: :class:`netweft.daemon.etcdsubnets.EtcdSubnetManager` (Flannel's etcd layout),
+:class:`netweft.daemon.kubesubnets.KubeSubnetManager` (Node objects, ``--kube-subnet-mgr``).
 
 Errors: :class:`Unavailable` for anything transient (the store is down or slow: callers retry);
 ``ConfigError`` for a config that is present but invalid; ``LeaseError`` (and its subclasses
@@ -84,6 +85,15 @@ class SubnetManager(Protocol):
         """A stable identity of ``lease`` among all leases (the etcd key)."""
         ...
 
+    async def complete_lease(self) -> None:
+        """The dataplane for our lease is up (Flannel's ``CompleteLease``: the Kubernetes
+        manager sets the Node's NetworkUnavailable condition to False). Raises Unavailable."""
+        ...
+
     async def ping(self) -> None:
         """A cheap reachability check; raises Unavailable."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store's connections (the daemon is stopping)."""
         ...

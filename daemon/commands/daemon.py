@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 
@@ -47,7 +48,8 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
 @click.option("--cni-token-file", default=None,
               help="Token of that fast path (root only; default: next to --cni-socket).")
 @click.option("--node-name", default=None,
-              help="This node's name in pod records (default: the host name).")
+              help="This node's name: its Node object with --kube-subnet-mgr, its pod records "
+                   "(default: $NODE_NAME, then the host name).")
 @services_prefix_option
 @click.option("--pod-records/--no-pod-records", default=True, show_default=True,
               help="Write a pod record to etcd for every pod the CNI server wires.")
@@ -62,6 +64,14 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
 @click.option("--take-over-lease", is_flag=True,
               help="Take over the live lease holding this node's public IP even if another "
                    "node identity wrote it (a reinstalled node that lost --state-dir).")
+@click.option("--kube-subnet-mgr", is_flag=True,
+              help="Take the subnet from this Node's podCIDR and publish/watch leases as Node "
+                   "annotations (Flannel's); no etcd access.")
+@click.option("--kubeconfig-file", default=None,
+              help="Kubeconfig for --kube-subnet-mgr (default: in-cluster service account, "
+                   "then $KUBECONFIG).")
+@click.option("--net-conf-path", default="/etc/kube-flannel/net-conf.json", show_default=True,
+              help="The network config file read with --kube-subnet-mgr (Flannel's format).")
 @click.option("--cleanup-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT remove the device, routes and firewall rules.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -74,7 +84,8 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                cni_socket: str, cni_tcp_port: int, cni_token_file: str | None,
                node_name: str | None, services_prefix: str, pod_records: bool,
                cni_data_dir: str, cni_network: str, cni_cache_dir: str,
-               pod_sync_interval: float, take_over_lease: bool,
+               pod_sync_interval: float, take_over_lease: bool, kube_subnet_mgr: bool,
+               kubeconfig_file: str | None, net_conf_path: str,
                cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
     from netweft.daemon import iface
@@ -91,17 +102,23 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
     except iface.IfaceError as exc:
         fail(str(exc))
         return
-    refuse_tls_mistakes(settings(ctx))
+    if not kube_subnet_mgr:
+        refuse_tls_mistakes(settings(ctx))
+    elif kubeconfig_file and not os.path.isfile(kubeconfig_file):
+        fail(f"--kubeconfig-file: {kubeconfig_file} does not exist")
+    # Flannel's DaemonSet passes the node name as NODE_NAME (downward API).
+    node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     cfg = AgentConfig(
         etcd=settings(ctx), iface=opts, subnet_file=subnet_file, state_dir=state_dir,
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,
         reconcile_interval=reconcile_interval, firewall_interval=firewall_interval,
         metrics_addr=metrics_addr or None, cni_socket=cni_socket or None,
         cni_tcp_port=cni_tcp_port, cni_token_file=cni_token_file,
-        cleanup_on_exit=cleanup_on_exit, node_name=node_name or socket.gethostname(),
-        services_prefix=services_prefix, pod_records=pod_records,
+        cleanup_on_exit=cleanup_on_exit, node_name=node_name,
+        services_prefix=services_prefix, pod_records=pod_records and not kube_subnet_mgr,
         take_over_lease=take_over_lease, cni_data_dir=cni_data_dir, cni_network=cni_network,
         cni_cache_dir=cni_cache_dir, pod_sync_interval=pod_sync_interval,
+        kube_subnet_mgr=kube_subnet_mgr, kubeconfig=kubeconfig_file, net_conf_path=net_conf_path,
     )
 
     async def main() -> None:
