@@ -39,6 +39,9 @@ class Dataplane(Protocol):
 
     def cleanup(self) -> None: ...
 
+    def set_node(self, node: NodeContext) -> None:
+        """Render with ``node`` from the next sync on (the caller then asks for a full one)."""
+
     async def watch(self, on_foreign_change: Callable[[], None]) -> None:
         """Call ``on_foreign_change()`` whenever someone else changes the proxy's rules, until
         cancelled (or return at once when the dataplane cannot notice; the runner's periodic
@@ -53,6 +56,9 @@ class NftablesDataplane:
         self.applier = applier or NftApplier()
         self.apply_seconds = 0.0      # time the last sync spent in the kernel transaction(s)
         self.monitor: TableMonitor | None = None
+
+    def set_node(self, node: NodeContext) -> None:
+        self.state.node = node
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
         tx = self.state.update_transaction(plans, delta=not full)
@@ -120,6 +126,9 @@ class IptablesDataplane:
         self.state = IptState(node)
         self.applier = applier or IptablesApplier()
         self.apply_seconds = 0.0
+
+    def set_node(self, node: NodeContext) -> None:
+        self.state.node = node
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
         delta = self.state.update(plans)

@@ -8,7 +8,8 @@ import contextlib
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from netweft.proxy.conntrack import ConntrackCleaner, stale_udp_flows
 from netweft.proxy.dataplane import Dataplane, SyncResult
@@ -34,6 +35,10 @@ class RunnerOptions:
     full_resync_interval: float | None = 3600.0
     # restore the rules at once when someone else changes them (nftables: nft monitor)
     watch_rules: bool = True
+    # Where the node's addresses come from while running (None: fixed, given by --node-ip); a
+    # change is followed at once with a full sync (issue 9 item 5: node state read at start).
+    node_ips: Callable[[], tuple[str, ...]] | None = None
+    node_ip_interval: float = 2.0  # seconds between two looks at the node's addresses
 
 
 class ProxyRunner:
@@ -60,6 +65,30 @@ class ProxyRunner:
         self.metrics.repairs += 1
         self._urgent = True
         self.tracker.request_full()
+
+    def set_node_ips(self, node_ips: tuple[str, ...]) -> bool:
+        """Follow a change of the node's addresses (NodePort addresses): render with the new
+        ones and rewrite everything at once. Returns whether anything changed."""
+        if not node_ips or node_ips == self.node.node_ips:
+            return False
+        log.warning("node addresses changed: %s -> %s", ",".join(self.node.node_ips) or "-",
+                    ",".join(node_ips))
+        self.node = replace(self.node, node_ips=node_ips)
+        self.dataplane.set_node(self.node)
+        self._urgent = True
+        self.tracker.request_full()
+        return True
+
+    async def _follow_node_ips(self, look: Callable[[], tuple[str, ...]],
+                               interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                found = await asyncio.to_thread(look)
+            except Exception as exc:  # noqa: BLE001 - keep the last known addresses
+                log.warning("cannot read the node's addresses: %s", exc)
+                continue
+            self.set_node_ips(found)
 
     def _changed(self) -> None:
         if self.status.pending_since is None:
@@ -166,6 +195,9 @@ class ProxyRunner:
         if self.options.full_resync_interval:
             helpers.append(asyncio.create_task(
                 self._periodic_resync(self.options.full_resync_interval), name="proxy-resync"))
+        if self.options.node_ips is not None:
+            helpers.append(asyncio.create_task(self._follow_node_ips(
+                self.options.node_ips, self.options.node_ip_interval), name="proxy-node-ips"))
         if self.options.watch_rules:
             helpers.append(asyncio.create_task(
                 self.dataplane.watch(self.rules_changed_by_others), name="proxy-watch"))

@@ -292,3 +292,43 @@ def test_health_check_node_port_and_status(netns_factory: Callable[[str], str]) 
     assert out["closed"] is True
     assert out["healthz_before"] == 503 and out["healthz_after"] == 200
     assert out["metrics"][0] == 200 and "netweft_proxy_rules" in out["metrics"][1]
+
+
+def test_node_address_change_is_followed_by_a_full_sync_with_the_new_addresses() -> None:
+    """Issue 9 item 5 (proxy half): the NodePort addresses found at start are followed while
+    running; a changed address makes a full sync at once, rendered with the new addresses
+    (before, they were read once and NodePorts stayed on the old address)."""
+    dp = RecordingDataplane()
+    nodes: list[NodeContext] = []
+    dp.set_node = nodes.append  # type: ignore[attr-defined]
+    seen = iter([("192.0.2.11",), ("192.0.2.11",), ("192.0.2.99",)])
+    runner = ProxyRunner(NODE, dp, None, RunnerOptions(
+        min_sync_interval=10.0, status_port=None, health_check_ports=False,
+        node_ips=lambda: next(seen, ("192.0.2.99",)), node_ip_interval=0.05))
+
+    async def script(sink: ChangeSink) -> None:
+        sink.service_updated(web())
+        sink.synced()
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run(ScriptedSource(script)))
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(dp.calls) < 2:                # not the 10 s rate limit
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        task.cancel()
+
+    asyncio.run(main())
+    assert [full for _, full in dp.calls] == [True, True]
+    assert [n.node_ips for n in nodes] == [("192.0.2.99",)]
+    assert runner.node.node_ips == ("192.0.2.99",)
+    assert runner.set_node_ips(("192.0.2.99",)) is False   # unchanged: nothing to do
+    assert runner.set_node_ips(()) is False                 # none found: keep the last known
+
+
+def test_nftables_full_load_after_set_node_carries_the_new_node_ports_addresses() -> None:
+    from netweft.proxy.dataplane import NftablesDataplane
+    dp = NftablesDataplane(NODE, applier=object())  # type: ignore[arg-type]  # never applied
+    dp.set_node(NodeContext("n1", ("192.0.2.99",), ("10.244.0.0/16",)))
+    text = dp.state.full_transaction(sort=True).render()
+    assert "192.0.2.99" in text and "192.0.2.11" not in text

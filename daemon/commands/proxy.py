@@ -112,7 +112,8 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node_ips = _check_ips(node_ips, "--node-ip") or discover_node_ips()
+    given_ips = _check_ips(node_ips, "--node-ip")
+    node_ips = given_ips or discover_node_ips()
     if not cluster_cidrs:
         from netweft.ipam.subnetenv import SubnetEnvError, read
         try:
@@ -135,7 +136,8 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
     source = make_source(source_kind, ctx, kubeconfig, services_prefix)
     runner = ProxyRunner(node, dataplane, ConntrackCleaner(), RunnerOptions(
         min_sync_interval=min_sync_interval, status_address=healthz_bind_address,
-        status_port=healthz_port or None, full_resync_interval=full_resync_interval or None))
+        status_port=healthz_port or None, full_resync_interval=full_resync_interval or None,
+        node_ips=None if given_ips else discover_node_ips))
     try:
         asyncio.run(runner.run(source))
     except KeyboardInterrupt:
