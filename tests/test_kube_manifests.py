@@ -187,3 +187,26 @@ def test_agent_service_account_reads_nodes_and_patches_node_status_only(
     for verb, resource in (("patch", "nodes"), ("update", "nodes"), ("delete", "nodes"),
                            ("list", "pods"), ("list", "services"), ("get", "secrets")):
         assert not _can(control_plane, agent_config, verb, resource), (verb, resource)
+
+
+def test_every_netweft_option_in_the_daemonsets_exists_in_the_cli() -> None:
+    """The agent DaemonSet once passed ``--net-config-path`` (the option is ``--net-conf-path``):
+    every ``--option`` a manifest gives a netweft command must be one that command knows."""
+    from click.testing import CliRunner
+    from netweft.daemon.cli import main as cli
+    checked = 0
+    for ds in (d for d in documents() if d["kind"] == "DaemonSet"):
+        for c in ds["spec"]["template"]["spec"]["containers"]:
+            command = c.get("command", []) + c.get("args", [])
+            if command[:1] != ["netweft"]:
+                continue
+            sub = [w for w in command[1:] if not w.startswith("-")][:1]
+            helptext = CliRunner().invoke(cli, [*sub, "--help"]).output
+            for word in command[1:]:
+                if word.startswith("--"):
+                    assert f"{word.split('=')[0]} " in helptext or \
+                        f"{word.split('=')[0]}\n" in helptext or \
+                        f"{word.split('=')[0]}," in helptext or \
+                        f"{word.split('=')[0]}/" in helptext, f"{sub}: {word}"
+                    checked += 1
+    assert checked >= 5
