@@ -56,6 +56,10 @@ class EtcdProcess:
     peer_host: str | None = None  # where peers reach it (default: ``host``)
     tls: ServerTls | None = None  # serve clients over TLS
     binary: str = ETCD_BINARY  # a path, or a name looked up on PATH (Debian's 3.4 by default)
+    # Stopped (SIGTERM) when the process that started it dies, so a killed test run leaves no
+    # etcd behind (setpriv --pdeathsig, as wireguard-go under the daemon). Only the lab, whose
+    # etcd outlives `netweft lab up`, turns it off.
+    stop_with_parent: bool = True
     pid: int | None = None
     _own_data_dir: bool = field(default=False, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -103,6 +107,8 @@ class EtcdProcess:
                 cmd += ["--client-cert-auth", "--trusted-ca-file", self.tls.client_ca]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        if self.stop_with_parent:
+            cmd = ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self._proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

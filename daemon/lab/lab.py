@@ -302,7 +302,7 @@ class Lab:
         server = EtcdProcess(host=str(ETCD_IP), client_port=ETCD_CLIENT_PORT,
                              netns=self.topo.etcd_ns, data_dir=data_dir,
                              log_path=os.path.join(self.state_dir, "etcd.log"),
-                             name=f"{self.topo.prefix}-etcd")
+                             name=f"{self.topo.prefix}-etcd", stop_with_parent=False)
         server.start()
         assert server.pid is not None
         started = procs.start_time(server.pid)
