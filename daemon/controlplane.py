@@ -222,6 +222,12 @@ class ControlPlane:
     controller_manager: bool = True
     controllers: tuple[str, ...] = ("*", "-nodelifecycle")
     apiserver_args: tuple[str, ...] = ()  # more kube-apiserver flags (e.g. --watch-cache=false)
+    # More addresses the apiserver serves on (its certificate's IP SANs; it then binds 0.0.0.0):
+    # the lab runs it in its control-plane namespace and nodes reach it on the underlay.
+    serving_ips: tuple[str, ...] = ()
+    # The processes outlive the Python process that started them (the lab's, which `lab up`
+    # leaves running): etcd without the parent-death signal. Stopped by PID all the same.
+    detached: bool = False
     workdir: Path | None = None
     binaries: ControlPlaneBinaries | None = None
     etcd: EtcdProcess | None = None
@@ -259,14 +265,16 @@ class ControlPlane:
 
     def _start(self, timeout: float) -> None:
         assert self.workdir is not None and self.binaries is not None
-        self.pki = make_pki(self.workdir / "pki", ["127.0.0.1", _first_ip(self.service_cidr)],
+        self.pki = make_pki(self.workdir / "pki",
+                            ["127.0.0.1", _first_ip(self.service_cidr), *self.serving_ips],
                             ["localhost", "kubernetes", "kubernetes.default",
                              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
                             {"admin": "/O=system:masters/CN=netweft-admin",
                              "controller-manager": "/CN=system:kube-controller-manager"})
         (self.workdir / "etcd").mkdir(exist_ok=True)
         self.etcd = EtcdProcess(binary=self.binaries.etcd, name="netweft-k8s-etcd",
-                                data_dir=str(self.workdir / "etcd")).start()
+                                data_dir=str(self.workdir / "etcd"),
+                                stop_with_parent=not self.detached).start()
         self.port = free_port()
         self.admin_kubeconfig.write_text(kubeconfig(
             self.url, self.pki.ca_cert, cert=self.pki.clients["admin"][0],
@@ -285,7 +293,8 @@ class ControlPlane:
         self.apiserver = Process("kube-apiserver", [
             self.binaries.apiserver,
             f"--etcd-servers={self.etcd.endpoint}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={'0.0.0.0' if self.serving_ips else '127.0.0.1'}",
+            "--advertise-address=127.0.0.1",
             # The endpoint reconciler refuses a loopback address: no endpoints for the
             # default/kubernetes Service (nothing here reaches the apiserver through it).
             "--endpoint-reconciler-type=none",

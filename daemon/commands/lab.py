@@ -13,6 +13,7 @@ from netweft.daemon.clicontext import fail
 from netweft.daemon.lab.lab import Lab, LabError, down
 from netweft.daemon.lab.topology import (
     BACKENDS,
+    CONTROL_PLANES,
     DATAPLANES,
     DEFAULT_NETWORK,
     DEFAULT_PREFIX,
@@ -70,11 +71,17 @@ def register(group: click.Group) -> None:
     @click.option("--flannel-nodes", default=0, show_default=True, type=int,
                   help="The first K nodes run the real flanneld (deploy/flannel.sh) instead of "
                        "netweft's daemon, their pods wired by the reference bridge plugin.")
+    @click.option("--control-plane", type=click.Choice(CONTROL_PLANES), default="etcd",
+                  show_default=True,
+                  help="kubernetes: a real kube-apiserver + kube-controller-manager "
+                       "(deploy/controlplane.sh) in the control-plane namespace; nodes run "
+                       "`netweft daemon --kube-subnet-mgr` and `netweft proxy --source kube`, "
+                       "pods are Pod objects, the service a Kubernetes Service.")
     @click.option("--check/--no-check", "run_check", default=False,
                   help="Run `lab check` once the lab is up.")
     def up(prefix: str, nodes: int, pods_per_node: int, backend: str, vni: int, port: int,
            network: str, subnet_len: int, dataplane: str, proxy: bool,
-           proxy_mode: str, flannel_nodes: int, run_check: bool) -> None:
+           proxy_mode: str, flannel_nodes: int, control_plane: str, run_check: bool) -> None:
         """Build the lab and start netweft on every node."""
         _need_root()
         try:
@@ -85,14 +92,15 @@ def register(group: click.Group) -> None:
         spec = LabSpec(prefix=prefix, nodes=nodes, pods_per_node=pods_per_node, backend=backend,
                        vni=vni, port=port, network=net, subnet_len=subnet_len,
                        state_root=STATE_ROOT, dataplane=dataplane, proxy=proxy,
-                       proxy_mode=proxy_mode, flannel_nodes=flannel_nodes)
+                       proxy_mode=proxy_mode, flannel_nodes=flannel_nodes,
+                       control_plane=control_plane)
         try:
             spec.validate()
             built = Lab.up(spec, log=lambda msg: click.echo(f"  {msg}"))
         except (LabSpecError, LabError) as exc:
             fail(str(exc))
             return
-        click.echo(f"lab {prefix!r} is up ({nodes} nodes, {backend}); "
+        click.echo(f"lab {prefix!r} is up ({nodes} nodes, {backend}, {control_plane}); "
                    f"`netweft lab check` proves it, `netweft lab down` removes it")
         if run_check:
             report = built.check()
@@ -110,8 +118,12 @@ def register(group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(st, indent=2))
             return
-        click.echo(f"lab {st['prefix']} ({st['backend']}), etcd {st['etcd']} "
-                   f"{'running' if st['etcd_running'] else 'STOPPED'}, state {st['state_dir']}")
+        if "kube" in st:
+            _echo_kube_header(st)
+        else:
+            click.echo(f"lab {st['prefix']} ({st['backend']}), etcd {st['etcd']} "
+                       f"{'running' if st['etcd_running'] else 'STOPPED'}, "
+                       f"state {st['state_dir']}")
         for n in st["nodes"]:
             kind = n.get("daemon", "netweft")
             daemon = f"{kind} pid {n['daemon_pid']}" if n["daemon_pid"] else f"{kind} STOPPED"
@@ -121,6 +133,9 @@ def register(group: click.Group) -> None:
             click.echo(f"  {n['name']:<8} {n['ip']:<14} {daemon:<20} subnet {n['subnet']}{proxy}")
         for p in st["pods"]:
             click.echo(f"  {p['name']:<14} on {p['node']:<8} {p['ip']}")
+        if "kube" in st:
+            _echo_kube_objects(st["kube"])
+            return
         click.echo(f"  {len([k for k in st['leases'] if k != 'error'])} leases in etcd")
         svc = st["service"]
         if svc:
@@ -214,3 +229,35 @@ def register(group: click.Group) -> None:
         except KeyError:
             fail(f"NODE: no node {node!r} in lab {prefix!r}")
         click.echo(f"{node} removed")
+
+
+def _echo_kube_header(st: dict) -> None:  # type: ignore[type-arg]
+    k = st["kube"]
+    procs = ", ".join(f"{name} {'running' if up else 'STOPPED'}"
+                      for name, up in k["processes"].items())
+    click.echo(f"lab {st['prefix']} ({st['backend']}), Kubernetes at {k['server']} ({procs}), "
+               f"state {st['state_dir']}")
+
+
+def _echo_kube_objects(k: dict) -> None:  # type: ignore[type-arg]
+    """What the API says: Nodes (podCIDR, Flannel's annotations, NetworkUnavailable), Pods,
+    Services with their ready endpoints."""
+    if "error" in k:
+        click.echo(f"  API: {k['error']}")
+        return
+    click.echo("  Nodes (from the API):")
+    for n in k["nodes"]:
+        notes = n["annotations"]
+        data = notes.get("backend-data", "")
+        click.echo(f"    {n['name']:<8} podCIDR {n['podCIDR']}  NetworkUnavailable="
+                   f"{n['NetworkUnavailable']}  public-ip {notes.get('public-ip')}  "
+                   f"backend {notes.get('backend-type')} {data}")
+    click.echo("  Pods (from the API):")
+    for p in k["pods"]:
+        click.echo(f"    {p['name']:<14} on {p['node']:<8} {p['podIP']}  Ready={p['ready']}")
+    for svc in k["services"]:
+        ports = ", ".join(f"{p['port']}->{p['targetPort']}"
+                          + (f" NodePort {p['nodePort']}" if p.get("nodePort") else "")
+                          for p in svc["ports"])
+        click.echo(f"  Service {svc['name']} ({svc['type']}) {svc['clusterIP']} {ports}; "
+                   f"ready endpoints (EndpointSlices): {', '.join(svc['ready_endpoints']) or '-'}")

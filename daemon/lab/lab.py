@@ -26,7 +26,7 @@ from typing import Any
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.lab import check as checks
-from netweft.daemon.lab import flannel, procs, reference, runtime, underlay
+from netweft.daemon.lab import flannel, kube, procs, reference, runtime, underlay
 from netweft.daemon.lab.etcdctl import LabEtcd
 from netweft.daemon.lab.topology import (
     CNI_NETWORK_NAME,
@@ -74,14 +74,21 @@ def netweft_command() -> list[str]:
     return [sys.executable, "-m", "netweft.daemon.cli"]
 
 
-def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME) -> list[str]:
+def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME,
+                   kube_paths: kube.KubePaths | None = None) -> list[str]:
     """How the lab starts ``netweft daemon`` on ``node`` (inside the node's namespace);
-    ``network``: the CNI network name (IPAM directory), Flannel's on a migrated node."""
+    ``network``: the CNI network name (IPAM directory), Flannel's on a migrated node;
+    ``kube_paths``: Kubernetes mode (``--kube-subnet-mgr`` with the ``netweft`` service
+    account's token and Flannel's net-conf.json; no etcd at all)."""
+    if kube_paths is not None:
+        store = ["daemon", "--kube-subnet-mgr", "--kubeconfig-file", kube_paths.daemon_kubeconfig,
+                 "--net-conf-path", kube_paths.net_conf]
+    else:
+        store = ["--etcd-endpoints", topo.etcd_endpoint, "--etcd-prefix", topo.spec.etcd_prefix,
+                 "daemon"]
     return [
         *netweft_command(),
-        "--etcd-endpoints", topo.etcd_endpoint,
-        "--etcd-prefix", topo.spec.etcd_prefix,
-        "daemon",
+        *store,
         "--iface", "eth0",
         "--subnet-file", node.subnet_env,
         "--state-dir", node.daemon_state_dir,
@@ -93,14 +100,18 @@ def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME) 
     ]
 
 
-def proxy_command(topo: Topology, node: Node) -> list[str]:
-    """How the lab starts ``netweft proxy`` on ``node`` (services from etcd)."""
+def proxy_command(topo: Topology, node: Node,
+                  kube_paths: kube.KubePaths | None = None) -> list[str]:
+    """How the lab starts ``netweft proxy`` on ``node``: services from etcd, or with
+    ``kube_paths`` from the API (Services + EndpointSlices, the ``netweft-proxy`` token)."""
+    if kube_paths is not None:
+        source = ["proxy", "--source", "kube", "--kubeconfig", kube_paths.proxy_kubeconfig]
+    else:
+        source = ["--etcd-endpoints", topo.etcd_endpoint, "--etcd-prefix",
+                  topo.spec.etcd_prefix, "proxy", "--source", "etcd"]
     return [
         *netweft_command(),
-        "--etcd-endpoints", topo.etcd_endpoint,
-        "--etcd-prefix", topo.spec.etcd_prefix,
-        "proxy",
-        "--source", "etcd",
+        *source,
         "--mode", topo.spec.proxy_mode,
         "--node-name", node.name,
         "--subnet-file", node.subnet_env,
@@ -117,8 +128,9 @@ def node_env(topo: Topology, node: Node | None = None) -> dict[str, str]:
     and (for `netweft routes|status`) at the node's own subnet.env and state dir."""
     env = dict(os.environ)
     env["PATH"] = f"{netweft_bin_dir()}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-    env["NETWEFT_ETCD_ENDPOINTS"] = topo.etcd_endpoint
-    env["NETWEFT_ETCD_PREFIX"] = topo.spec.etcd_prefix
+    if not topo.spec.kube:  # Kubernetes mode: no etcd for the nodes at all
+        env["NETWEFT_ETCD_ENDPOINTS"] = topo.etcd_endpoint
+        env["NETWEFT_ETCD_PREFIX"] = topo.spec.etcd_prefix
     if node is not None:
         env["WIREGUARD_KEY_FILE"] = node.wireguard_key_file  # Flannel's override, per node
         for cmd in ("ROUTES", "STATUS"):
@@ -156,6 +168,7 @@ class Lab:
         # nodes migrated from flanneld keep Flannel's CNI network name, so netweft's IPAM
         # (host-local's layout) continues host-local's allocations in <data dir>/cbr0
         self.migrated: set[str] = set()
+        self.kube: kube.KubePaths | None = None   # Kubernetes mode: the control plane's files
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -177,6 +190,7 @@ class Lab:
             "flannel_nodes": sorted(self.flannel_nodes),
             "migrated": sorted(self.migrated),
             "service": dataclasses.asdict(self.service) if self.service else None,
+            "kube": self.kube.to_dict() if self.kube else None,
             "pods": [
                 {"name": s.pod.name, "node": s.pod.node,
                  "index": int(s.pod.name.rsplit("pod", 1)[1]),
@@ -215,6 +229,8 @@ class Lab:
         lab.migrated = set(data.get("migrated", []))
         if data.get("service"):
             lab.service = ServiceState(**data["service"])
+        if data.get("kube"):
+            lab.kube = kube.KubePaths.from_dict(data["kube"])
         return lab
 
     def _set_topology(self, nodes: Sequence[Node] | None = None) -> None:
@@ -243,12 +259,19 @@ class Lab:
                     say(f"{name}: {ip} (hand-programmed)")
                 lab.save()
                 return lab
-            lab.start_etcd()
-            say(f"etcd at {topo.etcd_endpoint}; network config at {spec.etcd_prefix}/config")
-            lab.etcd.put_retrying(f"{spec.etcd_prefix}/config",
-                                  json.dumps(network_config(spec)))
+            if spec.kube:
+                lab.start_control_plane()
+                assert lab.kube is not None
+                say(f"Kubernetes control plane at {lab.kube.server} (in {topo.etcd_ns}); "
+                    f"RBAC of deploy/kubernetes applied; one Node per lab node")
+            else:
+                lab.start_etcd()
+                say(f"etcd at {topo.etcd_endpoint}; network config at {spec.etcd_prefix}/config")
+                lab.etcd.put_retrying(f"{spec.etcd_prefix}/config",
+                                      json.dumps(network_config(spec)))
             for node in topo.nodes:
                 lab.prepare_node(node)
+                lab.register_node(node)
                 lab.start_daemon(node)
             for node in topo.nodes:
                 lab.wait_daemon_ready(node)
@@ -311,6 +334,37 @@ class Lab:
     def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
         procs.stop(self.pidfile("etcd"), sig=sig)
 
+    def start_control_plane(self) -> None:
+        """Kubernetes mode: the real control plane in the control-plane namespace
+        (daemon/lab/kube.py), its PIDs recorded; the manifests' RBAC applied; the daemons' and
+        proxies' kubeconfigs (service-account tokens) written."""
+        try:
+            self.kube, pids = kube.start_control_plane(self.topo)
+        finally:
+            self.save()
+        for name, pid in pids.items():
+            procs.write_pidfile(self.pidfile(name),
+                                procs.ProcessRecord(pid, procs.start_time(pid) or 0))
+        self.save()
+        with self.api() as api:
+            api.apply_rbac()
+            api.write_token_kubeconfig(kube.DAEMON_ACCOUNT, self.kube.daemon_kubeconfig)
+            api.write_token_kubeconfig(kube.PROXY_ACCOUNT, self.kube.proxy_kubeconfig)
+
+    def api(self) -> kube.KubeApi:
+        """The admin's API client (Kubernetes mode only)."""
+        if self.kube is None:
+            raise LabError(f"lab {self.topo.prefix!r} runs no Kubernetes control plane "
+                           "(`lab up --control-plane kubernetes`)")
+        return kube.KubeApi(self.topo, self.kube)
+
+    def register_node(self, node: Node) -> None:
+        """Kubernetes mode: the node's Node object (a kubelet registers it); nothing in etcd
+        mode."""
+        if self.topo.spec.kube:
+            with self.api() as api:
+                api.create_node(node.name)
+
     def start_whoami(self) -> None:
         procs.start(self.topo.outside_ns,
                     [sys.executable, "-m", "netweft.daemon.lab.whoami", "serve",
@@ -336,12 +390,13 @@ class Lab:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(node.cni_socket)
         os.makedirs(node.daemon_state_dir, exist_ok=True)
-        return procs.start(node.netns, daemon_command(self.topo, node, self.cni_network(node)),
+        return procs.start(node.netns, daemon_command(self.topo, node, self.cni_network(node),
+                                                      self.kube),
                            self.pidfile(f"daemon-{node.name}"), node.daemon_log,
                            env=node_env(self.topo, node))
 
     def start_proxy(self, node: Node) -> procs.ProcessRecord:
-        return procs.start(node.netns, proxy_command(self.topo, node),
+        return procs.start(node.netns, proxy_command(self.topo, node, self.kube),
                            self.pidfile(f"proxy-{node.name}"), node.proxy_log,
                            env=node_env(self.topo, node))
 
@@ -355,7 +410,14 @@ class Lab:
 
     def create_service(self) -> None:
         """A NodePort service selecting every pod of the lab (label ``lab=<prefix>``), served by
-        the whoami server each pod runs."""
+        the whoami server each pod runs: a Kubernetes Service in Kubernetes mode, records in
+        etcd (`netweft service create`) otherwise."""
+        if self.topo.spec.kube:
+            with self.api() as api:
+                cluster_ip = api.create_service()
+            self.service = ServiceState(SERVICE_NAME, cluster_ip, SERVICE_PORT,
+                                        SERVICE_NODE_PORT)
+            return
         proc = self.netweft_in_etcd_ns([
             "service", "create", SERVICE_NAME, "--port", f"{SERVICE_PORT}:{WHOAMI_PORT}",
             "--selector", f"lab={self.topo.prefix}", "--type", "NodePort",
@@ -496,6 +558,7 @@ class Lab:
         self.save()
         underlay.attach_host(self.topo, underlay.node_host(node))
         self.prepare_node(node)
+        self.register_node(node)
         self.start_daemon(node)
         self.wait_daemon_ready(node)
         if self.topo.spec.proxy:
@@ -527,12 +590,20 @@ class Lab:
         node = self.topo.node(name)
         self.stop_daemon(node)
         procs.stop(self.pidfile(f"proxy-{node.name}"))
-        for state in [s for s in self.pods.values() if s.pod.node == name]:
+        gone = [s for s in self.pods.values() if s.pod.node == name]
+        for state in gone:
             self.stop_pod_processes(state.pod)
             netns.delete(state.pod.netns)
             del self.pods[state.pod.name]
         procs.kill_netns_processes(node.netns)
-        if self.topo.spec.proxy:
+        if self.topo.spec.kube:
+            # what the node controller and pod GC do for a node taken away: its pods, then the
+            # Node object (peers drop the node from their dataplane when it is deleted)
+            with self.api() as api:
+                for state in gone:
+                    api.delete_pod(state.pod.name)
+                api.delete_node(name)
+        elif self.topo.spec.proxy:
             # what Kubernetes' node controller does for a dead node: its pods go away, so the
             # service stops sending traffic to them (the daemon that wrote the records is gone)
             self.etcd.delete_prefix(f"{SERVICES_PREFIX}/pods/{node.name}/")
@@ -551,10 +622,18 @@ class Lab:
         return pod
 
     def _add_pod(self, pod: Pod) -> runtime.PodNetwork:
+        """Wire ``pod`` through its node's CNI plugins; in Kubernetes mode as a kubelet does:
+        the Pod object bound to the node first, its status (IP, Ready) reported after."""
         self.pods[pod.name] = PodState(pod)
         self.save()
+        if self.topo.spec.kube:
+            with self.api() as api:
+                api.create_pod(pod)
         net = runtime.add(self.topo.node(pod.node), self._runtime_pod(pod))
         self.pods[pod.name] = PodState(pod, net.address.ip)
+        if self.topo.spec.kube:
+            with self.api() as api:
+                api.report_pod(pod, str(net.address.ip))
         if self.topo.spec.proxy:
             self.start_pod_server(pod)
         return net
@@ -576,6 +655,9 @@ class Lab:
         state = self.pods[name]
         self.stop_pod_processes(state.pod)
         runtime.delete(self.topo.node(state.pod.node), self._runtime_pod(state.pod))
+        if self.topo.spec.kube:
+            with self.api() as api:
+                api.delete_pod(name)
         del self.pods[name]
         self._set_topology()
         self.save()
@@ -651,8 +733,9 @@ class Lab:
                 leases = self.etcd.get_prefix(f"{self.topo.spec.etcd_prefix}/subnets/")
             except Exception as exc:  # noqa: BLE001 - status reports, never raises
                 leases = {"error": str(exc)}
-        return {
+        result: dict[str, Any] = {
             "prefix": self.topo.prefix, "backend": self.topo.spec.backend,
+            "control_plane": self.topo.spec.control_plane,
             "state_dir": self.state_dir, "etcd": self.topo.etcd_endpoint,
             "etcd_running": etcd_up, "nodes": nodes,
             "pods": [{"name": s.pod.name, "node": s.pod.node, "netns": s.pod.netns,
@@ -662,6 +745,27 @@ class Lab:
             "proxies": {n.name: bool(self._running(f"proxy-{n.name}")) for n in self.topo.nodes}
             if self.topo.spec.proxy and self.topo.spec.dataplane == "netweft" else {},
         }
+        if self.kube is not None:
+            result["kube"] = self.kube_status()
+        return result
+
+    def kube_status(self) -> dict[str, Any]:
+        """Kubernetes mode: the control plane's processes and, from the API, the Nodes
+        (podCIDR, Flannel's annotations, NetworkUnavailable), the pods (IP, Ready) and the
+        Services with their ready endpoints. Never raises (an API error is reported)."""
+        assert self.kube is not None
+        out: dict[str, Any] = {
+            "server": self.kube.server,
+            "processes": {name: bool(self._running(name)) for name in kube.PROCESS_NAMES}}
+        try:
+            with self.api() as api:
+                out["nodes"] = [kube.node_summary(n) for n in api.nodes()]
+                out["pods"] = [kube.pod_summary(p) for p in api.pods()]
+                slices = api.endpoint_slices()
+                out["services"] = [kube.service_summary(s, slices) for s in api.services()]
+        except (kube.KubeLabError, LabError) as exc:
+            out["error"] = str(exc)
+        return out
 
     def _running(self, name: str) -> procs.ProcessRecord | None:
         record = procs.read_pidfile(self.pidfile(name))
@@ -709,7 +813,8 @@ def down(prefix: str, state_root: str = LabSpec.state_root) -> list[str]:
     pid_dir = os.path.join(state_dir, "pids")
     if os.path.isdir(pid_dir):
         # daemons first (they may tidy up while etcd is still there), etcd last
-        names = sorted(os.listdir(pid_dir), key=lambda n: (n.startswith("etcd"), n))
+        # (the Kubernetes control plane: apiserver, controller-manager, then its etcd)
+        names = sorted(os.listdir(pid_dir), key=lambda n: (n.startswith(("etcd", "kube-")), n))
         for name in names:
             if name.endswith(".pid") and procs.stop(os.path.join(pid_dir, name), timeout=3.0):
                 removed.append(f"process {name[:-4]}")

@@ -39,6 +39,7 @@ STATE_ROOT = "/run/netweft-lab"
 BACKENDS = ("vxlan", "host-gw", "wireguard")
 DATAPLANES = ("netweft", "reference")
 PROXY_MODES = ("nftables", "iptables")
+CONTROL_PLANES = ("etcd", "kubernetes")
 MAX_NODES = 200
 UNDERLAY_BRIDGE = "br0"
 NODE_IFACE = "eth0"
@@ -70,6 +71,11 @@ class LabSpec:
     proxy: bool = True           # run `netweft proxy` on every node and a NodePort service
     proxy_mode: str = "nftables"  # `netweft proxy --mode`
     flannel_nodes: int = 0       # the first K nodes run the real flanneld (daemon/lab/flannel.py)
+    control_plane: str = "etcd"  # "kubernetes": a real apiserver, Nodes, Pods (daemon/lab/kube.py)
+
+    @property
+    def kube(self) -> bool:
+        return self.control_plane == "kubernetes"
 
     def validate(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -93,6 +99,14 @@ class LabSpec:
         if self.proxy_mode not in PROXY_MODES:
             raise LabSpecError(
                 f"--proxy-mode: {self.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
+        if self.control_plane not in CONTROL_PLANES:
+            raise LabSpecError(f"--control-plane: {self.control_plane!r} is not one of "
+                               f"{', '.join(CONTROL_PLANES)}")
+        if self.kube and self.dataplane != "netweft":
+            raise LabSpecError("--control-plane kubernetes: needs --dataplane netweft")
+        if self.kube and self.flannel_nodes:
+            raise LabSpecError("--flannel-nodes: not available with --control-plane kubernetes "
+                               "yet (flanneld nodes run in etcd mode)")
         if not 0 <= self.flannel_nodes <= self.nodes:
             raise LabSpecError(f"--flannel-nodes: {self.flannel_nodes} is out of range "
                                f"0-{self.nodes} (--nodes)")
@@ -113,7 +127,7 @@ class LabSpec:
             "network": str(self.network), "subnet_len": self.subnet_len,
             "etcd_prefix": self.etcd_prefix, "state_root": self.state_root,
             "dataplane": self.dataplane, "proxy": self.proxy, "proxy_mode": self.proxy_mode,
-            "flannel_nodes": self.flannel_nodes,
+            "flannel_nodes": self.flannel_nodes, "control_plane": self.control_plane,
         }
 
     @classmethod
@@ -126,6 +140,7 @@ class LabSpec:
             dataplane=d.get("dataplane", "netweft"), proxy=bool(d.get("proxy", True)),
             proxy_mode=d.get("proxy_mode", "nftables"),
             flannel_nodes=int(d.get("flannel_nodes", 0)),
+            control_plane=d.get("control_plane", "etcd"),
         )
 
 
