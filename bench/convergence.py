@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -108,7 +109,9 @@ def ip(ns: str, *lines: str, tool: str = "ip") -> None:
     underlay.ip_batch(ns, list(lines), tool=tool)
 
 
-def build_joiner(lab: Lab) -> str:
+def build_joiner(lab: Lab, node1_mac: str | None = None) -> str:
+    """The hand-programmed joiner host, its dataplane back to node1 set up; ``node1_mac``:
+    node1's VTEP MAC (default: from its lease in etcd)."""
     ns = f"{lab.topo.prefix}-joiner"
     underlay.attach_host(lab.topo, underlay.Host(ns, "joiner", JOINER_IP))
     node1 = lab.topo.node("node1")
@@ -116,9 +119,11 @@ def build_joiner(lab: Lab) -> str:
     assert subnet is not None
     spec = lab.topo.spec
     if spec.backend == "vxlan":
-        lease = lab.node_lease(node1)
-        assert lease is not None
-        mac = lease["BackendData"]["VtepMAC"]
+        mac = node1_mac
+        if mac is None:
+            lease = lab.node_lease(node1)
+            assert lease is not None
+            mac = lease["BackendData"]["VtepMAC"]
         dev = f"flannel.{spec.vni}"
         ip(ns, f"link add {dev} address {JOINER_MAC} type vxlan id {spec.vni} local {JOINER_IP} "
                f"dev {NODE_IFACE} dstport {spec.port} nolearning",
@@ -126,6 +131,8 @@ def build_joiner(lab: Lab) -> str:
            f"neigh replace {subnet.network_address} lladdr {mac} dev {dev} nud permanent",
            f"route replace {subnet} via {subnet.network_address} dev {dev} onlink")
         ip(ns, f"fdb append {mac} dev {dev} dst {node1.ip} self permanent", tool="bridge")
+    else:  # host-gw: node1's pods are reached through node1 (same L2)
+        ip(ns, f"route replace {subnet} via {node1.ip}")
     return ns
 
 
@@ -152,19 +159,38 @@ def first_reply(output: str) -> float | None:
 
 
 def join_once(lab: Lab, agent_: Agent, joiner_ns: str, subnet: IPv4Network,
-              timeout: float) -> tuple[float, float]:
+              timeout: float, src_ns: str | None = None) -> tuple[float, float]:
+    """One etcd-mode join (lease put -> first reply to node1, or to ``src_ns``); (from put
+    returned, from put started) in seconds."""
+    key = lab.lease_key(subnet)
+
+    def publish() -> tuple[float, float]:
+        times = agent_.call({"op": "put", "key": key, "value": lease_value(lab), "ttl": 600})
+        return times["t0"], times["t1"]
+
+    return timed_join(lab, joiner_ns, subnet, publish,
+                      lambda: agent_.call({"op": "del", "key": key}), timeout, src_ns)
+
+
+def timed_join(lab: Lab, joiner_ns: str, subnet: IPv4Network,
+               publish: Callable[[], tuple[float, float]], withdraw: Callable[[], object],
+               timeout: float, src_ns: str | None = None) -> tuple[float, float]:
+    """Ping an address in the joiner's ``subnet`` from ``src_ns`` (default: node1) every 2 ms,
+    ``publish()`` the joiner (returns wall-clock times (started, returned)), wait for node1's
+    route, ``withdraw()`` it again and wait until the route is gone. Returns (first echo reply
+    - publish returned, first echo reply - publish started) in seconds; RuntimeError if no
+    reply came within ``timeout``."""
     node1 = lab.topo.node("node1")
     target = subnet.network_address + 1
     ip(joiner_ns, f"addr add {target}/32 dev lo")
     ping = subprocess.Popen(
         # no -w: with a deadline, ping exits at the first ICMP error (net unreachable)
-        ["ip", "netns", "exec", node1.netns, "ping", "-D", "-n", "-i", PING_INTERVAL,
+        ["ip", "netns", "exec", src_ns or node1.netns, "ping", "-D", "-n", "-i", PING_INTERVAL,
          "-W", "1", str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     time.sleep(0.05)
-    key = lab.lease_key(subnet)
-    times = agent_.call({"op": "put", "key": key, "value": lease_value(lab), "ttl": 600})
+    t0, t1 = publish()
     # the route is usable once one echo comes back; then stop pinging
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and inspect.route_to(node1.netns, str(subnet)) is None:
@@ -172,7 +198,7 @@ def join_once(lab: Lab, agent_: Agent, joiner_ns: str, subnet: IPv4Network,
     time.sleep(0.1)
     ping.send_signal(signal.SIGINT)   # ping flushes its (piped, buffered) output on SIGINT
     out, _ = ping.communicate(timeout=5)
-    agent_.call({"op": "del", "key": key})
+    withdraw()
     end = time.monotonic() + timeout
     while time.monotonic() < end and inspect.route_to(node1.netns, str(subnet)) is not None:
         time.sleep(0.01)
@@ -180,7 +206,7 @@ def join_once(lab: Lab, agent_: Agent, joiner_ns: str, subnet: IPv4Network,
     reply = first_reply(out)
     if reply is None:
         raise RuntimeError(f"no echo reply from {target} within {timeout}s")
-    return reply - times["t1"], reply - times["t0"]
+    return reply - t1, reply - t0
 
 
 def percentile(values: list[float], pct: float) -> float:

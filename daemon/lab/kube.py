@@ -211,14 +211,21 @@ class KubeApi:
             user=f"system:serviceaccount:{SYSTEM_NAMESPACE}:{account}"))
 
     # ---- nodes ----------------------------------------------------------------------------
-    def create_node(self, name: str) -> None:
+    def create_node(self, name: str, pod_cidr: str | None = None,
+                    annotations: dict[str, str] | None = None) -> None:
         """Register Node ``name`` (what a kubelet does; the controller-manager's node IPAM then
-        gives it a podCIDR). An existing Node is kept."""
+        gives it a podCIDR, unless ``pod_cidr`` sets one, which it then marks as taken).
+        ``annotations``: e.g. Flannel's, as a node's agent would have published them. An
+        existing Node is kept."""
+        obj: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": annotations or {},
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}}}
+        if pod_cidr is not None:
+            obj["spec"] = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
         with self._call(f"create Node {name}"):
             try:
-                self.client.create(KubeNode(metadata=ObjectMeta(
-                    name=name, labels={"kubernetes.io/hostname": name,
-                                       "kubernetes.io/os": "linux"})))
+                self.client.create(KubeNode.from_dict(obj))  # type: ignore[attr-defined]
             except ApiError as exc:
                 if exc.status.code != 409:
                     raise
