@@ -3,7 +3,8 @@
 # namespaces on this machine (`netweft lab up`) and prove it (`netweft lab check`).
 # The lab stays up afterwards: explore it with `netweft lab status`, `netweft lab exec node1 --
 # ip route`, and remove it with `netweft lab down`. Extra arguments go to `lab up`
-# (e.g. `deploy/lab.sh --nodes 4 --backend host-gw`).
+# (e.g. `deploy/lab.sh --nodes 4 --backend host-gw`; `deploy/lab.sh --control-plane kubernetes`
+# runs the lab on the real Kubernetes control plane deploy/setup.sh builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "lab.sh: run as root (network namespaces)" >&2; exit 1; fi
@@ -22,7 +23,7 @@ P=""
 [ "$PREFIX" = nwlab ] || P=" --prefix $PREFIX"
 echo
 echo "The lab '$PREFIX' is still running:"
-echo "  $NETWEFT lab status$P                 # nodes, subnets, pods, leases"
+echo "  $NETWEFT lab status$P                 # nodes, subnets, pods, leases (or Nodes, Services from the API)"
 echo "  $NETWEFT lab exec$P node1 -- netweft routes   # run anything in a node or pod (node1-pod1)"
 echo "  $NETWEFT lab down$P                   # remove every namespace, process and file"
 exit $status

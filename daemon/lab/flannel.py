@@ -66,18 +66,33 @@ def load_build(path: str = ENV_FILE) -> FlannelBuild:
     return build
 
 
-def flanneld_command(flanneld: str, topo: Topology, node: Node) -> list[str]:
-    """flanneld in etcd mode on ``node``: the lab's etcd and prefix, the node's eth0 and its own
-    subnet.env, masquerade for traffic leaving the pod network (as kube-flannel runs it)."""
+def flanneld_command(flanneld: str, topo: Topology, node: Node, kubeconfig: str | None = None,
+                     net_conf: str | None = None) -> list[str]:
+    """flanneld on ``node``: in etcd mode the lab's etcd and prefix; with ``kubeconfig`` and
+    ``net_conf`` (the lab's Kubernetes mode) ``--kube-subnet-mgr`` on that kubeconfig and
+    net-conf.json (its node name comes from ``$NODE_NAME``, :func:`flanneld_env`). Always the
+    node's eth0 and its own subnet.env, masquerade for traffic leaving the pod network (as
+    kube-flannel runs it)."""
+    if kubeconfig is not None and net_conf is not None:
+        store = ["--kube-subnet-mgr", f"--kubeconfig-file={kubeconfig}",
+                 f"--net-config-path={net_conf}"]
+    else:
+        store = [f"--etcd-endpoints={topo.etcd_endpoint}",
+                 f"--etcd-prefix={topo.spec.etcd_prefix}"]
     return [
         flanneld,
-        f"--etcd-endpoints={topo.etcd_endpoint}",
-        f"--etcd-prefix={topo.spec.etcd_prefix}",
+        *store,
         "--iface=eth0",
         f"--public-ip={node.ip}",
         f"--subnet-file={node.subnet_env}",
         "--ip-masq",
     ]
+
+
+def flanneld_env(node: Node) -> dict[str, str]:
+    """flanneld's environment on ``node``: ``NODE_NAME`` names its Node in Kubernetes mode
+    (flannel pkg/subnet/kube/kube.go: NODE_NAME, else POD_NAME + POD_NAMESPACE looked up)."""
+    return dict(os.environ, NODE_NAME=node.name)
 
 
 def parse_subnet_env(text: str) -> dict[str, str]:

@@ -384,9 +384,12 @@ class Lab:
                 build = flannel.load_build()
             except flannel.FlannelMissing as exc:
                 raise LabError(str(exc)) from None
+            kube_args = (self.kube.daemon_kubeconfig, self.kube.net_conf) if self.kube \
+                else (None, None)
             return procs.start(node.netns, flannel.flanneld_command(build.flanneld, self.topo,
-                                                                     node),
-                               self.pidfile(f"daemon-{node.name}"), node.daemon_log)
+                                                                     node, *kube_args),
+                               self.pidfile(f"daemon-{node.name}"), node.daemon_log,
+                               env=flannel.flanneld_env(node))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(node.cni_socket)
         os.makedirs(node.daemon_state_dir, exist_ok=True)

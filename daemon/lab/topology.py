@@ -104,9 +104,6 @@ class LabSpec:
                                f"{', '.join(CONTROL_PLANES)}")
         if self.kube and self.dataplane != "netweft":
             raise LabSpecError("--control-plane kubernetes: needs --dataplane netweft")
-        if self.kube and self.flannel_nodes:
-            raise LabSpecError("--flannel-nodes: not available with --control-plane kubernetes "
-                               "yet (flanneld nodes run in etcd mode)")
         if not 0 <= self.flannel_nodes <= self.nodes:
             raise LabSpecError(f"--flannel-nodes: {self.flannel_nodes} is out of range "
                                f"0-{self.nodes} (--nodes)")
