@@ -266,19 +266,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     daemons = ["netweft", "flanneld"] if args.daemon == "both" else [args.daemon]
     results = [measure(args, d) for d in daemons]
+    report(results, "daemon", "convergence",
+           f"{args.backend}, lease put -> first echo reply on another node", args.json_path)
+    return 0
+
+
+def report(results: list[dict[str, object]], key: str, title: str, what: str,
+           json_path: str | None = None) -> None:
+    """Print one ``title <r[key]> (what, N joins): p50/p99/max`` line per result and, for two,
+    the ratio first/second of p50 and p99; write the results as JSON to ``json_path``."""
     print()
+    width = max(len(str(r[key])) for r in results)
     for r in results:
-        print(f"convergence {r['daemon']:8} ({args.backend}, {r['joins']} joins, lease put -> "
-              f"first echo reply on another node): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-              f"max {r['max_ms']} ms")
+        print(f"{title} {str(r[key]):{width}} ({what}, {r['joins']} joins): p50 {r['p50_ms']} ms, "
+              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
     if len(results) == 2:
         a, b = results
-        print(f"ratio netweft/flanneld: p50 {float(a['p50_ms']) / float(b['p50_ms']):.2f}x, "
-              f"p99 {float(a['p99_ms']) / float(b['p99_ms']):.2f}x")
-    if args.json_path:
-        with open(args.json_path, "w") as f:
+        print(f"ratio {a[key]}/{b[key]}: p50 {float(a['p50_ms']) / float(b['p50_ms']):.2f}x, "  # type: ignore[arg-type]
+              f"p99 {float(a['p99_ms']) / float(b['p99_ms']):.2f}x")  # type: ignore[arg-type]
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(results if len(results) > 1 else results[0], f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

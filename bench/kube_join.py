@@ -39,6 +39,7 @@ from convergence import (  # noqa: E402
     free_subnets,
     join_once,
     percentile,
+    report,
     timed_join,
 )
 from netweft.daemon import kubenode as kn  # noqa: E402
@@ -122,20 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("kube_join.py: needs root (network namespaces)", file=sys.stderr)
         return 2
-    modes = ["etcd", "kubernetes"] if args.control_plane == "both" else [args.control_plane]
+    modes = ["kubernetes", "etcd"] if args.control_plane == "both" else [args.control_plane]
     results = [measure(args, m) for m in modes]
-    print()
+    report(results, "control_plane", "node join",
+           f"{args.backend}, subnet published -> first echo reply to a peer's pod",
+           args.json_path)
     for r in results:
-        print(f"node join {r['control_plane']:10} ({args.backend}, {r['joins']} joins, subnet "
-              f"published -> first echo reply to a peer's pod): p50 {r['p50_ms']} ms, "
-              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms (lab up {r['lab_up_s']} s)")
-    if len(results) == 2:
-        a, b = results
-        print(f"ratio kubernetes/etcd: p50 {float(b['p50_ms']) / float(a['p50_ms']):.2f}x, "
-              f"p99 {float(b['p99_ms']) / float(a['p99_ms']):.2f}x")
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(results, f, indent=2)
+        print(f"  lab up ({r['control_plane']}): {r['lab_up_s']} s")
     return 0
 
 
