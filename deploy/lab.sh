@@ -24,6 +24,11 @@ P=""
 echo
 echo "The lab '$PREFIX' is still running:"
 echo "  $NETWEFT lab status$P                 # nodes, subnets, pods, leases (or Nodes, Services from the API)"
-echo "  $NETWEFT lab exec$P node1 -- netweft routes   # run anything in a node or pod (node1-pod1)"
+# `netweft routes` reads the leases from etcd: on the Kubernetes control plane show the kernel's
+case " $* " in
+    *" --control-plane kubernetes "*|*" --control-plane=kubernetes "*) SHOW="ip route" ;;
+    *) SHOW="netweft routes" ;;
+esac
+echo "  $NETWEFT lab exec$P node1 -- $SHOW   # run anything in a node or pod (node1-pod1)"
 echo "  $NETWEFT lab down$P                   # remove every namespace, process and file"
 exit $status

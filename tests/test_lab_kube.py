@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 from netweft.daemon import kubenode as kn
@@ -176,3 +178,23 @@ def test_node_and_service_summaries_read_flannel_annotations_and_ready_endpoints
          "endpoints": [{"addresses": ["10.244.9.9"], "conditions": {"ready": True}}]},
     ]
     assert kube.service_summary(service, slices)["ready_endpoints"] == ["10.244.1.2"]
+
+
+def test_up_without_a_built_control_plane_is_one_line_naming_the_file_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    prefix = f"nwk{uuid.uuid4().hex[:4]}"
+    env = dict(os.environ, NETWEFT_CACHE=str(tmp_path))  # no controlplane.env there
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "netweft.daemon.cli", "lab", "up", "--prefix", prefix,
+             "--nodes", "1", "--pods-per-node", "0", "--control-plane", "kubernetes"],
+            capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        down(prefix)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{tmp_path}/controlplane.env" in lines[0] and "deploy/controlplane.sh" in lines[0]
+    assert netns.list_names(f"{prefix}-") == []

@@ -177,10 +177,13 @@ class KubeApi:
                 yield
         except ApiError as exc:
             raise KubeLabError(f"{what}: kube-apiserver: {exc.status.message}") from None
-        except (OSError, nsenter.NetnsGone) as exc:
+        except OSError as exc:  # nsenter.NetnsGone is one: the lab's namespace is gone
             raise KubeLabError(f"{what}: {exc}") from None
-        except Exception as exc:  # httpx transport errors
-            if type(exc).__module__.startswith("httpx"):
+        except Exception as exc:
+            # lightkube's transport errors (unreachable, TLS): its HTTP library (httpx2) is
+            # recognised by module name, as daemon/kubesubnets.py does: lightkube's
+            # dependency, not ours
+            if type(exc).__module__.split(".")[0].startswith("httpx"):
                 raise KubeLabError(f"{what}: {paths_hint(self.paths)}: {exc}") from None
             raise
 
