@@ -245,21 +245,11 @@ class KubeApi:
         with self._call("list Nodes"):
             return [n.to_dict() for n in self.client.list(KubeNode)]
 
-    def pod_cidr(self, name: str) -> str | None:
-        with self._call(f"get Node {name}"):
-            try:
-                node = self.client.get(KubeNode, name)
-            except ApiError as exc:
-                if exc.status.code == 404:
-                    return None
-                raise
-        return node.spec.podCIDR if node.spec is not None else None
-
     # ---- pods -----------------------------------------------------------------------------
     def create_pod(self, pod: Pod) -> None:
         """A Pod bound to its node (``spec.nodeName``: no scheduler involved), with the pod's
         labels and the whoami port; its status comes with :meth:`report_pod`."""
-        obj = codec_pod(pod)
+        obj = pod_object(pod)
         with self._call(f"create Pod {pod.name}"):
             try:
                 self.client.create(obj)
@@ -315,7 +305,7 @@ def paths_hint(paths: KubePaths) -> str:
     return f"apiserver {paths.server} (log: {os.path.join(paths.workdir, 'kube-apiserver.log')})"
 
 
-def codec_pod(pod: Pod) -> KubePod:
+def pod_object(pod: Pod) -> KubePod:
     """The Pod object of a lab pod (one container, the whoami port named ``http``)."""
     return KubePod.from_dict({  # type: ignore[attr-defined, no-any-return]
         "apiVersion": "v1", "kind": "Pod",
