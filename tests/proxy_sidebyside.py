@@ -37,6 +37,7 @@ OUTSIDE_IP, NODE_A_IP, NODE_B_IP = "192.0.2.1", "192.0.2.11", "192.0.2.12"
 BRIDGE_A, BRIDGE_B = "10.244.1.1", "10.244.2.1"
 CLIENT_POD = "10.244.1.250"
 CLUSTER_CIDR = "10.244.0.0/16"
+EXTERNAL_NET = "203.0.113.0/24"      # externalIPs and LoadBalancer IPs, routed to node A
 SERVICE_CIDR = "10.96.0.0/12"
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
@@ -151,7 +152,7 @@ def build_world(label: str, make_ns: Callable[[str], str]) -> World:
         # forwarding; every ICMP error counted (no per-host rate limit)
         _sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0")
     for net, via in (("10.244.1.0/24", NODE_A_IP), ("10.244.2.0/24", NODE_B_IP),
-                     (SERVICE_CIDR, NODE_A_IP)):
+                     (SERVICE_CIDR, NODE_A_IP), (EXTERNAL_NET, NODE_A_IP)):
         _ip(out, "route", "add", net, "via", via)
     a = Testbed(na, out, node_ip=NODE_A_IP, client_ip=OUTSIDE_IP, bridge_ip=BRIDGE_A,
                 make_ns=make_ns)

@@ -272,6 +272,78 @@ def test_node_port_from_another_host_like_kube_proxy(scn: Scenario) -> None:
          answered({p1, p2}, {CLIENT_POD}))
 
 
+def test_node_port_from_the_node_and_its_pods_like_kube_proxy(scn: Scenario) -> None:
+    p1, p2 = scn.pod("p1", "A", "web"), scn.pod("p2", "B", "web")
+    hair = scn.pod("h1", "A", "hair")
+    port = scn.service("web", {"type": "NodePort", "selector": {"app": "web"}})[
+        "ports"][0]["nodePort"]
+    hair_port = scn.service("hair", {"type": "NodePort", "selector": {"app": "hair"}})[
+        "ports"][0]["nodePort"]
+    # policy Cluster: every client of a node port is masqueraded, pods of the node included
+    same(scn.sbs, "NodePort from a pod of the node", tcp(NODE_A_IP, port),
+         answered({p1, p2}, {BRIDGE_A, NODE_A_IP}))
+    same(scn.sbs, "NodePort from the node", tcp(NODE_A_IP, port, src=node_host),
+         answered({p1, p2}, {BRIDGE_A, NODE_A_IP}))
+    same(scn.sbs, "hairpin through a NodePort",
+         tcp(NODE_A_IP, hair_port, count=5, src=lambda w: w.a.pods[hair].netns),
+         answered({hair}, {BRIDGE_A}))
+
+
+def test_external_ips_and_load_balancer_source_ranges_like_kube_proxy(scn: Scenario) -> None:
+    p1, p2 = scn.pod("p1", "A", "web"), scn.pod("p2", "B", "web")
+    scn.service("ext", {"selector": {"app": "web"}, "externalIPs": ["203.0.113.7"]})
+    for name, ip, ranges in (("lb-open", "203.0.113.8", [OUTSIDE_IP + "/32"]),
+                             ("lb-closed", "203.0.113.9", ["198.51.100.0/24"])):
+        scn.service(name, {"type": "LoadBalancer", "selector": {"app": "web"},
+                           "loadBalancerSourceRanges": ranges})
+        scn.kubectl("patch", "service", name, "-n", scn.namespace, "--subresource=status",
+                    "--type=merge", "-p", json.dumps(
+                        {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}))
+    external = answered({p1, p2}, {BRIDGE_A, NODE_A_IP})
+    same(scn.sbs, "externalIP from outside", tcp("203.0.113.7", 80, src=outside), external)
+    same(scn.sbs, "LB IP from an allowed source", tcp("203.0.113.8", 80, src=outside), external)
+    same(scn.sbs, "LB IP from a source outside the ranges",
+         tcp("203.0.113.9", 80, count=2, timeout=1.5, src=outside), failed("timeout"))
+
+
+def test_node_ports_on_other_node_addresses_differ_as_documented(scn: Scenario) -> None:
+    """NodePorts answer on the node's primary address everywhere; kube-proxy's iptables mode
+    also on every other local address and on 127.0.0.1 (its defaults: nodePortAddresses unset,
+    localhostNodePorts true). netweft, like kube-proxy's nftables mode, does not (a deliberate
+    difference, proxy/README.md)."""
+    p1 = scn.pod("p1", "A", "web")
+    port = scn.service("web", {"type": "NodePort", "selector": {"app": "web"}})[
+        "ports"][0]["nodePort"]
+    everywhere = {"kube-proxy/iptables"}
+
+    def expect(label: str, yes: Outcome, no: Outcome) -> Outcome:
+        return yes if label in everywhere else no
+
+    same(scn.sbs, "NodePort on the primary address", tcp(NODE_A_IP, port, count=3),
+         answered({p1}, {BRIDGE_A}))
+    got = {w.label: outcome(w.connect(w.node_a, "127.0.0.1", port, count=2, timeout=1.5))
+           for w in scn.sbs.worlds}
+    assert got == {w.label: expect(w.label, answered({p1}, {BRIDGE_A}), failed("refused"))
+                   for w in scn.sbs.worlds}, got
+    got = {w.label: outcome(w.connect(w.client, BRIDGE_A, port, count=2, timeout=1.5))
+           for w in scn.sbs.worlds}
+    assert got == {w.label: expect(w.label, answered({p1}, {BRIDGE_A}), failed("refused"))
+                   for w in scn.sbs.worlds}, got
+
+
+def test_cluster_ip_port_not_served_differs_as_documented(scn: Scenario) -> None:
+    """A ClusterIP on a port its service does not have: kube-proxy's nftables mode rejects it
+    (its ``cluster-ips`` check); its iptables mode and netweft leave the packet alone, and here
+    it is routed away and never answered (a documented difference, proxy/README.md)."""
+    scn.pod("p1", "A", "web")
+    ip = scn.service("web", {"selector": {"app": "web"}})["clusterIP"]
+    same(scn.sbs, "the served port", lambda w: tcp(ip, 80, count=1)(w)[2], frozenset())
+    got = {w.label: outcome(w.connect(w.client, ip, 81, count=1, timeout=2.0))
+           for w in scn.sbs.worlds}
+    assert got == {w.label: failed("refused" if w.label == "kube-proxy/nftables" else "timeout")
+                   for w in scn.sbs.worlds}, got
+
+
 def test_external_traffic_policy_local_like_kube_proxy(scn: Scenario) -> None:
     p1, p2 = scn.pod("p1", "A", "web"), scn.pod("p2", "B", "web")
     scn.pod("p3", "B", "remote")
@@ -369,6 +441,27 @@ def test_terminating_endpoints_like_kube_proxy(scn: Scenario) -> None:
     scn.report("p2", ready=False)
     same(scn.sbs, "all terminating, not serving", tcp(ip, 80, count=3, timeout=5.0),
          failed("refused"))
+
+
+def test_terminating_local_endpoint_under_external_policy_local_like_kube_proxy(
+        scn: Scenario) -> None:
+    p1, p2 = scn.pod("p1", "A", "web"), scn.pod("p2", "B", "web")
+    spec = scn.service("web", {"type": "NodePort", "selector": {"app": "web"},
+                               "externalTrafficPolicy": "Local"})
+    port = spec["ports"][0]["nodePort"]
+    same(scn.sbs, "eTP Local, local ready", tcp(NODE_A_IP, port, src=outside),
+         answered({p1}, {OUTSIDE_IP}))
+    # the only local endpoint terminates (still serving): external traffic stays on it,
+    # the cluster IP moves to the ready remote one
+    scn.terminate("p1")
+    same(scn.sbs, "eTP Local, local terminating", tcp(NODE_A_IP, port, src=outside),
+         answered({p1}, {OUTSIDE_IP}))
+    same(scn.sbs, "its ClusterIP meanwhile", tcp(spec["clusterIP"], 80),
+         answered({p2}, {CLIENT_POD}))
+    # not serving any more: no local endpoint -> dropped
+    scn.report("p1", ready=False)
+    same(scn.sbs, "eTP Local, local gone", tcp(NODE_A_IP, port, count=2, timeout=1.5,
+                                                src=outside), failed("timeout"))
 
 
 def test_hairpin_pod_reaches_itself_like_kube_proxy(scn: Scenario) -> None:
