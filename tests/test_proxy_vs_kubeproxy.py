@@ -133,6 +133,12 @@ class Scenario:
         self.kubectl("patch", "pod", name, "-n", self.namespace, "--subresource=status",
                      "--type=merge", "-p", json.dumps({"status": status}))
 
+    def delete(self, name: str) -> None:
+        """Delete the pod at once (grace 0): its endpoint goes; its server keeps running, so
+        only the proxy can move traffic away from it."""
+        self.kubectl("delete", "pod", name, "-n", self.namespace, "--grace-period=0",
+                     "--force", "--wait=false")
+
     def terminate(self, name: str) -> None:
         """Delete the pod with a long grace period: it stays Terminating (no kubelet)."""
         self.kubectl("delete", "pod", name, "-n", self.namespace, "--grace-period=600",
@@ -462,6 +468,33 @@ def test_terminating_local_endpoint_under_external_policy_local_like_kube_proxy(
     scn.report("p1", ready=False)
     same(scn.sbs, "eTP Local, local gone", tcp(NODE_A_IP, port, count=2, timeout=1.5,
                                                 src=outside), failed("timeout"))
+
+
+def test_scaling_endpoints_down_and_up_like_kube_proxy(scn: Scenario) -> None:
+    p1, p2, p3 = (scn.pod(f"p{i}", node, "web") for i, node in ((1, "A"), (2, "B"), (3, "B")))
+    ip = scn.service("web", {"selector": {"app": "web"}})["clusterIP"]
+    same(scn.sbs, "three", tcp(ip, 80, count=30), answered({p1, p2, p3}, {CLIENT_POD}))
+    scn.delete("p2")
+    scn.delete("p3")
+    same(scn.sbs, "one", tcp(ip, 80, count=10), answered({p1}, {CLIENT_POD}))
+    p4, p5 = scn.pod("p4", "A", "web"), scn.pod("p5", "B", "web")
+    same(scn.sbs, "three again", tcp(ip, 80, count=30), answered({p1, p4, p5}, {CLIENT_POD}))
+
+
+def test_udp_flow_follows_endpoint_replacement_like_kube_proxy(scn: Scenario) -> None:
+    """One UDP flow (same 5-tuple) while its endpoint is replaced: the old pod keeps serving,
+    so only a proxy that deletes the flow's conntrack entry moves it to the new pod."""
+    p1 = scn.pod("p1", "A", "dns")
+    ip = scn.service("dns", {"selector": {"app": "dns"}, "ports": [
+        {"name": "dns", "port": 53, "targetPort": APP, "protocol": "UDP"}]})["clusterIP"]
+
+    def flow(w: World) -> Outcome:
+        return outcome(w.connect(w.client, ip, 53, "udp", 1, 1.0, source_port=40053))
+
+    same(scn.sbs, "the flow on the first pod", flow, answered({p1}, {CLIENT_POD}))
+    p2 = scn.pod("p2", "B", "dns")
+    scn.delete("p1")
+    same(scn.sbs, "the same flow on the new pod", flow, answered({p2}, {CLIENT_POD}))
 
 
 def test_hairpin_pod_reaches_itself_like_kube_proxy(scn: Scenario) -> None:
