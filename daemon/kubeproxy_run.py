@@ -69,8 +69,9 @@ class KubeProxySettings:
     """What one kube-proxy is told. ``node_ip``: its primary node IP (``bindAddress``; our test
     Nodes carry no addresses to detect it from); ``cluster_cidr``: the pod range
     (``detectLocalMode: ClusterCIDR``, as netweft's ``--cluster-cidr``); ports: inside the
-    namespace; sync periods in seconds; ``extra``: more KubeProxyConfiguration fields, merged
-    over the document (e.g. ``{"nodePortAddresses": ["primary"]}``)."""
+    namespace; sync periods in seconds (kube-proxy's defaults; it turns 0 into them, so "sync
+    at once" is a small value such as 0.001); ``extra``: more KubeProxyConfiguration fields,
+    merged over the document (e.g. ``{"nodePortAddresses": ["primary"]}``)."""
 
     node_name: str
     node_ip: str
@@ -79,7 +80,7 @@ class KubeProxySettings:
     cluster_cidr: str = "10.244.0.0/16"
     healthz_port: int = 10256
     metrics_port: int = 10249
-    min_sync_period: float = 0.0
+    min_sync_period: float = 1.0
     sync_period: float = 30.0
     verbosity: int = 2
     extra: dict[str, object] = field(default_factory=dict)
@@ -90,8 +91,8 @@ def config_document(settings: KubeProxySettings) -> dict[str, object]:
     KubeProxyError for an unknown mode."""
     if settings.mode not in MODES:
         raise KubeProxyError(f"mode: {settings.mode!r} is not one of {', '.join(MODES)}")
-    periods = {"minSyncPeriod": f"{settings.min_sync_period}s",
-               "syncPeriod": f"{settings.sync_period}s"}
+    periods = {"minSyncPeriod": _duration(settings.min_sync_period),
+               "syncPeriod": _duration(settings.sync_period)}
     doc: dict[str, object] = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
         "mode": settings.mode,
@@ -110,6 +111,11 @@ def config_document(settings: KubeProxySettings) -> dict[str, object]:
     }
     doc.update(settings.extra)
     return doc
+
+
+def _duration(seconds: float) -> str:
+    """A Go duration in whole microseconds (``"1500000us"``)."""
+    return f"{round(seconds * 1_000_000)}us"
 
 
 def command(binary: str, netns: str, config_path: Path) -> list[str]:

@@ -165,12 +165,12 @@ def build_world(label: str, make_ns: Callable[[str], str]) -> World:
 
 def start_kube_proxy(world: World, mode: str, node: str, kubeconfig: Path, api_port: int,
                      workdir: Path) -> None:
-    """The real kube-proxy as node A of ``world`` (defaults but for what keeps it in its
-    namespace; sync as soon as something changes)."""
+    """The real kube-proxy as node A of ``world`` (its defaults, but for what keeps it in its
+    namespace)."""
     workdir.mkdir(parents=True, exist_ok=True)
     world.kube_proxy = KubeProxy(world.node_a, KubeProxySettings(
         node, NODE_A_IP, kubeconfig, mode=mode, cluster_cidr=CLUSTER_CIDR,
-        healthz_port=HEALTHZ_PORT, metrics_port=METRICS_PORT, min_sync_period=0.0),
+        healthz_port=HEALTHZ_PORT, metrics_port=METRICS_PORT),
         relay_port=api_port, workdir=workdir).start()
 
 

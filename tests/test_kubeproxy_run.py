@@ -39,6 +39,13 @@ def test_config_leaves_conntrack_size_and_timeouts_alone() -> None:
     assert doc["healthzBindAddress"] == "0.0.0.0:1"
     assert doc["metricsBindAddress"] == "127.0.0.1:2"
     assert doc["clientConnection"]["kubeconfig"] == "/k"  # type: ignore[index]
+    assert doc["nftables"] == {"minSyncPeriod": "1000000us", "syncPeriod": "30000000us"}
+
+
+def test_config_sync_periods_are_go_durations() -> None:
+    doc = config_document(KubeProxySettings("n1", NODE_IP, Path("/k"), min_sync_period=1e-5,
+                                            sync_period=0.25))
+    assert doc["iptables"] == {"minSyncPeriod": "10us", "syncPeriod": "250000us"}
 
 
 def test_config_rejects_an_unknown_mode() -> None:
