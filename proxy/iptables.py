@@ -6,6 +6,8 @@ nat:    NETWEFT-SERVICES (from PREROUTING and OUTPUT) -> NETWEFT-SVC-<h> per ser
         NETWEFT-SEP-<h> per backend (hairpin mark, affinity ``recent --set``, DNAT);
         NETWEFT-NODEPORTS (from NETWEFT-SERVICES for each node IP); NETWEFT-POSTROUTING
         (masquerade marked packets, clear the mark); NETWEFT-MARK-MASQ; NETWEFT-MARK-OFFCLUSTER.
+        An externalTrafficPolicy Local SVC chain first sends pod-network and node clients to
+        a SVC chain over every endpoint (kube-proxy's KUBE-EXT short-circuit).
 filter: NETWEFT-FILTER (INPUT, FORWARD, OUTPUT, new connections): REJECT services without
         endpoints, DROP Local-policy frontends without local endpoints.
 mangle: NETWEFT-FIREWALL (PREROUTING) -> NETWEFT-FW-<h>: loadBalancerSourceRanges.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netweft.proxy.constants import MASQUERADE_MARK
 from netweft.proxy.model import ServiceKey
@@ -112,7 +114,10 @@ def contribution(plan: ServicePlan, node: NodeContext) -> IptContribution:
             for a in addresses:
                 frag.setdefault(("filter", FILTER), []).append(
                     f"{_match(fe, a)} {_comment(fe)} -j {target}")
-            continue
+            if not fe.short_circuit:
+                continue
+            # Local without a local endpoint: pod and node clients are still DNATed (and so
+            # no longer match the DROP, which the filter table sees after DNAT)
         fam = _family(fe)
         svc = P + "SVC-" + _h(fe.service, fe.port_name, fam)
         if ("nat", svc) not in out.chains:
@@ -134,6 +139,17 @@ def _svc_chain(fe: Frontend, fam: str, svc: str, node: NodeContext,
             rules.append(f"-j {MARK_OFFCLUSTER}")
     elif fam.endswith("-cluster"):
         rules.append(f"-j {MARK_MASQ}")
+    if fe.short_circuit:
+        # externalTrafficPolicy Local: pod-network clients, then the node itself (masqueraded),
+        # reach every endpoint (kube-proxy's KUBE-EXT chain: "pod traffic for ... external
+        # destinations", "masquerade LOCAL traffic", "route LOCAL traffic ... to service")
+        every = P + "SVC-" + _h(fe.service, fe.port_name, fam, "short-circuit")
+        out.chains[("nat", every)] = _svc_chain(
+            replace(fe, backends=fe.short_circuit, short_circuit=()), "short-circuit", every,
+            node, out)
+        rules += [f"-s {c} -j {every}" for c in node.cluster_cidrs]
+        rules += [f"-m addrtype --src-type LOCAL -j {MARK_MASQ}",
+                  f"-m addrtype --src-type LOCAL -j {every}"]
     seps = []
     for b in fe.backends:
         sep = P + "SEP-" + _h(svc, b)

@@ -19,6 +19,10 @@ sets/maps, so the common path has neither per service nor per endpoint):
   ``drop`` when endpoints exist but none is local under a Local policy.
 * ``firewall-ips`` + ``firewall-allow`` (an interval set of ``frontend . source range``):
   loadBalancerSourceRanges without a chain per service.
+* externalTrafficPolicy Local frontends: their group chain (``nodeport-local-tcp-<L>-<N>``)
+  first sends pod-network clients, then the node itself (masqueraded), to the service's N
+  endpoints (map indices L..), as kube-proxy's EXT chain does; everyone else gets the L local
+  ones, or falls through to the ``drop`` when there is none.
 * ``hairpin`` (``ep . ep``): postrouting marks a DNATed packet whose source is its own backend.
 * the only per-service chains are for sessionAffinity ClientIP, which needs per-backend state:
   ``aff-<h>`` (a sticky lookup per backend, then a random pick) and ``affep-<h>-<b>`` (remember the
@@ -35,7 +39,7 @@ import hashlib
 import ipaddress
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
 from netweft.proxy.model import ServiceKey
@@ -196,19 +200,43 @@ def mark_rule(fam: str, has_cidrs: bool) -> tuple[str, ...]:
     return ()
 
 
-def group_chain(fam: str, proto: str, count: int, node: NodeContext) -> NftObject:
-    return _group_chain(fam, proto, count, bool(node.cluster_cidrs))
+def group_chain(fam: str, proto: str, count: int, node: NodeContext,
+                short_circuit: int = 0) -> NftObject:
+    return _group_chain(fam, proto, count, bool(node.cluster_cidrs), short_circuit)
+
+
+def short_circuit_rules(has_cidrs: bool, target: str) -> tuple[str, ...]:
+    """Before an externalTrafficPolicy Local frontend picks a local endpoint: clients in the pod
+    network, then the node itself (masqueraded: its source is a node address), go to ``target``
+    (a DNAT over every endpoint, or ``goto`` a chain doing it) -- kube-proxy's EXT chain rules
+    "short-circuit pod traffic", "masquerade local traffic", "short-circuit local traffic"."""
+    pods = (f"ip saddr @{CLUSTER_CIDRS} {target}",) if has_cidrs else ()
+    return (*pods, f"fib saddr type local {SET_MARK} {target}")
+
+
+def _dnat(fam: str, proto: str, count: int, offset: int = 0) -> str:
+    """DNAT to one of ``count`` backends at indices ``offset``.. of the protocol's map."""
+    pick = f"numgen random mod {count}" + (f" offset {offset}" if offset else "")
+    if fam.startswith("nodeport"):
+        return (f"meta l4proto {proto} dnat ip to th dport . {pick} "
+                f"map @{nodeport_backends_map(proto)}")
+    return (f"meta l4proto {proto} dnat ip to ip daddr . th dport . {pick} "
+            f"map @{backends_map(proto)}")
 
 
 @functools.lru_cache(maxsize=4096)
-def _group_chain(fam: str, proto: str, count: int, has_cidrs: bool) -> NftObject:
-    if fam.startswith("nodeport"):
-        dnat = (f"meta l4proto {proto} dnat ip to th dport . numgen random mod {count} "
-                f"map @{nodeport_backends_map(proto)}")
-    else:
-        dnat = (f"meta l4proto {proto} dnat ip to ip daddr . th dport . numgen random mod "
-                f"{count} map @{backends_map(proto)}")
-    return NftObject(2, Chain(f"{fam}-{proto}-{count}", (*mark_rule(fam, has_cidrs), dnat)))
+def _group_chain(fam: str, proto: str, count: int, has_cidrs: bool,
+                 short_circuit: int = 0) -> NftObject:
+    """The chain of frontends of one kind, protocol and backend count; ``short_circuit``: the
+    number of backends (at indices ``count``..) of a Local frontend's pod and node clients
+    (``<fam>-<proto>-<count>-<short_circuit>``; ``count`` may then be 0: the other clients
+    fall through, to the ``drop`` of ``no-endpoint-*``)."""
+    if not short_circuit:
+        return NftObject(2, Chain(f"{fam}-{proto}-{count}",
+                                  (*mark_rule(fam, has_cidrs), _dnat(fam, proto, count))))
+    rules = short_circuit_rules(has_cidrs, _dnat(fam, proto, short_circuit, count))
+    own = (_dnat(fam, proto, count),) if count else ()
+    return NftObject(2, Chain(f"{fam}-{proto}-{count}-{short_circuit}", (*rules, *own)))
 
 
 def _short_hash(*parts: object) -> str:
@@ -221,9 +249,19 @@ def frontend_key(fe: Frontend) -> str:
 
 
 def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, list[NftObject]]:
-    """The per-service chains session affinity needs; returns (entry chain, objects)."""
+    """The per-service chains session affinity needs; returns (entry chain, objects). A Local
+    frontend's short-circuit backends get an entry chain of their own (family
+    ``short-circuit``) that the frontend's entry chain (one level up: deleted first) jumps to."""
     h = _short_hash(fe.service, fe.port_name, fam, fe.affinity_timeout)
     objects: list[NftObject] = []
+    prefix: tuple[str, ...] = ()
+    level = 2
+    if fe.short_circuit:
+        sc_entry, sc_objects = affinity_objects(
+            replace(fe, backends=fe.short_circuit, short_circuit=()), "short-circuit", node)
+        objects += sc_objects
+        prefix = short_circuit_rules(bool(node.cluster_cidrs), f"goto {sc_entry}")
+        level = 3
     sticky: list[str] = []
     picks: list[str] = []
     for b in fe.backends:
@@ -238,14 +276,16 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
             f"meta l4proto {fe.protocol.lower()} dnat ip to {b.address}:{b.port}"))))
         sticky.append(f"ip saddr @{set_name} goto {chain_name}")
         picks.append(chain_name)
-    if len(picks) == 1:
-        pick = f"goto {picks[0]}"
+    if not picks:
+        pick: tuple[str, ...] = ()      # no local endpoint: the rest falls through to the drop
+    elif len(picks) == 1:
+        pick = (f"goto {picks[0]}",)
     else:
-        pick = "numgen random mod {} vmap {{ {} }}".format(
-            len(picks), ", ".join(f"{i} : goto {c}" for i, c in enumerate(picks)))
+        pick = ("numgen random mod {} vmap {{ {} }}".format(
+            len(picks), ", ".join(f"{i} : goto {c}" for i, c in enumerate(picks))),)
     entry = f"{AFFINITY_PREFIX}{h}"
-    objects.append(NftObject(2, Chain(entry, (*mark_rule(fam, bool(node.cluster_cidrs)),
-                                              *sticky, pick))))
+    objects.append(NftObject(level, Chain(entry, (*mark_rule(fam, bool(node.cluster_cidrs)),
+                                                  *prefix, *sticky, *pick))))
     return entry, objects
 
 
@@ -273,8 +313,11 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
         if fe.outcome is not Outcome.BALANCE:
             verdict = f"goto {REJECT_CHAIN}" if fe.outcome is Outcome.REJECT else "drop"
             el[(NO_ENDPOINT_NODEPORTS if nodeport else NO_ENDPOINT_IPS, key)] = verdict
-            _comment(fe, el, comments, first)
-            continue
+            if not fe.short_circuit:
+                _comment(fe, el, comments, first)
+                continue
+            # Local without a local endpoint: pod and node clients are still DNATed (and so
+            # no longer match the drop, which the filter hooks check after DNAT)
         fam = family(fe)
         if fe.affinity_timeout is not None:
             entry, objects = affinity_objects(fe, fam, node)
@@ -283,17 +326,17 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
             verdict = f"goto {entry}"
         else:
             proto = fe.protocol.lower()
-            chain = group_chain(fam, proto, len(fe.backends), node)
+            chain = group_chain(fam, proto, len(fe.backends), node, len(fe.short_circuit))
             out.objects[chain.name] = chain
             verdict = f"goto {chain.name}"
             if nodeport:
                 backends, short = nodeport_backends_map(proto), str(fe.port)
             else:
                 backends, short = backends_map(proto), f"{fe.address} . {fe.port}"
-            for i, b in enumerate(fe.backends):
+            for i, b in enumerate((*fe.backends, *fe.short_circuit)):
                 el[(backends, f"{short} . {i}")] = f"{b.address} . {b.port}"
         el[(SERVICE_NODEPORTS if nodeport else SERVICE_IPS, key)] = verdict
-        for b in fe.backends:
+        for b in dict.fromkeys((*fe.backends, *fe.short_circuit)):
             if b.address in plan.local_addresses:      # only a pod of this node can hairpin
                 el[(HAIRPIN, f"{b.address} . {b.address}")] = None
         _comment(fe, el, comments, first)

@@ -50,6 +50,13 @@ class Frontend:
     outcome: Outcome
     affinity_timeout: int | None = None          # seconds, sessionAffinity ClientIP
     source_ranges: tuple[str, ...] = ()          # LoadBalancer ingress IPs only
+    # An external frontend (nodePort, external/LB IP) under externalTrafficPolicy Local: the
+    # backends of its pod-network clients (not masqueraded) and of the node itself
+    # (masqueraded), which the Local policy does not restrict -- kube-proxy's "short-circuit
+    # pod traffic" / "short-circuit local traffic" rules (pkg/proxy/nftables/proxier.go, the
+    # EXT chain; iptables alike): they reach every usable endpoint, even when none is local
+    # (outcome DROP then only drops the other clients). Sorted; empty elsewhere.
+    short_circuit: tuple[Backend, ...] = ()
 
     @property
     def masquerade(self) -> str:
@@ -148,9 +155,11 @@ def plan_service(
                 outcome = Outcome.DROP
             else:
                 outcome = Outcome.BALANCE
+            external_local = is_local and kind is not FrontendKind.CLUSTER
             frontends.append(Frontend(
                 service.key, port.name, kind, address, port.protocol, number, is_local,
-                backends if outcome is Outcome.BALANCE else (), outcome, affinity, ranges))
+                backends if outcome is Outcome.BALANCE else (), outcome, affinity, ranges,
+                every if external_local else ()))
 
         for ip in service.cluster_ips:
             if is_ipv4(ip):

@@ -115,7 +115,7 @@ class _Tracer:
 # nftables
 
 _NUMGEN_MAP = re.compile(r"^meta l4proto (tcp|udp|sctp) dnat ip to (ip daddr \. )?th dport \. "
-                         r"numgen random mod (\d+) map @(\S+)$")
+                         r"numgen random mod (\d+)(?: offset (\d+))? map @(\S+)$")
 _NUMGEN_VMAP = re.compile(r"^numgen random mod (\d+) vmap \{ (.*) \}$")
 _STATIC_DNAT = re.compile(r"^meta l4proto (\w+) dnat ip to ([\d.]+):(\d+)$")
 _MARK = f"meta mark set meta mark | 0x{MASQUERADE_MARK:x}"
@@ -169,14 +169,26 @@ class NftTracer(_Tracer):
             return nxt
         if rule == _MARK:
             return [("next", None, replace(st, mark=st.mark | MASQUERADE_MARK))]
+        if rule.startswith(_MARK + " "):          # a mark, then the rest of the rule
+            return self._eval(rule[len(_MARK) + 1:], pkt,
+                              replace(st, mark=st.mark | MASQUERADE_MARK))
+        if rule.startswith("ip saddr @cluster-cidrs "):
+            if _in(pkt.src, set(self._set("cluster-cidrs"))):
+                return self._eval(rule[len("ip saddr @cluster-cidrs "):], pkt, st)
+            return nxt
+        if rule.startswith("fib saddr type local "):     # sent from an address of the node
+            if pkt.local or pkt.src in self.node_ips:
+                return self._eval(rule[len("fib saddr type local "):], pkt, st)
+            return nxt
         m = _NUMGEN_MAP.match(rule)
         if m:
             out: list[tuple[str, str | None, _State]] = []
             if m.group(1) != pkt.proto:
                 return nxt
-            table = self._set(m.group(4))
+            table = self._set(m.group(5))
             prefix = f"{pkt.dst} . {pkt.dport}" if m.group(2) else str(pkt.dport)
-            for i in range(int(m.group(3))):
+            offset = int(m.group(4) or 0)
+            for i in range(offset, offset + int(m.group(3))):
                 v = table.get(f"{prefix} . {i}")
                 if v is None:
                     out.append(("next", None, st))      # lookup failed: the rule breaks
@@ -336,6 +348,10 @@ class IptablesTracer(_Tracer):
                     outcomes = [o and (ok != neg) for o in outcomes]
                     i += 2
                 elif mod == "comment":
+                    i += 2
+                elif mod == "addrtype":                     # --src-type LOCAL: a node address
+                    ok = pkt.local or pkt.src in self.node_ips
+                    outcomes = [o and ok for o in outcomes]
                     i += 2
                 elif mod == "conntrack":
                     i += 2                                  # --ctstate NEW: traced packets are new

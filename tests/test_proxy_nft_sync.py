@@ -65,14 +65,21 @@ def test_every_group_and_affinity_chain_is_created_by_a_delta(bed: Testbed) -> N
         assert not result.full, f"delta for {proto}/{count}/local={local}/aff={affinity} failed"
         if not affinity:
             p = proto.value.lower()
-            expected |= {f"cluster-{p}-{count}", f"{'local' if local else 'external'}-{p}-{count}",
-                         f"{'nodeport-local' if local else 'nodeport'}-{p}-{count}"}
-    assert {c.split("-")[-2] for c in expected} == set(PROTOCOLS)
+            # Local: <local count>-<every count> (pod and node clients reach every endpoint)
+            sc = f"-{count}" if local else ""
+            expected |= {f"cluster-{p}-{count}",
+                         f"{'local' if local else 'external'}-{p}-{count}{sc}",
+                         f"{'nodeport-local' if local else 'nodeport'}-{p}-{count}{sc}"}
+    assert {part for c in expected for part in c.split("-") if part in PROTOCOLS} == set(
+        PROTOCOLS)
     listing = dp.applier.run("list table ip netweft-proxy")
     missing = [c for c in expected if f"chain {c} {{" not in listing]
     assert not missing, missing
-    # an entry chain per frontend (cluster, external, nodeport) of each of the 18 affinity services
-    assert listing.count("chain aff-") == 3 * 18
+    # an entry chain per frontend (cluster, external, nodeport) of each of the 18 affinity
+    # services, and one more for the short-circuit of each of the 9 Local ones (shared by its
+    # external and nodeport frontends: same backends, same affinity state, as kube-proxy's
+    # short-circuit goes to the one cluster-policy chain)
+    assert listing.count("chain aff-") == 3 * 18 + 9
     # services whose chains a delta created carry traffic (n follows the product's order)
     tcp_3 = 1 + 2 * 4          # (TCP, count 3, Cluster, no affinity)
     [a] = bed.connect(bed.client, f"10.96.1.{tcp_3}", 80)

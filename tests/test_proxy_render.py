@@ -195,6 +195,48 @@ def test_external_traffic_local_without_local_endpoints_drops(trace) -> None:
     assert trace(POD, "10.96.0.32", 80).backends == {B("10.244.2.8")}
 
 
+def test_external_traffic_local_short_circuits_pods_and_the_node(trace) -> None:
+    """kube-proxy's EXT chain: a pod, or the node itself, reaching an externalTrafficPolicy
+    Local frontend goes to every endpoint (the node masqueraded, the pod not), even when none
+    is local; only other clients are held to local endpoints (tests/test_proxy_vs_kubeproxy.py
+    found the difference on the real kube-proxy)."""
+    t = trace(POD, "192.0.2.11", 30082)
+    assert (t.backends, t.verdicts) == ({B("10.244.2.8")}, {"dnat"})
+    assert not any(t.masquerade.values())
+    t = trace("192.0.2.11", "192.0.2.11", 30082, local=True)
+    assert (t.backends, t.verdicts) == ({B("10.244.2.8")}, {"dnat"})
+    assert all(t.masquerade.values())
+    t = trace(POD, "192.0.2.11", 30081)
+    assert t.backends == {B("10.244.1.7"), B("10.244.2.7")} and t.verdicts == {"dnat"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_external_traffic_local_short_circuit_with_affinity(mode: str) -> None:
+    services = {s.key: (s, e) for s, e in [
+        (svc("np-local-sticky", type=ServiceType.NODE_PORT, ip="10.96.0.33", node_port=30083,
+             external_traffic_local=True, session_affinity=True, affinity_timeout=30,
+             external_ips=("203.0.113.8",)),
+         eps("10.244.1.18") + eps("10.244.2.18", node="node-b")),
+        (svc("sticky-remote-only", type=ServiceType.NODE_PORT, ip="10.96.0.34",
+             node_port=30084, external_traffic_local=True, session_affinity=True,
+             affinity_timeout=30),
+         eps("10.244.2.19", node="node-b"))]}
+    walker = tracer(mode, ruleset(mode, services))
+
+    def trace(src: str, dst: str, port: int, local: bool = False) -> Trace:
+        return walker.trace(Packet(src, dst, "tcp", port, local))
+
+    both = {B("10.244.1.18"), B("10.244.2.18")}
+    assert trace(POD, "192.0.2.11", 30083).backends == both
+    assert trace(POD, "203.0.113.8", 80).backends == both
+    assert trace(OUTSIDE, "192.0.2.11", 30083).backends == {B("10.244.1.18")}
+    assert trace(OUTSIDE, "203.0.113.8", 80).backends == {B("10.244.1.18")}
+    t = trace("192.0.2.11", "192.0.2.11", 30084, local=True)
+    assert t.backends == {B("10.244.2.19")} and all(t.masquerade.values())
+    assert trace(POD, "192.0.2.11", 30084).backends == {B("10.244.2.19")}
+    assert trace(OUTSIDE, "192.0.2.11", 30084).verdicts == {"drop"}
+
+
 def test_load_balancer_ip_with_source_ranges(trace) -> None:
     assert trace("198.18.0.9", "203.0.113.40", 80).backends == {B("10.244.1.9")}
     assert trace("198.19.0.9", "203.0.113.40", 80).verdicts == {"drop"}
