@@ -45,29 +45,36 @@ Figures (each printed as one JSON line per proxy, then a table with ratios to ku
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import hashlib
+import http.client
 import itertools
 import json
 import os
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
-from lightkube import AsyncClient, KubeConfig, codecs
-from lightkube.resources.core_v1 import Node
-from lightkube.resources.discovery_v1 import EndpointSlice
-from lightkube.types import PatchType
-from netweft.daemon.controlplane import ControlPlane
+from netweft.daemon.controlplane import ControlPlane, Process
+from netweft.daemon.kubeproxy_run import (
+    KubeProxy,
+    KubeProxySettings,
+    node_with_address,
+    proxier_kubeconfig,
+)
+from netweft.daemon.nsrelay import NsRelay
 from netweft.proxy.testbed import Testbed, build
 
 PREFIX = f"nwk-bench{os.getpid() % 100000}"
@@ -148,13 +155,17 @@ def has_service(side: str, ns: str, cluster_ip: str, name: str) -> bool:
 
 
 def wait_programmed(side: str, ns: str, want: int, last_ip: str, last_name: str, start: float,
-                    deadline: float) -> dict[str, object]:
+                    deadline: float, alive: Callable[[], bool]) -> dict[str, object]:
     """Poll until ``ns`` holds ``want`` services for ``side``; seconds from ``start``
     (perf_counter) to the end of the first poll that saw them all, and the poll's own length
-    (the resolution). ``None`` seconds when ``deadline`` (s after start) passed first."""
+    (the resolution). ``None`` seconds when ``deadline`` (s after start) passed first or the
+    proxy died."""
     polls = 0
     while True:
         now = time.perf_counter()
+        if not alive():
+            return {"seconds": None, "died": True, "programmed": programmed(side, ns),
+                    "want": want}
         if now - start > deadline:
             return {"seconds": None, "timeout_s": deadline,
                     "programmed": programmed(side, ns), "want": want}
@@ -208,14 +219,21 @@ class Monitor:
 
 @dataclass
 class Side:
-    """One proxy in its own testbed (node namespace = ``bed.node``)."""
+    """One proxy in its own testbed (node namespace = ``bed.node``), reaching the apiserver
+    through a loopback relay in that namespace (daemon/nsrelay.py). kube-proxy is run by
+    daemon/kubeproxy_run.py (private mount namespace, read-only sysfs, global conntrack knobs
+    left alone) with its default sync periods (minSyncPeriod 1 s, syncPeriod 30 s); netweft
+    with its defaults (--min-sync-interval 1.0). Both use the same identity: kubeadm's
+    kube-proxy service account (ClusterRole system:node-proxier)."""
 
     name: str
     bed: Testbed
     kubeconfig: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    workdir: Path
+    api_port: int
+    netweft: Process | None = None
+    relay: NsRelay | None = None
+    kube_proxy: KubeProxy | None = None
 
     @property
     def ns(self) -> str:
@@ -225,36 +243,42 @@ class Side:
     def node_name(self) -> str:
         return f"bench-{self.name}"
 
-    def command(self) -> list[str]:
-        if self.name == "netweft":
-            return [str(Path(sys.executable).parent / "netweft"), "proxy", "--source", "kube",
-                    "--mode", "nftables", f"--kubeconfig={self.kubeconfig}",
-                    f"--node-name={self.node_name}", f"--node-ip={self.bed.node_ip}",
-                    f"--cluster-cidr={CLUSTER_CIDR}", "--healthz-bind-address=127.0.0.1"]
-        mode = self.name.split("-", 1)[1]
-        plane_bin = os.environ["NETWEFT_KUBE_BIN"]
-        return [f"{plane_bin}/kube-proxy", f"--proxy-mode={mode}",
-                f"--kubeconfig={self.kubeconfig}", f"--hostname-override={self.node_name}",
-                f"--cluster-cidr={CLUSTER_CIDR}",
-                # global sysctls (nf_conntrack_max, hashsize) are left alone: not ours to set
-                "--conntrack-max-per-core=0",
-                "--healthz-bind-address=127.0.0.1:10256",
-                "--metrics-bind-address=127.0.0.1:10249", "--v=1"]
-
     def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(in_ns(self.ns, *self.command()), stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+        if self.name == "netweft":
+            self.relay = NsRelay(self.ns, self.api_port).start()
+            self.netweft = Process("netweft proxy", in_ns(
+                self.ns, str(Path(sys.executable).parent / "netweft"), "proxy",
+                "--source", "kube", "--mode", "nftables", f"--kubeconfig={self.kubeconfig}",
+                f"--node-name={self.node_name}", f"--node-ip={self.bed.node_ip}",
+                f"--cluster-cidr={CLUSTER_CIDR}", "--healthz-bind-address=127.0.0.1"),
+                self.workdir / "netweft-proxy.log")
+            self.netweft.start()
+            return
+        settings = KubeProxySettings(self.node_name, self.bed.node_ip, self.kubeconfig,
+                                     mode=self.name.split("-", 1)[1],
+                                     cluster_cidr=CLUSTER_CIDR, min_sync_period=1.0,
+                                     sync_period=30.0, verbosity=1)
+        workdir = self.workdir / self.name
+        workdir.mkdir(exist_ok=True)
+        self.kube_proxy = KubeProxy(self.ns, settings, relay_port=self.api_port,
+                                    workdir=workdir).start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.netweft.pid if self.netweft is not None else (
+            self.kube_proxy.pid if self.kube_proxy is not None else None)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.netweft is not None:
+            return self.netweft.running()
+        return self.kube_proxy is not None and self.kube_proxy.running()
 
     def sample(self) -> dict[str, float]:
-        """CPU seconds (user+system, process and waited children) and peak RSS (MiB) of the
-        proxy (nsenter execs it, so the PID is the proxy's own)."""
-        assert self.proc is not None
-        p = psutil.Process(self.proc.pid)
+        """CPU seconds (user+system, process and waited children: iptables-restore, nft) and
+        RSS / peak RSS (VmHWM) in MiB of the proxy process (every wrapper execs: the PID is
+        the proxy's own)."""
+        assert self.pid is not None
+        p = psutil.Process(self.pid)
         t = p.cpu_times()
         cpu = t.user + t.system + t.children_user + t.children_system
         hwm = 0
@@ -266,23 +290,20 @@ class Side:
                 "rss_mib": p.memory_info().rss / 2**20}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
+        if self.netweft is not None:
+            self.netweft.stop()
+            self.netweft = None
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+        if self.kube_proxy is not None:
+            self.kube_proxy.stop()
+            self.kube_proxy = None
 
     def flush(self) -> None:
-        """Remove whatever the proxy left (its own cleanup mode), so a restart starts empty."""
-        if self.name == "netweft":
-            subprocess.run(in_ns(self.ns, "nft", "delete", "table", "ip", "netweft-proxy"),
-                           capture_output=True)
-        else:
-            subprocess.run(in_ns(self.ns, *self.command()[:1], "--cleanup"),
-                           capture_output=True)
+        """Empty the node's ruleset (the testbed itself has no rules), so a restart starts
+        from nothing."""
+        subprocess.run(in_ns(self.ns, "nft", "flush", "ruleset"), check=True)
 
 
 # --- API objects ---------------------------------------------------------------------------------
@@ -315,63 +336,73 @@ def bulk_ips(i: int) -> tuple[str, ...]:
 
 
 class Api:
-    """The admin client and the services written so far (name -> ClusterIP)."""
+    """Bulk writes as the admin over keep-alive HTTPS connections (stdlib http.client, one per
+    worker thread: lightkube's model round trip cost ~5 ms of client CPU per object, more than
+    the apiserver's own share), and the services written so far (name -> ClusterIP)."""
 
     def __init__(self, plane: ControlPlane, concurrency: int) -> None:
-        self.config = KubeConfig.from_file(str(plane.admin_kubeconfig))
+        self.plane = plane
         self.concurrency = concurrency
         self.cluster_ips: dict[str, str] = {}
+        self.local = threading.local()
+        assert plane.pki is not None
+        self.tls = ssl.create_default_context(cafile=str(plane.pki.ca_cert))
+        self.tls.load_cert_chain(*(str(f) for f in plane.pki.clients["admin"]))
 
-    async def _create(self, client: AsyncClient, obj: dict[str, object]) -> object:
-        return await client.create(codecs.from_dict(obj))
+    def _post(self, path: str, obj: dict[str, object]) -> dict[str, Any]:
+        """POST ``obj`` to ``path``; the created object; RuntimeError on any other answer."""
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.plane.port, timeout=60,
+                                               context=self.tls)
+            self.local.conn = conn
+        conn.request("POST", path, json.dumps(obj), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 201:
+            raise RuntimeError(f"POST {path}: {response.status} {body[:200]!r}")
+        return cast(dict[str, Any], json.loads(body))
 
-    async def write(self, services: list[tuple[str, tuple[str, ...]]]) -> tuple[float, float]:
+    def write(self, services: list[tuple[str, tuple[str, ...]]]) -> tuple[float, float]:
         """Create each Service then its EndpointSlice, ``concurrency`` pairs in flight; returns
         (perf_counter of the last write's answer, seconds the writes took)."""
-        client = AsyncClient(config=self.config, trust_env=False)
-        gate = asyncio.Semaphore(self.concurrency)
-        last = 0.0
+        svc_path = f"/api/v1/namespaces/{NAMESPACE}/services"
+        slice_path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
 
-        async def pair(name: str, ips: tuple[str, ...]) -> None:
-            nonlocal last
-            async with gate:
-                svc = await self._create(client, service_obj(name))
-                self.cluster_ips[name] = svc.spec.clusterIP  # type: ignore[attr-defined]
-                await self._create(client, slice_obj(name, ips))
-                last = max(last, time.perf_counter())
+        def pair(item: tuple[str, tuple[str, ...]]) -> float:
+            name, ips = item
+            svc = self._post(svc_path, service_obj(name))
+            self.cluster_ips[name] = svc["spec"]["clusterIP"]
+            self._post(slice_path, slice_obj(name, ips))
+            return time.perf_counter()
 
         t0 = time.perf_counter()
-        try:
-            await asyncio.gather(*(pair(n, ips) for n, ips in services))
-        finally:
-            await client.close()
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            last = max(pool.map(pair, services))
         return last, last - t0
 
-    async def setup(self, nodes: list[tuple[str, str]]) -> None:
-        client = AsyncClient(config=self.config, trust_env=False)
-        try:
-            await client.create(codecs.from_dict({"apiVersion": "v1", "kind": "Namespace",
-                                                  "metadata": {"name": NAMESPACE}}))
-            for name, ip in nodes:
-                await client.create(codecs.from_dict({"apiVersion": "v1", "kind": "Node",
-                                                      "metadata": {"name": name}}))
-                await client.patch(Node.Status, name, {"status": {"addresses": [
-                    {"type": "InternalIP", "address": ip}]}}, patch_type=PatchType.MERGE)
-        finally:
-            await client.close()
+    def setup(self) -> None:
+        self._post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                          "metadata": {"name": NAMESPACE}})
 
-    async def change(self, name: str, ips: tuple[str, ...]) -> float:
-        """Replace the slice's endpoints; perf_counter just before the write."""
-        client = AsyncClient(config=self.config, trust_env=False)
-        try:
-            t0 = time.perf_counter()
-            await client.patch(EndpointSlice, f"{name}-bench", {"endpoints": [
-                {"addresses": [ip], "conditions": {"ready": True}, "nodeName": f"node-{k}"}
-                for k, ip in enumerate(ips)]}, namespace=NAMESPACE,
-                patch_type=PatchType.MERGE)
-            return t0
-        finally:
-            await client.close()
+    def change(self, name: str, ips: tuple[str, ...]) -> float:
+        """Replace the slice's endpoints (merge patch); perf_counter just before the write,
+        on a connection already open."""
+        self.local.conn = getattr(self.local, "conn", None) or http.client.HTTPSConnection(
+            "127.0.0.1", self.plane.port, timeout=60, context=self.tls)
+        self.local.conn.request("GET", "/readyz")          # open (and keep) the connection
+        self.local.conn.getresponse().read()
+        patch = {"endpoints": [{"addresses": [ip], "conditions": {"ready": True},
+                                "nodeName": f"node-{k}"} for k, ip in enumerate(ips)]}
+        t0 = time.perf_counter()
+        self.local.conn.request(
+            "PATCH", f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices/"
+            f"{name}-bench", json.dumps(patch), {"Content-Type": "application/merge-patch+json"})
+        response = self.local.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"PATCH {name}-bench: {response.status} {body[:200]!r}")
+        return t0
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -397,22 +428,23 @@ class Bench:
         row = {"section": section, "loadavg_1m": round(os.getloadavg()[0], 2), **row}
         self.results[section].append(row)
         print(json.dumps(row), flush=True)
+        if self.args.json:
+            Path(self.args.json).write_text(json.dumps(self.results, indent=2))
 
     def start(self) -> None:
         self.plane.start()
-        assert self.plane.binaries is not None
-        os.environ["NETWEFT_KUBE_BIN"] = str(Path(self.plane.binaries.kube_proxy).parent)
-        self.plane.binaries.require(self.plane.binaries.kube_proxy)
         self.api = Api(self.plane, self.args.concurrency)
+        self.api.setup()
+        kubeconfig = proxier_kubeconfig(self.plane, self.work / "kube-proxy.kubeconfig")
         for name in SIDES:
             bed = build(make_ns)
             for ip in POD_IPS:
                 bed.add_pod(ip)
-            self.sides.append(Side(name, bed, self.plane.admin_kubeconfig,
-                                   self.work / f"{name}.log"))
-        asyncio.run(self.api.setup([(s.node_name, s.bed.node_ip) for s in self.sides]))
+            side = Side(name, bed, kubeconfig, self.work, self.plane.port)
+            node_with_address(self.plane, side.node_name, bed.node_ip)
+            self.sides.append(side)
         # the first-packet target, plus fillers up to 10 services
-        asyncio.run(self.api.write([("target", POD_IPS)]))
+        self.api.write([("target", POD_IPS)])
         self.grow(10, converge=False)
         for side in self.sides:
             side.start()
@@ -433,7 +465,7 @@ class Bench:
         batch = [(f"svc-{i}", bulk_ips(i)) for i in range(start, total)]
         if not batch:
             return
-        last, took = asyncio.run(self.api.write(batch))
+        last, took = self.api.write(batch)
         self.written = total
         if converge:
             self.wait_all(total, "converge", last, took)
@@ -448,9 +480,10 @@ class Bench:
 
         def one(side: Side) -> None:
             rows[side.name] = wait_programmed(side.name, side.ns, total, last_ip, last_name,
-                                              start, self.args.deadline)
+                                              start, self.args.deadline, side.alive)
 
-        threads = [threading.Thread(target=one, args=(s,)) for s in self.sides if s.alive()]
+        threads = [threading.Thread(target=one, args=(s,), daemon=True)
+                   for s in self.sides if s.alive()]
         for t in threads:
             t.start()
         for t in threads:
@@ -474,7 +507,7 @@ class Bench:
                 new = ip_of(CHANGE_BASE + j)
                 for m in monitors.values():
                     m.expect(new)
-                t0 = asyncio.run(self.api.change(f"svc-{i}", (*bulk_ips(i)[:2], new)))
+                t0 = self.api.change(f"svc-{i}", (*bulk_ips(i)[:2], new))
                 end = time.perf_counter() + 30
                 while time.perf_counter() < end and any(
                         m.when(new) is None for m in monitors.values()):
@@ -491,7 +524,8 @@ class Bench:
                 m.stop()
         for name, values in lat.items():
             self.show("change", {"proxy": name, "services": self.written, "changes": count,
-                                 "missed": missed[name],
+                                 "missed": missed[name], "all_ms": [round(1000 * v, 1)
+                                                                    for v in values],
                                  "p50_ms": 1000 * statistics.median(values) if values else None,
                                  "p99_ms": 1000 * pct(values, 0.99) if values else None})
 
@@ -521,7 +555,7 @@ class Bench:
             side.start()
             row = wait_programmed(side.name, side.ns, self.written,
                                   self.api.cluster_ips[last_name], last_name, t0,
-                                  self.args.deadline)
+                                  self.args.deadline, side.alive)
             stats = side.sample() if side.alive() else {}
             time.sleep(self.args.settle)      # the steady state after the full sync
             settled = side.sample() if side.alive() else {}
@@ -596,9 +630,7 @@ def main() -> None:
         with contextlib.suppress(Exception):
             bench.close()
         delete_all()
-    table(bench.results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(bench.results, indent=2))
+        table(bench.results)    # also after a kill (SIGTERM): what was measured so far
 
 
 if __name__ == "__main__":
