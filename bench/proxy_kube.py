@@ -349,19 +349,46 @@ class Api:
         self.tls = ssl.create_default_context(cafile=str(plane.pki.ca_cert))
         self.tls.load_cert_chain(*(str(f) for f in plane.pki.clients["admin"]))
 
+    def _request(self, method: str, path: str, obj: dict[str, object] | None = None,
+                 ) -> tuple[int, bytes]:
+        """One request on this thread's keep-alive connection; (status, body). A broken
+        connection is reopened and the request sent once more."""
+        for attempt in range(2):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPSConnection("127.0.0.1", self.plane.port, timeout=120,
+                                                   context=self.tls)
+                self.local.conn = conn
+            try:
+                conn.request(method, path, None if obj is None else json.dumps(obj),
+                             {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                return response.status, response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def _post(self, path: str, obj: dict[str, object]) -> dict[str, Any]:
-        """POST ``obj`` to ``path``; the created object; RuntimeError on any other answer."""
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPSConnection("127.0.0.1", self.plane.port, timeout=60,
-                                               context=self.tls)
-            self.local.conn = conn
-        conn.request("POST", path, json.dumps(obj), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 201:
-            raise RuntimeError(f"POST {path}: {response.status} {body[:200]!r}")
-        return cast(dict[str, Any], json.loads(body))
+        """Create ``obj`` at ``path``; the object as stored. An overloaded apiserver's 429/5xx
+        (its request timeout fires on a saturated machine) is retried, up to 20 times; a 409
+        after such a retry means the first attempt did land: the stored object is read back.
+        RuntimeError on any other answer."""
+        name = obj["metadata"]["name"]  # type: ignore[index]
+        for _ in range(20):
+            status, body = self._request("POST", path, obj)
+            if status == 201:
+                return cast(dict[str, Any], json.loads(body))
+            if status == 409:
+                status, body = self._request("GET", f"{path}/{name}")
+                if status == 200:
+                    return cast(dict[str, Any], json.loads(body))
+            if status not in (409, 429) and status < 500:
+                raise RuntimeError(f"POST {path}: {status} {body[:200]!r}")
+            time.sleep(1.0)
+        raise RuntimeError(f"POST {path}: still {status} after 20 attempts")
 
     def write(self, services: list[tuple[str, tuple[str, ...]]]) -> tuple[float, float]:
         """Create each Service then its EndpointSlice, ``concurrency`` pairs in flight; returns
@@ -388,17 +415,15 @@ class Api:
     def change(self, name: str, ips: tuple[str, ...]) -> float:
         """Replace the slice's endpoints (merge patch); perf_counter just before the write,
         on a connection already open."""
-        self.local.conn = getattr(self.local, "conn", None) or http.client.HTTPSConnection(
-            "127.0.0.1", self.plane.port, timeout=60, context=self.tls)
-        self.local.conn.request("GET", "/readyz")          # open (and keep) the connection
-        self.local.conn.getresponse().read()
+        self._request("GET", "/readyz")                 # open (and keep) the connection
         patch = {"endpoints": [{"addresses": [ip], "conditions": {"ready": True},
                                 "nodeName": f"node-{k}"} for k, ip in enumerate(ips)]}
         t0 = time.perf_counter()
-        self.local.conn.request(
-            "PATCH", f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices/"
-            f"{name}-bench", json.dumps(patch), {"Content-Type": "application/merge-patch+json"})
-        response = self.local.conn.getresponse()
+        conn = self.local.conn
+        conn.request("PATCH", f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/"
+                     f"endpointslices/{name}-bench", json.dumps(patch),
+                     {"Content-Type": "application/merge-patch+json"})
+        response = conn.getresponse()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"PATCH {name}-bench: {response.status} {body[:200]!r}")
