@@ -29,17 +29,23 @@ Figures (each printed as one JSON line per proxy, then a table with ratios to ku
 
 1. ``converge``: 1,000 / 10,000 / 30,000 services (cumulative), proxies running while the objects
    are written: time from the last API write to all of them in the kernel.
-2. ``change``: at 10,000, one EndpointSlice changed (an endpoint address replaced): time from
+2. ``change``: at each ``--at`` size (10,000 by default), one EndpointSlice changed (an endpoint address replaced): time from
    the API write to the new address in each kernel, seen by ``nft monitor`` in each namespace
    (iptables-nft rules are nftables rules too); p50/p99. Changes are spaced 1.5 s apart, past
    every proxy's default 1 s minimum sync interval.
-3. ``restart``: at 10,000, each proxy alone restarted (the other two stopped): start -> all
+3. ``restart``: at each ``--at`` size, each proxy alone restarted (the other two stopped): start -> all
    rules in the kernel (a full sync from the API), CPU seconds (process + waited children:
    iptables-restore, nft) and peak RSS (VmHWM) of the proxy process tree (psutil).
 4. ``first_packet``: TCP connect + first byte from the client namespace through each node to a
-   pod, with 10 and with 10,000 services loaded.
+   pod, with 10 services loaded and at each ``--at`` size (6 rounds alternating between the
+   proxies).
 
-    .venv/bin/python bench/proxy_kube.py [--sizes 1000,10000,30000] [--quick] [--json F]
+Writes go over keep-alive HTTPS from 32 threads; an apiserver that times out (504 on a saturated
+machine) is retried. On this shared 2-vCPU machine the apiserver took 5-10 ms of CPU per object:
+30,000 services are 60,000 writes, most of an hour under other people's load.
+
+    .venv/bin/python bench/proxy_kube.py [--sizes 1000,10000,30000] [--at 10000] [--quick]
+        [--json F]
 """
 
 from __future__ import annotations
