@@ -29,13 +29,14 @@ Figures (each printed as one JSON line per proxy, then a table with ratios to ku
 
 1. ``converge``: 1,000 / 10,000 / 30,000 services (cumulative), proxies running while the objects
    are written: time from the last API write to all of them in the kernel.
-2. ``change``: at each ``--at`` size (10,000 by default), one EndpointSlice changed (an endpoint address replaced): time from
-   the API write to the new address in each kernel, seen by ``nft monitor`` in each namespace
-   (iptables-nft rules are nftables rules too); p50/p99. Changes are spaced 1.5 s apart, past
+2. ``change``: at each ``--at`` size (10,000 by default), one EndpointSlice changed (an
+   endpoint address replaced): time from the API write to the new address in each kernel,
+   seen by ``nft monitor`` in each namespace (iptables-nft rules are nftables rules too);
+   p50/p99. Changes are spaced 1.5 s apart, past
    every proxy's default 1 s minimum sync interval.
-3. ``restart``: at each ``--at`` size, each proxy alone restarted (the other two stopped): start -> all
-   rules in the kernel (a full sync from the API), CPU seconds (process + waited children:
-   iptables-restore, nft) and peak RSS (VmHWM) of the proxy process tree (psutil).
+3. ``restart``: at each ``--at`` size, each proxy alone restarted (the other two stopped):
+   start -> all rules in the kernel (a full sync from the API), CPU seconds (process + waited
+   children: iptables-restore, nft) and peak RSS (VmHWM) of the proxy process (psutil).
 4. ``first_packet``: TCP connect + first byte from the client namespace through each node to a
    pod, with 10 services loaded and at each ``--at`` size (6 rounds alternating between the
    proxies).
