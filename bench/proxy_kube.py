@@ -56,7 +56,6 @@ import base64
 import contextlib
 import hashlib
 import http.client
-import itertools
 import json
 import os
 import signal
@@ -83,8 +82,8 @@ from netweft.daemon.kubeproxy_run import (
 )
 from netweft.daemon.nsrelay import NsRelay
 from netweft.proxy.testbed import Testbed, build
+from proxy_scale import delete_all, make_ns  # bench/: namespaces nwp-bench<pid>-*, deleted at exit
 
-PREFIX = f"nwk-bench{os.getpid() % 100000}"
 NAMESPACE = "bench"
 MANAGED_BY = "bench.netweft.io"
 CLUSTER_CIDR = "10.128.0.0/9"          # bulk endpoints 10.129.x.x+, the beds' pods 10.244.1.x
@@ -92,26 +91,9 @@ POD_IPS = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
 EP_BASE = (10 << 24) | (129 << 16)
 CHANGE_BASE = (10 << 24) | (250 << 16)
 SIDES = ("netweft", "kp-nftables", "kp-iptables")
-_made: list[str] = []
-_counter = itertools.count()
 
 
 # --- namespaces ----------------------------------------------------------------------------------
-
-
-def make_ns(tag: str) -> str:
-    """A fresh network namespace ``nwk-bench<pid>-<tag>-<n>`` with lo up (deleted at exit)."""
-    name = f"{PREFIX}-{tag}-{next(_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    _made.append(name)
-    return name
-
-
-def delete_all() -> None:
-    for name in reversed(_made):
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-    _made.clear()
 
 
 def in_ns(ns: str, *cmd: str) -> list[str]:
