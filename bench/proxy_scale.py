@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Service proxy scale benchmark (root; everything happens in namespaces this script creates).
+"""netweft's own service proxy scale benchmark, in process (root; everything happens in
+namespaces this script creates). The comparison with the real kube-proxy, fed by a real
+apiserver, is bench/proxy_kube.py; these are netweft's internal figures (no API, no process
+start), useful to see where the proxy's own time goes.
 
 1. Full sync, end to end from the model (plans + render + kernel), of N services x 3 endpoints,
-   nftables and iptables, beside a kube-proxy-style nftables ruleset of the same services (a
-   chain per service and per endpoint, ``numgen random mod N vmap { ... }``) loaded by ``nft -f``
-   in the same namespace (1,000 and 10,000 only: it grows quadratically). Endpoints are spread
-   over 10 nodes, the proxy runs on one of them (its hairpin set holds only its own endpoints).
+   nftables and iptables. Endpoints are spread over 10 nodes, the proxy runs on one of them
+   (its hairpin set holds only its own endpoints).
 2. One-service change at 10,000 services: event (tracker call) to kernel, median and p90.
 3. First-packet latency (TCP connect + first byte) to a service with 10 and with 10,000
    services loaded, from a client namespace through a node namespace to a pod.
@@ -28,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -119,32 +120,6 @@ def model(n: int, endpoints: int = 3) -> list[tuple[Service, tuple[Endpoint, ...
     return out
 
 
-def kube_proxy_style(items: list[tuple[Service, tuple[Endpoint, ...]]]) -> str:
-    """What kube-proxy's nftables mode loads: a verdict map of service IPs, a chain per service
-    with an anonymous numgen vmap, a chain per endpoint doing the DNAT."""
-    lines = ["add table ip nwp-kp", "delete table ip nwp-kp", "table ip nwp-kp {",
-             "\tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
-             "\tchain mark-for-masquerade {", "\t\tmeta mark set meta mark | 0x4000", "\t}"]
-    elements = []
-    for i, (svc, eps) in enumerate(items):
-        for k, ep in enumerate(eps):
-            lines += [f"\tchain endpoint-{i}-{k} {{",
-                      f"\t\tip saddr {ep.address} jump mark-for-masquerade",
-                      f"\t\tmeta l4proto tcp dnat to {ep.address}:8080", "\t}"]
-        picks = ", ".join(f"{k} : goto endpoint-{i}-{k}" for k in range(len(eps)))
-        lines += [f"\tchain service-{i} {{",
-                  f"\t\tip daddr {svc.cluster_ips[0]} tcp dport 80 ip saddr != 10.128.0.0/9 "
-                  "jump mark-for-masquerade",
-                  f"\t\tnumgen random mod {len(eps)} vmap {{ {picks} }}", "\t}"]
-        elements.append(f"{svc.cluster_ips[0]} . tcp . 80 : goto service-{i}")
-    lines += ["\tchain services {", "\t\tip daddr . meta l4proto . th dport vmap @service-ips",
-              "\t}", "\tchain nat-prerouting {",
-              "\t\ttype nat hook prerouting priority dstnat; policy accept;",
-              "\t\tjump services", "\t}", "}"]
-    lines.append(f"add element ip nwp-kp service-ips {{ {', '.join(elements)} }}")
-    return "\n".join(lines) + "\n"
-
-
 def runner_for(mode: str, applier_ns: str | None = None) -> ProxyRunner:
     if mode == "nftables":
         dp: NftablesDataplane | IptablesDataplane = NftablesDataplane(
@@ -162,12 +137,6 @@ def feed(runner: ProxyRunner, items: list[tuple[Service, tuple[Endpoint, ...]]])
         runner.tracker.service_updated(svc)
         runner.tracker.endpoints_updated(svc.key, eps)
     runner.tracker.synced()
-    return time.perf_counter() - t0
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
     return time.perf_counter() - t0
 
 
@@ -197,25 +166,6 @@ def full_sync(mode: str, n: int, runs: int) -> dict[str, object]:
             "ingest_s": statistics.median(ingest), "loadavg_1m": load, "chains": counts[0],
             "rules": counts[1], "elements": counts[2],
             "applier": "libnftables" if mode == "nftables" and NftApplier()._lib else "process"}
-
-
-def kube_proxy_load(n: int) -> dict[str, object]:
-    text = kube_proxy_style(model(n))
-    path = Path(f"/tmp/{PREFIX}-kp-{n}.nft")
-    path.write_text(text)
-    ns = make_ns("kp")
-    try:
-        c0 = cpu_seconds()
-        t = timed(lambda: subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(path)],
-                                         check=True))
-        cpu = cpu_seconds() - c0
-    finally:
-        path.unlink()
-        subprocess.run(["ip", "netns", "delete", ns], check=True)
-        _made.remove(ns)
-    return {"mode": "kube-proxy-style nft -f", "services": n, "median_s": t, "cpu_s": cpu,
-            "loadavg_1m": os.getloadavg()[0],
-            "chains": n * 4 + 3, "anonymous_vmaps": n}
 
 
 def one_change(mode: str, n: int, changes: int, applier_ns: bool = False) -> dict[str, object]:
@@ -336,7 +286,6 @@ def first_packet(mode: str, sizes: list[int], connects: int, rounds: int = 6) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,30000")
-    ap.add_argument("--kube-proxy-sizes", default="1000,10000")
     ap.add_argument("--iptables-sizes", default="1000,10000,30000", help="iptables-legacy")
     ap.add_argument("--iptables-nft-sizes", default="1000",
                     help="iptables with the nf_tables backend (10,000 takes about 90 s)")
@@ -344,7 +293,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=30)
     ap.add_argument("--connects", type=int, default=100, help="per round (6 rounds)")
     ap.add_argument("--sections", default="all",
-                    help="comma list of: nftables, kube-proxy, iptables, change, first-packet")
+                    help="comma list of: nftables, iptables, change, first-packet")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -352,12 +301,11 @@ def main() -> None:
         sys.exit("proxy_scale.py: run as root (it creates network namespaces)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # clean up namespaces on kill
     sizes = [int(x) for x in args.sizes.split(",")]
-    kp_sizes = [int(x) for x in args.kube_proxy_sizes.split(",") if x]
     ipt_sizes = [int(x) for x in args.iptables_sizes.split(",") if x]
     iptn_sizes = [int(x) for x in args.iptables_nft_sizes.split(",") if x]
     big = 10000
     if args.quick:
-        sizes, kp_sizes, ipt_sizes, big = [100, 1000], [100, 1000], [100, 1000], 1000
+        sizes, ipt_sizes, big = [100, 1000], [100, 1000], 1000
         iptn_sizes = [100]
         args.changes, args.connects, args.runs = 10, 30, 1
     results: dict[str, list[dict[str, object]]] = {"full": [], "change": [], "first_packet": []}
@@ -374,8 +322,6 @@ def main() -> None:
     try:
         for n in sizes if on("nftables") else []:
             show("full", full_sync("nftables", n, args.runs if n < 30000 else 1))
-        for n in kp_sizes if on("kube-proxy") else []:
-            show("full", kube_proxy_load(n))
         for n in ipt_sizes if on("iptables") else []:
             show("full", full_sync("iptables-legacy", n, args.runs if n < 10000 else 1))
         for n in iptn_sizes if on("iptables") else []:
