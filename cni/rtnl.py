@@ -44,7 +44,10 @@ IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_IFALIAS = 12, 18, 28, 20
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_BRPORT_MODE = 4
 IFA_LOCAL, IFA_ADDRESS = 2, 1
-RTA_TABLE = 15
+RTA_TABLE, RTA_PREFSRC, RTA_MULTIPATH = 15, 7, 9
+RTM_DELADDR = 21
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT = 15
 IFA_F_NODAD = 0x02
 IFA_FLAGS = 8
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -404,6 +407,61 @@ class Rtnl:
         if oif:
             body += _u32(RTA_OIF, oif)
         return _msg(kind, flags, body)
+
+    # -- overlay devices (``ip link add ... type vxlan|wireguard``, ``ip route get``) ----------
+    @staticmethod
+    def newlink_msg(name: str, kind: str, mtu: int, mac: str = "",
+                    info_data: bytes = b"") -> tuple[int, bytes]:
+        """Create link ``name`` of ``kind`` (must not exist); ``info_data``: its
+        IFLA_INFO_DATA attributes (e.g. :meth:`vxlan_data`)."""
+        info = _str(IFLA_INFO_KIND, kind)
+        if info_data:
+            info += _attr(IFLA_INFO_DATA | NLA_F_NESTED, info_data)
+        body = (IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name) + _u32(IFLA_MTU, mtu)
+                + _attr(IFLA_LINKINFO | NLA_F_NESTED, info))
+        if mac:
+            body += _attr(IFLA_ADDRESS, _mac(mac))
+        return _msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+    @staticmethod
+    def vxlan_data(vni: int, local: IPv4Address, port: int, parent: int) -> bytes:
+        """IFLA_INFO_DATA of ``type vxlan id <vni> local <local> dstport <port> dev <parent>
+        nolearning`` (linux/if_link.h IFLA_VXLAN_*)."""
+        return (_u32(IFLA_VXLAN_ID, vni) + _attr(IFLA_VXLAN_LOCAL, local.packed)
+                + _attr(IFLA_VXLAN_PORT, struct.pack("!H", port))
+                + _attr(IFLA_VXLAN_LEARNING, b"\0") + _u32(IFLA_VXLAN_LINK, parent))
+
+    @staticmethod
+    def setlink_attrs_msg(index: int, up: bool | None = None, mtu: int | None = None,
+                          mac: str | None = None) -> tuple[int, bytes]:
+        """``ip link set <index> [up] [mtu N] [address MAC]``."""
+        flags = change = 0
+        if up is not None:
+            flags, change = (IFF_UP if up else 0), IFF_UP
+        body = IFINFOMSG.pack(0, 0, index, flags, change)
+        if mtu is not None:
+            body += _u32(IFLA_MTU, mtu)
+        if mac:
+            body += _attr(IFLA_ADDRESS, _mac(mac))
+        return _msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
+
+    @staticmethod
+    def dellink_index_msg(index: int) -> tuple[int, bytes]:
+        return _msg(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, IFINFOMSG.pack(0, 0, index, 0, 0))
+
+    @staticmethod
+    def deladdr_msg(index: int, address: IPv4Interface) -> tuple[int, bytes]:
+        raw = address.ip.packed
+        body = (IFADDRMSG.pack(socket.AF_INET, address.network.prefixlen, 0, 0, index)
+                + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
+        return _msg(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, body)
+
+    @staticmethod
+    def getroute_msg(dst: IPv4Address) -> tuple[int, bytes]:
+        """``ip route get <dst>`` (the reply is one RTM_NEWROUTE)."""
+        body = (RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
+                + _attr(RTA_DST, dst.packed))
+        return _msg(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_ACK, body)
 
     @staticmethod
     def parse_link(body: bytes) -> Link:
