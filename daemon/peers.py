@@ -66,6 +66,7 @@ class PeerReconciler:
         self.last_errors: list[str] = []
         self.reconciles = 0
         self.programmed = 0
+        self._programmed_keys: set[str] = set()  # valid leases programmed without error
         self._wake = asyncio.Event()
         self._full = True  # the next pass compares with the kernel (else: lease events only)
         self._pending: dict[str, tuple[Lease | None, Lease | None]] = {}
@@ -187,14 +188,16 @@ class PeerReconciler:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        self._count_programmed(backend.last_desired)
+        ok = {p.subnet for p in backend.last_desired.peers if p.error is None}
+        self._programmed_keys = {k for k, le in self.valid.items() if le.subnet in ok}
+        self._count_programmed()
         self.metrics.set("netweft_leases", len(self.leases))
         self.last_reconcile = time.time()
         self.metrics.set("netweft_last_reconcile_timestamp_seconds", self.last_reconcile)
         self.on_pass()
 
-    def _count_programmed(self, desired: DesiredState) -> None:
-        self.programmed = len([p for p in desired.peers if p.error is None])
+    def _count_programmed(self) -> None:
+        self.programmed = len(self._programmed_keys)
         self.metrics.set("netweft_peers_programmed", self.programmed)
 
     async def apply_lease_events(
@@ -204,10 +207,12 @@ class PeerReconciler:
         assert own is not None
         backend = self.backend
         empty = DesiredState()
-        changes = merge([
-            lease_change(backend.desired(own, [old]) if old else empty,
-                         backend.desired(own, [new]) if new else empty)
-            for old, new in pending.values()])
+        parts, now_ok = [], {}
+        for key, (old, new) in pending.items():
+            want = backend.desired(own, [new]) if new else empty
+            parts.append(lease_change(backend.desired(own, [old]) if old else empty, want))
+            now_ok[key] = bool(want.peers) and all(p.error is None for p in want.peers)
+        changes = merge(parts)
         if changes.empty:
             return
         try:
@@ -222,7 +227,12 @@ class PeerReconciler:
             self.request_full()
             return
         log.info("lease changes: %d kernel change(s)", changes.count)
-        self._count_programmed(backend.desired(own, self.valid_leases()))
+        for key, ok in now_ok.items():
+            if ok:
+                self._programmed_keys.add(key)
+            else:
+                self._programmed_keys.discard(key)
+        self._count_programmed()
         self.on_pass()
 
     async def run(self) -> None:
@@ -247,6 +257,6 @@ class PeerReconciler:
 
 def _same(a: Lease | None, b: Lease | None) -> bool:
     """Whether two versions of a lease program the same entries (value and etcd lease)."""
-    if a is None or b is None:
+    if a is None or b is None or a is b:
         return a is b
     return a.value() == b.value() and a.etcd_lease_id == b.etcd_lease_id

@@ -60,7 +60,7 @@ def lease(n: int) -> Lease:
                  etcd_lease_id=1)
 
 
-async def _run_events(batches: list[list[LeaseEvent]]) -> RecordingHostGw:
+async def _run_events(batches: list[list[LeaseEvent]]) -> tuple[RecordingHostGw, int]:
     backend = RecordingHostGw()
     kernel = InlineKernel()
     own = lease(0)
@@ -77,7 +77,7 @@ async def _run_events(batches: list[list[LeaseEvent]]) -> RecordingHostGw:
             peers.on_events(events)
         for _ in range(20):  # loop turns, no wall-clock wait
             await asyncio.sleep(0)
-        return backend
+        return backend, peers.programmed
     finally:
         task.cancel()
         kernel.shutdown()
@@ -86,14 +86,25 @@ async def _run_events(batches: list[list[LeaseEvent]]) -> RecordingHostGw:
 def test_a_lease_event_reaches_the_kernel_without_a_coalescing_delay() -> None:
     """The event pass starts within a few turns of the loop (it used to sleep 10 ms first, a
     third of a join's convergence time)."""
-    backend = asyncio.run(_run_events([[LeaseEvent("added", lease(1))]]))
+    backend, programmed = asyncio.run(_run_events([[LeaseEvent("added", lease(1))]]))
+    assert programmed == 1
     assert [r.dst for c in backend.applied for r in c.add_routes] == [
         IPv4Network("10.244.1.0/24")]
 
 
 def test_events_delivered_together_are_applied_as_one_change() -> None:
-    backend = asyncio.run(_run_events([[LeaseEvent("added", lease(1)),
-                                        LeaseEvent("added", lease(2))]]))
+    backend, programmed = asyncio.run(_run_events([[LeaseEvent("added", lease(1)),
+                                                    LeaseEvent("added", lease(2))]]))
+    assert programmed == 2
     assert len(backend.applied) == 1
     assert sorted(r.dst for r in backend.applied[0].add_routes) == [
         IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")]
+
+
+def test_peers_programmed_follows_removals_and_unreachable_peers() -> None:
+    off_link = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("198.51.100.3"), "host-gw",
+                     etcd_lease_id=1)  # host-gw cannot reach it: never counted as programmed
+    _, programmed = asyncio.run(_run_events([
+        [LeaseEvent("added", lease(1)), LeaseEvent("added", lease(2))],
+        [LeaseEvent("removed", lease(1)), LeaseEvent("added", off_link)]]))
+    assert programmed == 1
