@@ -169,8 +169,8 @@ class Netlink:
     def set_link(self, index: int, state: str | None = None, mtu: int | None = None,
                  address: str | None = None) -> None:
         """``ip link set <index> [up|down] [mtu N] [address MAC]``. Raises NetlinkError."""
-        self._call(Rtnl.setlink_attrs_msg(index, None if state is None else state == "up",
-                                          mtu, address))
+        self._call(Rtnl.setlink_msg(index, None if state is None else state == "up", None,
+                                    mtu, address))
 
     def delete_link(self, index: int) -> None:
         self._call(Rtnl.dellink_index_msg(index), ignore=(errno.ENODEV, errno.ENOENT))

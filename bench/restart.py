@@ -142,7 +142,13 @@ def measure(daemon: str, leases: int, timeout: float) -> dict[str, object]:
         target = subnet.network_address + 1
         convergence.ip(joiner_ns, f"addr add {target}/32 dev lo")
         want = leases + 2  # the fakes, the joiner, node2
-        wait(lambda: overlay_routes(node1.netns) >= want, timeout, f"{want} routes on node1")
+        try:
+            wait(lambda: overlay_routes(node1.netns) >= want, timeout, f"{want} routes on node1")
+        except RuntimeError as exc:
+            with open(node1.daemon_log, errors="replace") as f:
+                tail = f.read()[-1500:]
+            raise RuntimeError(f"{exc} (has {overlay_routes(node1.netns)}); daemon log: "
+                               f"{tail}") from None
         time.sleep(1.0)
         monitors = Monitors.start(node1.netns, lab.state_dir)
         time.sleep(0.5)

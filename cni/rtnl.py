@@ -324,7 +324,8 @@ class Rtnl:
 
     @staticmethod
     def setlink_msg(index: int, up: bool | None = None, master: int | None = None,
-                    mtu: int | None = None) -> tuple[int, bytes]:
+                    mtu: int | None = None, mac: str | None = None) -> tuple[int, bytes]:
+        """``ip link set <index> [up|down] [master N] [mtu N] [address MAC]``."""
         flags = change = 0
         if up is not None:
             flags, change = (IFF_UP if up else 0), IFF_UP
@@ -333,6 +334,8 @@ class Rtnl:
             body += _u32(IFLA_MASTER, master)
         if mtu is not None:
             body += _u32(IFLA_MTU, mtu)
+        if mac:
+            body += _attr(IFLA_ADDRESS, _mac(mac))
         return _msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
     @staticmethod
@@ -430,20 +433,6 @@ class Rtnl:
         return (_u32(IFLA_VXLAN_ID, vni) + _attr(IFLA_VXLAN_LOCAL, local.packed)
                 + _attr(IFLA_VXLAN_PORT, struct.pack("!H", port))
                 + _attr(IFLA_VXLAN_LEARNING, b"\0") + _u32(IFLA_VXLAN_LINK, parent))
-
-    @staticmethod
-    def setlink_attrs_msg(index: int, up: bool | None = None, mtu: int | None = None,
-                          mac: str | None = None) -> tuple[int, bytes]:
-        """``ip link set <index> [up] [mtu N] [address MAC]``."""
-        flags = change = 0
-        if up is not None:
-            flags, change = (IFF_UP if up else 0), IFF_UP
-        body = IFINFOMSG.pack(0, 0, index, flags, change)
-        if mtu is not None:
-            body += _u32(IFLA_MTU, mtu)
-        if mac:
-            body += _attr(IFLA_ADDRESS, _mac(mac))
-        return _msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body)
 
     @staticmethod
     def dellink_index_msg(index: int) -> tuple[int, bytes]:
