@@ -58,6 +58,7 @@ class PeerReconciler:
         self.on_own_altered: Callable[[str], None] = lambda _why: None
         self.filter = LeaseFilter(config)
         self.valid: dict[str, Lease] = {}  # the programmable view (our own lease included)
+        self._owners: dict[object, str] = {}  # subnet (v4 or v6) -> key of the valid lease
         self.on_pass: Callable[[], None] = lambda: None
         self.before_full: Callable[[], Any] | None = None  # kernel-thread hook (underlay check)
         self.leases: dict[str, Lease] = {}
@@ -89,6 +90,48 @@ class PeerReconciler:
         before = self.valid
         self.valid = {self.key_for(le): le for le in
                       self.filter.valid(self.leases.values(), self.own())}
+        self._owners = {net: key for key, le in self.valid.items()
+                        for net in (le.subnet, le.ipv6_subnet) if net is not None}
+        self.metrics.set("netweft_leases_invalid", len(self.leases) - len(self.valid))
+        return before
+
+    def _patch(self, events: list[LeaseEvent], own: Lease,
+               own_key: str) -> dict[str, Lease | None] | None:
+        """Apply ``events`` to the valid view without checking every lease again; returns the
+        previous value of each changed key. None (nothing changed) when the whole view must be
+        checked instead (:meth:`_revalidate`): an event of our own lease, an invalid lease in
+        the view (a removal may uncover it), or an added lease that is invalid on its own or
+        whose subnet another lease holds. (Re-checking the whole view at every event cost
+        O(leases): 0.25 s per event at 1,000 leases under load.)"""
+        if self.filter.reported:
+            return None
+        changes: dict[str, Lease | None] = {}
+        for ev in events:
+            key = self.key_for(ev.lease)
+            if key == own_key:
+                return None
+            if ev.kind == "removed":
+                changes[key] = None
+                continue
+            if self.filter.solo(ev.lease, own) is not None:
+                return None
+            for net in (ev.lease.subnet, ev.lease.ipv6_subnet):
+                if net is not None and self._owners.get(net, key) != key:
+                    return None
+            changes[key] = ev.lease
+        before: dict[str, Lease | None] = {}
+        for key, lease in changes.items():
+            before.setdefault(key, self.valid.get(key))
+            if lease is None:
+                old = self.valid.pop(key, None)
+                for net in (old.subnet, old.ipv6_subnet) if old else ():
+                    if net is not None and self._owners.get(net) == key:
+                        del self._owners[net]
+            else:
+                self.valid[key] = lease
+                for net in (lease.subnet, lease.ipv6_subnet):
+                    if net is not None:
+                        self._owners[net] = key
         self.metrics.set("netweft_leases_invalid", len(self.leases) - len(self.valid))
         return before
 
@@ -129,8 +172,11 @@ class PeerReconciler:
                     self.on_own_lease(f"our lease {own.key_name} now belongs to {who}")
                 elif state is Drift.ALTERED:
                     self.on_own_altered(f"our lease {own.key_name} was changed in etcd")
-        before = self._revalidate()
-        for key in before.keys() | self.valid.keys():
+        patched = self._patch(events, own, own_key)
+        before: dict[str, Lease] | dict[str, Lease | None] = (
+            patched if patched is not None else self._revalidate())
+        keys = patched.keys() if patched is not None else before.keys() | self.valid.keys()
+        for key in keys:
             old, new = before.get(key), self.valid.get(key)
             if key == own_key or _same(old, new):
                 continue

@@ -158,7 +158,8 @@ class LeaseFilter:
         # is not checked again (the daemon re-checks the whole view at every lease event)
         self._solo: dict[str, tuple[Lease, Lease | None, str | None]] = {}
 
-    def _solo_problem(self, lease: Lease, own: Lease | None) -> str | None:
+    def solo(self, lease: Lease, own: Lease | None) -> str | None:
+        """:func:`solo_problem` for this filter's config, memoised per lease object."""
         key = lease.key_name
         hit = self._solo.get(key)
         if hit is not None and hit[0] is lease and hit[1] is own:
@@ -170,7 +171,7 @@ class LeaseFilter:
     def valid(self, leases: Iterable[Lease], own: Lease | None = None) -> list[Lease]:
         """The programmable leases among ``leases`` (``own`` included if it is among them)."""
         items = list(leases)
-        result = check_leases(self.cfg, items, own, lambda le: self._solo_problem(le, own))
+        result = check_leases(self.cfg, items, own, lambda le: self.solo(le, own))
         if len(self._solo) > 2 * len(items) + 64:  # forget leases that are gone
             keys = {le.key_name for le in items}
             self._solo = {k: v for k, v in self._solo.items() if k in keys}

@@ -108,3 +108,55 @@ def test_peers_programmed_follows_removals_and_unreachable_peers() -> None:
         [LeaseEvent("added", lease(1)), LeaseEvent("added", lease(2))],
         [LeaseEvent("removed", lease(1)), LeaseEvent("added", off_link)]]))
     assert programmed == 1
+
+
+def test_the_valid_view_patched_per_event_equals_a_full_check() -> None:
+    """Events usually patch the valid view (no whole-view check per event); whatever the
+    events, the view equals the leases checked from scratch, and the queued changes turn the
+    old view into the new one."""
+    import random
+
+    from netweft.ipam.leasecheck import check_leases
+
+    cfg = parse_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}')
+    own = lease(0)
+    peers = PeerReconciler(RecordingHostGw(), InlineKernel(), Metrics(), lambda: own,
+                           lambda le: f"/subnets/{le.key_name}", interval=3600, config=cfg)
+    peers.set_leases([own])
+    pool = [lease(n) for n in range(1, 12)] + [
+        Lease(IPv4Network("10.245.1.0/24"), IPv4Address("192.0.2.50"), "host-gw",
+              etcd_lease_id=1),  # outside the network
+        Lease(IPv4Network("10.244.5.0/25"), IPv4Address("192.0.2.51"), "host-gw",
+              etcd_lease_id=1),  # wrong length
+        Lease(IPv4Network("10.244.6.0/24"), IPv4Address("192.0.2.99"), "host-gw",
+              etcd_lease_id=2)]  # a new version of lease 6
+    rng = random.Random(12)
+    programmed: dict[str, Lease] = {}
+    for _ in range(300):
+        batch = [LeaseEvent(rng.choice(["added", "added", "removed"]), rng.choice(pool))
+                 for _ in range(rng.randint(1, 3))]
+        peers.on_events(batch)
+        for key, (_old, new) in peers._pending.items():
+            if new is None:
+                programmed.pop(key, None)
+            else:
+                programmed[key] = new
+        peers._pending.clear()
+        want = {f"/subnets/{le.key_name}": le
+                for le in check_leases(cfg, peers.leases.values(), own).valid}
+        assert peers.valid == want
+        assert programmed == {k: v for k, v in want.items() if v is not own}
+
+
+def test_an_ordinary_lease_event_does_not_check_the_whole_view_again() -> None:
+    cfg = parse_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}')
+    own = lease(0)
+    peers = PeerReconciler(RecordingHostGw(), InlineKernel(), Metrics(), lambda: own,
+                           lambda le: f"/subnets/{le.key_name}", interval=3600, config=cfg)
+    peers.set_leases([own, *(lease(n) for n in range(1, 100))])
+    full_checks = []
+    real = peers.filter.valid
+    peers.filter.valid = lambda *a: full_checks.append(1) or real(*a)  # type: ignore[method-assign]
+    peers.on_events([LeaseEvent("added", lease(100)), LeaseEvent("removed", lease(3))])
+    assert not full_checks
+    assert set(peers._pending) == {"/subnets/10.244.100.0-24", "/subnets/10.244.3.0-24"}
