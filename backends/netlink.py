@@ -1,27 +1,69 @@
-"""Thin helpers over pyroute2's IPRoute: the few netlink calls the backends and the daemon use.
+"""The few rtnetlink calls the backends and the daemon use, over netweft.cni.rtnl's
+struct-coded socket (linux/rtnetlink.h, linux/neighbour.h, linux/if_link.h layouts).
 
 One :class:`Netlink` object holds one rtnetlink socket, optionally in a named network namespace
-(``Netlink(netns="nwd-node1")``; the daemon itself runs inside the node namespace and passes
-none). pyroute2 0.9's synchronous IPRoute drives a private event loop per call, so it must not
-be called from a thread that runs an asyncio loop: the daemon calls it from one worker thread.
-Dumps are filtered (by device or by our route protocol) so hot paths never decode every link.
+(``Netlink(netns="nwd-node1")``, opened through pyroute2's ``netns.create_socket``; the daemon
+itself runs inside the node namespace and passes none). Not thread-safe: the daemon calls it
+from one worker thread. Errors are :class:`NetlinkError` (an OSError carrying the kernel's
+errno, also as ``code``).
+
+Why not pyroute2's IPRoute (issue 12, measured on this 2-core machine under load): its 0.9
+release drives an event loop per call (a link lookup 10-18 ms, a neighbour 2-4 ms, encoding a
+message ~0.5 ms) and importing it takes ~1.6 s and ~20 MiB of the daemon's RSS; ``ip -batch``
+costs a process start (~7 ms) per group. These requests take ~0.05 ms each.
 """
 
 from __future__ import annotations
 
 import errno
-import json
+import os
+import socket
+import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from netweft.backends.base import RTPROT_NETWEFT, Changes, FdbEntry, Neighbour, Route
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from netweft.cni.rtnl import (
+    AF_BRIDGE,
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    IFADDRMSG,
+    IFINFOMSG,
+    IFLA_INFO_DATA,
+    IFLA_LINKINFO,
+    NDA_DST,
+    NDA_LLADDR,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_MULTIPATH,
+    RTA_OIF,
+    RTA_PREFSRC,
+    RTA_TABLE,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTMSG,
+    Rtnl,
+    RtnlError,
+    format_mac,
+    parse_attrs,
+)
 
 RTNH_F_ONLINK = 4
 AF_INET = 2
+RTNEXTHOP = struct.Struct("=HBBi")
+
+
+class NetlinkError(OSError):
+    """A netlink request failed: ``code`` (also ``errno``) is the kernel's error number."""
+
+    @property
+    def code(self) -> int:
+        return int(self.errno or 0)
 
 
 @dataclass(frozen=True)
@@ -51,68 +93,87 @@ class Netlink:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._ipr: IPRoute | None = None
+        self._rtnl: Rtnl | None = None
 
     @property
-    def ipr(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
-        return self._ipr
+    def rtnl(self) -> Rtnl:
+        """The hot path's socket (:mod:`netweft.cni.rtnl`), opened in ``netns`` when given."""
+        if self._rtnl is None:
+            sock = None
+            if self.netns:  # tests and `netweft inspect`; the daemon runs inside its namespace
+                from pyroute2.netns import create_socket
+
+                sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_RAW,
+                                     socket.NETLINK_ROUTE)
+            self._rtnl = Rtnl(sock)
+        return self._rtnl
+
+    def rtnl_index(self, name: str) -> int | None:
+        """The index of link ``name`` (None when there is none), through :attr:`rtnl`."""
+        link = self.rtnl.link(name)
+        return link.index if link else None
+
+    def _call(self, message: tuple[int, bytes], ignore: tuple[int, ...] = ()) -> bytes | None:
+        """One request; its reply body, if any. Raises :class:`NetlinkError`."""
+        try:
+            return self.rtnl.call(message, ignore)
+        except RtnlError as exc:
+            raise NetlinkError(exc.errno or errno.EIO, exc.strerror or str(exc)) from None
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
     # --- links ------------------------------------------------------------------------------
 
     def link_index(self, name: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=name)
-        return int(found[0]) if found else None
+        return self.rtnl_index(name)
 
     def link(self, name: str) -> LinkInfo | None:
+        """Link ``name`` (None when there is none); one struct-coded RTM_GETLINK (pyroute2
+        took 10-18 ms per call on this machine under load, and a full pass made several)."""
+        seq, msg = Rtnl.getlink_msg(name)
         try:
-            msgs = self.ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
+            body = self.rtnl.batch([(seq, msg)]).get(seq)
+        except RtnlError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
                 return None
             raise
-        return _link_info(msgs[0]) if msgs else None
+        return _parse_link_info(body) if body else None
 
     def links(self) -> list[LinkInfo]:
-        return [_link_info(m) for m in self.ipr.link("dump")]
+        return [_parse_link_info(body) for body in self.rtnl.dump(
+            RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0))]
 
-    def create_vxlan(self, name: str, vni: int, local: IPv4Address, port: int, parent: int,
-                     mac: str | None, mtu: int) -> int:
-        kwargs: dict[str, Any] = dict(
-            ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=str(local), vxlan_port=port,
-            vxlan_learning=0, vxlan_link=parent, mtu=mtu)
-        if mac:
-            kwargs["address"] = mac
-        self.ipr.link("add", **kwargs)
+    def _created(self, name: str) -> int:
         index = self.link_index(name)
         if index is None:  # pragma: no cover - the kernel just created it
             raise NetlinkError(errno.ENODEV, f"{name} vanished after creation")
         return index
+
+    def create_vxlan(self, name: str, vni: int, local: IPv4Address, port: int, parent: int,
+                     mac: str | None, mtu: int) -> int:
+        """``ip link add <name> [address <mac>] mtu <mtu> type vxlan id <vni> local <local>
+        dstport <port> dev <parent> nolearning``; its index. Raises NetlinkError."""
+        self._call(Rtnl.newlink_msg(name, "vxlan", mtu, mac or "",
+                                    Rtnl.vxlan_data(vni, local, port, parent)))
+        return self._created(name)
 
     def create_wireguard(self, name: str, mtu: int) -> int:
         """``ip link add <name> type wireguard`` (the kernel's device). Raises NetlinkError
         (EOPNOTSUPP, "Unknown device type") where the kernel has no WireGuard."""
-        self.ipr.link("add", ifname=name, kind="wireguard", mtu=mtu)
-        index = self.link_index(name)
-        if index is None:  # pragma: no cover - the kernel just created it
-            raise NetlinkError(errno.ENODEV, f"{name} vanished after creation")
-        return index
+        self._call(Rtnl.newlink_msg(name, "wireguard", mtu))
+        return self._created(name)
 
-    def set_link(self, index: int, **kwargs: Any) -> None:
-        self.ipr.link("set", index=index, **kwargs)
+    def set_link(self, index: int, state: str | None = None, mtu: int | None = None,
+                 address: str | None = None) -> None:
+        """``ip link set <index> [up|down] [mtu N] [address MAC]``. Raises NetlinkError."""
+        self._call(Rtnl.setlink_msg(index, None if state is None else state == "up", None,
+                                    mtu, address))
 
     def delete_link(self, index: int) -> None:
-        try:
-            self.ipr.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENODEV, errno.ENOENT):
-                raise
+        self._call(Rtnl.dellink_index_msg(index), ignore=(errno.ENODEV, errno.ENOENT))
 
     def ensure_device(self, link: LinkInfo, mtu: int, address: IPv4Interface) -> None:
         """Make ``link`` up, with ``mtu`` and ``address`` as its only IPv4 address (changes
@@ -134,83 +195,74 @@ class Netlink:
     # --- addresses --------------------------------------------------------------------------
 
     def addresses(self, index: int | None = None) -> list[tuple[int, IPv4Interface]]:
-        """IPv4 addresses as (ifindex, address/prefixlen)."""
-        kwargs: dict[str, Any] = {"family": AF_INET}
-        if index is not None:
-            kwargs["index"] = index
+        """IPv4 addresses as (ifindex, address/prefixlen) (one struct-coded dump)."""
         out = []
-        for msg in self.ipr.addr("dump", **kwargs):
-            if index is not None and msg["index"] != index:
+        for body in self.rtnl.dump(RTM_GETADDR, IFADDRMSG.pack(AF_INET, 0, 0, 0, 0)):
+            _family, plen, _flags, _scope, ifindex = IFADDRMSG.unpack_from(body, 0)
+            if index is not None and ifindex != index:
                 continue
-            addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-            if addr:
-                out.append((int(msg["index"]), IPv4Interface(f"{addr}/{msg['prefixlen']}")))
+            attrs = parse_attrs(body, IFADDRMSG.size)
+            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if raw:
+                out.append((ifindex, IPv4Interface((raw, plen))))
         return out
 
     def add_address(self, index: int, addr: IPv4Interface) -> None:
-        try:
-            self.ipr.addr("add", index=index, address=str(addr.ip),
-                          prefixlen=addr.network.prefixlen)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
+        self._call(Rtnl.addr_msg(index, addr), ignore=(errno.EEXIST,))
 
     def del_address(self, index: int, addr: IPv4Interface) -> None:
-        try:
-            self.ipr.addr("del", index=index, address=str(addr.ip),
-                          prefixlen=addr.network.prefixlen)
-        except NetlinkError as exc:
-            if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
-                raise
+        self._call(Rtnl.deladdr_msg(index, addr),
+                   ignore=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV))
 
-    # --- our routes, neighbours and FDB entries: iproute2 JSON dumps and batches -------------
+    # --- our routes, neighbours and FDB entries: struct-coded netlink (netweft.cni.rtnl) -----
     #
     # Measured with 1,000 peers: pyroute2 decodes a dump at ~0.2 ms per message (routes 290 ms,
     # neighbours 180 ms, FDB 170 ms) and applies ~0.8 ms per entry (3,000 entries: 2.3 s);
-    # `ip -j ... show` dumps each in ~6 ms and `ip -batch` applies the 3,000 in ~0.1 s. The
-    # periodic reconcile pass and the first programming use these; pyroute2 keeps the rest.
+    # `ip -j ... show` / `ip -batch` cost a process start each (~7 ms, more under load), which
+    # was most of a lease event's latency. Dumps and changes go through netweft.cni.rtnl's
+    # socket; `ip -batch` is kept only for the rare unreachable route.
 
     def _cmd(self, tool: str) -> list[str]:
         return [tool, *(["-n", self.netns] if self.netns else [])]
 
-    def _json(self, tool: str, *args: str) -> list[dict[str, Any]]:
-        proc = subprocess.run([*self._cmd(tool), "-j", *args], capture_output=True, text=True,
-                              timeout=60)
-        if proc.returncode != 0:
-            msg = proc.stderr.strip().splitlines()
-            raise NetlinkError(errno.EIO, f"{tool} {' '.join(args)}: "
-                                          f"{msg[0] if msg else proc.returncode}")
-        text = proc.stdout.strip()
-        return json.loads(text) if text else []
-
     def routes(self, proto: int) -> list[Route]:
-        """IPv4 routes in the main table carrying protocol ``proto``."""
+        """IPv4 routes in the main table carrying protocol ``proto`` that go out of a device
+        (an ``unreachable`` route has none and is never listed)."""
+        names = self.rtnl.link_names()
         out = []
-        for r in self._json("ip", "-4", "route", "show", "table", "main", "proto", str(proto)):
-            dst, gw, dev = r.get("dst"), r.get("gateway"), r.get("dev")
-            if not dst or not dev or dst == "default":
+        for fields, attrs in self.rtnl.routes(AF_INET):
+            _fam, dst_len, _src, _tos, table, protocol, _scope, _type, flags = fields
+            if RTA_TABLE in attrs:
+                table = struct.unpack("=I", attrs[RTA_TABLE])[0]
+            if table != RT_TABLE_MAIN or protocol != proto or not dst_len:
                 continue
-            if "/" not in dst:
-                dst += "/32"
-            out.append(Route(IPv4Network(dst), IPv4Address(gw) if gw else None, dev,
-                             "onlink" in (r.get("flags") or [])))
+            oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
+            if not oif or oif not in names:
+                continue
+            gw = attrs.get(RTA_GATEWAY)
+            dst = IPv4Network((attrs.get(RTA_DST, bytes(4)), dst_len))
+            out.append(Route(dst, IPv4Address(gw) if gw else None, names[oif],
+                             bool(flags & RTNH_F_ONLINK)))
         return out
 
     def neighbours(self, dev: str) -> list[Neighbour]:
         """Permanent IPv4 neighbours on ``dev``."""
+        index = self.rtnl_index(dev)
         out = []
-        for n in self._json("ip", "-4", "neigh", "show", "dev", dev, "nud", "permanent"):
-            if n.get("dst") and n.get("lladdr"):
-                out.append(Neighbour(IPv4Address(n["dst"]), str(n["lladdr"]).lower(), dev))
+        for ifindex, state, _flags, attrs in self.rtnl.neighbours(AF_INET):
+            dst, mac = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+            if ifindex == index and state & NUD_PERMANENT and dst and mac:
+                out.append(Neighbour(IPv4Address(dst), format_mac(mac), dev))
         return out
 
     def fdb(self, dev: str) -> list[FdbEntry]:
         """Forwarding entries with an IPv4 remote (``dst``) on VXLAN device ``dev``."""
+        index = self.rtnl_index(dev)
         out = []
-        for f in self._json("bridge", "fdb", "show", "dev", dev):
-            dst, mac = f.get("dst"), f.get("mac")
-            if mac and dst and ":" not in dst:
-                out.append(FdbEntry(str(mac).lower(), IPv4Address(dst), dev))
+        for ifindex, _state, _flags, attrs in self.rtnl.neighbours(AF_BRIDGE):
+            dst, mac = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+            if ifindex == index and mac and dst and len(dst) == 4:
+                out.append(FdbEntry(format_mac(mac), IPv4Address(dst), dev))
         return out
 
     def batch(self, tool: str, lines: list[str], benign: tuple[str, ...] = ()) -> list[str]:
@@ -259,63 +311,118 @@ class Netlink:
 
     def route_get(self, dst: IPv4Address) -> RouteLookup | None:
         try:
-            msg = self.ipr.route("get", dst=str(dst))[0]
+            body = self._call(Rtnl.getroute_msg(dst))
         except NetlinkError:
             return None
-        gw = msg.get_attr("RTA_GATEWAY")
-        src = msg.get_attr("RTA_PREFSRC")
-        return RouteLookup(int(msg.get_attr("RTA_OIF")), IPv4Address(gw) if gw else None,
-                           IPv4Address(src) if src else None)
+        if not body:
+            return None
+        attrs = parse_attrs(body, RTMSG.size)
+        if RTA_OIF not in attrs:
+            return None
+        gw, src = attrs.get(RTA_GATEWAY), attrs.get(RTA_PREFSRC)
+        return RouteLookup(struct.unpack("=I", attrs[RTA_OIF])[0],
+                           IPv4Address(gw) if gw else None, IPv4Address(src) if src else None)
 
     def default_route_oif(self) -> int | None:
         """The output interface of the IPv4 default route in the main table."""
-        for msg in self.ipr.route("dump", family=AF_INET, table=254):
-            if msg["dst_len"] == 0 and msg.get_attr("RTA_TABLE") in (None, 254):
-                oif = msg.get_attr("RTA_OIF")
-                if oif is not None:
-                    return int(oif)
-                for hop in msg.get_attr("RTA_MULTIPATH") or []:
-                    return int(hop["oif"])
+        for fields, attrs in self.rtnl.routes(AF_INET):
+            table = (struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs
+                     else fields[4])
+            if fields[1] != 0 or table != RT_TABLE_MAIN:
+                continue
+            if RTA_OIF in attrs:
+                return int(struct.unpack("=I", attrs[RTA_OIF])[0])
+            hops = attrs.get(RTA_MULTIPATH, b"")
+            if len(hops) >= RTNEXTHOP.size:  # struct rtnexthop: len, flags, hops, ifindex
+                return int(RTNEXTHOP.unpack_from(hops, 0)[3])
         return None
 
 
 GONE = ("No such process", "No such file or directory", "Cannot find device")
 
 
+GONE_ERRNOS = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
+
+
 def apply_changes(nl: Netlink, changes: Changes) -> list[str]:
-    """Apply in Flannel's order (neighbours, FDB entries, routes; removal in reverse), each
-    group as one batch; returns one line per entry that failed (reconcile retries them)."""
-    p = str(RTPROT_NETWEFT)
-    errors = nl.batch("ip", [f"neigh replace {n.ip} lladdr {n.mac} dev {n.dev} nud permanent"
-                             for n in changes.add_neighbours])
-    errors += nl.batch("bridge", [f"fdb replace {f.mac} dev {f.dev} dst {f.dst} self permanent"
-                                  for f in changes.add_fdb])
-    errors += nl.batch("ip", [f"route replace {r.describe()} proto {p}"
-                              for r in changes.add_routes])
-    errors += nl.batch("ip", [f"route del {r.dst}" + (f" via {r.gateway}" if r.gateway else
-                                                      f" dev {r.dev}") + f" proto {p}"
-                              for r in changes.del_routes], benign=GONE)
-    errors += nl.batch("bridge", [f"fdb del {f.mac} dev {f.dev} dst {f.dst} self"
-                                  for f in changes.del_fdb], benign=GONE)
-    errors += nl.batch("ip", [f"neigh del {n.ip} dev {n.dev}" for n in changes.del_neighbours],
-                       benign=GONE)
+    """Apply in Flannel's order (neighbours, FDB entries, routes; removal in reverse) as
+    netlink requests in as few writes as the kernel's acks allow (:meth:`Rtnl.send_all`);
+    returns one line per entry that failed (reconcile retries them). Deleting what is already
+    gone is not an error.
+
+    Measured on this 2-core machine under load: one ``ip -batch`` costs a process start
+    (~7 ms) per group, a pyroute2 call 2-4 ms, these requests ~0.05 ms each."""
+    p = RTPROT_NETWEFT
+    indexes: dict[str, int | None] = {}
+
+    def index(dev: str) -> int | None:
+        if dev not in indexes:
+            indexes[dev] = nl.rtnl_index(dev)
+        return indexes[dev]
+
+    requests: list[tuple[tuple[int, bytes] | None, str, bool]] = []  # (message, what, del?)
+
+    def add(build: Callable[[int], tuple[int, bytes]], dev: str, what: str, delete: bool) -> None:
+        ifindex = index(dev)
+        requests.append((build(ifindex) if ifindex else None, what, delete))
+
+    for n in changes.add_neighbours:
+        add(lambda i, n=n: Rtnl.neigh_msg(True, n.ip, i, n.mac), n.dev,
+            f"ip neigh replace {n.describe()}", False)
+    for f in changes.add_fdb:
+        add(lambda i, f=f: Rtnl.fdb_msg(True, f.mac, i, f.dst), f.dev,
+            f"bridge fdb replace {f.describe()}", False)
+    for r in changes.add_routes:
+        add(lambda i, r=r: Rtnl.peer_route_msg(True, r.dst, r.gateway, i, r.onlink, p), r.dev,
+            f"ip route replace {r.describe()} proto {p}", False)
+    for r in changes.del_routes:
+        add(lambda i, r=r: Rtnl.peer_route_msg(False, r.dst, r.gateway, i, False, p), r.dev,
+            f"ip route del {r.describe()} proto {p}", True)
+    for f in changes.del_fdb:
+        add(lambda i, f=f: Rtnl.fdb_msg(False, f.mac, i, f.dst), f.dev,
+            f"bridge fdb del {f.describe()}", True)
+    for n in changes.del_neighbours:
+        add(lambda i, n=n: Rtnl.neigh_msg(False, n.ip, i), n.dev,
+            f"ip neigh del {n.ip} dev {n.dev}", True)
+    messages = [m for m, _, _ in requests if m is not None]
+    failed = nl.rtnl.send_all(messages) if messages else {}
+    errors = []
+    for message, what, delete in requests:
+        code = errno.ENODEV if message is None else failed.get(message[0], 0)
+        if code and not (delete and code in GONE_ERRNOS):
+            errors.append(f"{what}: {os.strerror(code)}")
     return errors
 
 
-def _link_info(msg: Any) -> LinkInfo:
-    kind = None
+# linux/if_link.h IFLA_VXLAN_* attributes read back (the names pyroute2 gives them, lowercased)
+_VXLAN_U32 = {1: "id", 3: "link", 8: "ageing"}
+_VXLAN_U8 = {5: "ttl", 6: "tos", 7: "learning", 11: "proxy", 12: "rsc", 13: "l2miss",
+             14: "l3miss", 18: "udp_csum"}
+IFLA_VXLAN_LOCAL, IFLA_VXLAN_PORT = 4, 15
+
+
+def _vxlan_info(data: bytes) -> dict[str, Any]:
+    """IFLA_INFO_DATA of a vxlan link as {name: value}: ``local`` a dotted IPv4 string,
+    ``port`` in host order."""
+    out: dict[str, Any] = {}
+    for kind, raw in parse_attrs(data, 0).items():
+        if kind in _VXLAN_U32 and len(raw) >= 4:
+            out[_VXLAN_U32[kind]] = struct.unpack("=I", raw[:4])[0]
+        elif kind in _VXLAN_U8 and raw:
+            out[_VXLAN_U8[kind]] = raw[0]
+        elif kind == IFLA_VXLAN_LOCAL and len(raw) == 4:
+            out["local"] = str(IPv4Address(raw))
+        elif kind == IFLA_VXLAN_PORT and len(raw) >= 2:
+            out["port"] = struct.unpack("!H", raw[:2])[0]
+    return out
+
+
+def _parse_link_info(body: bytes) -> LinkInfo:
+    """A RTM_NEWLINK body (ifinfomsg + attributes) as :class:`LinkInfo`."""
+    link = Rtnl.parse_link(body)
     vxlan: dict[str, Any] = {}
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is not None:
-        kind = info.get_attr("IFLA_INFO_KIND")
-        data = info.get_attr("IFLA_INFO_DATA")
-        if kind == "vxlan" and data is not None:
-            for key, value in data["attrs"]:
-                if key.startswith("IFLA_VXLAN_"):
-                    vxlan[key[len("IFLA_VXLAN_"):].lower()] = value
-    mac = msg.get_attr("IFLA_ADDRESS")
-    return LinkInfo(
-        index=int(msg["index"]), name=str(msg.get_attr("IFLA_IFNAME")), kind=kind,
-        mtu=int(msg.get_attr("IFLA_MTU") or 0), mac=str(mac).lower() if mac else None,
-        up=bool(msg["flags"] & 1), vxlan=vxlan,
-    )
+    if link.kind == "vxlan":
+        info = parse_attrs(parse_attrs(body, IFINFOMSG.size).get(IFLA_LINKINFO, b""), 0)
+        vxlan = _vxlan_info(info.get(IFLA_INFO_DATA, b""))
+    return LinkInfo(index=link.index, name=link.name, kind=link.kind or None, mtu=link.mtu,
+                    mac=link.mac or None, up=link.up, vxlan=vxlan)

@@ -49,7 +49,7 @@ from netweft.backends.base import (
     WgPeer,
     peers_of,
 )
-from netweft.backends.netlink import LinkInfo, Netlink, apply_changes
+from netweft.backends.netlink import LinkInfo, Netlink, NetlinkError, apply_changes
 from netweft.backends.wireguard_go import WireGuardGo, socket_answers, socket_path
 from netweft.backends.wireguard_keys import (
     is_key,
@@ -60,7 +60,6 @@ from netweft.backends.wireguard_keys import (
 )
 from netweft.backends.wireguard_wg import Wg
 from netweft.ipam.lease import Lease
-from pyroute2.netlink.exceptions import NetlinkError
 
 if TYPE_CHECKING:
     from netweft.backends.registry import BackendParams

@@ -64,6 +64,11 @@ async def agent(endpoint: str) -> None:
             await client.put(req["key"], req["value"], lease=lease)
             t1 = time.time()
             reply = {"t0": t0, "t1": t1}
+        elif req["op"] == "bulk":  # [[key, value], ...] without a TTL, 64 at a time
+            items = req["items"]
+            for start in range(0, len(items), 64):
+                await asyncio.gather(*(client.put(k, v) for k, v in items[start:start + 64]))
+            reply = {"ok": True}
         else:
             await client.delete(req["key"])
             reply = {"ok": True}

@@ -10,6 +10,10 @@ moment, the split between them is the least noise-sensitive comparison of the tw
 cost per byte on a busy machine. Target: >= 0.95. By default the netweft lab runs without
 `netweft proxy` (the reference has no service proxy either); ``--with-proxy`` adds it.
 
+``--against flanneld`` puts a pair of real flanneld nodes (deploy/flannel.sh; their pods wired by
+the reference bridge plugin, as Flannel's CNI plugin delegates) in the reference's place (issue
+12): the same figures, netweft's pair vs flanneld's.
+
 ``--wireguard`` measures the encrypted overlay instead (issue 13): two netweft labs, wireguard
 (userspace wireguard-go where the kernel has no WireGuard) and vxlan, and the raw underlay
 (node to node over eth0), each with 1 and 4 parallel streams, rounds alternating the order.
@@ -20,6 +24,7 @@ the machine counts too). No target: "works and is measured".
 
     sudo .venv/bin/python bench/dataplane.py [--backend vxlan --backend host-gw]
                                              [--rounds 5] [--seconds 3] [--json out.json]
+    sudo .venv/bin/python bench/dataplane.py --against flanneld [--backend vxlan ...]
     sudo .venv/bin/python bench/dataplane.py --wireguard [--rounds 3] [--seconds 3]
 """
 
@@ -68,13 +73,19 @@ def measure_together(labs: dict[str, Lab], seconds: float) -> dict[str, float]:
 
 
 def run_backend(backend: str, rounds: int, seconds: float, tag: str,
-                with_proxy: bool = False, calibrate: bool = False) -> dict[str, object]:
+                with_proxy: bool = False, calibrate: bool = False,
+                against: str = "hand") -> dict[str, object]:
+    """``against``: "hand" (the hand-programmed lab) or "flanneld" (both nodes run the real
+    flanneld, pods wired by the reference bridge plugin from its subnet.env)."""
+    reference = (LabSpec(prefix=f"nwlbf{tag}", nodes=2, pods_per_node=1, backend=backend,
+                         proxy=False, flannel_nodes=2) if against == "flanneld" else
+                 LabSpec(prefix=f"nwlbr{tag}", nodes=2, pods_per_node=1, backend=backend,
+                         dataplane="reference"))
     specs = {
         "netweft": LabSpec(prefix=f"nwlbn{tag}", nodes=2, pods_per_node=1, backend=backend,
                            proxy=with_proxy,
                            dataplane="reference" if calibrate else "netweft"),
-        "reference": LabSpec(prefix=f"nwlbr{tag}", nodes=2, pods_per_node=1, backend=backend,
-                             dataplane="reference"),
+        "reference": reference,
     }
     labs: dict[str, Lab] = {}
     try:
@@ -104,6 +115,7 @@ def run_backend(backend: str, rounds: int, seconds: float, tag: str,
                                      strict=True)]
     return {
         "backend": backend,
+        "reference": against,
         "with_proxy": with_proxy,
         "calibration": calibrate,
         "netweft_gbits": series["netweft"].gbits,
@@ -246,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wireguard", action="store_true",
                         help="wireguard vs vxlan vs the raw underlay, 1 and 4 streams, with CPU "
                              "seconds per side (issue 13); no target.")
+    parser.add_argument("--against", choices=["hand", "flanneld"], default="hand",
+                        help="The reference pair: the hand-programmed lab (default) or two "
+                             "nodes running the real flanneld (deploy/flannel.sh; issue 12).")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -262,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for backend in args.backend or ["vxlan", "host-gw"]:
         results.append(run_backend(backend, args.rounds, args.seconds, tag, args.with_proxy,
-                                   args.calibrate))
+                                   args.calibrate, args.against))
     print()
-    print(f"{'backend':<8} {'netweft':>10} {'reference':>10} {'ratio':>7} {'paired':>7} "
+    ref = "flanneld" if args.against == "flanneld" else "reference"
+    print(f"{'backend':<8} {'netweft':>10} {ref:>10} {'ratio':>7} {'paired':>7} "
           f"{'at once':>7}  (median Gbit/s, {args.rounds} x {args.seconds:g} s iperf3 pod-to-pod "
           "across nodes)")
     for res in results:

@@ -5,8 +5,10 @@ netlink watcher reports a loss or a lease change could not be applied) makes sur
 right (``Backend.setup``: recreated when deleted, MAC/MTU/address restored), then dumps what is
 ours, diffs it with the desired state (a pure function of own lease, peer leases and config) and
 applies the difference. Between full passes, lease *events* apply just the entries of the leases
-that changed, without looking at the kernel. Events arriving together are coalesced into one
-pass (10 ms), and several events of one lease collapse into (first old, last new).
+that changed, without looking at the kernel. A pass starts as soon as the loop is free (no
+coalescing delay: measured, the 10 ms it used to wait was a third of a join's convergence);
+events arriving while a pass runs are applied together by the next one, and several events of
+one lease collapse into (first old, last new).
 
 Only *valid* leases are ever programmed (``ipam/leasecheck.py``: right SubnetLen, inside the
 network, a unicast public address, no overlap with our own subnet or an earlier lease; issue 9
@@ -34,8 +36,6 @@ from netweft.ipam.leases import LeaseEvent
 
 log = logging.getLogger("netweft.agent")
 
-COALESCE_SECONDS = 0.01
-
 
 class PeerReconciler:
     """Owns the lease view (``leases``: key -> lease, our own included), the device info and
@@ -58,6 +58,7 @@ class PeerReconciler:
         self.on_own_altered: Callable[[str], None] = lambda _why: None
         self.filter = LeaseFilter(config)
         self.valid: dict[str, Lease] = {}  # the programmable view (our own lease included)
+        self._owners: dict[object, str] = {}  # subnet (v4 or v6) -> key of the valid lease
         self.on_pass: Callable[[], None] = lambda: None
         self.before_full: Callable[[], Any] | None = None  # kernel-thread hook (underlay check)
         self.leases: dict[str, Lease] = {}
@@ -66,6 +67,7 @@ class PeerReconciler:
         self.last_errors: list[str] = []
         self.reconciles = 0
         self.programmed = 0
+        self._programmed_keys: set[str] = set()  # valid leases programmed without error
         self._wake = asyncio.Event()
         self._full = True  # the next pass compares with the kernel (else: lease events only)
         self._pending: dict[str, tuple[Lease | None, Lease | None]] = {}
@@ -88,6 +90,48 @@ class PeerReconciler:
         before = self.valid
         self.valid = {self.key_for(le): le for le in
                       self.filter.valid(self.leases.values(), self.own())}
+        self._owners = {net: key for key, le in self.valid.items()
+                        for net in (le.subnet, le.ipv6_subnet) if net is not None}
+        self.metrics.set("netweft_leases_invalid", len(self.leases) - len(self.valid))
+        return before
+
+    def _patch(self, events: list[LeaseEvent], own: Lease,
+               own_key: str) -> dict[str, Lease | None] | None:
+        """Apply ``events`` to the valid view without checking every lease again; returns the
+        previous value of each changed key. None (nothing changed) when the whole view must be
+        checked instead (:meth:`_revalidate`): an event of our own lease, an invalid lease in
+        the view (a removal may uncover it), or an added lease that is invalid on its own or
+        whose subnet another lease holds. (Re-checking the whole view at every event cost
+        O(leases): 0.25 s per event at 1,000 leases under load.)"""
+        if self.filter.reported:
+            return None
+        changes: dict[str, Lease | None] = {}
+        for ev in events:
+            key = self.key_for(ev.lease)
+            if key == own_key:
+                return None
+            if ev.kind == "removed":
+                changes[key] = None
+                continue
+            if self.filter.solo(ev.lease, own) is not None:
+                return None
+            for net in (ev.lease.subnet, ev.lease.ipv6_subnet):
+                if net is not None and self._owners.get(net, key) != key:
+                    return None
+            changes[key] = ev.lease
+        before: dict[str, Lease | None] = {}
+        for key, lease in changes.items():
+            before.setdefault(key, self.valid.get(key))
+            if lease is None:
+                old = self.valid.pop(key, None)
+                for net in (old.subnet, old.ipv6_subnet) if old else ():
+                    if net is not None and self._owners.get(net) == key:
+                        del self._owners[net]
+            else:
+                self.valid[key] = lease
+                for net in (lease.subnet, lease.ipv6_subnet):
+                    if net is not None:
+                        self._owners[net] = key
         self.metrics.set("netweft_leases_invalid", len(self.leases) - len(self.valid))
         return before
 
@@ -128,8 +172,11 @@ class PeerReconciler:
                     self.on_own_lease(f"our lease {own.key_name} now belongs to {who}")
                 elif state is Drift.ALTERED:
                     self.on_own_altered(f"our lease {own.key_name} was changed in etcd")
-        before = self._revalidate()
-        for key in before.keys() | self.valid.keys():
+        patched = self._patch(events, own, own_key)
+        before: dict[str, Lease] | dict[str, Lease | None] = (
+            patched if patched is not None else self._revalidate())
+        keys = patched.keys() if patched is not None else before.keys() | self.valid.keys()
+        for key in keys:
             old, new = before.get(key), self.valid.get(key)
             if key == own_key or _same(old, new):
                 continue
@@ -187,14 +234,16 @@ class PeerReconciler:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        self._count_programmed(backend.last_desired)
+        ok = {p.subnet for p in backend.last_desired.peers if p.error is None}
+        self._programmed_keys = {k for k, le in self.valid.items() if le.subnet in ok}
+        self._count_programmed()
         self.metrics.set("netweft_leases", len(self.leases))
         self.last_reconcile = time.time()
         self.metrics.set("netweft_last_reconcile_timestamp_seconds", self.last_reconcile)
         self.on_pass()
 
-    def _count_programmed(self, desired: DesiredState) -> None:
-        self.programmed = len([p for p in desired.peers if p.error is None])
+    def _count_programmed(self) -> None:
+        self.programmed = len(self._programmed_keys)
         self.metrics.set("netweft_peers_programmed", self.programmed)
 
     async def apply_lease_events(
@@ -204,10 +253,12 @@ class PeerReconciler:
         assert own is not None
         backend = self.backend
         empty = DesiredState()
-        changes = merge([
-            lease_change(backend.desired(own, [old]) if old else empty,
-                         backend.desired(own, [new]) if new else empty)
-            for old, new in pending.values()])
+        parts, now_ok = [], {}
+        for key, (old, new) in pending.items():
+            want = backend.desired(own, [new]) if new else empty
+            parts.append(lease_change(backend.desired(own, [old]) if old else empty, want))
+            now_ok[key] = bool(want.peers) and all(p.error is None for p in want.peers)
+        changes = merge(parts)
         if changes.empty:
             return
         try:
@@ -222,7 +273,12 @@ class PeerReconciler:
             self.request_full()
             return
         log.info("lease changes: %d kernel change(s)", changes.count)
-        self._count_programmed(backend.desired(own, self.valid_leases()))
+        for key, ok in now_ok.items():
+            if ok:
+                self._programmed_keys.add(key)
+            else:
+                self._programmed_keys.discard(key)
+        self._count_programmed()
         self.on_pass()
 
     async def run(self) -> None:
@@ -233,7 +289,7 @@ class PeerReconciler:
         while True:
             timeout = max(0.0, self.interval - (time.monotonic() - last_full))
             await wait_event(self._wake, timeout)
-            await asyncio.sleep(COALESCE_SECONDS)  # let a burst of events land in one pass
+            await asyncio.sleep(0)  # callbacks already queued (one watch burst) join this pass
             self._wake.clear()
             if self._full or time.monotonic() - last_full >= self.interval:
                 self._full = False
@@ -247,6 +303,6 @@ class PeerReconciler:
 
 def _same(a: Lease | None, b: Lease | None) -> bool:
     """Whether two versions of a lease program the same entries (value and etcd lease)."""
-    if a is None or b is None:
+    if a is None or b is None or a is b:
         return a is b
     return a.value() == b.value() and a.etcd_lease_id == b.etcd_lease_id

@@ -21,7 +21,7 @@ reports them as :class:`InvalidLease` without a lease (``LeaseStore.scan``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -99,13 +99,24 @@ def _overlaps(a: Lease, b: Lease) -> bool:
                     and a.ipv6_subnet.overlaps(b.ipv6_subnet)))
 
 
-def check_leases(cfg: NetworkConfig, leases: Iterable[Lease],
-                 own: Lease | None = None) -> LeaseCheck:
+def solo_problem(cfg: NetworkConfig, lease: Lease, own: Lease | None) -> str | None:
+    """Why ``lease`` is invalid on its own (its shape, or overlapping our ``own``); None when
+    it is not. Pure."""
+    problem = shape_problem(cfg, lease)
+    if problem is None and own is not None and _overlaps(lease, own):
+        problem = f"subnet: overlaps this node's own subnet {own.subnet or own.ipv6_subnet}"
+    return problem
+
+
+def check_leases(cfg: NetworkConfig, leases: Iterable[Lease], own: Lease | None = None,
+                 solo: Callable[[Lease], str | None] | None = None) -> LeaseCheck:
     """Split ``leases`` into the valid ones (in input order) and the invalid ones.
 
     ``own`` is this node's lease: it is always valid here (the daemon chose it) and every other
-    lease overlapping it is invalid. Cost: O(n) dictionary lookups, since valid subnets all
-    have the config's prefix length and two of them overlap only when they are equal.
+    lease overlapping it is invalid. ``solo(lease)``: :func:`solo_problem` for ``cfg`` and
+    ``own`` (a caller may pass a memoised one). Cost: O(n) dictionary lookups, since valid
+    subnets all have the config's prefix length and two of them overlap only when they are
+    equal.
     """
     items = list(leases)
     invalid: dict[str, InvalidLease] = {}
@@ -113,9 +124,7 @@ def check_leases(cfg: NetworkConfig, leases: Iterable[Lease],
     for lease in items:
         if lease.key_name == own_key:
             continue
-        problem = shape_problem(cfg, lease)
-        if problem is None and own is not None and _overlaps(lease, own):
-            problem = f"subnet: overlaps this node's own subnet {own.subnet or own.ipv6_subnet}"
+        problem = solo(lease) if solo is not None else solo_problem(cfg, lease, own)
         if problem is not None:
             invalid[lease.key_name] = InvalidLease(lease.key_name, problem, lease)
     # Among the rest, the lease created first keeps a subnet; later ones overlapping it lose.
@@ -145,10 +154,27 @@ class LeaseFilter:
         self.cfg = cfg
         self.log = logger or log
         self.reported: dict[str, str] = {}  # key name -> reason last logged
+        # key name -> (lease, own, solo problem): a lease object the watch has not replaced
+        # is not checked again (the daemon re-checks the whole view at every lease event)
+        self._solo: dict[str, tuple[Lease, Lease | None, str | None]] = {}
+
+    def solo(self, lease: Lease, own: Lease | None) -> str | None:
+        """:func:`solo_problem` for this filter's config, memoised per lease object."""
+        key = lease.key_name
+        hit = self._solo.get(key)
+        if hit is not None and hit[0] is lease and hit[1] is own:
+            return hit[2]
+        problem = solo_problem(self.cfg, lease, own)
+        self._solo[key] = (lease, own, problem)
+        return problem
 
     def valid(self, leases: Iterable[Lease], own: Lease | None = None) -> list[Lease]:
         """The programmable leases among ``leases`` (``own`` included if it is among them)."""
-        result = check_leases(self.cfg, leases, own)
+        items = list(leases)
+        result = check_leases(self.cfg, items, own, lambda le: self.solo(le, own))
+        if len(self._solo) > 2 * len(items) + 64:  # forget leases that are gone
+            keys = {le.key_name for le in items}
+            self._solo = {k: v for k, v in self._solo.items() if k in keys}
         now = {bad.key_name: bad.reason for bad in result.invalid}
         for key, reason in now.items():
             if self.reported.get(key) != reason:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
-from netweft.backends.base import RTPROT_NETWEFT, BackendError
+from netweft.backends.base import RTPROT_NETWEFT, BackendError, Changes, Neighbour
 from netweft.backends.hostgw import HostGwBackend
 from netweft.backends.netlink import Netlink
 from netweft.backends.vxlan import VxlanBackend, VxlanSettings, load_vtep_mac
@@ -195,3 +195,43 @@ def test_hostgw_refuses_a_peer_that_is_not_on_link(nodes: list[Node]) -> None:
     assert str(err.value).startswith(
         "host-gw: peer 10.244.9.0/24 at 198.51.100.7 is not directly reachable from eth0")
     assert "use the vxlan backend" in str(err.value)
+
+
+def test_peer_entries_are_applied_and_read_over_netlink_without_starting_processes(
+        nodes: list[Node], tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease event's entries go to the kernel as netlink requests: no ``ip``/``bridge``
+    process (one costs ~7 ms to start, most of a join's latency); the full pass reads the
+    kernel the same way. Deleting what is already gone is not an error; an entry on a device
+    that does not exist is reported by name."""
+    be = VxlanBackend(nodes[0].nl, nodes[0].side.underlay, VxlanSettings(vni=1),
+                      state_dir=str(tmp_path))
+    other = VxlanBackend(nodes[1].nl, nodes[1].side.underlay, VxlanSettings(vni=1),
+                         state_dir=str(tmp_path / "b"))
+    leases = [Lease(nodes[0].subnet, nodes[0].side.public_ip, "vxlan", be.backend_data(),
+                    etcd_lease_id=1),
+              Lease(nodes[1].subnet, nodes[1].side.public_ip, "vxlan", other.backend_data(),
+                    etcd_lease_id=1)]
+    be.setup(leases[0])
+    assert nodes[0].nl.rtnl  # opened in the node's namespace (pyroute2 forks a helper for that)
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"started a process: {args[0]!r}")
+
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    changes, errors = be.reconcile(leases[0], leases)
+    assert not errors and changes.count == 3
+    assert be.reconcile(leases[0], leases)[0].empty  # the dumps read back what was written
+    monkeypatch.undo()
+    assert "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 78 onlink" in ip_out(nodes[0].ns,
+                                                                                   "route")
+    monkeypatch.setattr(subprocess, "run", no_process)
+    gone = Changes(del_routes=changes.add_routes, del_fdb=changes.add_fdb,
+                   del_neighbours=changes.add_neighbours)
+    assert be.apply(gone) == []
+    assert be.apply(gone) == []  # already gone: not an error
+    stray = Changes(add_neighbours=(Neighbour(IPv4Address("10.244.9.0"), "0e:00:00:00:00:09",
+                                              "nosuchdev"),))
+    assert be.apply(stray) == [
+        "ip neigh replace 10.244.9.0 lladdr 0e:00:00:00:00:09 dev nosuchdev permanent: "
+        "No such device"]
