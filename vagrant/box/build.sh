@@ -80,29 +80,36 @@ if [ "$what" = rootfs ]; then
         unshare -m --propagation private bash "$here/rootfs.sh" "$work/box" "$work/requirements.txt" $pkgs
 else
     base=$(bash "$here/build.sh" rootfs)
-    # a copy of the shared tree (xattrs kept: ping's file capability), then the box's layer
-    step "copy of the shared root filesystem" cp -a "$base" "$work/rootfs"
-    rm -f "$work/rootfs/.built"
-    step "vagrant layer" bash "$here/vagrant-layer.sh" "$work/rootfs"
-    mkdir -p "$work/box"
+    mkdir -p "$work/box" "$work/upper" "$work/ovl" "$work/rootfs"
+    # The box's tree: the shared root filesystem with the box's layers on top (overlayfs in a
+    # private mount namespace: nothing copied), packed as it is seen (xattrs kept: ping's file
+    # capability).
+    layers() {
+        unshare -m --propagation private bash -euo pipefail -c '
+            here=$1 work=$2 base=$3 what=$4 t=$2/rootfs
+            mount -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/ovl" "$t"
+            rm -f "$t/.built"
+            bash "$here/vagrant-layer.sh" "$t"
+            case "$what" in
+            lxc)
+                # vagrant-lxc'"'"'s template unpacks with --strip-components=2: ./rootfs/...
+                tar -C "$work" --numeric-owner --xattrs --xattrs-include="*" -cf - ./rootfs \
+                    | gzip -1 > "$work/box/rootfs.tar.gz" ;;
+            libvirt) bash "$here/libvirt-layer.sh" "$t" "$work/box" ;;
+            esac
+        ' layers "$here" "$work" "$base" "$what"
+    }
     case "$what" in
     lxc)
-        # vagrant-lxc's template unpacks with --strip-components=2: entries are ./rootfs/...
-        pack() {
-            tar -C "$work" --numeric-owner --xattrs --xattrs-include='*' -cf - ./rootfs \
-                | gzip -1 > "$work/box/rootfs.tar.gz"
-        }
-        step "rootfs.tar.gz" pack
+        step "vagrant layer, rootfs.tar.gz" layers
         cp "$here/lxc-config" "$work/box/lxc-config"
         printf '{"provider": "lxc", "version": "1.0.0", "built-on": "%s", "template-opts": {}}\n' \
             "$(date -u +%FT%TZ)" > "$work/box/metadata.json"
         ;;
     libvirt)
-        step "libvirt layer (kernel, initrd, ext4 image, qcow2)" \
-            unshare -m --propagation private bash "$here/libvirt-layer.sh" "$work/rootfs" "$work/box"
+        step "vagrant layer, libvirt layer (kernel, initrd, ext4 image, qcow2)" layers
         ;;
     esac
-    rm -rf "$work/rootfs"
 fi
 echo "$key" > "$work/box/.built"
 rm -rf "$out"
