@@ -3,7 +3,8 @@
 # the apt packages (etcd, nftables, iptables, iproute2, iperf3, conntrack, the reference
 # CNI plugins used by the benchmarks and chained as portmap/loopback), the real container
 # runtimes the CNI tests drive (podman, containerd, runc, conmon, busybox-static for an
-# offline image; crictl and containerd 2.x are built by deploy/runtimes.sh) and a virtual
+# offline image; crictl and containerd 2.x are built by deploy/runtimes.sh), mmdebstrap and
+# eatmydata (the Debian 12 root filesystem of netweft's offline image, deploy/image.sh) and a virtual
 # environment with netweft at ./.venv, and the Kubernetes control plane built from its Go
 # modules (deploy/controlplane.sh; needs Go >= 1.26).
 # NETWEFT_WHEELHOUSE=DIR: an offline node install (a Vagrant box): netweft's runtime
@@ -15,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root" >&2; exit 1; fi
 # PKGS: what a node needs (vagrant/box/build.sh puts exactly these in its boxes);
 # TEST_PKGS: the real container runtimes the tests drive.
 PKGS="etcd-server etcd-client openssl nftables iptables iproute2 iperf3 iputils-ping conntrack containernetworking-plugins python3-venv python3-nftables tcpdump wireguard-tools wireguard-go"
-TEST_PKGS="podman containerd runc conmon busybox-static"
+TEST_PKGS="podman containerd runc conmon busybox-static mmdebstrap eatmydata"
 [ -n "${NETWEFT_WHEELHOUSE:-}" ] || PKGS="$PKGS $TEST_PKGS"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

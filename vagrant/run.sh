@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One command for the multi-VM test network (issue 14):
 #
-#   vagrant/run.sh [--provider lxc] [--nodes N] [--backend vxlan|host-gw] [--keep]
+#   vagrant/run.sh [--provider lxc|libvirt] [--nodes N] [--backend vxlan|host-gw] [--keep]
 #   vagrant/run.sh --down RUN_DIR        # remove a cluster kept with --keep
 #
 # installs the host packages (vagrant/setup.sh), builds or reuses the box (vagrant/box/build.sh),
 # runs `vagrant up`, checks the cluster (vagrant/check.py: pods on every node reach each other,
 # the demo service answers through its ClusterIP from every node and through its NodePort from a
 # host that is not a node) and destroys it unless --keep. Exit status 0 only if every check
-# passed; any failure exits non-zero.
+# passed; any failure exits non-zero. lxc: system containers (CI); libvirt: VMs under plain qemu
+# emulation, libvirtd and virtlogd started inside the run's namespaces (vagrant/lib/libvirtd.sh).
 #
 # Nothing happens in the root network namespace: a run makes a network namespace `nwvg-<id>`
 # (its bridges are the "physical" networks, its own address is the non-node client) and a
@@ -20,7 +21,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 provider=lxc nodes=3 backend=vxlan keep="" down=""
-usage() { echo "usage: vagrant/run.sh [--provider lxc] [--nodes N] [--backend vxlan|host-gw] [--keep] | --down RUN_DIR" >&2; exit 2; }
+usage() { echo "usage: vagrant/run.sh [--provider lxc|libvirt] [--nodes N] [--backend vxlan|host-gw] [--keep] | --down RUN_DIR" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --provider) provider=${2:?}; shift 2 ;;
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument '$1'" >&2; usage ;;
     esac
 done
-case "$provider" in lxc) ;; *) echo "run.sh: --provider: only lxc is supported by this script (got '$provider')" >&2; exit 2 ;; esac
+case "$provider" in lxc|libvirt) ;; *) echo "run.sh: --provider: lxc or libvirt (got '$provider')" >&2; exit 2 ;; esac
 [[ "$nodes" =~ ^[1-9][0-9]?$ ]] && [ "$nodes" -ge 2 ] \
     || { echo "run.sh: --nodes: a number from 2 to 99 (got '$nodes')" >&2; exit 2; }
 case "$backend" in vxlan|host-gw) ;; *) echo "run.sh: --backend: vxlan or host-gw (got '$backend')" >&2; exit 2 ;; esac

@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Build (or reuse) the netweft Debian 12 Vagrant box for a provider, from debootstrap:
+# Build (or reuse) netweft's Debian 12 root filesystem and the Vagrant boxes made from it:
 #
-#   vagrant/box/build.sh lxc              -> prints the box directory on stdout
-#   vagrant/box/build.sh --print-key lxc  -> prints only the cache key
+#   vagrant/box/build.sh lxc|libvirt      -> prints the box directory on stdout
+#   vagrant/box/build.sh rootfs           -> prints the shared root filesystem's directory
+#   vagrant/box/build.sh --print-key NAME -> prints only the cache key
 #
-# The box carries every apt package netweft needs (deploy/setup.sh's list + packages.txt) and a
-# wheelhouse of netweft's Python dependencies, because guests reach no package mirror.
-# It is cached outside the checkout by content: $NETWEFT_CACHE/boxes/<provider>-<key> (default
-# /var/cache/netweft), key = hash of these build files, the package list and the requirements;
-# a warm machine builds nothing. The directory has Vagrant's box layout for the provider
-# (lxc: metadata.json, rootfs.tar.gz, lxc-config), so `run.sh` links it into VAGRANT_HOME.
-# Needs root, debootstrap, python3-venv, vagrant (for its insecure public key) and a Debian mirror
-# (NETWEFT_DEBIAN_MIRROR) and PyPI (pip's index settings) reachable from where it runs.
+# The root filesystem (rootfs.sh: mmdebstrap) carries every apt package netweft needs
+# (deploy/setup.sh's PKGS + packages.txt) and a wheelhouse of netweft's Python dependencies,
+# because guests reach no package mirror. It is built once and shared: the lxc box, the libvirt
+# box and the offline container image (deploy/image.sh) are layers on top of it.
+# Everything is cached outside the checkout by content under $NETWEFT_CACHE (default
+# /var/cache/netweft): boxes/rootfs-<key> (key = hash of rootfs.sh, the package list and the
+# requirements) and boxes/<provider>-<key> (key = the rootfs key, this file, the layer's files);
+# a warm machine builds nothing. A box directory has Vagrant's layout for its provider
+# (lxc: metadata.json, rootfs.tar.gz, lxc-config; libvirt: metadata.json, box.img, Vagrantfile,
+# plus the kernel and initrd it boots directly), so `run.sh` links it into VAGRANT_HOME.
+# Needs root, mmdebstrap, eatmydata, vagrant (its insecure public key), for libvirt also
+# qemu-utils and e2fsprogs, and a Debian mirror (NETWEFT_DEBIAN_MIRROR) and PyPI reachable.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 print_key=""
 if [ "${1:-}" = --print-key ]; then print_key=1; shift; fi   # only print the cache key
-provider=${1:?usage: vagrant/box/build.sh [--print-key] lxc}
-case "$provider" in
-lxc) ;;
-*) echo "box/build.sh: provider must be lxc (got '$provider')" >&2; exit 2 ;;
+what=${1:?usage: vagrant/box/build.sh [--print-key] lxc|libvirt|rootfs}
+case "$what" in
+lxc|libvirt|rootfs) ;;
+*) echo "box/build.sh: provider must be lxc or libvirt (got '$what')" >&2; exit 2 ;;
 esac
 
 # apt packages: deploy/setup.sh's PKGS (what netweft needs on a node) + the box's own.
@@ -36,20 +41,24 @@ data = tomllib.load(open(sys.argv[1], "rb"))
 print("\n".join([*data["build-system"]["requires"], *data["project"]["dependencies"], "wheel"]))
 PY
 )
-key=$( { cat "$here/build.sh" "$here/rootfs.sh" "$here/lxc-config"; echo "$pkgs"; echo "$reqs"; } \
-       | sha256sum | cut -c1-16)
+rootfs_key=$( { cat "$here/rootfs.sh"; echo "$pkgs"; echo "$reqs"; } | sha256sum | cut -c1-16)
+case "$what" in
+rootfs) key=$rootfs_key ;;
+lxc) key=$( { echo "$rootfs_key"; cat "$here/build.sh" "$here/vagrant-layer.sh" "$here/lxc-config"; } | sha256sum | cut -c1-16) ;;
+libvirt) key=$( { echo "$rootfs_key"; cat "$here/build.sh" "$here/vagrant-layer.sh" "$here/libvirt-layer.sh"; } | sha256sum | cut -c1-16) ;;
+esac
 if [ -n "$print_key" ]; then echo "$key"; exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "box/build.sh: run as root" >&2; exit 1; }
 cache=${NETWEFT_CACHE:-/var/cache/netweft}/boxes
-out=$cache/$provider-$key
+out=$cache/$what-$key
 if [ -f "$out/.built" ]; then echo "$out"; exit 0; fi
 
 mkdir -p "$cache"
-exec 9>"$cache/.lock-$provider-$key"
-flock 9                                            # one build of a box at a time
+exec 9>"$cache/.lock-$what-$key"
+flock 9                                            # one build of a thing at a time
 if [ -f "$out/.built" ]; then echo "$out"; exit 0; fi
 start=$(date +%s)
-work=$(mktemp -d "$cache/.build-$provider-XXXXXX")
+work=$(mktemp -d "$cache/.build-$what-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # Each step's output goes to a log, shown only when the step fails; each step's time to stderr.
 step() {
@@ -64,39 +73,46 @@ step() {
     echo "box/build.sh: $name: $(( $(date +%s) - t )) s" >&2
 }
 
-# The wheelhouse: binary wheels for the guest's CPython 3.11 on x86_64 (Debian 12).
-printf '%s\n' "$reqs" > "$work/requirements.txt"
-wheelhouse() {
-    python3 -m venv "$work/venv"
-    "$work/venv/bin/pip" download --only-binary=:all: --dest "$work/wheels" \
-        --python-version 3.11 --implementation cp --abi cp311 \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform linux_x86_64 \
-        -r "$work/requirements.txt"
-    cp "$work/requirements.txt" "$work/wheels/requirements.txt"
-}
-step "wheelhouse (PyPI)" wheelhouse
-# shellcheck disable=SC2086
-step "root filesystem (debootstrap)" \
-    unshare -m --propagation private bash "$here/rootfs.sh" "$work/rootfs" "$work/wheels" $pkgs
-
-mkdir -p "$work/box"
-case "$provider" in
-lxc)
-    # vagrant-lxc's template unpacks with --strip-components=2: entries are ./rootfs/...
-    # (xattrs kept: ping's file capability)
-    pack() {
-        tar -C "$work" --numeric-owner --xattrs --xattrs-include='*' -cf - ./rootfs \
-            | gzip -1 > "$work/box/rootfs.tar.gz"
+if [ "$what" = rootfs ]; then
+    printf '%s\n' "$reqs" > "$work/requirements.txt"
+    # shellcheck disable=SC2086
+    step "root filesystem (mmdebstrap, $(wc -w <<<"$pkgs") packages + dependencies; wheelhouse)" \
+        unshare -m --propagation private bash "$here/rootfs.sh" "$work/box" "$work/requirements.txt" $pkgs
+else
+    base=$(bash "$here/build.sh" rootfs)
+    mkdir -p "$work/box" "$work/upper" "$work/ovl" "$work/rootfs"
+    # The box's tree: the shared root filesystem with the box's layers on top (overlayfs in a
+    # private mount namespace: nothing copied), packed as it is seen (xattrs kept: ping's file
+    # capability).
+    layers() {
+        unshare -m --propagation private bash -euo pipefail -c '
+            here=$1 work=$2 base=$3 what=$4 t=$2/rootfs
+            mount -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/ovl" "$t"
+            rm -f "$t/.built"
+            bash "$here/vagrant-layer.sh" "$t"
+            case "$what" in
+            lxc)
+                # vagrant-lxc'"'"'s template unpacks with --strip-components=2: ./rootfs/...
+                tar -C "$work" --numeric-owner --xattrs --xattrs-include="*" -cf - ./rootfs \
+                    | gzip -1 > "$work/box/rootfs.tar.gz" ;;
+            libvirt) bash "$here/libvirt-layer.sh" "$t" "$work/box" ;;
+            esac
+        ' layers "$here" "$work" "$base" "$what"
     }
-    step "rootfs.tar.gz" pack
-    cp "$here/lxc-config" "$work/box/lxc-config"
-    printf '{"provider": "lxc", "version": "1.0.0", "built-on": "%s", "template-opts": {}}\n' \
-        "$(date -u +%FT%TZ)" > "$work/box/metadata.json"
-    ;;
-esac
+    case "$what" in
+    lxc)
+        step "vagrant layer, rootfs.tar.gz" layers
+        cp "$here/lxc-config" "$work/box/lxc-config"
+        printf '{"provider": "lxc", "version": "1.0.0", "built-on": "%s", "template-opts": {}}\n' \
+            "$(date -u +%FT%TZ)" > "$work/box/metadata.json"
+        ;;
+    libvirt)
+        step "vagrant layer, libvirt layer (kernel, initrd, ext4 image, qcow2)" layers
+        ;;
+    esac
+fi
 echo "$key" > "$work/box/.built"
 rm -rf "$out"
 mv "$work/box" "$out"
-echo "box/build.sh: built the $provider box in $(( $(date +%s) - start )) s ($(du -sh "$out" | cut -f1))" >&2
+echo "box/build.sh: built $what in $(( $(date +%s) - start )) s ($(du -sh "$out" | cut -f1))" >&2
 echo "$out"

@@ -41,12 +41,21 @@ ENV
     # network (.1) is the non-node client for NodePort checks and the nodes' default gateway
     # (service addresses need a route to be looked up); it forwards nothing.
     ip link set lo up
-    ip link add mgmt0 type bridge
-    ip addr add "$MGMT.1/24" dev mgmt0
-    ip link set mgmt0 up
+    if [ "$PROVIDER" = lxc ]; then      # libvirt makes its own management network
+        ip link add mgmt0 type bridge
+        ip addr add "$MGMT.1/24" dev mgmt0
+        ip link set mgmt0 up
+    fi
     ip link add cluster0 type bridge
     ip addr add "$CLUSTER.1/24" dev cluster0
     ip link set cluster0 up
+
+    if [ "$PROVIDER" = libvirt ]; then
+        bash "$vagrant_dir/lib/libvirtd.sh" start "$RUN"
+        echo "export NETWEFT_LIBVIRT_KERNEL=$BOX/vmlinuz NETWEFT_LIBVIRT_INITRD=$BOX/initrd.img" >> env
+        # shellcheck disable=SC1091
+        . ./env
+    fi
 
     # The box, linked into this run's VAGRANT_HOME in Vagrant's box layout (NAME/VERSION/PROVIDER).
     mkdir -p "$VAGRANT_HOME/boxes/${BOX_NAME//\//-VAGRANTSLASH-}/0"
@@ -81,10 +90,14 @@ down)
     # Vagrant, then whatever container Vagrant did not know of.
     containers() { [ -d lxc ] && lxc-ls -1 -P "$RUN/lxc" 2>/dev/null || true; }
     for c in $(containers); do lxc-stop -k -P "$RUN/lxc" -n "$c" 2>/dev/null || true; done
+    if [ -S /run/libvirt/libvirt-sock ] && [ -f libvirt/libvirtd.pid ]; then     # VMs: pulled out, as containers are killed
+        for d in $(virsh -q list --name 2>/dev/null); do virsh -q destroy "$d" >/dev/null 2>&1 || true; done
+    fi
     if [ -f env ] && [ -d machines ]; then
         timeout 180 vagrant destroy -f --parallel || echo "inside.sh: vagrant destroy failed" >&2
     fi
     for c in $(containers); do lxc-destroy -f -P "$RUN/lxc" -n "$c" 2>/dev/null || true; done
+    [ ! -f libvirt/libvirtd.pid ] || bash "$vagrant_dir/lib/libvirtd.sh" stop "$RUN"
     ;;
 *) echo "usage: inside.sh up|down" >&2; exit 2 ;;
 esac
