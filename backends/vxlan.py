@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
@@ -41,6 +40,7 @@ from netweft.backends.base import (
     peers_of,
 )
 from netweft.backends.netlink import Netlink, apply_changes
+from netweft.common.atomicfile import write_atomic
 from netweft.ipam.lease import Lease
 
 if TYPE_CHECKING:
@@ -81,11 +81,7 @@ def load_vtep_mac(state_dir: str | None, vni: int) -> str | None:
 def save_vtep_mac(state_dir: str | None, vni: int, mac: str) -> None:
     if not state_dir or load_vtep_mac(state_dir, vni) == mac:
         return
-    os.makedirs(state_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vxlan.", dir=state_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"VNI": vni, "VtepMAC": mac}, f)
-    os.replace(tmp, _mac_file(state_dir, vni))
+    write_atomic(_mac_file(state_dir, vni), json.dumps({"VNI": vni, "VtepMAC": mac}), 0o600)
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,9 @@ import contextlib
 import json
 import os
 import py_compile
-import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 
 from netweft import cni
@@ -41,6 +39,7 @@ from netweft.cni.conflist import (
     merge_chain,
 )
 from netweft.cni.tcpwire import DEFAULT_TCP_PORT, default_token_file
+from netweft.common.atomicfile import copy_atomic, write_atomic
 
 BIN_NAME = "netweft"
 PY_BIN_NAME = "netweft-py"  # the Python launcher the bash one falls back to
@@ -157,17 +156,7 @@ def ensure_reference_plugin(bin_dir: str, plugin_type: str,
     for directory in search:
         source = os.path.join(directory, plugin_type)
         if os.path.abspath(source) != os.path.abspath(target) and os.access(source, os.X_OK):
-            os.makedirs(bin_dir, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{plugin_type}.", dir=bin_dir)
-            os.close(fd)
-            try:
-                shutil.copyfile(source, tmp)
-                os.chmod(tmp, 0o755)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            copy_atomic(source, target, 0o755)
             return f"copied {source} to {target}"
     raise ConflistError(f"{plugin_type}: no executable in {bin_dir} nor in "
                         f"{', '.join(search)} (install containernetworking-plugins, or "
@@ -184,23 +173,6 @@ def _read_existing(path: str) -> dict[str, object] | None:
         raise ConflistError(f"{path}: cannot read the existing conflist ({exc}); move it "
                             "away or fix it") from None
     return data if isinstance(data, dict) else None
-
-
-def write_atomic(path: str, text: str, mode: int) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,

@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+
+from netweft.common.atomicfile import write_atomic
 
 DEFAULT_PATH = "/run/flannel/subnet.env"
 
@@ -99,18 +99,5 @@ def write(env: SubnetEnv, path: str = DEFAULT_PATH) -> bool:
                 return False
     except OSError:
         pass
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text, 0o644)
     return True

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("cni", "daemon", "ipam", "backends", "proxy")
 # Folders that install as their own package, not as a sub-package of the folder they sit in.
-NESTED = {"netweft.kv": "ipam/kv"}
+NESTED = {"netweft.kv": "ipam/kv", "netweft.common": "ipam/common"}
 
 
 def _pyproject() -> dict:

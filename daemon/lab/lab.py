@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from netweft.common.atomicfile import write_atomic
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.lab import check as checks
@@ -184,11 +185,7 @@ class Lab:
                 for s in self.pods.values()
             ],
         }
-        os.makedirs(self.state_dir, exist_ok=True)
-        path = os.path.join(self.state_dir, STATE_FILE)
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(f"{path}.tmp", path)
+        write_atomic(os.path.join(self.state_dir, STATE_FILE), json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, prefix: str, state_root: str = LabSpec.state_root) -> Lab:
