@@ -22,7 +22,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 
-from netweft import cni
+from netweft import cni, common
 from netweft.cni.config import (
     DEFAULT_BRIDGE,
     DEFAULT_DATA_DIR,
@@ -65,6 +65,16 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
 
 
+def package_path() -> list[str]:
+    """The ``netweft`` package's search path for the launcher, which runs without site machinery:
+    the folder holding cni/, daemon/, ... and, in an editable install from a checkout, also the
+    folder holding the packages that install under their own name from a nested folder
+    (``netweft.common``, ``netweft.kv``: ipam/common, ipam/kv; pyproject's package-dir)."""
+    root = package_root()
+    nested = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
+    return [root] if nested == root else [root, nested]
+
+
 def fallback_paths() -> list[str]:
     """Where the in-process path finds pyroute2 & co: site-packages and the plain directories
     listed in its ``.pth`` files (not the ``import`` lines: no site machinery at start-up)."""
@@ -88,7 +98,6 @@ def fallback_paths() -> list[str]:
 
 def launcher_text(default_socket: str, default_log: str, python: str | None = None) -> str:
     python = python or sys.executable
-    root = package_root()
     return (
         f"#!{python} -IS\n"
         f"{MARKER} (written by `netweft cni install`; do not edit).\n"
@@ -96,7 +105,7 @@ def launcher_text(default_socket: str, default_log: str, python: str | None = No
         # no site machinery under -S (an editable install's import hook never runs): make
         # `netweft` a package whose path is the folder holding cni/, daemon/, ipam/, ...
         "netweft = type(sys)('netweft')\n"
-        f"netweft.__path__ = [{root!r}]\n"
+        f"netweft.__path__ = {package_path()!r}\n"
         "sys.modules['netweft'] = netweft\n"
         "from netweft.cni.shim import main\n"
         f"main({default_socket!r}, {default_log!r}, {fallback_paths()!r})\n"
