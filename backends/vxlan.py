@@ -40,6 +40,7 @@ from netweft.backends.base import (
     peers_of,
 )
 from netweft.backends.netlink import Netlink, apply_changes
+from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 from netweft.ipam.lease import Lease
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("netweft.vxlan")
 
 VXLAN_OVERHEAD = 50
-DEFAULT_PORT = 8472
+DEFAULT_PORT = defaults.VXLAN_PORT
 
 
 def device_name(vni: int) -> str:

@@ -59,6 +59,7 @@ from netweft.backends.wireguard_keys import (
     write_key_file,
 )
 from netweft.backends.wireguard_wg import Wg
+from netweft.common import defaults
 from netweft.ipam.lease import Lease
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -71,7 +72,7 @@ DEVICE = "flannel-wg"
 DEVICE_V6 = "flannel-wg-v6"
 OVERHEAD_V4 = 60
 OVERHEAD_V6 = 80
-DEFAULT_PORT = 51820
+DEFAULT_PORT = defaults.WIREGUARD_PORT
 DEFAULT_PORT_V6 = 51821
 # ``unreachable <Network> metric 4242 proto 78``: the per-peer routes (and the node's own pod
 # bridge) are more specific; when the device is gone (wireguard-go died) pod traffic to other
@@ -168,7 +169,7 @@ class WireGuardBackend(Backend):
         self.settings = settings
         self.dev = DEVICE
         self.index: int | None = None
-        self.socket_dir = os.path.join(state_dir or "/run/netweft", "wireguard")
+        self.socket_dir = os.path.join(state_dir or defaults.RUN_DIR, "wireguard")
         self.go = WireGuardGo(self.dev, self.socket_dir, netns=nl.netns)
         self.implementation: str | None = None  # "kernel" | "userspace"
         self.wg = Wg(nl.netns)

@@ -27,11 +27,12 @@ from netweft.cni.spec import (
     check_version,
     parse_result,
 )
+from netweft.common import defaults
 
 DEFAULT_BRIDGE = "cni0"
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-DEFAULT_SOCKET_PATH = "/run/netweft/cni.sock"
+DEFAULT_SUBNET_FILE = defaults.SUBNET_FILE
+DEFAULT_DATA_DIR = defaults.CNI_DATA_DIR
+DEFAULT_SOCKET_PATH = defaults.CNI_SOCKET_PATH
 DEFAULT_LOG_FILE = "/var/log/netweft/cni.log"
 VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 

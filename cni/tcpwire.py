@@ -24,10 +24,11 @@ from __future__ import annotations
 import hmac
 import os
 
+from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 
 MAGIC = b"NWTCP1"
-DEFAULT_TCP_PORT = 1019
+DEFAULT_TCP_PORT = defaults.CNI_TCP_PORT
 
 
 def default_token_file(socket_path: str) -> str:

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
+from netweft.common import defaults
+
 BACKEND_TYPES = ("vxlan", "host-gw", "wireguard")
-DEFAULT_VXLAN_PORT = 8472
+DEFAULT_VXLAN_PORT = defaults.VXLAN_PORT
 # Flannel's wireguard backend (pkg/backend/wireguard): defaults and the modes it accepts.
-DEFAULT_WG_PORT = 51820
+DEFAULT_WG_PORT = defaults.WIREGUARD_PORT
 DEFAULT_WG_PORT_V6 = 51821
 WG_MODES = ("separate", "auto", "ipv4", "ipv6")
 MIN_V4_NETWORK_PREFIX = 28  # Flannel: "Network is too small. Minimum useful network prefix is /28"

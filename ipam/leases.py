@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from netweft.common import defaults
 from netweft.ipam.claim import Claimant, Drift, drift, plan_claim
 from netweft.ipam.config import ConfigError, NetworkConfig, parse_config
 from netweft.ipam.lease import Lease, LeaseFormatError, parse_lease
@@ -29,7 +30,7 @@ from netweft.kv.types import EtcdError, EventType, KeyValue
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = 24 * 3600
+DEFAULT_TTL = defaults.LEASE_TTL
 CANDIDATES = 100        # pick randomly among this many free subnets, as Flannel does
 ACQUIRE_ATTEMPTS = 50
 
@@ -123,7 +124,7 @@ def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
 class LeaseStore:
     """The leases of one network (one etcd prefix)."""
 
-    def __init__(self, etcd: KV, prefix: str = "/coreos.com/network",
+    def __init__(self, etcd: KV, prefix: str = defaults.ETCD_PREFIX,
                  ttl: int = DEFAULT_TTL) -> None:
         self.etcd = etcd
         self.prefix = prefix.rstrip("/")

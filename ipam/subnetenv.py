@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
+from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 
-DEFAULT_PATH = "/run/flannel/subnet.env"
+DEFAULT_PATH = defaults.SUBNET_FILE
 
 
 class SubnetEnvError(ValueError):

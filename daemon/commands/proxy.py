@@ -12,6 +12,7 @@ import subprocess
 from typing import Any
 
 import click
+from netweft.common import defaults
 from netweft.daemon.clicontext import fail, services_prefix_option, settings
 
 SKIP_IFACES = re.compile(r"^(lo|cni|flannel|veth|docker|kube-ipvs|cali|vxlan)")
@@ -80,7 +81,7 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @click.option("--cluster-cidr", "cluster_cidrs", multiple=True,
               help="Pod network (repeatable): other sources reaching a ClusterIP are "
               "masqueraded. Default: FLANNEL_NETWORK from --subnet-file.")
-@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True,
+@click.option("--subnet-file", default=defaults.SUBNET_FILE, show_default=True,
               help="subnet.env to read the pod network from.")
 @click.option("--kubeconfig", default=None, help="kubeconfig for --source kube.")
 @services_prefix_option

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
@@ -53,7 +54,7 @@ STATE_FILE = "lab.json"
 DAEMON_READY_TIMEOUT = 30.0
 DAEMON_STATUS_FILE = "status.json"   # written by the daemon into its --state-dir
 SOCKET_GRACE = 2.0
-SERVICES_PREFIX = "/netweft"         # the daemon's and proxy's default --services-prefix
+SERVICES_PREFIX = defaults.SERVICES_PREFIX  # the daemon's and proxy's default --services-prefix
 
 
 class LabError(RuntimeError):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
+from netweft.common import defaults
 from netweft.kv.endpoints import Endpoint, parse_endpoints
 from netweft.kv.tls import EtcdConfigError, explain_handshake, load_tls
 from netweft.kv.types import (
@@ -40,15 +41,15 @@ class EtcdSettings:
     TLS on, for every endpoint).
     """
 
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
-    prefix: str = "/coreos.com/network"
+    endpoints: tuple[str, ...] = (defaults.ETCD_ENDPOINTS,)
+    prefix: str = defaults.ETCD_PREFIX
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
 
     @classmethod
     def from_strings(
-        cls, endpoints: str, prefix: str = "/coreos.com/network", cafile: str | None = None,
+        cls, endpoints: str, prefix: str = defaults.ETCD_PREFIX, cafile: str | None = None,
         certfile: str | None = None, keyfile: str | None = None,
     ) -> EtcdSettings:
         """From the CLI's strings; ValueError (one line naming the option) when one is bad."""
