@@ -20,7 +20,6 @@ from netweft.backends.base import RTPROT_NETWEFT, Changes, FdbEntry, Neighbour, 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-RTNH_F_ONLINK = 4
 AF_INET = 2
 
 

@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("netweft.wireguard")
 
 DEVICE = "flannel-wg"
-DEVICE_V6 = "flannel-wg-v6"
 OVERHEAD_V4 = 60
 OVERHEAD_V6 = 80
 DEFAULT_PORT = defaults.WIREGUARD_PORT

@@ -30,24 +30,6 @@ ERR_BRIDGE_ADDRESS = 102
 ERR_CHECK_FAILED = 103
 ERR_INTERNAL = 999
 
-ERROR_CODES: dict[int, str] = {
-    ERR_INCOMPATIBLE_VERSION: "incompatible CNI version",
-    ERR_UNSUPPORTED_FIELD: "unsupported field in network configuration",
-    ERR_UNKNOWN_CONTAINER: "container unknown or does not exist",
-    ERR_INVALID_ENV: "invalid necessary environment variables",
-    ERR_IO: "I/O failure",
-    ERR_DECODE: "failed to decode content",
-    ERR_INVALID_CONFIG: "invalid network config",
-    ERR_TRY_AGAIN_LATER: "try again later",
-    ERR_NOT_AVAILABLE: "the plugin is not available",
-    ERR_LIMITED_CONNECTIVITY: "the plugin has limited connectivity",
-    ERR_NO_FREE_IP: "no free IP address in the node subnet",
-    ERR_REQUESTED_IP_UNAVAILABLE: "requested IP address is not available",
-    ERR_BRIDGE_ADDRESS: "bridge has an unexpected address",
-    ERR_CHECK_FAILED: "pod network differs from the previous result",
-    ERR_INTERNAL: "internal error",
-}
-
 
 class CniError(Exception):
     """An error reported to the runtime as CNI error JSON (never a traceback)."""

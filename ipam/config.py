@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
@@ -134,9 +134,6 @@ class NetworkConfig:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
-
-    def with_backend(self, **changes: Any) -> NetworkConfig:
-        return replace(self, backend=replace(self.backend, **changes))
 
 
 def _span(first: IPv4Address | IPv6Address | None, last: IPv4Address | IPv6Address | None,

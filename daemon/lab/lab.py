@@ -737,7 +737,3 @@ def running(spec: LabSpec) -> Iterator[Lab]:
         left = netns.list_names(f"{spec.prefix}-")
         if left:
             raise LabError(f"lab {spec.prefix}: namespaces left after down: {', '.join(left)}")
-
-
-def replace_spec(spec: LabSpec, **changes: Any) -> LabSpec:
-    return dataclasses.replace(spec, **changes)
