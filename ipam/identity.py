@@ -25,6 +25,9 @@ class IdentityError(Exception):
 
 @dataclass(frozen=True)
 class NodeIdentity:
+    """The node id (32 lowercase hex digits), whether this start made it, and the file it lives in.
+    """
+
     node_id: str   # 32 lowercase hex digits
     created: bool  # made by this start: first start, or a node that lost its state directory
     path: str

@@ -47,18 +47,25 @@ class Lease:
 
     @property
     def reserved(self) -> bool:
+        """A reservation: a lease without an etcd lease (id 0) never expires (Flannel's reserved
+        leases, ``TTL 0``)."""
         return self.etcd_lease_id == 0
 
     @property
     def key_name(self) -> str:
+        """The key under ``<prefix>/subnets/``: ``10.244.1.0-24``, with the IPv6 subnet ``&``-joined
+        when dual-stack (Flannel's key form)."""
         return subnet_key_name(self.subnet, self.ipv6_subnet)
 
     @property
     def vtep_mac(self) -> str | None:
+        """The ``VtepMAC`` of ``BackendData`` (vxlan), or None."""
         mac = self.backend_data.get("VtepMAC")
         return str(mac) if mac else None
 
     def value(self) -> dict[str, Any]:
+        """The lease's etcd value as Flannel's ``LeaseAttrs`` JSON object (``PublicIP``,
+        ``PublicIPv6``, ``BackendType``, ``BackendData``) plus our ``NetweftNodeID``."""
         out: dict[str, Any] = {}
         if self.public_ip is not None:
             out["PublicIP"] = str(self.public_ip)
@@ -72,6 +79,7 @@ class Lease:
         return out
 
     def value_json(self) -> str:
+        """The etcd value as compact JSON text, key order as flanneld writes it."""
         return json.dumps(self.value(), separators=(",", ":"), sort_keys=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +99,8 @@ class Lease:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Lease:
+        """The inverse of :meth:`to_dict` (netweft's own record, e.g. ``netweft leases -o json``,
+        not the etcd value). Raises KeyError/ValueError on a malformed record."""
         return cls(
             subnet=IPv4Network(d["subnet"]) if d.get("subnet") else None,
             ipv6_subnet=IPv6Network(d["ipv6Subnet"]) if d.get("ipv6Subnet") else None,

@@ -93,6 +93,9 @@ def fits(cfg: NetworkConfig, lease: Lease) -> bool:
 
 @dataclass(frozen=True)
 class LeaseEvent:
+    """A lease appearing (``added``: created or changed) or going (``removed``: deleted or expired),
+    as Flannel's ``subnet.Event`` (EventAdded/EventRemoved)."""
+
     kind: str  # "added" | "removed"
     lease: Lease
 
@@ -132,18 +135,23 @@ class LeaseStore:
 
     @property
     def config_key(self) -> str:
+        """``<prefix>/config``: the network config's key (Flannel's)."""
         return f"{self.prefix}/config"
 
     @property
     def subnets_prefix(self) -> str:
+        """``<prefix>/subnets/``: where leases live (Flannel's)."""
         return f"{self.prefix}/subnets/"
 
     def key_for(self, lease: Lease) -> str:
+        """The etcd key of ``lease``."""
         return self.subnets_prefix + lease.key_name
 
     # --- config -----------------------------------------------------------------------------
 
     async def get_config(self) -> NetworkConfig | None:
+        """The network config, or None while it is not in etcd. Raises :class:`ConfigError` naming
+        the key when it is invalid; :class:`EtcdError`."""
         kv = await self.etcd.get(self.config_key)
         if kv is None:
             return None
@@ -153,6 +161,7 @@ class LeaseStore:
             raise ConfigError(f"{self.config_key}: {exc}") from None
 
     async def set_config(self, cfg: NetworkConfig) -> None:
+        """Write ``cfg`` to ``<prefix>/config`` (JSON). Raises :class:`EtcdError`."""
         await self.etcd.put(self.config_key, cfg.to_json())
 
     # --- reading ----------------------------------------------------------------------------

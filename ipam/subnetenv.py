@@ -24,6 +24,10 @@ class SubnetEnvError(ValueError):
 
 @dataclass(frozen=True)
 class SubnetEnv:
+    """The contents of Flannel's ``subnet.env`` (``FLANNEL_NETWORK``, ``FLANNEL_SUBNET`` = gateway
+    address with the node subnet's length, ``FLANNEL_MTU`` in bytes, ``FLANNEL_IPMASQ``, and the
+    IPv6 pair), which the CNI plugin reads."""
+
     network: IPv4Network | None
     subnet: IPv4Interface | None  # gateway address with the node subnet's length
     mtu: int
@@ -32,6 +36,7 @@ class SubnetEnv:
     ipv6_subnet: IPv6Interface | None = None
 
     def render(self) -> str:
+        """The file's text, ``KEY=VALUE`` lines in flanneld's order."""
         lines = []
         if self.network is not None:
             lines.append(f"FLANNEL_NETWORK={self.network}")
@@ -47,6 +52,8 @@ class SubnetEnv:
 
 
 def parse(text: str, source: str = "subnet.env") -> SubnetEnv:
+    """Parse ``subnet.env`` text (``KEY=VALUE`` lines, ``#`` comments, optional quotes). Raises
+    :class:`SubnetEnvError`, one line naming ``source`` and the line or key."""
     values: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.strip()
@@ -81,6 +88,8 @@ def parse(text: str, source: str = "subnet.env") -> SubnetEnv:
 
 
 def read(path: str = DEFAULT_PATH) -> SubnetEnv:
+    """Read and parse the file at ``path``. Raises :class:`SubnetEnvError` naming the file when it
+    is missing, unreadable or malformed."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -63,9 +63,11 @@ class EtcdSettings:
 
     @property
     def tls(self) -> bool:
+        """Whether the connection uses TLS: a CA file is given or an endpoint is ``https://``."""
         return self.cafile is not None or any(e.startswith("https://") for e in self.endpoints)
 
     def describe(self) -> str:
+        """The endpoints, comma-separated, for messages."""
         return ",".join(self.endpoints)
 
 
@@ -136,6 +138,7 @@ class EtcdClient:
                                      rpc.WatchStub(channel)))
 
     async def close(self) -> None:
+        """Close every endpoint's channel (calls after this fail)."""
         conns, self._conns = self._conns, []
         for conn in conns:
             await conn.channel.close()
@@ -214,6 +217,8 @@ class EtcdClient:
     # --- KV ---------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
+        """The key as stored, or None when it does not exist (etcd Range). Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         resp = await self._call("kv", "Range", rpc.RangeRequest(key=key.encode()))
         return KeyValue.from_pb(resp.kvs[0]) if resp.kvs else None
 
@@ -224,6 +229,9 @@ class EtcdClient:
         return [KeyValue.from_pb(kv) for kv in resp.kvs], resp.header.revision
 
     async def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
+        """Set ``key`` (text is UTF-8 encoded), attached to etcd lease ``lease`` when not 0; returns
+        the store's revision after the write (etcd Put). Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         if isinstance(value, str):
             value = value.encode()
         resp = await self._call("kv", "Put", rpc.PutRequest(key=key.encode(), value=value,
@@ -231,10 +239,14 @@ class EtcdClient:
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
+        """Delete ``key``; whether it existed (etcd DeleteRange). Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         resp = await self._call("kv", "DeleteRange", rpc.DeleteRangeRequest(key=key.encode()))
         return resp.deleted > 0
 
     async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix``; how many there were. Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         p = prefix.encode()
         resp = await self._call("kv", "DeleteRange",
                                 rpc.DeleteRangeRequest(key=p, range_end=prefix_end(p)))
@@ -286,6 +298,8 @@ class EtcdClient:
         return bool(resp.succeeded)
 
     async def compact(self, revision: int) -> None:
+        """Compact history up to ``revision`` (physical: etcd has dropped it when this returns).
+        Raises :class:`EtcdError` (:class:`EtcdUnavailable` when no endpoint answers)."""
         await self._call("kv", "Compact", rpc.CompactionRequest(revision=revision, physical=True))
 
     async def status(self) -> int:
@@ -297,12 +311,16 @@ class EtcdClient:
     # --- leases -----------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
+        """A new etcd lease of ``ttl`` seconds; its id. Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         resp = await self._call("lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
         if resp.error:
             raise EtcdError(f"etcd refused a lease: {resp.error}")
         return int(resp.ID)
 
     async def revoke(self, lease_id: int) -> None:
+        """Revoke etcd lease ``lease_id`` (its keys are deleted); an unknown lease is no error.
+        Raises :class:`EtcdError` (:class:`EtcdUnavailable` when no endpoint answers)."""
         try:
             await self._call("lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
         except EtcdError as exc:
