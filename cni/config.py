@@ -39,12 +39,20 @@ VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 @dataclass(frozen=True)
 class ExtraRoute:
+    """One entry of the config's ``routes``: destination network and optional gateway (empty: the
+    bridge's address), as the reference bridge plugin's IPAM routes."""
+
     dst: IPv4Network | IPv6Network
     gw: str = ""
 
 
 @dataclass
 class NetConf:
+    """Our plugin's network configuration as parsed from stdin (CNI spec 1.1, Section 1 "Network
+    configuration format": ``cniVersion``, ``name``, ``type``, ``prevResult``, ``runtimeConfig``,
+    and the plugin's own keys named like the reference bridge plugin's). ``mtu`` is bytes (None: the
+    node's ``FLANNEL_MTU``); ``ip_masq`` None: ``FLANNEL_IPMASQ``."""
+
     cni_version: str
     name: str
     type: str = "netweft"
@@ -66,6 +74,8 @@ class NetConf:
 
 
 def decode(stdin: bytes | str) -> dict[str, Any]:
+    """The JSON object on stdin. Raises :class:`CniError` ERR_DECODE (6, CNI spec well-known error)
+    when it is not valid JSON or not an object."""
     try:
         data = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -56,12 +56,17 @@ LOOPBACK_TYPE = "loopback"
 
 @dataclass(frozen=True)
 class Installed:
+    """What ``netweft cni install`` wrote: the executable's path, the conflist's path, and notes a
+    user must know (one line each)."""
+
     executable: str
     conflist: str
     notes: list[str] = field(default_factory=list)  # one line each: what a user must know
 
 
 def package_root() -> str:
+    """The folder holding the ``cni``, ``daemon``, ``ipam`` ... package folders
+    (site-packages/netweft, or the checkout in an editable install)."""
     return os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
 
 
@@ -97,6 +102,9 @@ def fallback_paths() -> list[str]:
 
 
 def launcher_text(default_socket: str, default_log: str, python: str | None = None) -> str:
+    """The Python launcher script (``#!<python> -IS``: isolated, no site machinery, for start-up
+    time) that runs :func:`netweft.cni.shim.main` with the default socket and log file; ``python``
+    defaults to this interpreter."""
     python = python or sys.executable
     return (
         f"#!{python} -IS\n"

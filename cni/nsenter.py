@@ -72,6 +72,9 @@ def open_netns(path: str, caller_pid: int = 0) -> int:
 
 
 def current_netns() -> int:
+    """A new O_CLOEXEC descriptor of the calling thread's network namespace
+    (``/proc/thread-self/ns/net``), to return to with ``setns``; the caller closes it. Raises
+    OSError."""
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 

@@ -65,6 +65,7 @@ def _mac(value: str) -> bytes:
 
 
 def format_mac(raw: bytes) -> str:
+    """6 raw bytes -> ``aa:bb:cc:dd:ee:ff`` (lowercase)."""
     return ":".join(f"{b:02x}" for b in raw)
 
 
@@ -74,6 +75,8 @@ def _msg(kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
 
 
 def parse_attrs(data: bytes, offset: int) -> dict[int, bytes]:
+    """The netlink attributes from ``offset`` to the end of ``data``: type (flags masked off) ->
+    payload bytes; the last one wins on repeats; a malformed length ends the walk (no error)."""
     out: dict[int, bytes] = {}
     end = len(data)
     while offset + 4 <= end:
@@ -87,6 +90,9 @@ def parse_attrs(data: bytes, offset: int) -> dict[int, bytes]:
 
 @dataclass(frozen=True)
 class Link:
+    """A link as RTM_GETLINK reports it: ifindex, name, MAC, MTU (bytes), master ifindex (0: none),
+    administratively up, and ``kind`` (``veth``, ``bridge``; "" when not reported)."""
+
     index: int
     name: str
     mac: str
@@ -120,6 +126,7 @@ class Rtnl:
         self.sock.bind((0, 0))
 
     def close(self) -> None:
+        """Close the netlink socket."""
         self.sock.close()
 
     def __enter__(self) -> Rtnl:
@@ -163,15 +170,20 @@ class Rtnl:
         return replies
 
     def call(self, message: tuple[int, bytes], ignore: tuple[int, ...] = ()) -> bytes | None:
+        """Send one ``(seq, message)`` and return its reply body (None for a bare ack). Raises
+        :class:`RtnlError` unless its errno is in ``ignore``."""
         return self.batch([message], ignore).get(message[0])
 
     # -- requests -----------------------------------------------------------------------------
     @staticmethod
     def getlink_msg(name: str) -> tuple[int, bytes]:
+        """An RTM_GETLINK request for the link named ``name``, as ``(seq, bytes)``."""
         return _msg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK,
                     IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name))
 
     def link(self, name: str) -> Link | None:
+        """The link named ``name`` in this socket's namespace, or None when there is none (ENODEV).
+        Raises :class:`RtnlError` for other errors."""
         seq, msg = self.getlink_msg(name)
         try:
             body = self.batch([(seq, msg)]).get(seq)
@@ -232,6 +244,9 @@ class Rtnl:
 
     @staticmethod
     def hairpin_msg(index: int, on: bool = True) -> tuple[int, bytes]:
+        """An RTM_SETLINK (AF_BRIDGE) request turning the bridge port ``index``'s hairpin mode on or
+        off (IFLA_BRPORT_MODE), as ``(seq, bytes)``; the reference bridge plugin's ``hairpinMode``.
+        """
         body = IFINFOMSG.pack(AF_BRIDGE, 0, index, 0, 0) + _attr(
             IFLA_PROTINFO | NLA_F_NESTED, _attr(IFLA_BRPORT_MODE, bytes([1 if on else 0])))
         return _msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, body)
@@ -244,12 +259,15 @@ class Rtnl:
 
     @staticmethod
     def dellink_msg(name: str) -> tuple[int, bytes]:
+        """An RTM_DELLINK request for the link named ``name``, as ``(seq, bytes)``."""
         return _msg(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
                     IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name))
 
     @staticmethod
     def setlink_msg(index: int, up: bool | None = None, master: int | None = None,
                     mtu: int | None = None) -> tuple[int, bytes]:
+        """An RTM_NEWLINK request changing link ``index``: up/down, master ifindex, MTU in bytes
+        (None: unchanged), as ``(seq, bytes)``."""
         flags = change = 0
         if up is not None:
             flags, change = (IFF_UP if up else 0), IFF_UP
@@ -262,6 +280,9 @@ class Rtnl:
 
     @staticmethod
     def addr_msg(index: int, address: IPv4Interface | IPv6Interface) -> tuple[int, bytes]:
+        """An RTM_NEWADDR request (create, exclusive) adding ``address`` to link ``index``, universe
+        scope; IPv6 without duplicate address detection (IFA_F_NODAD, as the reference plugins), as
+        ``(seq, bytes)``."""
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         raw = address.ip.packed
         body = IFADDRMSG.pack(family, address.network.prefixlen,
@@ -290,6 +311,7 @@ class Rtnl:
 
     @staticmethod
     def parse_link(body: bytes) -> Link:
+        """A :class:`Link` from an RTM_NEWLINK reply body."""
         return _parse_link(body)
 
 

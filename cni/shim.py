@@ -38,6 +38,8 @@ def socket_path_of(data: bytes, default: str = "") -> str:
 
 
 def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
+    """One request on the server's wire: ``NWCNI1 <env bytes> <stdin bytes>\n``, the environment as
+    ``KEY=VALUE\0`` entries, then stdin unchanged."""
     block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
     return b"%s %d %d\n" % (MAGIC, len(block), len(stdin)) + block + stdin
 
@@ -70,6 +72,10 @@ def call_server(path: str, request: bytes) -> tuple[int, bytes]:
 
 
 def main(default_socket: str, default_log: str, fallback_paths: list[str]) -> None:
+    """The executable: pass stdin and the ``CNI_*`` environment to the CNI server at ``socketPath``
+    (or ``default_socket``), or run the plugin in this process when no server listens (importing
+    from ``fallback_paths``); writes the reply to stdout and exits with its code. Never returns;
+    never prints a traceback."""
     stdin = sys.stdin.buffer.read()
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
     env[DEFAULT_LOG_KEY] = default_log

@@ -41,6 +41,8 @@ class CniError(Exception):
         self.details = details
 
     def to_dict(self, version: str) -> dict[str, object]:
+        """The CNI error object (CNI spec 1.1, Section 5 "Error": ``cniVersion``, ``code``, ``msg``,
+        ``details`` when set)."""
         out: dict[str, object] = {"cniVersion": version, "code": self.code, "msg": self.msg}
         if self.details:
             out["details"] = self.details
@@ -48,6 +50,8 @@ class CniError(Exception):
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:
+    """``"1.0.0"`` -> ``(1, 0, 0)``. Raises ValueError when it is not three dot-separated numbers.
+    """
     parts = version.split(".")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         raise ValueError(f"{version!r} is not a semantic version")
@@ -68,6 +72,9 @@ def check_version(version: object) -> str:
 
 @dataclass(frozen=True)
 class Interface:
+    """One ``interfaces`` entry of a CNI result (CNI spec 1.1, Section 5 "Success"): name, MAC,
+    ``sandbox`` (netns path; empty for a host interface), ``mtu`` in bytes (0: not reported)."""
+
     name: str
     mac: str
     sandbox: str = ""
@@ -76,6 +83,9 @@ class Interface:
 
 @dataclass(frozen=True)
 class IPConfig:
+    """One ``ips`` entry of a CNI result: address with prefix length, gateway ("": none) and the
+    index into ``interfaces``."""
+
     address: IPv4Interface | IPv6Interface
     gateway: str
     interface: int
@@ -83,12 +93,17 @@ class IPConfig:
 
 @dataclass(frozen=True)
 class Route:
+    """One ``routes`` entry of a CNI result: destination CIDR and gateway ("": none)."""
+
     dst: str
     gw: str = ""
 
 
 @dataclass
 class Result:
+    """A CNI success result (CNI spec 1.1, Section 5 "Success"); :func:`render_result` writes it in
+    the requested version's form."""
+
     interfaces: list[Interface] = field(default_factory=list)
     ips: list[IPConfig] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
@@ -152,8 +167,11 @@ def parse_result(data: object) -> Result:
 
 
 def version_info() -> dict[str, object]:
+    """The VERSION command's reply (CNI spec 1.1, Section 2 "VERSION"): our current version and
+    every supported one."""
     return {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def dumps(obj: object) -> str:
+    """Compact JSON text with a trailing newline, as our stdout carries it."""
     return json.dumps(obj, separators=(",", ":")) + "\n"

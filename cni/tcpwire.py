@@ -53,6 +53,8 @@ def unprivileged_port_start() -> int:
 
 
 def token_ok(first_line: bytes, token: bytes) -> bool:
+    """Whether a TCP request's first line is ``NWTCP1 <token>`` with the right token (constant-time
+    comparison; an empty token never matches)."""
     return bool(token) and hmac.compare_digest(first_line, MAGIC + b" " + token)
 
 

@@ -52,6 +52,8 @@ def attached(container_id: str, ifname: str) -> bool:
 
 
 def is_host_veth_name(name: str) -> bool:
+    """Whether ``name`` has the form of our host veths (``nw`` + 12 lowercase hex digits, see
+    :func:`host_veth_name`)."""
     rest = name[len(HOST_VETH_PREFIX):]
     return (name.startswith(HOST_VETH_PREFIX) and len(rest) == 12
             and all(c in "0123456789abcdef" for c in rest))
@@ -66,6 +68,8 @@ def pod_mac(addresses: list[IPv4Interface | IPv6Interface], seed: str) -> str:
 
 @dataclass(frozen=True)
 class PodRoute:
+    """A route to set in the pod: destination CIDR and gateway (None: on-link)."""
+
     dst: str
     gw: IPv4Address | IPv6Address | None
 
@@ -87,21 +91,28 @@ class PodPlan:
 
     @property
     def host_veth(self) -> str:
+        """The host-side veth name (:func:`host_veth_name`)."""
         return host_veth_name(self.container_id, self.ifname)
 
     @property
     def mac(self) -> str:
+        """The pod interface's MAC (:func:`pod_mac`)."""
         return pod_mac(self.addresses, f"{self.container_id}/{self.ifname}")
 
 
 @dataclass(frozen=True)
 class Wired:
+    """The host veth and the pod's interface as the kernel reports them after wiring."""
+
     host_veth: Link
     pod_link: Link
 
 
 @dataclass
 class BridgeState:
+    """The node bridge as verified: name, ifindex, MAC, gateway addresses (CIDR strings), and
+    whether this request created it (undone on failure)."""
+
     name: str
     index: int
     mac: str
@@ -271,6 +282,8 @@ def unwire_pod(container_id: str, ifname: str, netns: str) -> bool:
 
 
 def delete_links(names: list[str]) -> None:
+    """Delete the host links named ``names`` (a missing one is no error). Raises
+    :class:`netweft.cni.rtnl.RtnlError` for other failures."""
     if not names:
         return
     with Rtnl() as host:
