@@ -54,11 +54,13 @@ class Netlink:
 
     @property
     def ipr(self) -> IPRoute:
+        """The pyroute2 ``IPRoute`` socket (in ``netns`` when set), opened on first use."""
         if self._ipr is None:
             self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
         return self._ipr
 
     def close(self) -> None:
+        """Close the socket (reopened on next use)."""
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -66,10 +68,13 @@ class Netlink:
     # --- links ------------------------------------------------------------------------------
 
     def link_index(self, name: str) -> int | None:
+        """The ifindex of the link named ``name``, or None."""
         found = self.ipr.link_lookup(ifname=name)
         return int(found[0]) if found else None
 
     def link(self, name: str) -> LinkInfo | None:
+        """The link named ``name``, or None when there is none. Raises pyroute2's NetlinkError for
+        other errors."""
         try:
             msgs = self.ipr.link("get", ifname=name)
         except NetlinkError as exc:
@@ -79,10 +84,14 @@ class Netlink:
         return _link_info(msgs[0]) if msgs else None
 
     def links(self) -> list[LinkInfo]:
+        """Every link in the namespace."""
         return [_link_info(m) for m in self.ipr.link("dump")]
 
     def create_vxlan(self, name: str, vni: int, local: IPv4Address, port: int, parent: int,
                      mac: str | None, mtu: int) -> int:
+        """Create a VXLAN device as Flannel does (``vni``, local address, UDP ``port``, learning
+        off, on link ``parent``, ``mtu`` in bytes, MAC when given); returns its ifindex. Raises
+        NetlinkError (EEXIST when it exists)."""
         kwargs: dict[str, Any] = dict(
             ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=str(local), vxlan_port=port,
             vxlan_learning=0, vxlan_link=parent, mtu=mtu)
@@ -104,9 +113,13 @@ class Netlink:
         return index
 
     def set_link(self, index: int, **kwargs: Any) -> None:
+        """``ip link set`` on link ``index`` (pyroute2 keywords: ``state``, ``mtu``, ...). Raises
+        NetlinkError."""
         self.ipr.link("set", index=index, **kwargs)
 
     def delete_link(self, index: int) -> None:
+        """Delete link ``index``; a missing link is no error. Raises NetlinkError for other errors.
+        """
         try:
             self.ipr.link("del", index=index)
         except NetlinkError as exc:
@@ -147,6 +160,7 @@ class Netlink:
         return out
 
     def add_address(self, index: int, addr: IPv4Interface) -> None:
+        """Add ``addr`` to link ``index``; an existing one is no error. Raises NetlinkError."""
         try:
             self.ipr.addr("add", index=index, address=str(addr.ip),
                           prefixlen=addr.network.prefixlen)
@@ -155,6 +169,8 @@ class Netlink:
                 raise
 
     def del_address(self, index: int, addr: IPv4Interface) -> None:
+        """Remove ``addr`` from link ``index``; a missing address or link is no error. Raises
+        NetlinkError."""
         try:
             self.ipr.addr("del", index=index, address=str(addr.ip),
                           prefixlen=addr.network.prefixlen)
@@ -248,6 +264,7 @@ class Netlink:
         self._unreachable("replace", dst, metric)
 
     def remove_unreachable(self, dst: IPv4Network, metric: int) -> None:
+        """Remove the unreachable route for ``dst`` with ``metric``; a missing one is no error."""
         self._unreachable("del", dst, metric, benign=True)
 
     def _unreachable(self, op: str, dst: IPv4Network, metric: int, benign: bool = False) -> None:
@@ -257,6 +274,8 @@ class Netlink:
             raise NetlinkError(errno.EIO, errors[0])
 
     def route_get(self, dst: IPv4Address) -> RouteLookup | None:
+        """``ip route get dst``: the output ifindex, gateway and preferred source, or None when the
+        kernel has no route."""
         try:
             msg = self.ipr.route("get", dst=str(dst))[0]
         except NetlinkError:

@@ -158,6 +158,10 @@ def _read(path: str) -> str | None:
 
 
 class WireGuardBackend(Backend):
+    """Flannel's ``wireguard`` backend (module docstring): device ``flannel-wg``, kernel WireGuard
+    or ``wireguard-go``, one WireGuard peer and one route per peer lease, an ``unreachable
+    <Network>`` route so pod traffic never leaves in clear."""
+
     type_name = "wireguard"
 
     def __init__(self, nl: Netlink, underlay: Underlay, settings: WireGuardSettings,
@@ -184,13 +188,20 @@ class WireGuardBackend(Backend):
 
     @property
     def psk_file(self) -> str | None:
+        """Where the configured preshared key is written for ``wg set`` (mode 0600), or None without
+        a PSK."""
         return os.path.join(self.socket_dir, "psk") if self.settings.psk else None
 
     def backend_data(self) -> dict[str, object]:
+        """``{"PublicKey": <base64>, "Port": <ListenPort>}`` (Flannel's wireguard BackendData);
+        loads or creates the private key first. Raises :class:`BackendError` when the key cannot be
+        made."""
         self._ensure_key()
         return {"PublicKey": self.public_key, "Port": self.settings.listen_port}
 
     def mtu(self) -> int:
+        """The pod MTU in bytes: the configured ``MTU``, else the underlay's minus WireGuard's
+        overhead (60 for IPv4 endpoints, 80 when they may be IPv6)."""
         return self.settings.mtu or (self.underlay.mtu - overhead(self.settings.mode))
 
     # --- the device ---------------------------------------------------------------------------
@@ -238,6 +249,10 @@ class WireGuardBackend(Backend):
         return link
 
     def setup(self, lease: Lease) -> DeviceInfo:
+        """Create or keep ``flannel-wg`` (kernel device, else wireguard-go) with our key, listen
+        port and PSK, address = the subnet's .0/32, up, MTU, and the fail-closed unreachable route;
+        returns the device. Raises :class:`BackendError` when the lease has no IPv4 subnet or
+        neither implementation works."""
         if lease.subnet is None:
             raise BackendError("wireguard: the lease has no IPv4 subnet")
         self._ensure_key()
@@ -255,12 +270,16 @@ class WireGuardBackend(Backend):
         return DeviceInfo(self.dev, link.index, self.mtu(), None, str(want))
 
     def attach(self) -> None:
+        """Find an existing ``flannel-wg`` (and which implementation runs it) without changing
+        anything."""
         link = self.nl.link(self.dev)
         if link is not None:
             self.index = link.index
             self._use("kernel" if link.kind == "wireguard" else "userspace")
 
     def device_present(self) -> bool:
+        """Whether our device still exists with the index we set up, is up and, for wireguard-go,
+        its process still runs."""
         if self.index is None:
             return False
         if self.implementation == "userspace" and self.go.proc is not None \
@@ -272,9 +291,12 @@ class WireGuardBackend(Backend):
     # --- peers and routes ---------------------------------------------------------------------
 
     def desired(self, own: Lease, leases: Iterable[Lease]) -> DesiredState:
+        """Pure: a WireGuard peer and a route per valid peer lease (:func:`desired_wireguard`)."""
         return desired_wireguard(own, leases, self.dev, self.settings)
 
     def actual(self) -> ActualState:
+        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's peers (``wg show dump``).
+        Raises :class:`BackendError` when ``wg`` fails."""
         routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
         if self.index is None:
             return ActualState(routes=routes)
@@ -292,9 +314,12 @@ class WireGuardBackend(Backend):
         return errors + apply_changes(self.nl, changes)
 
     def watched(self) -> Watched:
+        """The device (no neighbour entries) and the public interface."""
         return Watched(self.dev, self.index, None, self.underlay.index)
 
     def status(self) -> dict[str, object]:
+        """``implementation`` (kernel/userspace), ``publicKey``, ``listenPort``; for wireguard-go
+        also its pid, socket and restart count."""
         out: dict[str, object] = {"implementation": self.implementation,
                                   "publicKey": self.public_key,
                                   "listenPort": self.settings.listen_port}
@@ -309,6 +334,7 @@ class WireGuardBackend(Backend):
         self.go.stop()
 
     def teardown(self) -> None:
+        """Remove our routes, stop wireguard-go, delete the device and the unreachable route."""
         apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
         if self.go.proc is not None:
             self.go.stop()

@@ -32,6 +32,8 @@ log = logging.getLogger("netweft.wireguard")
 
 
 def socket_path(socket_dir: str, dev: str) -> str:
+    """wireguard-go's UAPI socket for ``dev`` in ``socket_dir`` (``<dev>.sock``; both programs see
+    ``socket_dir`` as ``/run/wireguard`` through ``wireguard_wg.socket_dir_prefix``)."""
     return os.path.join(socket_dir, f"{dev}.sock")
 
 
@@ -68,27 +70,35 @@ class WireGuardGo:
 
     @property
     def socket(self) -> str:
+        """The UAPI socket path of our device."""
         return socket_path(self.socket_dir, self.dev)
 
     @property
     def log_path(self) -> str:
+        """Where wireguard-go's output goes (``<socket_dir>/<dev>.log``)."""
         return os.path.join(self.socket_dir, f"{self.dev}.log")
 
     @property
     def pid(self) -> int | None:
+        """The running process's pid, or None before start."""
         return self.proc.pid if self.proc is not None else None
 
     @property
     def restarts(self) -> int:
+        """How many times it was started again after the first start."""
         return max(0, self.starts - 1)
 
     def command(self) -> list[str]:
+        """The argv: wireguard-go in the foreground for ``dev``, killed with its parent (``setpriv
+        --pdeathsig``), in ``netns`` when set, with ``socket_dir`` as its ``/run/wireguard`` (a
+        private mount namespace)."""
         cmd = ["setpriv", "--pdeathsig", "TERM", "--"]
         if self.netns:
             cmd += ["nsenter", f"--net=/run/netns/{self.netns}"]
         return [*cmd, *socket_dir_prefix(self.socket_dir), self.binary, "-f", self.dev]
 
     def alive(self) -> bool:
+        """Whether the process we started is still running."""
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> int:
