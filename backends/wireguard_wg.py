@@ -87,7 +87,8 @@ def set_args(dev: str, add: Sequence[WgPeer], remove: Sequence[WgPeer],
     """The arguments of one ``wg set`` applying a batch: removals first (so a peer whose key
     changed hands its allowed IPs to the new key in the same call), then additions, each
     written whole (``allowed-ips`` replaces the list). A peer with a PSK reads it from
-    ``psk_file``; one without gets ``/dev/null`` (clears it). Empty when there is nothing."""
+    ``psk_file``; one without gets ``/dev/null`` (clears it). Empty when there is nothing.
+    Raises :class:`BackendError` when a peer needs the PSK and ``psk_file`` is None."""
     args: list[str] = []
     for peer in remove:
         args += ["peer", peer.public_key, "remove"]

@@ -158,7 +158,8 @@ def _attachments(data: dict[str, Any]) -> list[tuple[str, str]] | None:
 
 
 def parse(data: dict[str, Any]) -> NetConf:
-    """Validate a decoded config (code 1 for the version, 7 naming the field otherwise)."""
+    """Validate a decoded config. Raises :class:`CniError` ERR_INCOMPATIBLE_VERSION (1) for the
+    version, ERR_INVALID_CONFIG (7) naming the field otherwise."""
     version = check_version(data.get("cniVersion"))
     name = _get(data, "name", str, "")
     if not name or "/" in name or name in (".", "..") or "\x00" in name:

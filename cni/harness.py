@@ -92,7 +92,8 @@ class CniNode:
         """Run the CNI server in the node namespace (``python -m netweft.cni.server`` unless another
         command line, e.g. ``netweft cni-server``, is given; the options are appended).
         ``tcp=False``: the server has no TCP listener (no token file), so the bash launcher
-        falls back to the Python launcher and the unix socket."""
+        falls back to the Python launcher and the unix socket. Raises RuntimeError when the
+        server does not come up."""
         # the loopback the TCP fast path listens on (a runtime's node namespace has it up)
         subprocess.run(["ip", "-n", self.node_netns, "link", "set", "lo", "up"], check=True)
         port = self.tcp_port if tcp else 0

@@ -80,7 +80,8 @@ def current_netns() -> int:
 
 @contextlib.contextmanager
 def entered(netns_fd: int) -> Iterator[None]:
-    """Run the block with this thread inside ``netns_fd``; always come back."""
+    """Run the block with this thread inside ``netns_fd``; always come back. Raises
+    :class:`NetnsGone` when ``netns_fd`` is not a network namespace, OSError from ``setns``."""
     home = current_netns()
     try:
         try:

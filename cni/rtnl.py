@@ -194,7 +194,8 @@ class Rtnl:
         return _parse_link(body) if body else None
 
     def addresses(self, index: int) -> list[tuple[str, int]]:
-        """(address, prefix length) of every address on link ``index`` (one dump)."""
+        """(address, prefix length) of every address on link ``index`` (one dump). Raises
+        :class:`RtnlError` when the kernel refuses."""
         seq, msg = _msg(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
                         IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
         self.sock.send(msg)

@@ -141,7 +141,8 @@ def render_result(result: Result, version: str) -> dict[str, object]:
 
 
 def parse_result(data: object) -> Result:
-    """Parse a ``prevResult`` (any supported version) back into a :class:`Result`."""
+    """Parse a ``prevResult`` (any supported version) back into a :class:`Result`. Raises
+    :class:`CniError` ERR_INVALID_CONFIG naming the field."""
     if not isinstance(data, dict):
         raise CniError(ERR_INVALID_CONFIG, "prevResult must be an object")
     try:

@@ -209,7 +209,9 @@ class NodeAllocator:
     # -- operations ---------------------------------------------------------------------------
     def allocate(self, container_id: str, ifname: str,
                  requested: Iterable[IPAddress] = ()) -> list[IPInterface]:
-        """One address per range for (container, ifname); the existing ones if it has them."""
+        """One address per range for (container, ifname); the existing ones if it has them.
+        Raises :class:`RangeExhausted`, :class:`RequestedIPUnavailable`, :class:`StoreError`,
+        or :class:`AllocatorError` without ranges."""
         if not self.ranges:
             raise AllocatorError("no IP ranges configured for the node")
         wanted: dict[int, IPAddress] = {}

@@ -362,7 +362,8 @@ def from_dict(d: Any) -> NetworkConfig:
 
 
 def parse_config(text: str | bytes) -> NetworkConfig:
-    """Parse and validate a Flannel network config JSON document."""
+    """Parse and validate a Flannel network config JSON document. Raises :class:`ConfigError`,
+    one line naming the key."""
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -115,7 +115,8 @@ class Lease:
 
 
 def subnet_key_name(v4: IPv4Network | None, v6: IPv6Network | None = None) -> str:
-    """``10.244.3.0-24``, ``fc00::-64``, or both joined by ``&`` (Flannel's dual-stack form)."""
+    """``10.244.3.0-24``, ``fc00::-64``, or both joined by ``&`` (Flannel's dual-stack form).
+    Raises :class:`LeaseFormatError` without either subnet."""
     parts = []
     if v4 is not None:
         parts.append(f"{v4.network_address}-{v4.prefixlen}")
@@ -127,7 +128,7 @@ def subnet_key_name(v4: IPv4Network | None, v6: IPv6Network | None = None) -> st
 
 
 def parse_key_name(name: str) -> tuple[IPv4Network | None, IPv6Network | None]:
-    """Inverse of :func:`subnet_key_name`."""
+    """Inverse of :func:`subnet_key_name`. Raises :class:`LeaseFormatError` for another form."""
     v4: IPv4Network | None = None
     v6: IPv6Network | None = None
     for part in name.split("&"):

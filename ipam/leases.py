@@ -364,8 +364,9 @@ class LeaseStore:
         """Keep our lease: refresh its etcd lease, and put our value back when it was changed
         under us (another PublicIP, VTEP MAC, garbage, ...: issue 9 item 11) as long as it is
         still ours (:func:`~netweft.ipam.claim.drift`). Returns ``lease`` with the new expiry,
-        etcd lease id and revision. :class:`LeaseLost` when the key or its etcd lease is gone
-        or another identity (or, without identities, another PublicIP) holds the key."""
+        etcd lease id and revision. Raises :class:`LeaseLost` when the key or its etcd lease is
+        gone or another identity (or, without identities, another PublicIP) holds the key;
+        :class:`LeaseError` when etcd keeps changing under us; :class:`EtcdError`."""
         key = self.key_for(lease)
         for _attempt in range(ACQUIRE_ATTEMPTS):
             kv = await self.etcd.get(key)
@@ -423,7 +424,9 @@ class LeaseStore:
 
     async def reserve(self, subnet: IPv4Network, public_ip: IPv4Address,
                       cfg: NetworkConfig | None = None) -> Lease:
-        """A key with no etcd lease: never expires, only ``public_ip`` may use it."""
+        """A key with no etcd lease: never expires, only ``public_ip`` may use it (Flannel's
+        reservations). Raises :class:`LeaseError` when ``subnet`` is not one of ``cfg``'s
+        subnets or another node holds it; :class:`EtcdError`."""
         if cfg is not None and cfg.subnet_index(subnet) is None:
             raise LeaseError(f"{subnet} is not a /{cfg.subnet_len} subnet between "
                              f"{cfg.subnet_min} and {cfg.subnet_max} of {cfg.network}")

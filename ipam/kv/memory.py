@@ -270,7 +270,8 @@ class MemoryKV:
         self, prefix: str, start_revision: int, progress_notify: bool = True,
     ) -> AsyncIterator[WatchBatch]:
         """See :meth:`netweft.kv.protocol.KV.watch_prefix`. Expired leases are noticed while
-        waiting (each second of ``clock``, at the latest)."""
+        waiting (each second of ``clock``, at the latest). Raises :class:`CompactedError` for a
+        start revision already compacted; :class:`EtcdUnavailable` as every call."""
         await self._check()
         if 0 < start_revision <= self.compacted:
             raise CompactedError(self.compacted)
