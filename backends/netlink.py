@@ -104,8 +104,9 @@ class Netlink:
         return index
 
     def create_wireguard(self, name: str, mtu: int) -> int:
-        """``ip link add <name> type wireguard`` (the kernel's device). Raises NetlinkError
-        (EOPNOTSUPP, "Unknown device type") where the kernel has no WireGuard."""
+        """``ip link add <name> type wireguard mtu <mtu bytes>`` (the kernel's device); returns
+        its ifindex. Raises NetlinkError (EOPNOTSUPP, "Unknown device type") where the kernel
+        has no WireGuard."""
         self.ipr.link("add", ifname=name, kind="wireguard", mtu=mtu)
         index = self.link_index(name)
         if index is None:  # pragma: no cover - the kernel just created it
@@ -127,8 +128,8 @@ class Netlink:
                 raise
 
     def ensure_device(self, link: LinkInfo, mtu: int, address: IPv4Interface) -> None:
-        """Make ``link`` up, with ``mtu`` and ``address`` as its only IPv4 address (changes
-        only what differs)."""
+        """Make ``link`` up, with ``mtu`` (bytes) and ``address`` as its only IPv4 address
+        (changes only what differs). Raises NetlinkError."""
         changes: dict[str, object] = {}
         if link.mtu != mtu:
             changes["mtu"] = mtu

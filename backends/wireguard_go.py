@@ -102,7 +102,8 @@ class WireGuardGo:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> int:
-        """Start wireguard-go and wait until its socket answers; returns its pid. Raises
+        """Start wireguard-go and wait (at most ``timeout`` seconds) until its socket answers;
+        returns its pid. Raises
         BackendError (with the last line of its log) when it exits or does not answer."""
         if self.alive():
             assert self.proc is not None
@@ -132,7 +133,8 @@ class WireGuardGo:
                            f"{timeout:.0f}s: {self._last_log_line()}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop our process (by its pid: SIGTERM, then SIGKILL); its device goes with it."""
+        """Stop our process (by its pid: SIGTERM, then SIGKILL after ``timeout`` seconds); its
+        device goes with it."""
         proc, self.proc = self.proc, None
         if proc is None:
             return

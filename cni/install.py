@@ -123,7 +123,8 @@ def launcher_text(default_socket: str, default_log: str, python: str | None = No
 def bash_launcher_text(python_launcher: str, default_socket: str, default_log: str,
                        tcp_port: int, token_file: str,
                        timeout: int = DEFAULT_TCP_TIMEOUT) -> str:
-    """The executable a runtime runs: ``cni/launcher.sh`` with this installation's values."""
+    """The executable a runtime runs: ``cni/launcher.sh`` with this installation's values
+    (``timeout``: seconds the launcher waits for the TCP fast path's reply)."""
     with open(os.path.join(os.path.dirname(os.path.abspath(cni.__file__)), "launcher.sh"),
               encoding="utf-8") as f:
         text = f.read()
@@ -203,7 +204,8 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
             portmap: bool = True, chain: list[dict[str, object]] | None = None,
             replace_chain: bool = False,
             reference_dirs: tuple[str, ...] = REFERENCE_PLUGIN_DIRS) -> Installed:
-    """Write the launchers and the conflist; returns the paths and notes for the user.
+    """Write the launchers and the conflist; returns the paths and notes for the user
+    (``mtu`` in bytes, None: the node's ``FLANNEL_MTU``; ``tcp_timeout`` in seconds).
 
     ``tcp_port``/``token_file`` must match the CNI server's (0: no TCP fast path).
     ``cni_version``: the conflist's ``cniVersion`` (what runtimes without ``cniVersions``

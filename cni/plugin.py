@@ -99,7 +99,8 @@ class WiringState:
 
     def bridge(self, conf: NetConf, gateways: list[IPv4Interface | IPv6Interface],
                mtu: int) -> tuple[wiring.BridgeState, str]:
-        """The bridge state and its current MAC; verified fully only when not cached."""
+        """The bridge state and its current MAC; verified fully only when not cached (``mtu``
+        in bytes). Raises :class:`CniError` as ``wiring.ensure_bridge``."""
         key = tuple(str(g) for g in gateways)
         cached = self.bridges.get(conf.bridge)
         if cached is not None and cached.gateways == key:

@@ -229,7 +229,8 @@ class Rtnl:
                  peer_mac: str, up: bool = True) -> tuple[int, bytes]:
         """veth ``name`` here (enslaved to ``master``, up), its ``peer`` created (down) in
         another netns: a veth cannot come up before its peer exists (the kernel answers
-        ENOTCONN), so the peer is brought up by its own namespace's socket afterwards."""
+        ENOTCONN), so the peer is brought up by its own namespace's socket afterwards. ``mtu``
+        in bytes, for both ends."""
         peer_body = (IFINFOMSG.pack(0, 0, 0, 0, 0)
                      + _str(IFLA_IFNAME, peer) + _u32(IFLA_MTU, mtu)
                      + _u32(IFLA_NET_NS_FD, peer_netns_fd))

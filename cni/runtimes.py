@@ -275,7 +275,8 @@ class PodmanNode(RuntimeNode):
 
     def exec(self, name: str, *cmd: str, check: bool = True,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``cmd`` in the container (``podman exec``). Raises as :meth:`podman`."""
+        """Run ``cmd`` in the container (``podman exec``; ``timeout`` in seconds). Raises as
+        :meth:`podman`."""
         return self.podman("exec", name, *cmd, check=check, timeout=timeout)
 
     def close(self) -> None:
@@ -509,8 +510,8 @@ def cli_install(cni: Any, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def http_get(netns_name: str, url: str, timeout: float = 5) -> str:
-    """GET ``url`` from inside namespace ``netns_name``: the body (RuntimeCommandError on
-    failure)."""
+    """GET ``url`` from inside namespace ``netns_name`` within ``timeout`` seconds: the body
+    (RuntimeCommandError on failure)."""
     code = ("import sys, urllib.request\n"
             f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout={timeout}).read()"
             ".decode())\n")

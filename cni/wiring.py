@@ -150,7 +150,8 @@ def bridge_ready(name: str, gateways: list[IPv4Interface | IPv6Interface]) -> Br
 
 def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu: int,
                   force_address: bool) -> BridgeState:
-    """Create the bridge if absent, give it the gateway addresses, bring it up (pyroute2).
+    """Create the bridge if absent, give it the gateway addresses, bring it up with ``mtu``
+    (bytes) (pyroute2; the reference bridge plugin's ``isGateway``).
 
     A bridge holding another address of the same family is an error (code 102) unless
     ``force_address``, which replaces it."""
@@ -312,8 +313,8 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
               mtu: int = 0) -> None:
     """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference
     (code 4 when ``netns`` is not a network namespace). ``caller_pid``: open ``netns`` as that
-    process sees it (see :mod:`cni.callerns`); ``mtu``: the MTU both ends must have (0: not
-    checked)."""
+    process sees it (see :mod:`cni.callerns`); ``mtu``: the MTU in bytes both ends must have
+    (0: not checked)."""
     from pyroute2 import IPRoute
 
     name = host_veth_name(container_id, ifname)
