@@ -31,7 +31,10 @@ class LeaseFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Lease:
-    """One node's subnet lease (or a reservation)."""
+    """One node's subnet lease (or a reservation), as Flannel keeps it in etcd: the key
+    ``<prefix>/subnets/<key_name>`` holding :meth:`value` (Flannel's ``LeaseAttrs``), attached to
+    an etcd lease whose TTL (seconds) makes it expire unless renewed. ``expiration`` is unix time
+    in seconds; the revisions are etcd's."""
 
     subnet: IPv4Network | None
     public_ip: IPv4Address | None

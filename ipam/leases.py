@@ -125,7 +125,10 @@ def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
 
 
 class LeaseStore:
-    """The leases of one network (one etcd prefix)."""
+    """The leases of one network (one etcd prefix) in Flannel's etcd layout
+    (``pkg/subnet/etcd``): ``<prefix>/config`` and ``<prefix>/subnets/<key>``, each lease
+    attached to an etcd lease of ``ttl`` seconds (Flannel's 24 h by default). Methods raise
+    :class:`EtcdError` when etcd cannot answer, besides the errors they name."""
 
     def __init__(self, etcd: KV, prefix: str = defaults.ETCD_PREFIX,
                  ttl: int = DEFAULT_TTL) -> None:
