@@ -42,6 +42,8 @@ class Route:
         return self._key() < other._key()
 
     def describe(self) -> str:
+        """The route in ``ip route`` words (``10.244.2.0/24 via 192.168.1.2 dev eth0 onlink``), for
+        logs and errors."""
         via = f" via {self.gateway}" if self.gateway else ""
         return f"{self.dst}{via} dev {self.dev}" + (" onlink" if self.onlink else "")
 
@@ -55,6 +57,7 @@ class Neighbour:
     dev: str
 
     def describe(self) -> str:
+        """The entry in ``ip neigh`` words, for logs and errors."""
         return f"{self.ip} lladdr {self.mac} dev {self.dev} permanent"
 
 
@@ -67,6 +70,7 @@ class FdbEntry:
     dev: str
 
     def describe(self) -> str:
+        """The entry in ``bridge fdb`` words, for logs and errors."""
         return f"{self.mac} dev {self.dev} dst {self.dst} self permanent"
 
 
@@ -84,6 +88,7 @@ class WgPeer:
     psk: str | None = field(default=None, repr=False)
 
     def describe(self) -> str:
+        """The peer in ``wg`` words (never the preshared key itself), for logs and errors."""
         return (f"peer {self.public_key} endpoint {self.endpoint} allowed-ips "
                 f"{','.join(self.allowed_ips)}"
                 + (f" keepalive {self.keepalive}" if self.keepalive else "")
@@ -111,22 +116,29 @@ class DesiredState:
 
     @property
     def routes(self) -> frozenset[Route]:
+        """Every peer's route (vxlan: to the peer subnet via its VTEP address onlink; host-gw: via
+        its public IP)."""
         return frozenset(p.route for p in self.peers if p.route is not None)
 
     @property
     def neighbours(self) -> frozenset[Neighbour]:
+        """Every peer's permanent ARP entry (vxlan: VTEP address -> VtepMAC, as Flannel)."""
         return frozenset(p.neighbour for p in self.peers if p.neighbour is not None)
 
     @property
     def fdb(self) -> frozenset[FdbEntry]:
+        """Every peer's permanent FDB entry (vxlan: VtepMAC -> public IP, as Flannel)."""
         return frozenset(p.fdb for p in self.peers if p.fdb is not None)
 
     @property
     def wg_peers(self) -> frozenset[WgPeer]:
+        """Every peer's WireGuard peer (public key, endpoint, allowed IPs)."""
         return frozenset(p.wg for p in self.peers if p.wg is not None)
 
     @property
     def errors(self) -> list[str]:
+        """One line per lease that cannot be programmed (e.g. host-gw: a peer not on our L2
+        segment)."""
         return [p.error for p in self.peers if p.error]
 
 
@@ -156,10 +168,12 @@ class Changes:
 
     @property
     def empty(self) -> bool:
+        """Nothing to change."""
         return self.count == 0
 
     @property
     def count(self) -> int:
+        """How many kernel entries the change adds or removes, over every kind."""
         return (len(self.add_neighbours) + len(self.add_fdb) + len(self.add_routes)
                 + len(self.del_routes) + len(self.del_fdb) + len(self.del_neighbours)
                 + len(self.add_wg_peers) + len(self.del_wg_peers))
@@ -342,6 +356,8 @@ class Backend(abc.ABC):
 
     # Convenience names from the interface in the brief: add or remove one peer.
     def add_peer(self, own: Lease, peer: Lease) -> list[str]:
+        """Program one peer (a lease event between full passes): its desired entries added; returns
+        one line per entry or lease that failed (no exception for a kernel refusal)."""
         state = self.desired(own, [peer])
         changes = Changes(
             add_neighbours=tuple(state.neighbours), add_fdb=tuple(state.fdb),
@@ -349,6 +365,8 @@ class Backend(abc.ABC):
         return list(state.errors) + self.apply(changes)
 
     def remove_peer(self, own: Lease, peer: Lease) -> list[str]:
+        """Remove one peer's entries (a lease removed or expired); returns one line per entry that
+        failed."""
         state = self.desired(own, [peer])
         changes = Changes(
             del_routes=tuple(state.routes), del_fdb=tuple(state.fdb),

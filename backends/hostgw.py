@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 
 def not_on_link_message(lease: Lease, underlay: Underlay) -> str:
+    """The error for a peer whose public IP is not on a network the public interface is connected to
+    (host-gw needs one L2 segment, as Flannel's host-gw)."""
     nets = ", ".join(str(n) for n in underlay.networks) or "none"
     return (f"host-gw: peer {lease.subnet} at {lease.public_ip} is not directly reachable from "
             f"{underlay.iface} (connected networks: {nets}); host-gw needs all nodes on one L2 "
@@ -58,6 +60,9 @@ def from_params(params: BackendParams) -> HostGwBackend:
 
 
 class HostGwBackend(Backend):
+    """Flannel's ``host-gw``: a route to every peer subnet via the peer's public IP on the public
+    interface; no device of its own, no encapsulation, MTU = the interface's."""
+
     type_name = "host-gw"
 
     def __init__(self, nl: Netlink, underlay: Underlay, mtu: int | None = None) -> None:
@@ -66,9 +71,11 @@ class HostGwBackend(Backend):
         self._mtu = mtu
 
     def mtu(self) -> int:
+        """The pod MTU in bytes: the configured ``MTU``, else the public interface's."""
         return self._mtu or self.underlay.mtu
 
     def backend_data(self) -> dict[str, object]:
+        """host-gw leases carry no BackendData (Flannel's)."""
         return {}
 
     def check_peers(self, own: Lease, leases: Iterable[Lease]) -> None:
@@ -79,25 +86,33 @@ class HostGwBackend(Backend):
                                             if len(errors) > 1 else ""))
 
     def setup(self, lease: Lease) -> DeviceInfo:
+        """Check the public interface still exists and describe it. Raises :class:`BackendError`
+        when it is gone."""
         link = self.nl.link(self.underlay.iface)
         if link is None:
             raise BackendError(f"host-gw: public interface {self.underlay.iface} is gone")
         return DeviceInfo(link.name, link.index, self.mtu(), link.mac, str(self.underlay.ip))
 
     def device_present(self) -> bool:
+        """Whether the public interface still has the index we set up with."""
         return self.nl.link_index(self.underlay.iface) == self.underlay.index
 
     def desired(self, own: Lease, leases: Iterable[Lease]) -> DesiredState:
+        """Pure: a route per valid peer (:func:`desired_hostgw`)."""
         return desired_hostgw(own, leases, self.underlay)
 
     def actual(self) -> ActualState:
+        """Our routes in the kernel (protocol ``RTPROT_NETWEFT``)."""
         return ActualState(routes=frozenset(self.nl.routes(RTPROT_NETWEFT)))
 
     def apply(self, changes: Changes) -> list[str]:
+        """Apply ``changes`` (routes only); one line per entry that failed."""
         return apply_changes(self.nl, changes)
 
     def teardown(self) -> None:
+        """Remove every route of ours."""
         apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
 
     def watched(self) -> Watched:
+        """The public interface: its routes are ours, no neighbour entries."""
         return Watched(self.underlay.iface, self.underlay.index, None, self.underlay.index)

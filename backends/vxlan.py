@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
@@ -41,6 +40,8 @@ from netweft.backends.base import (
     peers_of,
 )
 from netweft.backends.netlink import Netlink, apply_changes
+from netweft.common import defaults
+from netweft.common.atomicfile import write_atomic
 from netweft.ipam.lease import Lease
 
 if TYPE_CHECKING:
@@ -49,10 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("netweft.vxlan")
 
 VXLAN_OVERHEAD = 50
-DEFAULT_PORT = 8472
+DEFAULT_PORT = defaults.VXLAN_PORT
 
 
 def device_name(vni: int) -> str:
+    """Flannel's VXLAN device name, ``flannel.<VNI>``."""
     return f"flannel.{vni}"
 
 
@@ -68,6 +70,8 @@ def _mac_file(state_dir: str, vni: int) -> str:
 
 
 def load_vtep_mac(state_dir: str | None, vni: int) -> str | None:
+    """The VTEP MAC stored in ``<state_dir>/vxlan-<vni>.json`` (lowercase), or None when there is no
+    state dir or no readable file (no error)."""
     if not state_dir:
         return None
     try:
@@ -79,17 +83,19 @@ def load_vtep_mac(state_dir: str | None, vni: int) -> str | None:
 
 
 def save_vtep_mac(state_dir: str | None, vni: int, mac: str) -> None:
+    """Store the VTEP MAC (atomically, mode 0600) so a restart keeps it and peers' FDB/ARP entries
+    stay right; nothing when unchanged or without a state dir. Raises OSError."""
     if not state_dir or load_vtep_mac(state_dir, vni) == mac:
         return
-    os.makedirs(state_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vxlan.", dir=state_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"VNI": vni, "VtepMAC": mac}, f)
-    os.replace(tmp, _mac_file(state_dir, vni))
+    write_atomic(_mac_file(state_dir, vni), json.dumps({"VNI": vni, "VtepMAC": mac}), 0o600)
 
 
 @dataclass(frozen=True)
 class VxlanSettings:
+    """The vxlan backend's options (Flannel's ``Backend`` keys): ``VNI``, UDP ``Port``,
+    ``DirectRouting`` (host-gw routes to peers on our L2 segment), ``MTU`` in bytes (None: underlay
+    MTU - 50)."""
+
     vni: int = 1
     port: int = DEFAULT_PORT
     direct_routing: bool = False
@@ -137,6 +143,11 @@ def from_params(params: BackendParams) -> VxlanBackend:
 
 
 class VxlanBackend(Backend):
+    """Flannel's ``vxlan`` backend: device ``flannel.<VNI>`` with learning off; per peer a route to
+    its subnet via its VTEP address (the subnet's .0) onlink, a permanent ARP entry and a permanent
+    FDB entry to its public IP (Flannel's ``vxlan_network.go``); the VTEP MAC is kept across
+    restarts."""
+
     type_name = "vxlan"
 
     def __init__(self, nl: Netlink, underlay: Underlay, settings: VxlanSettings,
@@ -151,9 +162,13 @@ class VxlanBackend(Backend):
         self.mac: str | None = load_vtep_mac(state_dir, settings.vni) or previous_mac
 
     def mtu(self) -> int:
+        """The pod MTU in bytes: the configured ``MTU``, else the underlay's minus 50 (VXLAN over
+        IPv4)."""
         return self.settings.mtu or (self.underlay.mtu - VXLAN_OVERHEAD)
 
     def backend_data(self) -> dict[str, object]:
+        """``{"VNI": ..., "VtepMAC": ...}`` (Flannel's vxlan BackendData); picks the MAC (existing
+        device's, else random) on first use."""
         if self.mac is None:
             existing = self.nl.link(self.dev)
             self.mac = existing.mac if existing and existing.kind == "vxlan" else random_mac()
@@ -166,6 +181,9 @@ class VxlanBackend(Backend):
                 and not info_vxlan.get("learning"))
 
     def setup(self, lease: Lease) -> DeviceInfo:
+        """Create or keep ``flannel.<VNI>`` for ``lease`` (recreated when its VNI, local address,
+        port or learning differ), address = the subnet's .0/32, up, MTU; returns the device. Raises
+        :class:`BackendError` when the lease has no IPv4 subnet or the kernel refuses."""
         if lease.subnet is None:
             raise BackendError("vxlan: the lease has no IPv4 subnet")
         link = self.nl.link(self.dev)
@@ -202,21 +220,26 @@ class VxlanBackend(Backend):
         return DeviceInfo(self.dev, link.index, self.mtu(), self.mac, str(want))
 
     def attach(self) -> None:
+        """Find an existing ``flannel.<VNI>`` (index and MAC) without changing anything."""
         link = self.nl.link(self.dev)
         if link is not None and link.kind == "vxlan":
             self.index = link.index
             self.mac = link.mac
 
     def device_present(self) -> bool:
+        """Whether our device still exists with the index we set up and is up."""
         if self.index is None:
             return False
         link = self.nl.link(self.dev)
         return link is not None and link.index == self.index and link.up
 
     def desired(self, own: Lease, leases: Iterable[Lease]) -> DesiredState:
+        """Pure: route, ARP and FDB entry per valid peer (:func:`desired_vxlan`)."""
         return desired_vxlan(own, leases, self.dev, self.underlay, self.settings.direct_routing)
 
     def actual(self) -> ActualState:
+        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's permanent ARP and FDB entries.
+        """
         routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
         if self.index is None:
             return ActualState(routes=routes)
@@ -224,9 +247,12 @@ class VxlanBackend(Backend):
                            fdb=frozenset(self.nl.fdb(self.dev)))
 
     def apply(self, changes: Changes) -> list[str]:
+        """Apply ``changes`` in order (neighbours and FDB before routes); one line per entry that
+        failed."""
         return apply_changes(self.nl, changes)
 
     def teardown(self) -> None:
+        """Remove our routes and the device."""
         apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
         index = self.nl.link_index(self.dev)
         if index is not None:
@@ -234,5 +260,6 @@ class VxlanBackend(Backend):
         self.index = None
 
     def watched(self) -> Watched:
+        """The device (its neighbour/FDB entries are ours) and the public interface."""
         return Watched(self.dev, self.index, self.index, self.underlay.index)
 

@@ -59,6 +59,7 @@ from netweft.backends.wireguard_keys import (
     write_key_file,
 )
 from netweft.backends.wireguard_wg import Wg
+from netweft.common import defaults
 from netweft.ipam.lease import Lease
 
 if TYPE_CHECKING:
@@ -67,10 +68,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("netweft.wireguard")
 
 DEVICE = "flannel-wg"
-DEVICE_V6 = "flannel-wg-v6"
 OVERHEAD_V4 = 60
 OVERHEAD_V6 = 80
-DEFAULT_PORT = 51820
+DEFAULT_PORT = defaults.WIREGUARD_PORT
 DEFAULT_PORT_V6 = 51821
 # ``unreachable <Network> metric 4242 proto 78``: the per-peer routes (and the node's own pod
 # bridge) are more specific; when the device is gone (wireguard-go died) pod traffic to other
@@ -157,6 +157,10 @@ def _read(path: str) -> str | None:
 
 
 class WireGuardBackend(Backend):
+    """Flannel's ``wireguard`` backend (module docstring): device ``flannel-wg``, kernel WireGuard
+    or ``wireguard-go``, one WireGuard peer and one route per peer lease, an ``unreachable
+    <Network>`` route so pod traffic never leaves in clear."""
+
     type_name = "wireguard"
 
     def __init__(self, nl: Netlink, underlay: Underlay, settings: WireGuardSettings,
@@ -167,7 +171,7 @@ class WireGuardBackend(Backend):
         self.settings = settings
         self.dev = DEVICE
         self.index: int | None = None
-        self.socket_dir = os.path.join(state_dir or "/run/netweft", "wireguard")
+        self.socket_dir = os.path.join(state_dir or defaults.RUN_DIR, "wireguard")
         self.go = WireGuardGo(self.dev, self.socket_dir, netns=nl.netns)
         self.implementation: str | None = None  # "kernel" | "userspace"
         self.wg = Wg(nl.netns)
@@ -183,13 +187,20 @@ class WireGuardBackend(Backend):
 
     @property
     def psk_file(self) -> str | None:
+        """Where the configured preshared key is written for ``wg set`` (mode 0600), or None without
+        a PSK."""
         return os.path.join(self.socket_dir, "psk") if self.settings.psk else None
 
     def backend_data(self) -> dict[str, object]:
+        """``{"PublicKey": <base64>, "Port": <ListenPort>}`` (Flannel's wireguard BackendData);
+        loads or creates the private key first. Raises :class:`BackendError` when the key cannot be
+        made."""
         self._ensure_key()
         return {"PublicKey": self.public_key, "Port": self.settings.listen_port}
 
     def mtu(self) -> int:
+        """The pod MTU in bytes: the configured ``MTU``, else the underlay's minus WireGuard's
+        overhead (60 for IPv4 endpoints, 80 when they may be IPv6)."""
         return self.settings.mtu or (self.underlay.mtu - overhead(self.settings.mode))
 
     # --- the device ---------------------------------------------------------------------------
@@ -237,6 +248,10 @@ class WireGuardBackend(Backend):
         return link
 
     def setup(self, lease: Lease) -> DeviceInfo:
+        """Create or keep ``flannel-wg`` (kernel device, else wireguard-go) with our key, listen
+        port and PSK, address = the subnet's .0/32, up, MTU, and the fail-closed unreachable route;
+        returns the device. Raises :class:`BackendError` when the lease has no IPv4 subnet or
+        neither implementation works."""
         if lease.subnet is None:
             raise BackendError("wireguard: the lease has no IPv4 subnet")
         self._ensure_key()
@@ -254,12 +269,16 @@ class WireGuardBackend(Backend):
         return DeviceInfo(self.dev, link.index, self.mtu(), None, str(want))
 
     def attach(self) -> None:
+        """Find an existing ``flannel-wg`` (and which implementation runs it) without changing
+        anything."""
         link = self.nl.link(self.dev)
         if link is not None:
             self.index = link.index
             self._use("kernel" if link.kind == "wireguard" else "userspace")
 
     def device_present(self) -> bool:
+        """Whether our device still exists with the index we set up, is up and, for wireguard-go,
+        its process still runs."""
         if self.index is None:
             return False
         if self.implementation == "userspace" and self.go.proc is not None \
@@ -271,9 +290,12 @@ class WireGuardBackend(Backend):
     # --- peers and routes ---------------------------------------------------------------------
 
     def desired(self, own: Lease, leases: Iterable[Lease]) -> DesiredState:
+        """Pure: a WireGuard peer and a route per valid peer lease (:func:`desired_wireguard`)."""
         return desired_wireguard(own, leases, self.dev, self.settings)
 
     def actual(self) -> ActualState:
+        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's peers (``wg show dump``).
+        Raises :class:`BackendError` when ``wg`` fails."""
         routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
         if self.index is None:
             return ActualState(routes=routes)
@@ -291,9 +313,12 @@ class WireGuardBackend(Backend):
         return errors + apply_changes(self.nl, changes)
 
     def watched(self) -> Watched:
+        """The device (no neighbour entries) and the public interface."""
         return Watched(self.dev, self.index, None, self.underlay.index)
 
     def status(self) -> dict[str, object]:
+        """``implementation`` (kernel/userspace), ``publicKey``, ``listenPort``; for wireguard-go
+        also its pid, socket and restart count."""
         out: dict[str, object] = {"implementation": self.implementation,
                                   "publicKey": self.public_key,
                                   "listenPort": self.settings.listen_port}
@@ -308,6 +333,7 @@ class WireGuardBackend(Backend):
         self.go.stop()
 
     def teardown(self) -> None:
+        """Remove our routes, stop wireguard-go, delete the device and the unreachable route."""
         apply_changes(self.nl, Changes(del_routes=tuple(self.nl.routes(RTPROT_NETWEFT))))
         if self.go.proc is not None:
             self.go.stop()

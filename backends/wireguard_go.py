@@ -32,6 +32,8 @@ log = logging.getLogger("netweft.wireguard")
 
 
 def socket_path(socket_dir: str, dev: str) -> str:
+    """wireguard-go's UAPI socket for ``dev`` in ``socket_dir`` (``<dev>.sock``; both programs see
+    ``socket_dir`` as ``/run/wireguard`` through ``wireguard_wg.socket_dir_prefix``)."""
     return os.path.join(socket_dir, f"{dev}.sock")
 
 
@@ -68,31 +70,40 @@ class WireGuardGo:
 
     @property
     def socket(self) -> str:
+        """The UAPI socket path of our device."""
         return socket_path(self.socket_dir, self.dev)
 
     @property
     def log_path(self) -> str:
+        """Where wireguard-go's output goes (``<socket_dir>/<dev>.log``)."""
         return os.path.join(self.socket_dir, f"{self.dev}.log")
 
     @property
     def pid(self) -> int | None:
+        """The running process's pid, or None before start."""
         return self.proc.pid if self.proc is not None else None
 
     @property
     def restarts(self) -> int:
+        """How many times it was started again after the first start."""
         return max(0, self.starts - 1)
 
     def command(self) -> list[str]:
+        """The argv: wireguard-go in the foreground for ``dev``, killed with its parent (``setpriv
+        --pdeathsig``), in ``netns`` when set, with ``socket_dir`` as its ``/run/wireguard`` (a
+        private mount namespace)."""
         cmd = ["setpriv", "--pdeathsig", "TERM", "--"]
         if self.netns:
             cmd += ["nsenter", f"--net=/run/netns/{self.netns}"]
         return [*cmd, *socket_dir_prefix(self.socket_dir), self.binary, "-f", self.dev]
 
     def alive(self) -> bool:
+        """Whether the process we started is still running."""
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> int:
-        """Start wireguard-go and wait until its socket answers; returns its pid. Raises
+        """Start wireguard-go and wait (at most ``timeout`` seconds) until its socket answers;
+        returns its pid. Raises
         BackendError (with the last line of its log) when it exits or does not answer."""
         if self.alive():
             assert self.proc is not None
@@ -122,7 +133,8 @@ class WireGuardGo:
                            f"{timeout:.0f}s: {self._last_log_line()}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop our process (by its pid: SIGTERM, then SIGKILL); its device goes with it."""
+        """Stop our process (by its pid: SIGTERM, then SIGKILL after ``timeout`` seconds); its
+        device goes with it."""
         proc, self.proc = self.proc, None
         if proc is None:
             return

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import logging
 import os
 import stat
 import subprocess
-import tempfile
 
 from netweft.backends.base import BackendError
+from netweft.common.atomicfile import write_atomic
 
 log = logging.getLogger("netweft.wireguard")
 
@@ -62,17 +61,7 @@ def public_key(private_key: str) -> str:
 
 def write_key_file(path: str, key: str) -> None:
     """Write ``key`` to ``path`` atomically, mode 0600, without a newline (Flannel's form)."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".wgkey.", dir=directory)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(key)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, key, 0o600, encoding="ascii")
 
 
 def load_or_create(path: str) -> str:

@@ -87,7 +87,8 @@ def set_args(dev: str, add: Sequence[WgPeer], remove: Sequence[WgPeer],
     """The arguments of one ``wg set`` applying a batch: removals first (so a peer whose key
     changed hands its allowed IPs to the new key in the same call), then additions, each
     written whole (``allowed-ips`` replaces the list). A peer with a PSK reads it from
-    ``psk_file``; one without gets ``/dev/null`` (clears it). Empty when there is nothing."""
+    ``psk_file``; one without gets ``/dev/null`` (clears it). Empty when there is nothing.
+    Raises :class:`BackendError` when a peer needs the PSK and ``psk_file`` is None."""
     args: list[str] = []
     for peer in remove:
         args += ["peer", peer.public_key, "remove"]
@@ -111,6 +112,8 @@ class Wg:
         self.socket_dir = socket_dir
 
     def command(self, args: Sequence[str]) -> list[str]:
+        """The argv for ``wg <args>``: in ``netns`` when set, with wireguard-go's socket directory
+        as ``/run/wireguard`` when set."""
         cmd: list[str] = []
         if self.netns:
             cmd += ["nsenter", f"--net=/run/netns/{self.netns}"]
@@ -132,6 +135,8 @@ class Wg:
         return proc.stdout
 
     def dump(self, dev: str) -> WgDump:
+        """The device's interface and peers as ``wg show <dev> dump`` reports them. Raises
+        :class:`BackendError` when ``wg`` fails or its output cannot be read."""
         text = self.run(["show", dev, "dump"])
         try:
             return parse_dump(text)
@@ -144,6 +149,9 @@ class Wg:
 
     def apply(self, dev: str, add: Sequence[WgPeer], remove: Sequence[WgPeer],
               psk_file: str | None) -> None:
+        """Remove the ``remove`` peers and add/replace the ``add`` peers in one ``wg set`` (nothing
+        when both are empty); the PSK comes from ``psk_file``. Raises :class:`BackendError` when
+        ``wg`` fails."""
         args = set_args(dev, add, remove, psk_file)
         if args:
             self.run(args)

@@ -27,23 +27,32 @@ from netweft.cni.spec import (
     check_version,
     parse_result,
 )
+from netweft.common import defaults
 
 DEFAULT_BRIDGE = "cni0"
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-DEFAULT_SOCKET_PATH = "/run/netweft/cni.sock"
+DEFAULT_SUBNET_FILE = defaults.SUBNET_FILE
+DEFAULT_DATA_DIR = defaults.CNI_DATA_DIR
+DEFAULT_SOCKET_PATH = defaults.CNI_SOCKET_PATH
 DEFAULT_LOG_FILE = "/var/log/netweft/cni.log"
 VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
 @dataclass(frozen=True)
 class ExtraRoute:
+    """One entry of the config's ``routes``: destination network and optional gateway (empty: the
+    bridge's address), as the reference bridge plugin's IPAM routes."""
+
     dst: IPv4Network | IPv6Network
     gw: str = ""
 
 
 @dataclass
 class NetConf:
+    """Our plugin's network configuration as parsed from stdin (CNI spec 1.1, Section 1 "Network
+    configuration format": ``cniVersion``, ``name``, ``type``, ``prevResult``, ``runtimeConfig``,
+    and the plugin's own keys named like the reference bridge plugin's). ``mtu`` is bytes (None: the
+    node's ``FLANNEL_MTU``); ``ip_masq`` None: ``FLANNEL_IPMASQ``."""
+
     cni_version: str
     name: str
     type: str = "netweft"
@@ -65,6 +74,8 @@ class NetConf:
 
 
 def decode(stdin: bytes | str) -> dict[str, Any]:
+    """The JSON object on stdin. Raises :class:`CniError` ERR_DECODE (6, CNI spec well-known error)
+    when it is not valid JSON or not an object."""
     try:
         data = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -147,7 +158,8 @@ def _attachments(data: dict[str, Any]) -> list[tuple[str, str]] | None:
 
 
 def parse(data: dict[str, Any]) -> NetConf:
-    """Validate a decoded config (code 1 for the version, 7 naming the field otherwise)."""
+    """Validate a decoded config. Raises :class:`CniError` ERR_INCOMPATIBLE_VERSION (1) for the
+    version, ERR_INVALID_CONFIG (7) naming the field otherwise."""
     version = check_version(data.get("cniVersion"))
     name = _get(data, "name", str, "")
     if not name or "/" in name or name in (".", "..") or "\x00" in name:

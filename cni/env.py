@@ -19,6 +19,10 @@ MAX_IFNAME = 15
 
 @dataclass(frozen=True)
 class CniEnv:
+    """The ``CNI_*`` environment of one invocation (CNI spec 1.1, Section 2 "Parameters":
+    ``CNI_COMMAND``, ``CNI_CONTAINERID``, ``CNI_NETNS``, ``CNI_IFNAME``, ``CNI_PATH``, and
+    ``CNI_ARGS`` split into ``args``)."""
+
     command: str
     container_id: str = ""
     netns: str = ""
@@ -30,26 +34,32 @@ class CniEnv:
 
     @property
     def pod_namespace(self) -> str:
+        """``K8S_POD_NAMESPACE`` from ``CNI_ARGS`` (set by the kubelet's runtime), or ""."""
         return self.args.get("K8S_POD_NAMESPACE", "")
 
     @property
     def pod_name(self) -> str:
+        """``K8S_POD_NAME`` from ``CNI_ARGS``, or ""."""
         return self.args.get("K8S_POD_NAME", "")
 
     @property
     def pod_uid(self) -> str:
+        """``K8S_POD_UID`` from ``CNI_ARGS``, or ""."""
         return self.args.get("K8S_POD_UID", "")
 
     @property
     def pod_labels(self) -> dict[str, str]:
+        """``NETWEFT_POD_LABELS`` from ``CNI_ARGS`` (``k=v,k=v``) as a dict; empty when absent."""
         return parse_labels(self.args.get("NETWEFT_POD_LABELS", ""))
 
     @property
     def pod_ports(self) -> dict[str, int]:
+        """``NETWEFT_PORTS`` from ``CNI_ARGS`` (named container ports) as name -> port number."""
         return parse_named_ports(self.args.get("NETWEFT_PORTS", ""))
 
     @property
     def requested_ip(self) -> str:
+        """``IP`` from ``CNI_ARGS`` (host-local's static address request), or ""."""
         return self.args.get("IP", "")
 
 
@@ -67,6 +77,7 @@ def parse_cni_args(text: str) -> dict[str, str]:
 
 
 def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k=v`` -> dict (a part without ``=`` is a key with an empty value); no error."""
     labels: dict[str, str] = {}
     for part in text.split(","):
         if not part:
@@ -91,6 +102,9 @@ def parse_named_ports(text: str) -> dict[str, int]:
 
 
 def validate_ifname(name: str) -> None:
+    """Raise :class:`CniError` ERR_INVALID_ENV (4) unless ``name`` is a usable Linux interface name
+    (present, at most 15 characters, no ``/``, ``:``, whitespace or NUL, not ``.``/``..``), as the
+    reference plugins' ``ValidateInterfaceName``."""
     if not name:
         raise CniError(ERR_INVALID_ENV, "CNI_IFNAME is required")
     if len(name) > MAX_IFNAME:
@@ -100,6 +114,8 @@ def validate_ifname(name: str) -> None:
 
 
 def validate_container_id(cid: str) -> None:
+    """Raise :class:`CniError` ERR_INVALID_ENV (4) unless ``cid`` is present and matches the CNI
+    spec's container id form (alphanumerics, then ``_``, ``.``, ``-``)."""
     if not cid:
         raise CniError(ERR_INVALID_ENV, "CNI_CONTAINERID is required")
     if not CONTAINER_ID_RE.match(cid):
@@ -108,6 +124,7 @@ def validate_container_id(cid: str) -> None:
 
 
 def validate_netns(path: str) -> None:
+    """Raise :class:`CniError` ERR_INVALID_ENV (4) unless ``path`` is present and absolute."""
     if not path:
         raise CniError(ERR_INVALID_ENV, "CNI_NETNS is required")
     if not path.startswith("/") or "\x00" in path:

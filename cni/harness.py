@@ -19,6 +19,10 @@ from netweft.cni.tcpwire import DEFAULT_TCP_PORT
 
 @dataclass
 class CniNode:
+    """A CNI test node: the plugin installed (launcher, conflist) into a private directory, a
+    ``subnet.env``, and optionally the CNI server, all for the network namespace ``node_netns``.
+    ``mtu`` is bytes."""
+
     node_netns: str
     root: str  # private directory for bin/conf/data/log/subnet.env/socket
     subnet: str = "10.244.1.1/24"
@@ -50,6 +54,8 @@ class CniNode:
         self.conflist_path = done.conflist
 
     def write_subnet_env(self) -> None:
+        """Write the node's ``subnet.env`` (Flannel's keys) from ``network``, ``subnet``, ``mtu``
+        and ``ipmasq``. Raises OSError."""
         with open(self.subnet_file, "w") as f:
             masq = "true" if self.ipmasq else "false"
             f.write(f"FLANNEL_NETWORK={self.network}\nFLANNEL_SUBNET={self.subnet}\n"
@@ -57,6 +63,7 @@ class CniNode:
 
     @property
     def ipam_dir(self) -> str:
+        """The host-local-compatible store of the network (``<data dir>/<name>``)."""
         return os.path.join(self.data_dir, self.name)
 
     def config(self, version: str = "1.1.0", **overrides: Any) -> dict[str, Any]:
@@ -85,7 +92,8 @@ class CniNode:
         """Run the CNI server in the node namespace (``python -m netweft.cni.server`` unless another
         command line, e.g. ``netweft cni-server``, is given; the options are appended).
         ``tcp=False``: the server has no TCP listener (no token file), so the bash launcher
-        falls back to the Python launcher and the unix socket."""
+        falls back to the Python launcher and the unix socket. Raises RuntimeError when the
+        server does not come up."""
         # the loopback the TCP fast path listens on (a runtime's node namespace has it up)
         subprocess.run(["ip", "-n", self.node_netns, "link", "set", "lo", "up"], check=True)
         port = self.tcp_port if tcp else 0
@@ -103,6 +111,7 @@ class CniNode:
             time.sleep(0.05)
 
     def stop_server(self) -> None:
+        """Stop the CNI server process (at most 15 s) if one runs."""
         if self.server is not None:
             from netweft.cni.runtimes import stop_process
 
@@ -110,6 +119,8 @@ class CniNode:
             self.server = None
 
     def ip_files(self) -> list[str]:
+        """The names of the allocation files in the store (addresses), sorted; empty when there is
+        no store."""
         if not os.path.isdir(self.ipam_dir):
             return []
         return sorted(n for n in os.listdir(self.ipam_dir)

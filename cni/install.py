@@ -17,14 +17,12 @@ import contextlib
 import json
 import os
 import py_compile
-import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 
-from netweft import cni
+from netweft import cni, common
 from netweft.cni.config import (
     DEFAULT_BRIDGE,
     DEFAULT_DATA_DIR,
@@ -41,6 +39,7 @@ from netweft.cni.conflist import (
     merge_chain,
 )
 from netweft.cni.tcpwire import DEFAULT_TCP_PORT, default_token_file
+from netweft.common.atomicfile import copy_atomic, write_atomic
 
 BIN_NAME = "netweft"
 PY_BIN_NAME = "netweft-py"  # the Python launcher the bash one falls back to
@@ -57,13 +56,28 @@ LOOPBACK_TYPE = "loopback"
 
 @dataclass(frozen=True)
 class Installed:
+    """What ``netweft cni install`` wrote: the executable's path, the conflist's path, and notes a
+    user must know (one line each)."""
+
     executable: str
     conflist: str
     notes: list[str] = field(default_factory=list)  # one line each: what a user must know
 
 
 def package_root() -> str:
+    """The folder holding the ``cni``, ``daemon``, ``ipam`` ... package folders
+    (site-packages/netweft, or the checkout in an editable install)."""
     return os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
+
+
+def package_path() -> list[str]:
+    """The ``netweft`` package's search path for the launcher, which runs without site machinery:
+    the folder holding cni/, daemon/, ... and, in an editable install from a checkout, also the
+    folder holding the packages that install under their own name from a nested folder
+    (``netweft.common``, ``netweft.kv``: ipam/common, ipam/kv; pyproject's package-dir)."""
+    root = package_root()
+    nested = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
+    return [root] if nested == root else [root, nested]
 
 
 def fallback_paths() -> list[str]:
@@ -88,8 +102,10 @@ def fallback_paths() -> list[str]:
 
 
 def launcher_text(default_socket: str, default_log: str, python: str | None = None) -> str:
+    """The Python launcher script (``#!<python> -IS``: isolated, no site machinery, for start-up
+    time) that runs :func:`netweft.cni.shim.main` with the default socket and log file; ``python``
+    defaults to this interpreter."""
     python = python or sys.executable
-    root = package_root()
     return (
         f"#!{python} -IS\n"
         f"{MARKER} (written by `netweft cni install`; do not edit).\n"
@@ -97,7 +113,7 @@ def launcher_text(default_socket: str, default_log: str, python: str | None = No
         # no site machinery under -S (an editable install's import hook never runs): make
         # `netweft` a package whose path is the folder holding cni/, daemon/, ipam/, ...
         "netweft = type(sys)('netweft')\n"
-        f"netweft.__path__ = [{root!r}]\n"
+        f"netweft.__path__ = {package_path()!r}\n"
         "sys.modules['netweft'] = netweft\n"
         "from netweft.cni.shim import main\n"
         f"main({default_socket!r}, {default_log!r}, {fallback_paths()!r})\n"
@@ -107,7 +123,8 @@ def launcher_text(default_socket: str, default_log: str, python: str | None = No
 def bash_launcher_text(python_launcher: str, default_socket: str, default_log: str,
                        tcp_port: int, token_file: str,
                        timeout: int = DEFAULT_TCP_TIMEOUT) -> str:
-    """The executable a runtime runs: ``cni/launcher.sh`` with this installation's values."""
+    """The executable a runtime runs: ``cni/launcher.sh`` with this installation's values
+    (``timeout``: seconds the launcher waits for the TCP fast path's reply)."""
     with open(os.path.join(os.path.dirname(os.path.abspath(cni.__file__)), "launcher.sh"),
               encoding="utf-8") as f:
         text = f.read()
@@ -157,17 +174,7 @@ def ensure_reference_plugin(bin_dir: str, plugin_type: str,
     for directory in search:
         source = os.path.join(directory, plugin_type)
         if os.path.abspath(source) != os.path.abspath(target) and os.access(source, os.X_OK):
-            os.makedirs(bin_dir, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{plugin_type}.", dir=bin_dir)
-            os.close(fd)
-            try:
-                shutil.copyfile(source, tmp)
-                os.chmod(tmp, 0o755)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            copy_atomic(source, target, 0o755)
             return f"copied {source} to {target}"
     raise ConflistError(f"{plugin_type}: no executable in {bin_dir} nor in "
                         f"{', '.join(search)} (install containernetworking-plugins, or "
@@ -186,23 +193,6 @@ def _read_existing(path: str) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_atomic(path: str, text: str, mode: int) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
             name: str = "netweft", bridge: str = DEFAULT_BRIDGE,
             subnet_file: str = DEFAULT_SUBNET_FILE, data_dir: str = DEFAULT_DATA_DIR,
@@ -214,7 +204,8 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str = DEFAULT_CONF_DIR, *,
             portmap: bool = True, chain: list[dict[str, object]] | None = None,
             replace_chain: bool = False,
             reference_dirs: tuple[str, ...] = REFERENCE_PLUGIN_DIRS) -> Installed:
-    """Write the launchers and the conflist; returns the paths and notes for the user.
+    """Write the launchers and the conflist; returns the paths and notes for the user
+    (``mtu`` in bytes, None: the node's ``FLANNEL_MTU``; ``tcp_timeout`` in seconds).
 
     ``tcp_port``/``token_file`` must match the CNI server's (0: no TCP fast path).
     ``cni_version``: the conflist's ``cniVersion`` (what runtimes without ``cniVersions``

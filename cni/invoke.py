@@ -12,6 +12,10 @@ from typing import Any
 
 @dataclass
 class PluginCall:
+    """One plugin invocation as a runtime makes it (CNI spec 1.1, Section 2 "Execution Protocol"):
+    the executable, ``CNI_COMMAND``, the config for stdin, and the ``CNI_*`` parameters;
+    ``node_netns`` runs it in that named network namespace."""
+
     plugin: str  # path of the executable
     command: str
     config: dict[str, Any] | str | bytes
@@ -24,6 +28,9 @@ class PluginCall:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
+        """The environment: ``CNI_COMMAND``, ``CNI_PATH``, ``CNI_CONTAINERID``, ``CNI_NETNS``
+        (always for ADD/CHECK), ``CNI_IFNAME``, ``CNI_ARGS`` (``k=v;k=v``), a plain PATH and
+        ``extra_env``."""
         env = {"CNI_COMMAND": self.command, "CNI_PATH": self.cni_path,
                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
         if self.container_id:
@@ -38,11 +45,13 @@ class PluginCall:
         return env
 
     def argv(self) -> list[str]:
+        """The command line: the plugin, under ``ip netns exec`` when ``node_netns`` is set."""
         if self.node_netns:
             return ["ip", "netns", "exec", self.node_netns, self.plugin]
         return [self.plugin]
 
     def stdin(self) -> bytes:
+        """The config as bytes (a dict is JSON-encoded; text and bytes go as they are)."""
         if isinstance(self.config, bytes):
             return self.config
         if isinstance(self.config, str):
@@ -52,15 +61,21 @@ class PluginCall:
 
 @dataclass
 class PluginReply:
+    """What the plugin did: its exit code, stdout and stderr (text, undecodable bytes replaced)."""
+
     exit_code: int
     stdout: str
     stderr: str
 
     def json(self) -> Any:
+        """stdout decoded as JSON, or None when it is empty. Raises ValueError when it is not JSON.
+        """
         return json.loads(self.stdout) if self.stdout.strip() else None
 
 
 def invoke(call: PluginCall, timeout: float = 60) -> PluginReply:
+    """Run ``call`` and collect its reply. Raises subprocess.TimeoutExpired after ``timeout``
+    seconds, OSError when the executable cannot be started."""
     proc = subprocess.run(call.argv(), input=call.stdin(), env=call.env(), capture_output=True,
                           timeout=timeout)
     return PluginReply(proc.returncode, proc.stdout.decode(errors="replace"),

@@ -15,7 +15,8 @@ TABLE = "netweft-cni"
 
 
 class MasqError(Exception):
-    pass
+    """``nft`` is missing or refused the transaction; ``str(exc)`` is one line (nft's last error
+    line)."""
 
 
 def _ident(network: str) -> str:

@@ -72,12 +72,16 @@ def open_netns(path: str, caller_pid: int = 0) -> int:
 
 
 def current_netns() -> int:
+    """A new O_CLOEXEC descriptor of the calling thread's network namespace
+    (``/proc/thread-self/ns/net``), to return to with ``setns``; the caller closes it. Raises
+    OSError."""
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
 @contextlib.contextmanager
 def entered(netns_fd: int) -> Iterator[None]:
-    """Run the block with this thread inside ``netns_fd``; always come back."""
+    """Run the block with this thread inside ``netns_fd``; always come back. Raises
+    :class:`NetnsGone` when ``netns_fd`` is not a network namespace, OSError from ``setns``."""
     home = current_netns()
     try:
         try:

@@ -8,7 +8,6 @@ a non-root process cannot make a socket that reports uid 0.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
@@ -67,14 +66,3 @@ def tcp_peer(conn: socket.socket) -> tuple[int, int] | None:
         return None
     uid, inode = _MSG_TAIL.unpack_from(data, offset)[3:5]
     return int(uid), int(inode)
-
-
-def self_test() -> bool:
-    """Does this kernel answer the lookup? (module inet_diag/tcp_diag)."""
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        with socket.create_connection(srv.getsockname(), timeout=2):
-            conn, _ = srv.accept()
-            with conn:
-                return tcp_peer_uid(conn) == os.geteuid()

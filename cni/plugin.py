@@ -76,6 +76,10 @@ class PodInfo:
 
 @dataclass
 class Outcome:
+    """One invocation's result: the process exit code, the exact stdout text (a CNI result or error
+    JSON), the command, the pod it concerned (for the daemon's hooks) and the CNI error code when
+    the exit code is not 0."""
+
     code: int  # process exit code
     stdout: str
     command: str = ""
@@ -95,7 +99,8 @@ class WiringState:
 
     def bridge(self, conf: NetConf, gateways: list[IPv4Interface | IPv6Interface],
                mtu: int) -> tuple[wiring.BridgeState, str]:
-        """The bridge state and its current MAC; verified fully only when not cached."""
+        """The bridge state and its current MAC; verified fully only when not cached (``mtu``
+        in bytes). Raises :class:`CniError` as ``wiring.ensure_bridge``."""
         key = tuple(str(g) for g in gateways)
         cached = self.bridges.get(conf.bridge)
         if cached is not None and cached.gateways == key:
@@ -111,6 +116,8 @@ class WiringState:
         return state, state.mac
 
     def forward(self, families: set[int]) -> None:
+        """Turn IP forwarding on for ``families`` (IP versions 4/6) once per process (the reference
+        bridge plugin's behaviour for a gateway bridge). Raises OSError from the sysctl write."""
         missing = families - self.forwarding
         if missing:
             wiring.enable_forwarding(missing)
@@ -196,6 +203,12 @@ def _routes(conf: NetConf, senv: subnetenv.SubnetEnv) -> list[wiring.PodRoute]:
 # -- operations -------------------------------------------------------------------------------
 
 def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInfo]:
+    """ADD (CNI spec 1.1, Section 2 "ADD"): allocate the pod's address(es) from the node subnet in
+    ``subnet.env`` (host-local compatible), make the bridge (gateway address, forwarding) and the
+    pod's veth on it, masquerade when ``ipMasq`` (everything undone on failure); returns the result
+    JSON text in ``conf.cni_version``'s form and the pod. A second ADD for the same container and
+    interface is refused (ERR_INVALID_ENV), as the reference bridge plugin. Raises
+    :class:`CniError`."""
     senv = _subnet_env(conf)
     ranges = _ranges(senv)
     mtu = conf.mtu or senv.mtu
@@ -256,6 +269,9 @@ def cmd_add(env: CniEnv, conf: NetConf, state: WiringState) -> tuple[str, PodInf
 
 
 def cmd_del(env: CniEnv, conf: NetConf) -> PodInfo:
+    """DEL (CNI spec 1.1, Section 2 "DEL"): remove the pod's veth, release its addresses and their
+    masquerade entries; idempotent (missing pieces are no error). Returns the pod. Raises
+    :class:`CniError` when the IPAM store cannot be written."""
     wiring.unwire_pod(env.container_id, env.ifname, env.netns)
     allocator = NodeAllocator(conf.data_dir, conf.name)
     try:
@@ -275,6 +291,10 @@ def cmd_del(env: CniEnv, conf: NetConf) -> PodInfo:
 
 
 def cmd_check(env: CniEnv, conf: NetConf) -> None:
+    """CHECK (CNI spec 1.1, Section 2 "CHECK"): verify the pod still has what ``prevResult`` says
+    (allocation, sandbox interface, MAC, addresses, routes, MTU). Raises :class:`CniError`
+    ERR_INVALID_CONFIG without ``prevResult``, ERR_UNKNOWN_CONTAINER without an allocation,
+    ERR_CHECK_FAILED on a difference."""
     prev = conf.prev_result
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult is required for CHECK")
@@ -299,6 +319,10 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
 
 
 def cmd_gc(conf: NetConf) -> list[str]:
+    """GC (CNI spec 1.1, Section 2 "GC"): release every allocation not in
+    ``cni.dev/valid-attachments`` and remove its host veth (and this network's leaked veths on the
+    bridge); returns one line per thing removed. Raises :class:`CniError` ERR_INVALID_CONFIG without
+    the attachment list."""
     if conf.valid_attachments is None:
         raise CniError(ERR_INVALID_CONFIG,
                        "GC needs cni.dev/valid-attachments (or cni.dev/attachments)")
@@ -326,6 +350,9 @@ def cmd_gc(conf: NetConf) -> list[str]:
 
 
 def cmd_status(conf: NetConf) -> None:
+    """STATUS (CNI spec 1.1, Section 2 "STATUS"): return when ADD can succeed; raises
+    :class:`CniError` ERR_NOT_AVAILABLE (50) when ``subnet.env`` is missing, the data directory is
+    not writable or no address is free."""
     try:
         senv = _subnet_env(conf)
     except CniError as exc:

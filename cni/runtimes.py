@@ -152,10 +152,13 @@ class MountNamespace:
             time.sleep(0.01)
 
     def argv(self, cmd: list[str]) -> list[str]:
+        """``cmd`` run in the held mount namespace and the node's network namespace (``nsenter``).
+        """
         return ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt",
                 f"--net={self.netns_path}", "--", *cmd]
 
     def close(self) -> None:
+        """Stop the holder process (at most 10 s); the mount namespace goes with it."""
         stop_process(self.holder, 10)
 
 
@@ -232,12 +235,17 @@ class PodmanNode(RuntimeNode):
         )
 
     def env(self) -> dict[str, str]:
+        """The environment podman runs with: its own containers.conf and storage.conf, HOME and
+        TMPDIR under ``root``."""
         return {"PATH": RUNTIME_PATH, "CONTAINERS_CONF": self.conf_file,
                 "CONTAINERS_STORAGE_CONF": self.storage_conf, "HOME": self.root,
                 "TMPDIR": os.path.join(self.root, "tmp")}
 
     def podman(self, *args: str, check: bool = True,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``podman <args>`` with this node's storage, run root and CNI config directory, in its
+        mount and network namespaces. Raises subprocess.CalledProcessError when ``check`` and it
+        fails, TimeoutExpired after ``timeout`` seconds."""
         os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
         assert self.mnt is not None
         argv = ["podman", "--root", f"{self.root}/storage", "--runroot", self.runroot,
@@ -255,18 +263,25 @@ class PodmanNode(RuntimeNode):
         return self.inspect(name)
 
     def inspect(self, name: str) -> dict[str, Any]:
+        """``podman inspect name`` as a dict. Raises CalledProcessError, ValueError."""
         out = self.podman("inspect", name).stdout
         return json.loads(out)[0]
 
     def ip_of(self, name: str, network: str) -> str:
+        """The container's IP address on ``network`` as podman reports it. Raises KeyError when it
+        has none."""
         nets = self.inspect(name)["NetworkSettings"]["Networks"]
         return str(nets[network]["IPAddress"])
 
     def exec(self, name: str, *cmd: str, check: bool = True,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in the container (``podman exec``; ``timeout`` in seconds). Raises as
+        :meth:`podman`."""
         return self.podman("exec", name, *cmd, check=check, timeout=timeout)
 
     def close(self) -> None:
+        """Remove every container, prune the storage and drop the mount namespace (failures ignored:
+        clean-up)."""
         if self.mnt is None:
             return
         with contextlib.suppress(Exception):
@@ -324,6 +339,8 @@ disabled_plugins = ["io.containerd.internal.v1.restart", "io.containerd.snapshot
 
 @dataclass
 class CriPod:
+    """A pod sandbox made through CRI (crictl): its id, name, IP address and container ids."""
+
     pod_id: str
     name: str
     ip: str
@@ -395,6 +412,8 @@ class ContainerdNode(RuntimeNode):
         return self.crictl("info", check=False, timeout=10).returncode == 0
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of containerd's log ("" when unreadable), for failure messages.
+        """
         with contextlib.suppress(OSError), open(self.log_file, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
         return ""
@@ -410,6 +429,8 @@ class ContainerdNode(RuntimeNode):
                     env={"PATH": self.path, "HOME": self.root}, check=check, timeout=timeout + 10)
 
     def info(self) -> dict[str, Any]:
+        """``crictl info`` as a dict (the CRI plugin's status and config). Raises
+        CalledProcessError, ValueError."""
         return json.loads(self.crictl("info").stdout)
 
     def run_pod(self, name: str, command: list[str] | None = None,
@@ -444,14 +465,19 @@ class ContainerdNode(RuntimeNode):
 
     def exec(self, pod: CriPod, *cmd: str, check: bool = True,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in the pod's first container (``crictl exec``). Raises CalledProcessError
+        when ``check`` and it fails, TimeoutExpired after ``timeout`` seconds."""
         return self.crictl("exec", pod.containers[0], *cmd, check=check, timeout=timeout)
 
     def remove_pod(self, pod: CriPod) -> None:
+        """Stop and remove the pod sandbox (the runtime calls the plugin's DEL). Raises
+        CalledProcessError."""
         self.crictl("stopp", pod.pod_id)
         self.crictl("rmp", pod.pod_id)
         self.pods = [p for p in self.pods if p.pod_id != pod.pod_id]
 
     def close(self) -> None:
+        """Remove every pod, stop containerd (at most 30 s) and drop the mount namespace."""
         for pod in list(self.pods):
             with contextlib.suppress(Exception):
                 self.remove_pod(pod)
@@ -484,8 +510,8 @@ def cli_install(cni: Any, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def http_get(netns_name: str, url: str, timeout: float = 5) -> str:
-    """GET ``url`` from inside namespace ``netns_name``: the body (RuntimeCommandError on
-    failure)."""
+    """GET ``url`` from inside namespace ``netns_name`` within ``timeout`` seconds: the body
+    (RuntimeCommandError on failure)."""
     code = ("import sys, urllib.request\n"
             f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout={timeout}).read()"
             ".decode())\n")

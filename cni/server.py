@@ -44,12 +44,18 @@ default_token_file = tcpwire.default_token_file
 
 @dataclass
 class CniHooks:
+    """Callbacks the daemon gives the server, called after a successful ADD or DEL with the pod (in
+    a server thread; an exception is logged, never fails the request)."""
+
     on_add: Callable[[PodInfo], None] | None = None
     on_del: Callable[[PodInfo], None] | None = None
 
 
 @dataclass
 class CommandStats:
+    """Per-command totals since start: requests, those that failed, and their durations in seconds
+    (sum and maximum)."""
+
     count: int = 0
     errors: int = 0
     seconds_total: float = 0.0
@@ -177,6 +183,11 @@ def read_tcp_request(sock: socket.socket, token: bytes) -> tuple[dict[str, str],
 
 
 class CniServer:
+    """The CNI request server in the daemon: runs :func:`netweft.cni.plugin.run` for the launcher's
+    requests over a unix socket (peer credentials checked against ``allowed_uids``) and, when
+    ``tcp_port`` is not 0, a loopback TCP port with a token (``tcpwire``), in ``workers`` threads.
+    Results are byte-identical to the in-process path."""
+
     def __init__(self, socket_path: str = DEFAULT_SOCKET_PATH, hooks: CniHooks | None = None,
                  default_log: str = DEFAULT_LOG_FILE,
                  allowed_uids: tuple[int, ...] | None = None, workers: int = 16,
@@ -304,6 +315,7 @@ class CniServer:
                 conn.close()
 
     def stop(self) -> None:
+        """Stop accepting, close the listeners and join the threads (at most 10 s each)."""
         self._stopping.set()
         for listener in (self._listener, self._tcp_listener):
             if listener is not None:
@@ -323,6 +335,7 @@ class CniServer:
 
     # -- numbers for the daemon's metrics -----------------------------------------------
     def stats(self) -> dict[str, CommandStats]:
+        """A copy of the per-command :class:`CommandStats` (command -> stats)."""
         with self._stats_lock:
             return {k: replace(v) for k, v in self._stats.items()}
 

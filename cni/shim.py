@@ -1,9 +1,11 @@
 """The executable's logic: standard library only, and as little of it as possible.
 
-Start-up time is the floor of every pod start, so this imports ``_socket`` and ``_json`` (the C
-modules, without ``socket``/``json``/``re`` on top), reads stdin and the ``CNI_*`` environment,
-hands both to the node's CNI server over its unix socket and prints the reply. When no server
-answers it imports :mod:`cni.plugin` and does the work itself (same code, slower).
+Start-up time is the floor of every pod start, so this imports ``_socket`` (the C module
+``socket`` wraps, without ``socket.py``'s ``enum``/``selectors`` on top; its objects have the
+documented ``socket.socket`` methods, and no public module offers them without the rest), reads
+stdin and the ``CNI_*`` environment, hands both to the node's CNI server over its unix socket and
+prints the reply. Only a conflist naming another socket than the installed one loads ``json``.
+When no server answers it imports :mod:`cni.plugin` and does the work itself (same code, slower).
 
 Wire format (one request per connection):
     request:  b"NWCNI1 <env bytes> <stdin bytes>\\n" + b"KEY=VALUE\\0"... + stdin
@@ -17,16 +19,6 @@ MAGIC = b"NWCNI1"
 DEFAULT_LOG_KEY = "NETWEFT_CNI_DEFAULT_LOG"
 
 
-class _Ctx:
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float
-    memo: dict = {}
-
-
 def socket_path_of(data: bytes, default: str = "") -> str:
     """``socketPath`` from the config on stdin, or "" (malformed input is the server's job)."""
     if b'"socketPath"' not in data:
@@ -36,9 +28,9 @@ def socket_path_of(data: bytes, default: str = "") -> str:
             or b'"socketPath":"%s"' % default.encode() in data):
         return default  # the installed conflist's own value: no need to load a JSON parser
     try:
-        import _json
+        import json  # only for a conflist naming another socket: the common case never pays
 
-        obj, _ = _json.make_scanner(_Ctx)(data.decode().strip(), 0)
+        obj = json.loads(data)
     except Exception:  # noqa: BLE001 - any oddity: use the default socket
         return ""
     value = obj.get("socketPath") if isinstance(obj, dict) else None
@@ -46,6 +38,8 @@ def socket_path_of(data: bytes, default: str = "") -> str:
 
 
 def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
+    """One request on the server's wire: ``NWCNI1 <env bytes> <stdin bytes>\n``, the environment as
+    ``KEY=VALUE\0`` entries, then stdin unchanged."""
     block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
     return b"%s %d %d\n" % (MAGIC, len(block), len(stdin)) + block + stdin
 
@@ -78,6 +72,10 @@ def call_server(path: str, request: bytes) -> tuple[int, bytes]:
 
 
 def main(default_socket: str, default_log: str, fallback_paths: list[str]) -> None:
+    """The executable: pass stdin and the ``CNI_*`` environment to the CNI server at ``socketPath``
+    (or ``default_socket``), or run the plugin in this process when no server listens (importing
+    from ``fallback_paths``); writes the reply to stdout and exits with its code. Never returns;
+    never prints a traceback."""
     stdin = sys.stdin.buffer.read()
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
     env[DEFAULT_LOG_KEY] = default_log

@@ -30,24 +30,6 @@ ERR_BRIDGE_ADDRESS = 102
 ERR_CHECK_FAILED = 103
 ERR_INTERNAL = 999
 
-ERROR_CODES: dict[int, str] = {
-    ERR_INCOMPATIBLE_VERSION: "incompatible CNI version",
-    ERR_UNSUPPORTED_FIELD: "unsupported field in network configuration",
-    ERR_UNKNOWN_CONTAINER: "container unknown or does not exist",
-    ERR_INVALID_ENV: "invalid necessary environment variables",
-    ERR_IO: "I/O failure",
-    ERR_DECODE: "failed to decode content",
-    ERR_INVALID_CONFIG: "invalid network config",
-    ERR_TRY_AGAIN_LATER: "try again later",
-    ERR_NOT_AVAILABLE: "the plugin is not available",
-    ERR_LIMITED_CONNECTIVITY: "the plugin has limited connectivity",
-    ERR_NO_FREE_IP: "no free IP address in the node subnet",
-    ERR_REQUESTED_IP_UNAVAILABLE: "requested IP address is not available",
-    ERR_BRIDGE_ADDRESS: "bridge has an unexpected address",
-    ERR_CHECK_FAILED: "pod network differs from the previous result",
-    ERR_INTERNAL: "internal error",
-}
-
 
 class CniError(Exception):
     """An error reported to the runtime as CNI error JSON (never a traceback)."""
@@ -59,6 +41,8 @@ class CniError(Exception):
         self.details = details
 
     def to_dict(self, version: str) -> dict[str, object]:
+        """The CNI error object (CNI spec 1.1, Section 5 "Error": ``cniVersion``, ``code``, ``msg``,
+        ``details`` when set)."""
         out: dict[str, object] = {"cniVersion": version, "code": self.code, "msg": self.msg}
         if self.details:
             out["details"] = self.details
@@ -66,6 +50,8 @@ class CniError(Exception):
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:
+    """``"1.0.0"`` -> ``(1, 0, 0)``. Raises ValueError when it is not three dot-separated numbers.
+    """
     parts = version.split(".")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         raise ValueError(f"{version!r} is not a semantic version")
@@ -86,6 +72,9 @@ def check_version(version: object) -> str:
 
 @dataclass(frozen=True)
 class Interface:
+    """One ``interfaces`` entry of a CNI result (CNI spec 1.1, Section 5 "Success"): name, MAC,
+    ``sandbox`` (netns path; empty for a host interface), ``mtu`` in bytes (0: not reported)."""
+
     name: str
     mac: str
     sandbox: str = ""
@@ -94,6 +83,9 @@ class Interface:
 
 @dataclass(frozen=True)
 class IPConfig:
+    """One ``ips`` entry of a CNI result: address with prefix length, gateway ("": none) and the
+    index into ``interfaces``."""
+
     address: IPv4Interface | IPv6Interface
     gateway: str
     interface: int
@@ -101,12 +93,17 @@ class IPConfig:
 
 @dataclass(frozen=True)
 class Route:
+    """One ``routes`` entry of a CNI result: destination CIDR and gateway ("": none)."""
+
     dst: str
     gw: str = ""
 
 
 @dataclass
 class Result:
+    """A CNI success result (CNI spec 1.1, Section 5 "Success"); :func:`render_result` writes it in
+    the requested version's form."""
+
     interfaces: list[Interface] = field(default_factory=list)
     ips: list[IPConfig] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
@@ -144,7 +141,8 @@ def render_result(result: Result, version: str) -> dict[str, object]:
 
 
 def parse_result(data: object) -> Result:
-    """Parse a ``prevResult`` (any supported version) back into a :class:`Result`."""
+    """Parse a ``prevResult`` (any supported version) back into a :class:`Result`. Raises
+    :class:`CniError` ERR_INVALID_CONFIG naming the field."""
     if not isinstance(data, dict):
         raise CniError(ERR_INVALID_CONFIG, "prevResult must be an object")
     try:
@@ -170,8 +168,11 @@ def parse_result(data: object) -> Result:
 
 
 def version_info() -> dict[str, object]:
+    """The VERSION command's reply (CNI spec 1.1, Section 2 "VERSION"): our current version and
+    every supported one."""
     return {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def dumps(obj: object) -> str:
+    """Compact JSON text with a trailing newline, as our stdout carries it."""
     return json.dumps(obj, separators=(",", ":")) + "\n"

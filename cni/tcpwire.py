@@ -21,13 +21,14 @@ socket (``cni/peeruid.py``) before reading anything, as SO_PEERCRED does on the 
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import os
-import tempfile
+
+from netweft.common import defaults
+from netweft.common.atomicfile import write_atomic
 
 MAGIC = b"NWTCP1"
-DEFAULT_TCP_PORT = 1019
+DEFAULT_TCP_PORT = defaults.CNI_TCP_PORT
 
 
 def default_token_file(socket_path: str) -> str:
@@ -38,22 +39,7 @@ def default_token_file(socket_path: str) -> str:
 
 def write_token(path: str, token: str) -> None:
     """Atomically (temp file + rename), mode 0600 from creation on."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cni-token.", dir=directory)  # created 0600
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, token.encode() + b"\n")
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, token.encode() + b"\n", 0o600)
 
 
 def unprivileged_port_start() -> int:
@@ -67,6 +53,8 @@ def unprivileged_port_start() -> int:
 
 
 def token_ok(first_line: bytes, token: bytes) -> bool:
+    """Whether a TCP request's first line is ``NWTCP1 <token>`` with the right token (constant-time
+    comparison; an empty token never matches)."""
     return bool(token) and hmac.compare_digest(first_line, MAGIC + b" " + token)
 
 

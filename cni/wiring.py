@@ -52,6 +52,8 @@ def attached(container_id: str, ifname: str) -> bool:
 
 
 def is_host_veth_name(name: str) -> bool:
+    """Whether ``name`` has the form of our host veths (``nw`` + 12 lowercase hex digits, see
+    :func:`host_veth_name`)."""
     rest = name[len(HOST_VETH_PREFIX):]
     return (name.startswith(HOST_VETH_PREFIX) and len(rest) == 12
             and all(c in "0123456789abcdef" for c in rest))
@@ -66,6 +68,8 @@ def pod_mac(addresses: list[IPv4Interface | IPv6Interface], seed: str) -> str:
 
 @dataclass(frozen=True)
 class PodRoute:
+    """A route to set in the pod: destination CIDR and gateway (None: on-link)."""
+
     dst: str
     gw: IPv4Address | IPv6Address | None
 
@@ -87,21 +91,28 @@ class PodPlan:
 
     @property
     def host_veth(self) -> str:
+        """The host-side veth name (:func:`host_veth_name`)."""
         return host_veth_name(self.container_id, self.ifname)
 
     @property
     def mac(self) -> str:
+        """The pod interface's MAC (:func:`pod_mac`)."""
         return pod_mac(self.addresses, f"{self.container_id}/{self.ifname}")
 
 
 @dataclass(frozen=True)
 class Wired:
+    """The host veth and the pod's interface as the kernel reports them after wiring."""
+
     host_veth: Link
     pod_link: Link
 
 
 @dataclass
 class BridgeState:
+    """The node bridge as verified: name, ifindex, MAC, gateway addresses (CIDR strings), and
+    whether this request created it (undone on failure)."""
+
     name: str
     index: int
     mac: str
@@ -139,7 +150,8 @@ def bridge_ready(name: str, gateways: list[IPv4Interface | IPv6Interface]) -> Br
 
 def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu: int,
                   force_address: bool) -> BridgeState:
-    """Create the bridge if absent, give it the gateway addresses, bring it up (pyroute2).
+    """Create the bridge if absent, give it the gateway addresses, bring it up with ``mtu``
+    (bytes) (pyroute2; the reference bridge plugin's ``isGateway``).
 
     A bridge holding another address of the same family is an error (code 102) unless
     ``force_address``, which replaces it."""
@@ -271,6 +283,8 @@ def unwire_pod(container_id: str, ifname: str, netns: str) -> bool:
 
 
 def delete_links(names: list[str]) -> None:
+    """Delete the host links named ``names`` (a missing one is no error). Raises
+    :class:`netweft.cni.rtnl.RtnlError` for other failures."""
     if not names:
         return
     with Rtnl() as host:
@@ -299,8 +313,8 @@ def check_pod(container_id: str, ifname: str, netns: str, bridge: str, mac: str,
               mtu: int = 0) -> None:
     """Compare the kernel with a previous result (pyroute2); raise code 103 on a difference
     (code 4 when ``netns`` is not a network namespace). ``caller_pid``: open ``netns`` as that
-    process sees it (see :mod:`cni.callerns`); ``mtu``: the MTU both ends must have (0: not
-    checked)."""
+    process sees it (see :mod:`cni.callerns`); ``mtu``: the MTU in bytes both ends must have
+    (0: not checked)."""
     from pyroute2 import IPRoute
 
     name = host_veth_name(container_id, ifname)

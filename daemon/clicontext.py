@@ -7,14 +7,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from netweft.common import defaults
 from netweft.kv.etcd import EtcdSettings
 from netweft.kv.tls import EtcdConfigError, load_tls
 from netweft.proxy.records import DEFAULT_SERVICES_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
-DEFAULT_PREFIX = "/coreos.com/network"
+DEFAULT_ENDPOINTS = defaults.ETCD_ENDPOINTS
+DEFAULT_PREFIX = defaults.ETCD_PREFIX
 
 
 def etcd_options(func: F) -> F:

@@ -15,6 +15,7 @@ from typing import Any
 
 from netweft.cni.plugin import PodInfo
 from netweft.cni.server import CniHooks, CniServer
+from netweft.common import defaults
 from netweft.daemon.metrics import Metrics
 from netweft.daemon.podsync import PodSync
 from netweft.kv.etcd import EtcdError
@@ -26,10 +27,11 @@ log = logging.getLogger("netweft.cni-host")
 
 class CniHost:
     def __init__(self, socket_path: str, loop: asyncio.AbstractEventLoop, metrics: Metrics,
-                 etcd: Any = None, services_prefix: str = "/netweft", node_name: str = "",
+                 etcd: Any = None, services_prefix: str = defaults.SERVICES_PREFIX,
+                 node_name: str = "",
                  pod_records: bool = True,
                  on_etcd_error: Callable[[Exception], None] | None = None,
-                 tcp_port: int = 1019, token_file: str | None = None,
+                 tcp_port: int = defaults.CNI_TCP_PORT, token_file: str | None = None,
                  sync: PodSync | None = None) -> None:
         self.socket_path = socket_path
         self.tcp_port = tcp_port  # the bash launcher's loopback fast path (0: off)

@@ -32,11 +32,9 @@ PREFIX = "flannel.alpha.coreos.com/"
 KUBE_MANAGED = PREFIX + "kube-subnet-manager"
 BACKEND_TYPE = PREFIX + "backend-type"
 BACKEND_DATA = PREFIX + "backend-data"
-BACKEND_V6_DATA = PREFIX + "backend-v6-data"
 PUBLIC_IP = PREFIX + "public-ip"
 PUBLIC_IPV6 = PREFIX + "public-ipv6"
 PUBLIC_IP_OVERWRITE = PREFIX + "public-ip-overwrite"
-PUBLIC_IPV6_OVERWRITE = PREFIX + "public-ipv6-overwrite"
 
 Node = dict[str, Any]
 

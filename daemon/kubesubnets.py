@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.resources.core_v1 import Node as KubeNode
 from lightkube.types import PatchType
+from netweft.common import defaults
 from netweft.daemon import kubenode
 from netweft.daemon.errors import AgentError
 from netweft.daemon.subnetmgr import LeaseAttrs, Unavailable
@@ -32,7 +33,7 @@ from netweft.ipam.leases import LeaseError, LeaseEvent
 
 log = logging.getLogger("netweft.agent")
 
-DEFAULT_NET_CONF = "/etc/kube-flannel/net-conf.json"
+DEFAULT_NET_CONF = defaults.NET_CONF_PATH
 T = TypeVar("T")
 
 

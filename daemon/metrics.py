@@ -1,15 +1,19 @@
-"""Prometheus metrics and the /healthz, /readyz, /metrics HTTP endpoints (stdlib, asyncio).
+"""Prometheus metrics and the /healthz, /readyz, /metrics HTTP endpoints (asyncio).
 
-The registry is a few dicts; the server is a minimal HTTP/1.0 responder on the daemon's event
-loop, so answering /healthz proves the loop itself is alive.
+Values are kept by name here; ``prometheus_client`` renders them (text format 0.0.4, label values
+escaped) from a registry of each :class:`Metrics` of its own, not the process-global one, so
+several agents in one process (tests) do not share series. The server is a minimal HTTP/1.0
+responder on the daemon's event loop, so answering /healthz proves the loop itself is alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("netweft.metrics")
 
@@ -22,49 +26,27 @@ def _labels(labels: dict[str, str] | None) -> Labels:
     return tuple(sorted((labels or {}).items()))
 
 
-def _fmt_value(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _fmt_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = labels + extra
-    if not items:
-        return ""
-    body = ",".join(f'{k}="{v}"' for k, v in items)
-    return "{" + body + "}"
-
-
-@dataclass
-class _Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        if not self.counts:
-            self.counts = [0] * len(self.buckets)
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-        self.total += value
-        self.count += 1
-
-
 class Metrics:
-    """Counters, gauges and histograms with labels, rendered in the Prometheus text format."""
+    """Counters, gauges, summaries and histograms with labels, by name, rendered in the
+    Prometheus text format (``kind`` as in ``# TYPE``: counter names end in ``_total``; a summary
+    ``X`` takes its values from ``X_sum`` and ``X_count`` set by a collector). Durations are
+    seconds. Raises ValueError for a counter name without ``_total``."""
 
     def __init__(self) -> None:
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, dict[Labels, float]] = {}
-        self._hists: dict[str, dict[Labels, _Histogram]] = {}
+        self._hists: dict[str, Histogram] = {}
         self._collectors: list[Callable[[Metrics], None]] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Families(self))
 
     def add_collector(self, fn: Callable[[Metrics], None]) -> None:
         """``fn(metrics)`` runs before every render (values owned by someone else)."""
         self._collectors.append(fn)
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"counter {name!r}: a counter's name ends in _total")
         self._help[name] = (kind, help_text)
 
     def inc(self, name: str, amount: float = 1.0, labels: dict[str, str] | None = None) -> None:
@@ -79,48 +61,59 @@ class Metrics:
         return self._values.get(name, {}).get(_labels(labels), 0.0)
 
     def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        series = self._hists.setdefault(name, {})
-        key = _labels(labels)
-        if key not in series:
-            series[key] = _Histogram(DEFAULT_BUCKETS)
-        series[key].observe(value)
+        """Add ``value`` (seconds) to histogram ``name`` (buckets :data:`DEFAULT_BUCKETS`); the
+        first observation fixes its label names."""
+        hist = self._hists.get(name)
+        if hist is None:
+            hist = self._hists[name] = Histogram(
+                name, self._help.get(name, ("histogram", ""))[1], sorted(labels or {}),
+                buckets=DEFAULT_BUCKETS, registry=self.registry)
+        (hist.labels(**labels) if labels else hist).observe(value)
 
     def render(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def families(self) -> Iterator[Metric]:
+        """The counters, gauges and summaries as prometheus_client metric families (histograms
+        are registered on their own); runs the collectors first."""
         for fn in self._collectors:
             try:
                 fn(self)
             except Exception as exc:  # noqa: BLE001 - a broken collector must not break /metrics
                 log.warning("metrics collector failed: %s", exc)
-        out: list[str] = []
         summaries = {n for n, (kind, _) in self._help.items() if kind == "summary"}
-        names = sorted(set(self._help) | set(self._values) | set(self._hists))
-        for name in names:
+        kinds = {"counter": "counter", "gauge": "gauge", "summary": "summary"}
+        for name in sorted(set(self._help) | set(self._values)):
             base = name.rsplit("_", 1)[0]
-            if base in summaries and name.endswith(("_sum", "_count")):
-                continue  # rendered under the summary's name
+            if name in self._hists or (base in summaries and name.endswith(("_sum", "_count"))):
+                continue  # a histogram renders itself; a summary's parts go under its name
             kind, help_text = self._help.get(name, ("untyped", ""))
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-            series = [(name, self._values.get(name, {}))]
-            if name in summaries:
-                series = [(f"{name}_sum", self._values.get(f"{name}_sum", {})),
-                          (f"{name}_count", self._values.get(f"{name}_count", {}))]
-            for sname, values in series:
-                for labels, value in sorted(values.items()):
-                    out.append(f"{sname}{_fmt_labels(labels)} {_fmt_value(value)}")
-            for labels, hist in sorted(self._hists.get(name, {}).items()):
-                for bound, count in zip(hist.buckets, hist.counts, strict=True):
-                    out.append(f"{name}_bucket{_fmt_labels(labels, (('le', f'{bound:g}'),))} "
-                               f"{count}")
-                out.append(f"{name}_bucket{_fmt_labels(labels, (('le', '+Inf'),))} {hist.count}")
-                out.append(f"{name}_sum{_fmt_labels(labels)} {_fmt_value(hist.total)}")
-                out.append(f"{name}_count{_fmt_labels(labels)} {hist.count}")
-        return "\n".join(out) + "\n"
+            if kind == "histogram":
+                continue
+            family = Metric(name.removesuffix("_total") if kind == "counter" else name,
+                            help_text, kinds.get(kind, "unknown"))
+            parts = (f"{name}_sum", f"{name}_count") if kind == "summary" else (name,)
+            for part in parts:
+                for labels, value in sorted(self._values.get(part, {}).items()):
+                    family.add_sample(part, dict(labels), value)
+            yield family
+
+
+class _Families:
+    """The registry's view of a :class:`Metrics` (a collector: ``collect()``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.families()
 
 
 def daemon_metrics() -> Metrics:
     m = Metrics()
     m.describe("netweft_leases", "gauge", "Subnet leases currently in etcd (including ours).")
+    m.describe("netweft_leases_invalid", "gauge",
+               "Leases in etcd this node does not program (invalid or conflicting).")
     m.describe("netweft_peers_programmed", "gauge",
                "Peer leases whose routes/neighbours/FDB entries are in the kernel.")
     m.describe("netweft_reconcile_runs_total", "counter", "Dataplane reconcile passes.")

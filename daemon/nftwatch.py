@@ -22,7 +22,6 @@ NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15  # linux/netfilter/nf_tables.h: NEWTABLE 0 ... DELSETELEM 14, NEWGEN 15
 NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big endian, unused)
 NFTA_TABLE = 1  # NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE, ...
-NFPROTO_IPV4 = 2
 
 Table = tuple[int, str]  # (NFPROTO family, table name)
 

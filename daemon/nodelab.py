@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 
+from netweft.common import defaults
 from netweft.daemon import netns, underlay
 from netweft.daemon.etcd_process import EtcdProcess
 
@@ -49,7 +50,7 @@ class NodeLab:
     node_nss: list[str]
     outside_ns: str
     workdir: str
-    prefix: str = "/coreos.com/network"
+    prefix: str = defaults.ETCD_PREFIX
     etcd: EtcdProcess | None = None
     nodes: list[underlay.UnderlayNode] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from typing import Any
 from netweft.cni.env import parse_labels, parse_named_ports
 from netweft.cni.spec import CniError
 from netweft.cni.wiring import host_veth_name
+from netweft.common import defaults
 from netweft.ipam.allocator import AllocatorError, NodeAllocator
 from netweft.kv.etcd import EtcdError
 from netweft.proxy.podrecords import sync_pods
@@ -35,7 +36,7 @@ from netweft.proxy.records import PodRecord, RecordError, pod_key
 
 log = logging.getLogger("netweft.podsync")
 
-DEFAULT_CACHE_DIR = "/var/lib/cni"  # libcni's CacheDir
+DEFAULT_CACHE_DIR = defaults.CNI_CACHE_DIR  # libcni's CacheDir
 CACHE_KIND = "cniCacheV1"
 
 

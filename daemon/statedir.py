@@ -8,14 +8,13 @@ Files: ``daemon.lock`` (flock held for the daemon's lifetime, holds its PID), ``
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
+from netweft.common.atomicfile import write_atomic
 from netweft.daemon.errors import AgentError
 
 log = logging.getLogger("netweft.statedir")
@@ -28,17 +27,7 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename (readers see
     the old or the new file, never half of one; the temporary file is removed on failure).
     Raises OSError."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".status.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True), 0o600)
 
 
 def read_status(state_dir: str) -> dict[str, Any] | None:

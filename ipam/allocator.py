@@ -35,11 +35,12 @@ class AllocatorError(Exception):
 
 
 class RangeExhausted(AllocatorError):
-    pass
+    """Every usable address of the range is held (CNI error 100, ERR_NO_FREE_IP)."""
 
 
 class RequestedIPUnavailable(AllocatorError):
-    pass
+    """The address asked for (``CNI_ARGS`` IP=, runtimeConfig ``ips``) is held by another container
+    or lies outside the ranges (CNI error 101)."""
 
 
 class StoreError(AllocatorError):
@@ -57,12 +58,16 @@ class IPRange:
 
     @property
     def first(self) -> IPAddress:
+        """The first address handed out: ``start``, else the subnet's first host address (the
+        network address skipped when the subnet has more than two addresses, as host-local)."""
         if self.start is not None:
             return self.start
         return self.subnet.network_address + (1 if self.subnet.num_addresses > 2 else 0)
 
     @property
     def last(self) -> IPAddress:
+        """The last address handed out: ``end``, else the subnet's last address (IPv4: the broadcast
+        address skipped when the subnet has more than two addresses, as host-local)."""
         if self.end is not None:
             return self.end
         if self.subnet.version == 4 and self.subnet.num_addresses > 2:
@@ -70,10 +75,13 @@ class IPRange:
         return self.subnet.broadcast_address
 
     def usable(self, ip: IPAddress) -> bool:
+        """Whether ``ip`` may be handed out from this range: same family, between :attr:`first` and
+        :attr:`last`, in the subnet, not the gateway."""
         return (ip.version == self.subnet.version and self.first <= ip <= self.last
                 and ip != self.gateway and ip in self.subnet)
 
     def size(self) -> int:
+        """How many addresses the range hands out (first..last, minus the gateway)."""
         n = int(self.last) - int(self.first) + 1
         return n - (1 if self.gateway is not None and self.first <= self.gateway <= self.last
                     else 0)
@@ -96,6 +104,8 @@ class IPRange:
                 yield ip
 
     def interface(self, ip: IPAddress) -> IPInterface:
+        """``ip`` with the subnet's prefix length (``10.244.1.5/24``), as a CNI result's
+        ``address``."""
         if ip.version == 4:
             return IPv4Interface(f"{ip}/{self.subnet.prefixlen}")
         return IPv6Interface(f"{ip}/{self.subnet.prefixlen}")
@@ -103,6 +113,9 @@ class IPRange:
 
 @dataclass(frozen=True)
 class Allocation:
+    """One held address: the file ``<ip>`` holding ``<container id>\r\n<ifname>`` (host-local's
+    record)."""
+
     ip: IPAddress
     container_id: str
     ifname: str
@@ -118,6 +131,8 @@ class NodeAllocator:
     # -- locking and files ------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        """Hold ``flock`` on the data directory (host-local's lock) for the block; makes the
+        directory (mode 0755) if needed. Raises :class:`StoreError` naming the directory."""
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
             fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -194,7 +209,9 @@ class NodeAllocator:
     # -- operations ---------------------------------------------------------------------------
     def allocate(self, container_id: str, ifname: str,
                  requested: Iterable[IPAddress] = ()) -> list[IPInterface]:
-        """One address per range for (container, ifname); the existing ones if it has them."""
+        """One address per range for (container, ifname); the existing ones if it has them.
+        Raises :class:`RangeExhausted`, :class:`RequestedIPUnavailable`, :class:`StoreError`,
+        or :class:`AllocatorError` without ranges."""
         if not self.ranges:
             raise AllocatorError("no IP ranges configured for the node")
         wanted: dict[int, IPAddress] = {}
@@ -260,10 +277,14 @@ class NodeAllocator:
             return gone
 
     def held_by(self, container_id: str, ifname: str) -> list[IPAddress]:
+        """The addresses held for ``container_id`` on ``ifname`` (host-local's ownership key), in
+        directory order. Raises :class:`StoreError`."""
         return [a.ip for a in self.allocations()
                 if a.container_id == container_id and a.ifname == ifname]
 
     def allocations(self) -> list[Allocation]:
+        """Every held address, under the lock; empty when the directory does not exist. Raises
+        :class:`StoreError`."""
         if not os.path.isdir(self.dir):
             return []
         with self.locked():
@@ -283,6 +304,8 @@ class NodeAllocator:
             return gone
 
     def free_count(self) -> int:
+        """How many addresses are still free over all ranges (CNI STATUS reports none free as error
+        50). Raises :class:`StoreError`."""
         used = {a.ip for a in self.allocations()}
         total = 0
         for rng in self.ranges:
@@ -290,6 +313,8 @@ class NodeAllocator:
         return total
 
     def writable(self) -> bool:
+        """Whether the data directory exists (made if needed) and is writable by us (CNI STATUS: a
+        plugin that cannot record addresses is not available)."""
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
         except OSError:

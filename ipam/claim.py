@@ -47,12 +47,16 @@ class Claimant:
 
 
 class Owner(Enum):
+    """Who wrote a lease, by the ``NetweftNodeID`` it records (see ``ipam/identity.py``)."""
+
     SELF = "self"
     OTHER = "other"
     UNKNOWN = "unknown"  # no identity recorded (flanneld, older netweft, a reservation)
 
 
 def owner(lease: Lease, node_id: str | None) -> Owner:
+    """Whose ``lease`` is: ours when it records ``node_id``, another node's when it records another
+    id, UNKNOWN when it records none (flanneld, older netweft, a reservation)."""
     if not lease.node_id:
         return Owner.UNKNOWN
     return Owner.SELF if node_id is not None and lease.node_id == node_id else Owner.OTHER
@@ -139,6 +143,8 @@ def plan_claim(leases: Iterable[Lease], me: Claimant) -> Claim:
 
 
 class Drift(Enum):
+    """How the lease we hold differs from what etcd has now under its key (see :func:`drift`)."""
+
     SAME = "same"
     ALTERED = "altered"   # still ours, but its value was changed under us: restore it
     FOREIGN = "foreign"   # another node holds the key now

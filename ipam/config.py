@@ -8,14 +8,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
+from netweft.common import defaults
+
 BACKEND_TYPES = ("vxlan", "host-gw", "wireguard")
-DEFAULT_VXLAN_PORT = 8472
+DEFAULT_VXLAN_PORT = defaults.VXLAN_PORT
 # Flannel's wireguard backend (pkg/backend/wireguard): defaults and the modes it accepts.
-DEFAULT_WG_PORT = 51820
+DEFAULT_WG_PORT = defaults.WIREGUARD_PORT
 DEFAULT_WG_PORT_V6 = 51821
 WG_MODES = ("separate", "auto", "ipv4", "ipv6")
 MIN_V4_NETWORK_PREFIX = 28  # Flannel: "Network is too small. Minimum useful network prefix is /28"
@@ -27,6 +29,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BackendConfig:
+    """The ``Backend`` object of Flannel's network config (``Type``, ``VNI``, ``Port``,
+    ``DirectRouting``, ``MTU``; WireGuard's ``PSK``, ``ListenPort``, ``ListenPortV6``,
+    ``PersistentKeepaliveInterval`` in seconds, ``Mode``), Flannel's defaults. Ports are UDP;
+    ``mtu`` is bytes."""
+
     type: str = "vxlan"
     vni: int = 1
     port: int = DEFAULT_VXLAN_PORT
@@ -40,6 +47,8 @@ class BackendConfig:
     mode: str = "separate"
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``Backend`` JSON object with Flannel's key names (only the keys of ``type``; ``PSK``
+        only when set)."""
         out: dict[str, Any] = {"Type": self.type}
         if self.type == "vxlan":
             out.update(VNI=self.vni, Port=self.port, DirectRouting=self.direct_routing)
@@ -55,6 +64,11 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
+    """Flannel's network config (``<prefix>/config`` in etcd, or ``net-conf.json`` in kube mode):
+    the cluster network, per-node subnet length and the range subnets are leased from, for IPv4
+    and/or IPv6, and the backend. Built by :func:`parse_config` / :func:`from_dict`, which validate
+    it."""
+
     network: IPv4Network | None
     subnet_len: int
     subnet_min: IPv4Address | None
@@ -95,9 +109,13 @@ class NetworkConfig:
 
     @property
     def ipv6_capacity(self) -> int:
+        """How many IPv6 node subnets fit between ``IPv6SubnetMin`` and ``IPv6SubnetMax`` (0 without
+        IPv6)."""
         return _span(self.ipv6_subnet_min, self.ipv6_subnet_max, 128 - self.ipv6_subnet_len)
 
     def ipv6_subnet_at(self, index: int) -> IPv6Network:
+        """The ``index``-th IPv6 node subnet from ``IPv6SubnetMin`` (0-based); the config must have
+        IPv6 (AssertionError otherwise)."""
         assert self.ipv6_subnet_min is not None
         size = 1 << (128 - self.ipv6_subnet_len)
         return IPv6Network((int(self.ipv6_subnet_min) + index * size, self.ipv6_subnet_len))
@@ -105,6 +123,8 @@ class NetworkConfig:
     # --- serialisation -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as Flannel's JSON object (``Network``, ``SubnetLen``, ``SubnetMin``,
+        ``SubnetMax``, ``EnableIPv4``/``EnableIPv6``, the IPv6 keys, ``Backend``)."""
         out: dict[str, Any] = {}
         if self.network is not None:
             out.update(Network=str(self.network), SubnetLen=self.subnet_len,
@@ -131,10 +151,8 @@ class NetworkConfig:
         return "; ".join(parts)
 
     def to_json(self, indent: int | None = None) -> str:
+        """:meth:`to_dict` as JSON text (what ``<prefix>/config`` holds)."""
         return json.dumps(self.to_dict(), indent=indent)
-
-    def with_backend(self, **changes: Any) -> NetworkConfig:
-        return replace(self, backend=replace(self.backend, **changes))
 
 
 def _span(first: IPv4Address | IPv6Address | None, last: IPv4Address | IPv6Address | None,
@@ -319,6 +337,9 @@ def _v6_range(d: dict[str, Any]) -> tuple[IPv6Network, int, IPv6Address, IPv6Add
 
 
 def from_dict(d: Any) -> NetworkConfig:
+    """Validate a decoded Flannel network config (``pkg/subnet/config.go``'s keys and defaults;
+    SubnetMin skips the network's first subnet, as Flannel) into a :class:`NetworkConfig`. Raises
+    :class:`ConfigError`, one line naming the key."""
     if not isinstance(d, dict):
         raise ConfigError("config: expected a JSON object like {\"Network\": \"10.244.0.0/16\"}")
     enable_v4 = _bool(d, "EnableIPv4", True)
@@ -341,7 +362,8 @@ def from_dict(d: Any) -> NetworkConfig:
 
 
 def parse_config(text: str | bytes) -> NetworkConfig:
-    """Parse and validate a Flannel network config JSON document."""
+    """Parse and validate a Flannel network config JSON document. Raises :class:`ConfigError`,
+    one line naming the key."""
     try:
         data = json.loads(text)
     except ValueError as exc:

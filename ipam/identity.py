@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass
+
+from netweft.common.atomicfile import write_atomic
 
 NODE_ID_FILE = "node-id"
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -24,6 +25,9 @@ class IdentityError(Exception):
 
 @dataclass(frozen=True)
 class NodeIdentity:
+    """The node id (32 lowercase hex digits), whether this start made it, and the file it lives in.
+    """
+
     node_id: str   # 32 lowercase hex digits
     created: bool  # made by this start: first start, or a node that lost its state directory
     path: str
@@ -42,23 +46,13 @@ def load_or_create(state_dir: str) -> NodeIdentity:
         return NodeIdentity(existing, False, path)
     node_id = uuid.uuid4().hex
     try:
-        os.makedirs(state_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".node-id.", dir=state_dir)
         try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(node_id + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                winner = _read(path)
-                if winner is None:
-                    raise IdentityError(f"{path}: not a node identity") from None
-                return NodeIdentity(winner, False, path)
-        finally:
-            os.unlink(tmp)
+            write_atomic(path, node_id + "\n", 0o644, replace=False)
+        except FileExistsError:
+            winner = _read(path)
+            if winner is None:
+                raise IdentityError(f"{path}: not a node identity") from None
+            return NodeIdentity(winner, False, path)
     except OSError as exc:
         raise IdentityError(f"{path}: {exc.strerror or exc}") from None
     return NodeIdentity(node_id, True, path)

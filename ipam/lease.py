@@ -32,7 +32,10 @@ class LeaseFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Lease:
-    """One node's subnet lease (or a reservation)."""
+    """One node's subnet lease (or a reservation), as Flannel keeps it in etcd: the key
+    ``<prefix>/subnets/<key_name>`` holding :meth:`value` (Flannel's ``LeaseAttrs``), attached to
+    an etcd lease whose TTL (seconds) makes it expire unless renewed. ``expiration`` is unix time
+    in seconds; the revisions are etcd's."""
 
     subnet: IPv4Network | None
     public_ip: IPv4Address | None
@@ -48,20 +51,26 @@ class Lease:
 
     @property
     def reserved(self) -> bool:
+        """A reservation: a lease without an etcd lease (id 0) never expires (Flannel's reserved
+        leases, ``TTL 0``)."""
         return self.etcd_lease_id == 0
 
     @functools.cached_property
     def key_name(self) -> str:
-        """``10.244.1.0-24`` (computed once: the daemon looks it up for every lease at every
-        lease event, and formatting the networks dominated that with 1,000 leases)."""
+        """The key under ``<prefix>/subnets/``: ``10.244.1.0-24``, with the IPv6 subnet ``&``-joined
+        when dual-stack (Flannel's key form). Computed once: the daemon looks it up for every lease
+        at every lease event, and formatting the networks dominated that with 1,000 leases."""
         return subnet_key_name(self.subnet, self.ipv6_subnet)
 
     @property
     def vtep_mac(self) -> str | None:
+        """The ``VtepMAC`` of ``BackendData`` (vxlan), or None."""
         mac = self.backend_data.get("VtepMAC")
         return str(mac) if mac else None
 
     def value(self) -> dict[str, Any]:
+        """The lease's etcd value as Flannel's ``LeaseAttrs`` JSON object (``PublicIP``,
+        ``PublicIPv6``, ``BackendType``, ``BackendData``) plus our ``NetweftNodeID``."""
         out: dict[str, Any] = {}
         if self.public_ip is not None:
             out["PublicIP"] = str(self.public_ip)
@@ -75,6 +84,7 @@ class Lease:
         return out
 
     def value_json(self) -> str:
+        """The etcd value as compact JSON text, key order as flanneld writes it."""
         return json.dumps(self.value(), separators=(",", ":"), sort_keys=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +104,8 @@ class Lease:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Lease:
+        """The inverse of :meth:`to_dict` (netweft's own record, e.g. ``netweft leases -o json``,
+        not the etcd value). Raises KeyError/ValueError on a malformed record."""
         return cls(
             subnet=IPv4Network(d["subnet"]) if d.get("subnet") else None,
             ipv6_subnet=IPv6Network(d["ipv6Subnet"]) if d.get("ipv6Subnet") else None,
@@ -108,7 +120,8 @@ class Lease:
 
 
 def subnet_key_name(v4: IPv4Network | None, v6: IPv6Network | None = None) -> str:
-    """``10.244.3.0-24``, ``fc00::-64``, or both joined by ``&`` (Flannel's dual-stack form)."""
+    """``10.244.3.0-24``, ``fc00::-64``, or both joined by ``&`` (Flannel's dual-stack form).
+    Raises :class:`LeaseFormatError` without either subnet."""
     parts = []
     if v4 is not None:
         parts.append(f"{v4.network_address}-{v4.prefixlen}")
@@ -120,7 +133,7 @@ def subnet_key_name(v4: IPv4Network | None, v6: IPv6Network | None = None) -> st
 
 
 def parse_key_name(name: str) -> tuple[IPv4Network | None, IPv6Network | None]:
-    """Inverse of :func:`subnet_key_name`."""
+    """Inverse of :func:`subnet_key_name`. Raises :class:`LeaseFormatError` for another form."""
     v4: IPv4Network | None = None
     v6: IPv6Network | None = None
     for part in name.split("&"):

@@ -42,6 +42,9 @@ class InvalidLease:
 
 @dataclass(frozen=True)
 class LeaseCheck:
+    """The leases that may be programmed (``valid``) and those that may not, each with the reason
+    (``invalid``)."""
+
     valid: list[Lease] = field(default_factory=list)
     invalid: list[InvalidLease] = field(default_factory=list)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from netweft.common import defaults
 from netweft.ipam.claim import Claimant, Drift, drift, plan_claim
 from netweft.ipam.config import ConfigError, NetworkConfig, parse_config
 from netweft.ipam.lease import Lease, LeaseFormatError, parse_lease
@@ -29,7 +30,7 @@ from netweft.kv.types import EtcdError, EventType, KeyValue
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = 24 * 3600
+DEFAULT_TTL = defaults.LEASE_TTL
 CANDIDATES = 100        # pick randomly among this many free subnets, as Flannel does
 ACQUIRE_ATTEMPTS = 50
 
@@ -92,6 +93,9 @@ def fits(cfg: NetworkConfig, lease: Lease) -> bool:
 
 @dataclass(frozen=True)
 class LeaseEvent:
+    """A lease appearing (``added``: created or changed) or going (``removed``: deleted or expired),
+    as Flannel's ``subnet.Event`` (EventAdded/EventRemoved)."""
+
     kind: str  # "added" | "removed"
     lease: Lease
 
@@ -121,9 +125,12 @@ def _kv_to_lease(kv: KeyValue, subnets_prefix: str) -> Lease | None:
 
 
 class LeaseStore:
-    """The leases of one network (one etcd prefix)."""
+    """The leases of one network (one etcd prefix) in Flannel's etcd layout
+    (``pkg/subnet/etcd``): ``<prefix>/config`` and ``<prefix>/subnets/<key>``, each lease
+    attached to an etcd lease of ``ttl`` seconds (Flannel's 24 h by default). Methods raise
+    :class:`EtcdError` when etcd cannot answer, besides the errors they name."""
 
-    def __init__(self, etcd: KV, prefix: str = "/coreos.com/network",
+    def __init__(self, etcd: KV, prefix: str = defaults.ETCD_PREFIX,
                  ttl: int = DEFAULT_TTL) -> None:
         self.etcd = etcd
         self.prefix = prefix.rstrip("/")
@@ -131,18 +138,23 @@ class LeaseStore:
 
     @property
     def config_key(self) -> str:
+        """``<prefix>/config``: the network config's key (Flannel's)."""
         return f"{self.prefix}/config"
 
     @property
     def subnets_prefix(self) -> str:
+        """``<prefix>/subnets/``: where leases live (Flannel's)."""
         return f"{self.prefix}/subnets/"
 
     def key_for(self, lease: Lease) -> str:
+        """The etcd key of ``lease``."""
         return self.subnets_prefix + lease.key_name
 
     # --- config -----------------------------------------------------------------------------
 
     async def get_config(self) -> NetworkConfig | None:
+        """The network config, or None while it is not in etcd. Raises :class:`ConfigError` naming
+        the key when it is invalid; :class:`EtcdError`."""
         kv = await self.etcd.get(self.config_key)
         if kv is None:
             return None
@@ -152,6 +164,7 @@ class LeaseStore:
             raise ConfigError(f"{self.config_key}: {exc}") from None
 
     async def set_config(self, cfg: NetworkConfig) -> None:
+        """Write ``cfg`` to ``<prefix>/config`` (JSON). Raises :class:`EtcdError`."""
         await self.etcd.put(self.config_key, cfg.to_json())
 
     # --- reading ----------------------------------------------------------------------------
@@ -354,8 +367,9 @@ class LeaseStore:
         """Keep our lease: refresh its etcd lease, and put our value back when it was changed
         under us (another PublicIP, VTEP MAC, garbage, ...: issue 9 item 11) as long as it is
         still ours (:func:`~netweft.ipam.claim.drift`). Returns ``lease`` with the new expiry,
-        etcd lease id and revision. :class:`LeaseLost` when the key or its etcd lease is gone
-        or another identity (or, without identities, another PublicIP) holds the key."""
+        etcd lease id and revision. Raises :class:`LeaseLost` when the key or its etcd lease is
+        gone or another identity (or, without identities, another PublicIP) holds the key;
+        :class:`LeaseError` when etcd keeps changing under us; :class:`EtcdError`."""
         key = self.key_for(lease)
         for _attempt in range(ACQUIRE_ATTEMPTS):
             kv = await self.etcd.get(key)
@@ -413,7 +427,9 @@ class LeaseStore:
 
     async def reserve(self, subnet: IPv4Network, public_ip: IPv4Address,
                       cfg: NetworkConfig | None = None) -> Lease:
-        """A key with no etcd lease: never expires, only ``public_ip`` may use it."""
+        """A key with no etcd lease: never expires, only ``public_ip`` may use it (Flannel's
+        reservations). Raises :class:`LeaseError` when ``subnet`` is not one of ``cfg``'s
+        subnets or another node holds it; :class:`EtcdError`."""
         if cfg is not None and cfg.subnet_index(subnet) is None:
             raise LeaseError(f"{subnet} is not a /{cfg.subnet_len} subnet between "
                              f"{cfg.subnet_min} and {cfg.subnet_max} of {cfg.network}")

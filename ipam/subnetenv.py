@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
-DEFAULT_PATH = "/run/flannel/subnet.env"
+from netweft.common import defaults
+from netweft.common.atomicfile import write_atomic
+
+DEFAULT_PATH = defaults.SUBNET_FILE
 
 
 class SubnetEnvError(ValueError):
@@ -23,6 +24,10 @@ class SubnetEnvError(ValueError):
 
 @dataclass(frozen=True)
 class SubnetEnv:
+    """The contents of Flannel's ``subnet.env`` (``FLANNEL_NETWORK``, ``FLANNEL_SUBNET`` = gateway
+    address with the node subnet's length, ``FLANNEL_MTU`` in bytes, ``FLANNEL_IPMASQ``, and the
+    IPv6 pair), which the CNI plugin reads."""
+
     network: IPv4Network | None
     subnet: IPv4Interface | None  # gateway address with the node subnet's length
     mtu: int
@@ -31,6 +36,7 @@ class SubnetEnv:
     ipv6_subnet: IPv6Interface | None = None
 
     def render(self) -> str:
+        """The file's text, ``KEY=VALUE`` lines in flanneld's order."""
         lines = []
         if self.network is not None:
             lines.append(f"FLANNEL_NETWORK={self.network}")
@@ -46,6 +52,8 @@ class SubnetEnv:
 
 
 def parse(text: str, source: str = "subnet.env") -> SubnetEnv:
+    """Parse ``subnet.env`` text (``KEY=VALUE`` lines, ``#`` comments, optional quotes). Raises
+    :class:`SubnetEnvError`, one line naming ``source`` and the line or key."""
     values: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.strip()
@@ -80,6 +88,8 @@ def parse(text: str, source: str = "subnet.env") -> SubnetEnv:
 
 
 def read(path: str = DEFAULT_PATH) -> SubnetEnv:
+    """Read and parse the file at ``path``. Raises :class:`SubnetEnvError` naming the file when it
+    is missing, unreadable or malformed."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -99,18 +109,5 @@ def write(env: SubnetEnv, path: str = DEFAULT_PATH) -> bool:
                 return False
     except OSError:
         pass
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text, 0o644)
     return True

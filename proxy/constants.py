@@ -14,7 +14,5 @@ from __future__ import annotations
 MASQUERADE_MARK = 0x4000
 
 NFT_TABLE = "netweft-proxy"           # table ip netweft-proxy
-IPTABLES_PREFIX = "NETWEFT-"          # every iptables chain the proxy owns starts with this
 
 HEALTHZ_PORT = 10256                  # /healthz and /metrics, like kube-proxy's healthz port
-NODEPORT_RANGE = (30000, 32767)

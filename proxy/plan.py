@@ -131,11 +131,6 @@ def _split_backends(
     return every, tuple(Backend(a, p) for a, p in mine_pairs)
 
 
-def usable_backends(port: ServicePort, endpoints: tuple[Endpoint, ...]) -> tuple[Backend, ...]:
-    """Ready endpoints; if none is ready, the serving ones that are terminating."""
-    return _split_backends(port, endpoints, "")[0]
-
-
 def plan_service(
     service: Service, endpoints: tuple[Endpoint, ...], node: NodeContext,
 ) -> ServicePlan:

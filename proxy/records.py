@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from netweft.common import defaults
 from netweft.proxy.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     Endpoint,
@@ -36,7 +37,7 @@ from netweft.proxy.model import (
     ServiceType,
 )
 
-DEFAULT_SERVICES_PREFIX = "/netweft"
+DEFAULT_SERVICES_PREFIX = defaults.SERVICES_PREFIX
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 NODE_PORT_MIN, NODE_PORT_MAX = 30000, 32767
 

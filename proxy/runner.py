@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from netweft.proxy.conntrack import ConntrackCleaner, stale_udp_flows
+from netweft.proxy.constants import HEALTHZ_PORT
 from netweft.proxy.dataplane import Dataplane, SyncResult
 from netweft.proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
 from netweft.proxy.metrics import ProxyMetrics
@@ -28,7 +29,7 @@ class RunnerOptions:
     min_sync_interval: float = 1.0      # seconds between two syncs (bursts coalesce)
     retry_interval: float = 5.0         # after a failed sync
     status_address: str = "0.0.0.0"
-    status_port: int | None = 10256     # /healthz and /metrics; None: no server
+    status_port: int | None = HEALTHZ_PORT  # /healthz and /metrics; None: no server
     health_check_ports: bool = True
     # rewrite everything now and then, healing out-of-band edits the dataplane cannot notice
     # (kube-proxy's FullSyncPeriod is 1 h; a full load keeps affinity clients); None: never

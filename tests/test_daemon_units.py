@@ -13,6 +13,7 @@ from netweft.daemon.leasekeeper import subnet_env_for
 from netweft.daemon.metrics import HttpEndpoint, daemon_metrics
 from netweft.ipam.config import parse_config
 from netweft.ipam.lease import Lease
+from prometheus_client.parser import text_string_to_metric_families
 
 SPEC = FirewallSpec(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.3.0/24"))
 
@@ -70,6 +71,26 @@ def test_iface_option_errors_name_the_option() -> None:
         parse_options([], [], None, "1.2.3")
 
 
+def _sample(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of one sample in Prometheus text (parsed: ``7`` and ``7.0`` are the same)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == (labels or {}):
+                return sample.value
+    return None
+
+
+def test_metric_label_values_with_quote_backslash_and_newline_are_escaped() -> None:
+    """Prometheus text format: a label value escapes \\, \" and newline; unescaped, one odd
+    label value broke the whole /metrics page for the scraper."""
+    m = daemon_metrics()
+    odd = 'a"b\\c\nd'
+    m.set("netweft_cni_requests_total", 2, {"command": odd, "result": "ok"})
+    text = m.render()
+    assert 'netweft_cni_requests_total{command="a\\"b\\\\c\\nd",result="ok"} 2' in text
+    assert _sample(text, "netweft_cni_requests_total", {"command": odd, "result": "ok"}) == 2
+
+
 def test_metrics_text_format_and_http_endpoints() -> None:
     m = daemon_metrics()
     m.inc("netweft_reconcile_runs_total")
@@ -82,8 +103,8 @@ def test_metrics_text_format_and_http_endpoints() -> None:
     m.observe("netweft_reconcile_duration_seconds", 0.004)
     text = m.render()
     assert "# TYPE netweft_reconcile_runs_total counter" in text
-    assert "netweft_peers_programmed 7\n" in text
-    assert "netweft_last_reconcile_timestamp_seconds 1795320000.25\n" in text
+    assert _sample(text, "netweft_peers_programmed") == 7
+    assert _sample(text, "netweft_last_reconcile_timestamp_seconds") == 1795320000.25
     assert 'netweft_cni_requests_total{command="ADD",result="ok"} 3' in text
     assert "# TYPE netweft_cni_request_duration_seconds summary" in text
     assert 'netweft_cni_request_duration_seconds_count{command="ADD"} 3' in text

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("cni", "daemon", "ipam", "backends", "proxy")
 # Folders that install as their own package, not as a sub-package of the folder they sit in.
-NESTED = {"netweft.kv": "ipam/kv"}
+NESTED = {"netweft.kv": "ipam/kv", "netweft.common": "ipam/common"}
 
 
 def _pyproject() -> dict:
@@ -78,3 +78,25 @@ def test_wheel_holds_only_the_netweft_namespace(tmp_path: Path) -> None:
     assert "netweft/cni/launcher.sh" in names and "netweft/daemon/cli.py" in names
     assert "netweft/kv/etcd.py" in names and not any(n.startswith("netweft/ipam/kv/")
                                                      for n in names)
+
+
+# The module each runtime dependency is imported as, where it differs from the distribution name.
+IMPORT_NAMES = {"grpcio": "grpc"}
+# Declared for a dependency's sake, not imported by us (the reason is the value).
+INDIRECT = {"protobuf": "aetcd's generated etcd stubs import it; the range keeps them importable"}
+
+
+def test_every_declared_dependency_is_imported_by_the_shipped_packages() -> None:
+    """A dependency nothing imports (netaddr was one) is only weight on every install."""
+    import re
+
+    sources = "\n".join(p.read_text() for top in FOLDERS for p in (ROOT / top).rglob("*.py"))
+    unused = []
+    for requirement in _pyproject()["project"]["dependencies"]:
+        dist = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        if dist in INDIRECT:
+            continue
+        module = IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+        if not re.search(rf"^\s*(import|from) {re.escape(module)}\b", sources, re.MULTILINE):
+            unused.append(dist)
+    assert unused == []

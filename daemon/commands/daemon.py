@@ -9,6 +9,7 @@ import signal
 import socket
 
 import click
+from netweft.common import defaults
 from netweft.daemon.clicontext import fail, services_prefix_option, settings
 from netweft.daemon.etcdrun import refuse_tls_mistakes
 
@@ -22,15 +23,15 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
               help="Use the interface the kernel routes this IP through.")
 @click.option("--public-ip", default=None,
               help="IP other nodes reach this one at (default: the interface's address).")
-@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True,
+@click.option("--subnet-file", default=defaults.SUBNET_FILE, show_default=True,
               help="Where to write subnet.env.")
-@click.option("--state-dir", default="/var/lib/netweft", show_default=True,
+@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True,
               help="Local state (VTEP MAC, status for `netweft status`).")
 @click.option("--ip-masq/--no-ip-masq", default=True, show_default=True,
               help="Masquerade traffic leaving the pod network.")
 @click.option("--firewall", type=click.Choice(["nftables", "iptables", "none"]),
               default="nftables", show_default=True, help="How to install masquerade/forward.")
-@click.option("--lease-ttl", type=click.IntRange(min=10), default=24 * 3600,
+@click.option("--lease-ttl", type=click.IntRange(min=10), default=defaults.LEASE_TTL,
               show_default=True, help="Seconds an unrenewed lease lives.")
 @click.option("--renew-margin", type=click.IntRange(min=1), default=3600, show_default=True,
               help="Renew this many seconds before the lease expires.")
@@ -41,9 +42,10 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
               "nftables/iptables-nft rules are also noticed at once).")
 @click.option("--metrics-addr", default="127.0.0.1:9464", show_default=True,
               help="host:port for /healthz, /readyz and /metrics ('' to disable).")
-@click.option("--cni-socket", default="/run/netweft/cni.sock", show_default=True,
+@click.option("--cni-socket", default=defaults.CNI_SOCKET_PATH, show_default=True,
               help="Unix socket of the CNI request server ('' to not host it).")
-@click.option("--cni-tcp-port", type=click.IntRange(0, 1023), default=1019, show_default=True,
+@click.option("--cni-tcp-port", type=click.IntRange(0, 1023), default=defaults.CNI_TCP_PORT,
+              show_default=True,
               help="Loopback port (privileged) of the bash CNI launcher's fast path (0: off).")
 @click.option("--cni-token-file", default=None,
               help="Token of that fast path (root only; default: next to --cni-socket).")
@@ -53,11 +55,11 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
 @services_prefix_option
 @click.option("--pod-records/--no-pod-records", default=True, show_default=True,
               help="Write a pod record to etcd for every pod the CNI server wires.")
-@click.option("--cni-data-dir", default="/var/lib/cni/networks", show_default=True,
+@click.option("--cni-data-dir", default=defaults.CNI_DATA_DIR, show_default=True,
               help="The CNI plugin's dataDir (IPAM state): pod records follow what it holds.")
 @click.option("--cni-network", default="netweft", show_default=True,
               help="The CNI network name (the conflist's name).")
-@click.option("--cni-cache-dir", default="/var/lib/cni", show_default=True,
+@click.option("--cni-cache-dir", default=defaults.CNI_CACHE_DIR, show_default=True,
               help="The runtime's libcni cache dir (results/: pod names and labels).")
 @click.option("--pod-sync-interval", type=click.FloatRange(min=0.5), default=10.0,
               show_default=True, help="Seconds between pod record reconcile passes.")
@@ -70,7 +72,7 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
 @click.option("--kubeconfig-file", default=None,
               help="Kubeconfig for --kube-subnet-mgr (default: in-cluster service account, "
                    "then $KUBECONFIG).")
-@click.option("--net-conf-path", default="/etc/kube-flannel/net-conf.json", show_default=True,
+@click.option("--net-conf-path", default=defaults.NET_CONF_PATH, show_default=True,
               help="The network config file read with --kube-subnet-mgr (Flannel's format).")
 @click.option("--cleanup-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT remove the device, routes and firewall rules.")

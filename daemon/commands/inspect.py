@@ -14,6 +14,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 import click
+from netweft.common import defaults
 from netweft.daemon.clicontext import fail, settings
 from netweft.ipam.lease import Lease
 from netweft.kv.etcd import EtcdClient, EtcdError, EtcdSettings
@@ -189,8 +190,8 @@ def render_routes(report: dict[str, Any]) -> str:
 
 @click.command("routes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
-@click.option("--state-dir", default="/var/lib/netweft", show_default=True)
+@click.option("--subnet-file", default=defaults.SUBNET_FILE, show_default=True)
+@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True)
 @click.option("--iface", default=None, help="Public interface (default: the daemon's, else the "
               "default route's).")
 @click.pass_context
@@ -232,8 +233,8 @@ def describe_wireguard(dp: dict[str, Any]) -> str:
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True)
-@click.option("--state-dir", default="/var/lib/netweft", show_default=True)
+@click.option("--subnet-file", default=defaults.SUBNET_FILE, show_default=True)
+@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True)
 @click.pass_context
 def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str) -> None:
     """The node's lease, backend, device, MTU, peers and last reconcile."""

@@ -9,6 +9,7 @@ import sys
 from ipaddress import IPv4Network
 
 import click
+from netweft.common import defaults
 from netweft.daemon.clicontext import fail
 from netweft.daemon.lab.lab import Lab, LabError, down
 from netweft.daemon.lab.topology import (
@@ -55,7 +56,8 @@ def register(group: click.Group) -> None:
                   help="Pods created on each node through the CNI plugin.")
     @click.option("--backend", type=click.Choice(BACKENDS), default="vxlan", show_default=True)
     @click.option("--vni", default=1, show_default=True, type=int, help="VXLAN network id.")
-    @click.option("--port", default=8472, show_default=True, type=int, help="VXLAN UDP port.")
+    @click.option("--port", default=defaults.VXLAN_PORT, show_default=True, type=int,
+                  help="VXLAN UDP port.")
     @click.option("--network", default=str(DEFAULT_NETWORK), show_default=True,
                   help="Pod network (Flannel's Network).")
     @click.option("--subnet-len", default=24, show_default=True, type=int,

@@ -12,7 +12,9 @@ import subprocess
 from typing import Any
 
 import click
+from netweft.common import defaults
 from netweft.daemon.clicontext import fail, services_prefix_option, settings
+from netweft.proxy.constants import HEALTHZ_PORT
 
 SKIP_IFACES = re.compile(r"^(lo|cni|flannel|veth|docker|kube-ipvs|cali|vxlan)")
 
@@ -80,7 +82,7 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
 @click.option("--cluster-cidr", "cluster_cidrs", multiple=True,
               help="Pod network (repeatable): other sources reaching a ClusterIP are "
               "masqueraded. Default: FLANNEL_NETWORK from --subnet-file.")
-@click.option("--subnet-file", default="/run/flannel/subnet.env", show_default=True,
+@click.option("--subnet-file", default=defaults.SUBNET_FILE, show_default=True,
               help="subnet.env to read the pod network from.")
 @click.option("--kubeconfig", default=None, help="kubeconfig for --source kube.")
 @services_prefix_option
@@ -91,7 +93,8 @@ def make_source(kind: str, ctx: click.Context, kubeconfig: str | None,
               "edits made by others that were not noticed at once (0: never; like kube-proxy's "
               "hourly full sync; session affinity is kept).")
 @click.option("--healthz-bind-address", default="0.0.0.0", show_default=True)
-@click.option("--healthz-port", type=click.IntRange(0, 65535), default=10256, show_default=True,
+@click.option("--healthz-port", type=click.IntRange(0, 65535), default=HEALTHZ_PORT,
+              show_default=True,
               help="Port of /healthz and /metrics (0: none).")
 @click.option("--cleanup", is_flag=True, help="Remove the proxy's rules and exit.")
 @click.option("-v", "--verbose", is_flag=True)

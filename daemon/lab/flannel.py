@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
+from netweft.common.atomicfile import write_atomic
 from netweft.daemon.lab.topology import Node, Topology
 
 ENV_FILE = "/var/cache/netweft/flannel.env"   # written by deploy/flannel.sh
@@ -148,8 +149,5 @@ def install_cni(node: Node, plugins_dir: str = DEBIAN_PLUGINS) -> dict[str, Any]
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(os.path.join(plugins_dir, name), link)
-    tmp = f"{node.conflist_path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(conflist, f, indent=1)
-    os.replace(tmp, node.conflist_path)
+    write_atomic(node.conflist_path, json.dumps(conflist, indent=1))
     return conflist

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from netweft.common import defaults
+from netweft.common.atomicfile import write_atomic
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.lab import check as checks
@@ -52,7 +54,7 @@ STATE_FILE = "lab.json"
 DAEMON_READY_TIMEOUT = 30.0
 DAEMON_STATUS_FILE = "status.json"   # written by the daemon into its --state-dir
 SOCKET_GRACE = 2.0
-SERVICES_PREFIX = "/netweft"         # the daemon's and proxy's default --services-prefix
+SERVICES_PREFIX = defaults.SERVICES_PREFIX  # the daemon's and proxy's default --services-prefix
 
 
 class LabError(RuntimeError):
@@ -198,11 +200,7 @@ class Lab:
                 for s in self.pods.values()
             ],
         }
-        os.makedirs(self.state_dir, exist_ok=True)
-        path = os.path.join(self.state_dir, STATE_FILE)
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(f"{path}.tmp", path)
+        write_atomic(os.path.join(self.state_dir, STATE_FILE), json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, prefix: str, state_root: str = LabSpec.state_root) -> Lab:
@@ -847,7 +845,3 @@ def running(spec: LabSpec) -> Iterator[Lab]:
         left = netns.list_names(f"{spec.prefix}-")
         if left:
             raise LabError(f"lab {spec.prefix}: namespaces left after down: {', '.join(left)}")
-
-
-def replace_spec(spec: LabSpec, **changes: Any) -> LabSpec:
-    return dataclasses.replace(spec, **changes)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from netweft.common.atomicfile import write_atomic
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -71,10 +73,7 @@ def read_pidfile(path: str) -> ProcessRecord | None:
 
 
 def write_pidfile(path: str, record: ProcessRecord) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(record.render())
-    os.replace(tmp, path)
+    write_atomic(path, record.render())
 
 
 def start(netns: str, cmd: Sequence[str], pidfile: str, log_path: str,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from netweft.common import defaults
 from netweft.ipam.config import ConfigError
 from netweft.ipam.config import from_dict as config_from_dict
 
@@ -34,7 +35,7 @@ SERVICE_NODE_PORT = 30080
 ETCD_CLIENT_PORT = 2379
 DEFAULT_PREFIX = "nwlab"
 DEFAULT_NETWORK = IPv4Network("10.244.0.0/16")
-DEFAULT_ETCD_PREFIX = "/coreos.com/network"
+DEFAULT_ETCD_PREFIX = defaults.ETCD_PREFIX
 STATE_ROOT = "/run/netweft-lab"
 BACKENDS = ("vxlan", "host-gw", "wireguard")
 DATAPLANES = ("netweft", "reference")
@@ -62,7 +63,7 @@ class LabSpec:
     pods_per_node: int = 2
     backend: str = "vxlan"
     vni: int = 1
-    port: int = 8472
+    port: int = defaults.VXLAN_PORT
     network: IPv4Network = DEFAULT_NETWORK
     subnet_len: int = 24
     etcd_prefix: str = DEFAULT_ETCD_PREFIX

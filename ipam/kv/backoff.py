@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Backoff:
+    """Exponential backoff with jitter for retries: delays in seconds from ``initial`` growing by
+    ``factor`` up to ``maximum``, each 0.5-1.0 times the nominal value."""
+
     initial: float = 0.5
     maximum: float = 30.0
     factor: float = 2.0
     _next: float = field(default=0.0, init=False)
 
     def reset(self) -> None:
+        """Start over at ``initial`` (after a success)."""
         self._next = 0.0
 
     def delay(self) -> float:
@@ -24,4 +28,5 @@ class Backoff:
         return nominal * random.uniform(0.5, 1.0)
 
     async def wait(self) -> None:
+        """Sleep for the next :meth:`delay` (seconds)."""
         await asyncio.sleep(self.delay())

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
+from netweft.common import defaults
 from netweft.kv.endpoints import Endpoint, parse_endpoints
 from netweft.kv.tls import EtcdConfigError, explain_handshake, load_tls
 from netweft.kv.types import (
@@ -40,15 +41,15 @@ class EtcdSettings:
     TLS on, for every endpoint).
     """
 
-    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
-    prefix: str = "/coreos.com/network"
+    endpoints: tuple[str, ...] = (defaults.ETCD_ENDPOINTS,)
+    prefix: str = defaults.ETCD_PREFIX
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
 
     @classmethod
     def from_strings(
-        cls, endpoints: str, prefix: str = "/coreos.com/network", cafile: str | None = None,
+        cls, endpoints: str, prefix: str = defaults.ETCD_PREFIX, cafile: str | None = None,
         certfile: str | None = None, keyfile: str | None = None,
     ) -> EtcdSettings:
         """From the CLI's strings; ValueError (one line naming the option) when one is bad."""
@@ -62,9 +63,11 @@ class EtcdSettings:
 
     @property
     def tls(self) -> bool:
+        """Whether the connection uses TLS: a CA file is given or an endpoint is ``https://``."""
         return self.cafile is not None or any(e.startswith("https://") for e in self.endpoints)
 
     def describe(self) -> str:
+        """The endpoints, comma-separated, for messages."""
         return ",".join(self.endpoints)
 
 
@@ -135,6 +138,7 @@ class EtcdClient:
                                      rpc.WatchStub(channel)))
 
     async def close(self) -> None:
+        """Close every endpoint's channel (calls after this fail)."""
         conns, self._conns = self._conns, []
         for conn in conns:
             await conn.channel.close()
@@ -213,6 +217,8 @@ class EtcdClient:
     # --- KV ---------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
+        """The key as stored, or None when it does not exist (etcd Range). Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         resp = await self._call("kv", "Range", rpc.RangeRequest(key=key.encode()))
         return KeyValue.from_pb(resp.kvs[0]) if resp.kvs else None
 
@@ -223,6 +229,9 @@ class EtcdClient:
         return [KeyValue.from_pb(kv) for kv in resp.kvs], resp.header.revision
 
     async def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
+        """Set ``key`` (text is UTF-8 encoded), attached to etcd lease ``lease`` when not 0; returns
+        the store's revision after the write (etcd Put). Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         if isinstance(value, str):
             value = value.encode()
         resp = await self._call("kv", "Put", rpc.PutRequest(key=key.encode(), value=value,
@@ -230,10 +239,14 @@ class EtcdClient:
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
+        """Delete ``key``; whether it existed (etcd DeleteRange). Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         resp = await self._call("kv", "DeleteRange", rpc.DeleteRangeRequest(key=key.encode()))
         return resp.deleted > 0
 
     async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix``; how many there were. Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         p = prefix.encode()
         resp = await self._call("kv", "DeleteRange",
                                 rpc.DeleteRangeRequest(key=p, range_end=prefix_end(p)))
@@ -285,6 +298,8 @@ class EtcdClient:
         return bool(resp.succeeded)
 
     async def compact(self, revision: int) -> None:
+        """Compact history up to ``revision`` (physical: etcd has dropped it when this returns).
+        Raises :class:`EtcdError` (:class:`EtcdUnavailable` when no endpoint answers)."""
         await self._call("kv", "Compact", rpc.CompactionRequest(revision=revision, physical=True))
 
     async def status(self) -> int:
@@ -296,12 +311,16 @@ class EtcdClient:
     # --- leases -----------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
+        """A new etcd lease of ``ttl`` seconds; its id. Raises :class:`EtcdError`
+        (:class:`EtcdUnavailable` when no endpoint answers)."""
         resp = await self._call("lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
         if resp.error:
             raise EtcdError(f"etcd refused a lease: {resp.error}")
         return int(resp.ID)
 
     async def revoke(self, lease_id: int) -> None:
+        """Revoke etcd lease ``lease_id`` (its keys are deleted); an unknown lease is no error.
+        Raises :class:`EtcdError` (:class:`EtcdUnavailable` when no endpoint answers)."""
         try:
             await self._call("lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
         except EtcdError as exc:

@@ -128,31 +128,45 @@ class MemoryKV:
     # --- KV -------------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
+        """The key as stored, or None. Raises :class:`EtcdUnavailable` while ``unavailable`` is set
+        (as every call)."""
         await self._check()
         return self._data.get(key)
 
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """The keys starting with ``prefix`` in key order, and the store's revision. Raises
+        :class:`EtcdUnavailable` while ``unavailable`` is set (as every call)."""
         await self._check()
         return [self._data[k] for k in sorted(self._data) if k.startswith(prefix)], self.revision
 
     async def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
+        """Set ``key`` (attached to lease ``lease`` when not 0); the new revision. Raises
+        :class:`EtcdUnavailable` while ``unavailable`` is set (as every call). :class:`EtcdError`
+        for an unknown lease, as etcd."""
         await self._check()
         self._need_lease(lease)
         return self._commit([(key, _b(value), lease)], [])
 
     async def delete(self, key: str) -> bool:
+        """Delete ``key``; whether it existed. Raises :class:`EtcdUnavailable` while ``unavailable``
+        is set (as every call)."""
         await self._check()
         found = key in self._data
         self._commit([], [key])
         return found
 
     async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix``; how many. Raises :class:`EtcdUnavailable`
+        while ``unavailable`` is set (as every call)."""
         await self._check()
         keys = [k for k in self._data if k.startswith(prefix)]
         self._commit([], keys)
         return len(keys)
 
     async def create(self, key: str, value: bytes | str, lease: int = 0) -> bool:
+        """Set ``key`` only if it does not exist (etcd's create-if-absent transaction); whether it
+        was created. Raises :class:`EtcdUnavailable` while ``unavailable`` is set (as every call).
+        :class:`EtcdError` for an unknown lease."""
         await self._check()
         if key in self._data:
             return False
@@ -162,6 +176,9 @@ class MemoryKV:
 
     async def replace(self, key: str, value: bytes | str, mod_revision: int,
                       lease: int = 0) -> bool:
+        """Set ``key`` only if its mod revision is still ``mod_revision`` (0: absent); whether it
+        was set. Raises :class:`EtcdUnavailable` while ``unavailable`` is set (as every call).
+        :class:`EtcdError` for an unknown lease."""
         await self._check()
         current = self._data.get(key)
         if (current.mod_revision if current is not None else 0) != mod_revision:
@@ -171,6 +188,8 @@ class MemoryKV:
         return True
 
     async def create_all(self, items: dict[str, bytes | str]) -> bool:
+        """Create every key of ``items`` in one revision, only if none exists; whether they were
+        created. Raises :class:`EtcdUnavailable` while ``unavailable`` is set (as every call)."""
         await self._check()
         if any(k in self._data for k in items):
             return False
@@ -178,6 +197,9 @@ class MemoryKV:
         return True
 
     async def delete_all(self, keys: list[str], guard_key: str, mod_revision: int) -> bool:
+        """Delete ``keys`` in one revision, only if ``guard_key``'s mod revision is still
+        ``mod_revision``; whether they were deleted. Raises :class:`EtcdUnavailable` while
+        ``unavailable`` is set (as every call)."""
         await self._check()
         guard = self._data.get(guard_key)
         if (guard.mod_revision if guard is not None else 0) != mod_revision:
@@ -186,6 +208,9 @@ class MemoryKV:
         return True
 
     async def compact(self, revision: int) -> None:
+        """Drop history up to ``revision``. Raises :class:`EtcdError` with etcd's messages for a
+        future or already compacted revision; :class:`EtcdUnavailable` while ``unavailable`` is set
+        (as every call)."""
         await self._check()
         if revision > self.revision:
             raise EtcdError("etcd refused the request: mvcc: required revision is a future "
@@ -197,24 +222,33 @@ class MemoryKV:
         self._history = [b for b in self._history if b.revision > revision]
 
     async def status(self) -> int:
+        """The store's current revision. Raises :class:`EtcdUnavailable` while ``unavailable`` is
+        set (as every call)."""
         await self._check()
         return self.revision
 
     # --- leases -------------------------------------------------------------------------------
 
     async def grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds (on ``clock``); its id. Raises :class:`EtcdUnavailable`
+        while ``unavailable`` is set (as every call)."""
         await self._check()
         self._next_lease += 1
         self._leases[self._next_lease] = _Lease(ttl, self.clock() + ttl)
         return self._next_lease
 
     async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease and delete its keys; an unknown lease is no error. Raises
+        :class:`EtcdUnavailable` while ``unavailable`` is set (as every call)."""
         await self._check()
         lease = self._leases.pop(lease_id, None)
         if lease is not None:
             self._commit([], sorted(lease.keys))
 
     async def keepalive_once(self, lease_id: int) -> int:
+        """Renew a lease for its full TTL; the TTL in seconds, 0 for an unknown lease (as etcd's
+        LeaseKeepAlive). Raises :class:`EtcdUnavailable` while ``unavailable`` is set (as every
+        call)."""
         await self._check()
         lease = self._leases.get(lease_id)
         if lease is None:
@@ -223,6 +257,9 @@ class MemoryKV:
         return lease.ttl
 
     async def time_to_live(self, lease_id: int) -> int:
+        """Seconds a lease has left (rounded up), -1 for an unknown lease (as etcd's
+        LeaseTimeToLive). Raises :class:`EtcdUnavailable` while ``unavailable`` is set (as every
+        call)."""
         await self._check()
         lease = self._leases.get(lease_id)
         return -1 if lease is None else math.ceil(lease.deadline - self.clock())
@@ -233,7 +270,8 @@ class MemoryKV:
         self, prefix: str, start_revision: int, progress_notify: bool = True,
     ) -> AsyncIterator[WatchBatch]:
         """See :meth:`netweft.kv.protocol.KV.watch_prefix`. Expired leases are noticed while
-        waiting (each second of ``clock``, at the latest)."""
+        waiting (each second of ``clock``, at the latest). Raises :class:`CompactedError` for a
+        start revision already compacted; :class:`EtcdUnavailable` as every call."""
         await self._check()
         if 0 < start_revision <= self.compacted:
             raise CompactedError(self.compacted)

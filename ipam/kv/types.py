@@ -45,6 +45,8 @@ class KeyValue:
 
 
 class EventType(Enum):
+    """What a watch event did to its key (etcd's mvccpb.Event.EventType)."""
+
     PUT = "put"
     DELETE = "delete"
 

@@ -254,9 +254,13 @@ class Reflector:
     def _open_watch(self) -> AsyncIterator[tuple[str, Any]]:
         """A watch from our resourceVersion that also asks for BOOKMARK events.
 
-        lightkube's public ``watch()`` has no ``allowWatchBookmarks`` parameter, so the request is
-        prepared through its generic client (same request, one more query parameter). Its own
-        reconnect after a clean end of stream resumes from the last event's resourceVersion.
+        lightkube's public ``watch()`` has no ``allowWatchBookmarks`` parameter and no public way
+        to add a query parameter, so the request is prepared through its generic client (same
+        request, one more query parameter). That is lightkube's private API
+        (``AsyncClient._client.prepare_request``, exactly what its public ``watch()`` calls):
+        pyproject pins lightkube to the 1.0 series checked here; without it the public
+        ``watch()`` is used (no bookmarks). Its own reconnect after a clean end of stream resumes
+        from the last event's resourceVersion.
         """
         params = {"timeoutSeconds": self.watch_timeout, "resourceVersion": self.resource_version,
                   "allowWatchBookmarks": "true", "labelSelector": _selector_text()}
