@@ -8,8 +8,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from netweft.nft.applier import netns_prefix
 from netweft.proxy.model import Protocol
-from netweft.proxy.nft_apply import netns_prefix
 from netweft.proxy.plan import Frontend, Outcome, ServicePlan
 
 

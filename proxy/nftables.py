@@ -37,9 +37,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
-from netweft.proxy.model import ServiceKey
-from netweft.proxy.nft_tx import (
+from netweft.nft.tx import (
     AddChain,
     AddRules,
     AddSet,
@@ -53,6 +51,8 @@ from netweft.proxy.nft_tx import (
     ReplaceTable,
     Transaction,
 )
+from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
+from netweft.proxy.model import ServiceKey
 from netweft.proxy.plan import Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
 
 FAMILY = "ip"

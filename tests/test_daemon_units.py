@@ -197,3 +197,35 @@ def test_backend_registry_creates_by_type_name_and_takes_new_types() -> None:
     finally:
         registry.unregister("test-only")
     assert "test-only" not in registry.names()
+
+
+
+def test_nft_firewall_loads_one_typed_table_through_the_applier() -> None:
+    """The daemon's table goes through the one nftables applier as typed chains (here the
+    in-memory fake, tests/fake_nft.py): loaded once, left alone while it matches, reloaded
+    after someone flushes a chain."""
+    import sys
+    from pathlib import Path
+
+    from netweft.daemon.firewall import (
+        NFT_FORWARD_CHAIN,
+        NFT_POSTROUTING_CHAIN,
+        NFT_TABLE,
+        NftFirewall,
+        nft_chains,
+    )
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_nft import FakeNft
+
+    nft = FakeNft()
+    fw = NftFirewall(nft=nft)  # type: ignore[arg-type]
+    assert fw.ensure(SPEC) is True
+    assert fw.ensure(SPEC) is False
+    table = nft.table(f"ip {NFT_TABLE}")
+    assert list(table.chains) == [NFT_POSTROUTING_CHAIN, NFT_FORWARD_CHAIN]
+    assert table.chains[NFT_FORWARD_CHAIN].rules == list(nft_chains(SPEC)[1].rules)
+    table.chains[NFT_POSTROUTING_CHAIN].rules.clear()
+    assert fw.ensure(SPEC) is True and nft.transactions == 2
+    fw.teardown()
+    assert nft.tables == {}
