@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netweft.nft.applier import NftApplier  # noqa: E402
+from netweft.backends.nft.applier import NftApplier  # noqa: E402
 from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane  # noqa: E402
 from netweft.proxy.ipt_apply import IptablesApplier  # noqa: E402
 from netweft.proxy.model import (  # noqa: E402

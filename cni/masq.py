@@ -3,9 +3,10 @@
 One table per family (``netweft-cni``); per network a named set of pod addresses and a NAT chain
 hooked at postrouting with a single rule, so adding or removing a pod is a set-element change in
 one transaction (rules are flushed and rewritten, never duplicated). The transactions are typed
-(``netweft.nft.tx``, built by the pure :func:`add_transactions` / :func:`remove_transactions`)
-and applied by the one applier (``netweft.nft.applier``, ``nft -f -`` in the calling thread's
-namespace, as the plugin always ran it); tests apply them to the fake (tests/fake_nft.py).
+(``netweft.backends.nft.tx``, built by the pure :func:`add_transactions` and
+:func:`remove_transactions`) and applied by the one applier (``netweft.backends.nft.applier``,
+``nft -f -`` in the calling thread's namespace, as the plugin always ran it); tests apply them to
+the fake (tests/fake_nft.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
-from netweft.nft.applier import NftApplier, NftError
-from netweft.nft.tx import (
+from netweft.backends.nft.applier import NftApplier, NftError
+from netweft.backends.nft.tx import (
     AddChain,
     AddRules,
     AddSet,

@@ -6,10 +6,10 @@ to this node's subnet is not masqueraded; pod -> anywhere else (except multicast
 masqueraded; host -> pod network is masqueraded. Forwarding is accepted to and from the pod
 network.
 
-nftables (default): table ``ip netweft``, typed chains (``netweft.nft.tx``) loaded atomically
-through the one applier (``netweft.nft.applier``, ``nft -f -``); a check (at once
-on an nftables change notice for our table, and periodically) compares the kernel's listing with
-the rendered text (written in nft's canonical form) and reloads only on a difference.
+nftables (default): table ``ip netweft``, typed chains (``netweft.backends.nft.tx``) loaded
+atomically through the one applier (``netweft.backends.nft.applier``, ``nft -f -``); a check (at
+once on an nftables change notice for our table, and periodically) compares the kernel's listing
+with the rendered text (written in nft's canonical form) and reloads only on a difference.
 iptables: chains ``NETWEFT-POSTRTG`` (nat) and ``NETWEFT-FWD`` (filter) filled by
 ``iptables-restore --noflush`` (which only flushes the chains it declares), plus one jump rule
 each from POSTROUTING / FORWARD. Nothing else is ever touched.
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from netweft.nft.applier import NftApplier, NftError
-from netweft.nft.tx import Chain, DeleteTable, Hook, ReplaceTable, Transaction, table_text
+from netweft.backends.nft.applier import NftApplier, NftError
+from netweft.backends.nft.tx import Chain, DeleteTable, Hook, ReplaceTable, Transaction, table_text
 
 log = logging.getLogger("netweft.firewall")
 
@@ -99,7 +99,7 @@ def _normalise(text: str) -> list[str]:
 
 
 class NftFirewall:
-    """Our table through the one nftables applier (``netweft.nft``, ``nft -f -`` in the
+    """Our table through the one nftables applier (``netweft.backends.nft``, ``nft -f -`` in the
     runner's namespace). Raises FirewallError when nft refuses a change."""
 
     kind = "nftables"

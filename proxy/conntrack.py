@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from netweft.nft.applier import netns_prefix
+from netweft.backends.nft.applier import netns_prefix
 from netweft.proxy.model import Protocol
 from netweft.proxy.plan import Frontend, Outcome, ServicePlan
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from netweft.nft.applier import NftApplier, NftError, netns_prefix
-from netweft.nft.tx import Transaction
+from netweft.backends.nft.applier import NftApplier, NftError, netns_prefix
+from netweft.backends.nft.tx import Transaction
 from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
 from netweft.proxy.constants import NFT_TABLE
 from netweft.proxy.ipt_apply import IptablesApplier, IptablesError

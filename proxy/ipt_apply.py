@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from netweft.nft.applier import netns_prefix
+from netweft.backends.nft.applier import netns_prefix
 from netweft.proxy.iptables import JUMPS, TABLES, ChainId, P
 
 

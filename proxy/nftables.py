@@ -37,7 +37,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from netweft.nft.tx import (
+from netweft.backends.nft.tx import (
     AddChain,
     AddRules,
     AddSet,

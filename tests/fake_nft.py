@@ -1,4 +1,4 @@
-"""An in-memory nftables for pure tests: applies typed transactions (netweft.nft.tx: the
+"""An in-memory nftables for pure tests: applies typed transactions (netweft.backends.nft.tx: the
 proxy's, the daemon firewall's, the CNI masquerade's) to tables of chains, sets and elements,
 all or nothing, and refuses what the kernel refuses for the operations they use (a missing
 table, chain, set or element; a set or chain deleted while it still exists in a rule is not
@@ -15,8 +15,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from netweft.nft.applier import NftError
-from netweft.nft.tx import (
+from netweft.backends.nft.applier import NftError
+from netweft.backends.nft.tx import (
     AddChain,
     AddElements,
     AddRules,

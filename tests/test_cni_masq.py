@@ -8,8 +8,8 @@ import sys
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
+from netweft.backends.nft.tx import Hook
 from netweft.cni import masq
-from netweft.nft.tx import Hook
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_nft import FakeNft  # noqa: E402

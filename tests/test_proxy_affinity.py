@@ -4,7 +4,7 @@ prints for ``nft -j list sets``, and the commands that put the clients back)."""
 from __future__ import annotations
 
 import pytest
-from netweft.nft.tx import Transaction
+from netweft.backends.nft.tx import Transaction
 from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
 
 LISTING = """{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},

@@ -8,7 +8,7 @@ import collections
 import dataclasses
 
 import pytest
-from netweft.nft.applier import NftApplier
+from netweft.backends.nft.applier import NftApplier
 from netweft.proxy.conntrack import ConntrackCleaner
 from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
 from netweft.proxy.ipt_apply import IptablesApplier

@@ -12,7 +12,7 @@ import itertools
 import time
 
 import pytest
-from netweft.nft.applier import NftApplier
+from netweft.backends.nft.applier import NftApplier
 from netweft.proxy.affinity import parse_affinity_sets
 from netweft.proxy.dataplane import NftablesDataplane
 from netweft.proxy.model import (

@@ -1,9 +1,9 @@
-"""The one nftables applier: hands typed transactions (``netweft.nft.tx``) or nft command text to
-the kernel through libnftables (Debian's python3-nftables) when it can be imported, is wanted
-and no namespace is asked for, else an ``nft -f -`` process (optionally inside a network
-namespace, for tests and benchmarks driven from outside the node). The service proxy, the
-daemon's firewall table and the CNI ``ipMasq`` table all apply through it; tests/fake_nft.py is
-its in-memory stand-in."""
+"""The one nftables applier: hands typed transactions (``netweft.backends.nft.tx``) or nft command
+text to the kernel through libnftables (Debian's python3-nftables) when it can be imported, is
+wanted and no namespace is asked for, else an ``nft -f -`` process (optionally inside a network
+namespace, for tests and benchmarks driven from outside the node). The service proxy, the daemon's
+firewall table and the CNI ``ipMasq`` table all apply through it; tests/fake_nft.py is its
+in-memory stand-in."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from netweft.nft.tx import Transaction
+from netweft.backends.nft.tx import Transaction
 
 
 class NftError(RuntimeError):

@@ -103,7 +103,7 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
                   healthz_bind_address: str, healthz_port: int,
                   cleanup: bool, verbose: bool) -> None:
     """Make Services work on this node: ClusterIP, NodePort, externalIPs, LoadBalancer IPs."""
-    from netweft.nft.applier import NftError
+    from netweft.backends.nft.applier import NftError
     from netweft.proxy.conntrack import ConntrackCleaner
     from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
     from netweft.proxy.ipt_apply import IptablesError
