@@ -229,3 +229,44 @@ def test_nft_firewall_loads_one_typed_table_through_the_applier() -> None:
     assert fw.ensure(SPEC) is True and nft.transactions == 2
     fw.teardown()
     assert nft.tables == {}
+
+
+def test_a_daemon_loop_that_ends_is_an_internal_error_naming_it() -> None:
+    """The agent's loops never end: one that does stops the daemon with one line naming it
+    (``asyncutil.until_one_ends``); its own exception, if any, propagates as it is."""
+    from netweft.daemon.asyncutil import cancel_all, until_one_ends
+    from netweft.daemon.errors import AgentError
+
+    async def scenario() -> None:
+        stop = asyncio.get_running_loop().create_future()
+
+        async def ends() -> None:
+            return None
+
+        async def fails() -> None:
+            raise OSError("boom")
+
+        with pytest.raises(AgentError, match="internal error: the lease watch loop stopped"):
+            await until_one_ends(stop, [asyncio.create_task(ends(), name="lease watch")])
+        with pytest.raises(OSError, match="boom"):
+            await until_one_ends(stop, [asyncio.create_task(fails(), name="x")])
+        stop.set_result(None)
+        forever = asyncio.create_task(asyncio.sleep(3600))
+        await until_one_ends(stop, [forever])  # stopped: returns
+        assert await cancel_all({forever}) == set() and forever.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_start_is_abandoned_when_stop_comes_first() -> None:
+    """``asyncutil.unless_stopped``: a stop while starting (e.g. waiting for the network
+    config) cancels the start and reports False; a finished start reports True."""
+    from netweft.daemon.asyncutil import unless_stopped
+
+    async def scenario() -> None:
+        stop = asyncio.get_running_loop().create_future()
+        assert await unless_stopped(asyncio.sleep(0), stop) is True
+        stop.set_result(None)
+        assert await unless_stopped(asyncio.sleep(3600), stop) is False
+
+    asyncio.run(scenario())
