@@ -135,7 +135,7 @@ def _svc_chain(fe: Frontend, fam: str, svc: str, node: NodeContext,
     elif fam.endswith("-cluster"):
         rules.append(f"-j {MARK_MASQ}")
     seps = []
-    for b in fe.backends:
+    for b in fe.endpoints:
         sep = P + "SEP-" + _h(svc, b)
         seps.append(sep)
         sep_rules = [f"-s {b.address}/32 -j {MARK_MASQ}"]

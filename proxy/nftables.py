@@ -226,7 +226,7 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
     objects: list[NftObject] = []
     sticky: list[str] = []
     picks: list[str] = []
-    for b in fe.backends:
+    for b in fe.endpoints:
         bh = _short_hash(b)[:8]
         set_name = f"{AFFINITY_PREFIX}{h}-{bh}"
         chain_name = f"{AFFINITY_ENDPOINT_PREFIX}{h}-{bh}"
@@ -283,17 +283,17 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
             verdict = f"goto {entry}"
         else:
             proto = fe.protocol.lower()
-            chain = group_chain(fam, proto, len(fe.backends), node)
+            chain = group_chain(fam, proto, len(fe.endpoints), node)
             out.objects[chain.name] = chain
             verdict = f"goto {chain.name}"
             if nodeport:
                 backends, short = nodeport_backends_map(proto), str(fe.port)
             else:
                 backends, short = backends_map(proto), f"{fe.address} . {fe.port}"
-            for i, b in enumerate(fe.backends):
+            for i, b in enumerate(fe.endpoints):
                 el[(backends, f"{short} . {i}")] = f"{b.address} . {b.port}"
         el[(SERVICE_NODEPORTS if nodeport else SERVICE_IPS, key)] = verdict
-        for b in fe.backends:
+        for b in fe.endpoints:
             if b.address in plan.local_addresses:      # only a pod of this node can hairpin
                 el[(HAIRPIN, f"{b.address} . {b.address}")] = None
         _comment(fe, el, comments, first)
