@@ -47,7 +47,8 @@ class RouteLookup:
 
 
 class Netlink:
-    """rtnetlink calls in one namespace (the current one when ``netns`` is None)."""
+    """rtnetlink calls through pyroute2's IPRoute in one namespace (the current one when
+    ``netns`` is None). The CNI hot path uses the hand-packed, batching ``cni.rtnl.RawRtnl``."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns

@@ -21,7 +21,7 @@ from netweft.cni import config as cniconfig
 from netweft.cni import masq, wiring
 from netweft.cni.config import DEFAULT_LOG_FILE, NetConf
 from netweft.cni.env import CniEnv, parse_env
-from netweft.cni.rtnl import Rtnl
+from netweft.cni.rtnl import RawRtnl
 from netweft.cni.spec import (
     CURRENT_VERSION,
     ERR_CHECK_FAILED,
@@ -102,7 +102,7 @@ class WiringState:
         key = tuple(str(g) for g in gateways)
         cached = self.bridges.get(conf.bridge)
         if cached is not None and cached.gateways == key:
-            with Rtnl() as rt:
+            with RawRtnl() as rt:
                 link = rt.link(conf.bridge)
             if link is not None and link.index == cached.index and link.up:
                 return wiring.BridgeState(cached.name, cached.index, link.mac, key), link.mac

@@ -112,8 +112,10 @@ def _parse_link(body: bytes) -> Link:
     )
 
 
-class Rtnl:
-    """One NETLINK_ROUTE socket in the namespace current when it was opened."""
+class RawRtnl:
+    """One raw NETLINK_ROUTE socket in the namespace current when it was opened; messages are
+    packed with :mod:`struct` and sent in batches (the CNI hot path). The general adapter over
+    pyroute2 the daemon and the backends use is ``backends.netlink.Netlink``."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
@@ -123,7 +125,7 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Rtnl:
+    def __enter__(self) -> RawRtnl:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -294,4 +296,4 @@ class Rtnl:
         return _parse_link(body)
 
 
-__all__ = ["Link", "Rtnl", "RtnlError", "format_mac", "parse_attrs", "IPv6Address"]
+__all__ = ["Link", "RawRtnl", "RtnlError", "format_mac", "parse_attrs", "IPv6Address"]
