@@ -72,7 +72,7 @@ class EtcdSubnetManager:
         """Nothing to announce in etcd: the lease itself is the announcement."""
 
     async def ping(self) -> None:
-        await _guard(self.etcd.status())
+        await _guard(self.etcd.current_revision())
 
     async def close(self) -> None:
         await self.etcd.close()

@@ -196,7 +196,7 @@ class MemoryKV:
         self.compacted = revision
         self._history = [b for b in self._history if b.revision > revision]
 
-    async def status(self) -> int:
+    async def current_revision(self) -> int:
         await self._check()
         return self.revision
 
