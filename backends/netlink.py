@@ -47,7 +47,7 @@ from netweft.cni.rtnl import (
     RTM_GETADDR,
     RTM_GETLINK,
     RTMSG,
-    Rtnl,
+    RawRtnl,
     RtnlError,
     format_mac,
     parse_attrs,
@@ -89,14 +89,16 @@ class RouteLookup:
 
 
 class Netlink:
-    """rtnetlink calls in one namespace (the current one when ``netns`` is None)."""
+    """The backends' and the daemon's typed rtnetlink calls (links, routes, neighbours, FDB
+    entries as dataclasses) in one namespace (the current one when ``netns`` is None), built on
+    the raw message layer ``cni.rtnl.RawRtnl``, which the CNI plugin uses directly."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._rtnl: Rtnl | None = None
+        self._rtnl: RawRtnl | None = None
 
     @property
-    def rtnl(self) -> Rtnl:
+    def rtnl(self) -> RawRtnl:
         """The hot path's socket (:mod:`netweft.cni.rtnl`), opened in ``netns`` when given."""
         if self._rtnl is None:
             sock = None
@@ -105,7 +107,7 @@ class Netlink:
 
                 sock = create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_RAW,
                                      socket.NETLINK_ROUTE)
-            self._rtnl = Rtnl(sock)
+            self._rtnl = RawRtnl(sock)
         return self._rtnl
 
     def rtnl_index(self, name: str) -> int | None:
@@ -133,7 +135,7 @@ class Netlink:
     def link(self, name: str) -> LinkInfo | None:
         """Link ``name`` (None when there is none); one struct-coded RTM_GETLINK (pyroute2
         took 10-18 ms per call on this machine under load, and a full pass made several)."""
-        seq, msg = Rtnl.getlink_msg(name)
+        seq, msg = RawRtnl.getlink_msg(name)
         try:
             body = self.rtnl.batch([(seq, msg)]).get(seq)
         except RtnlError as exc:
@@ -156,24 +158,24 @@ class Netlink:
                      mac: str | None, mtu: int) -> int:
         """``ip link add <name> [address <mac>] mtu <mtu> type vxlan id <vni> local <local>
         dstport <port> dev <parent> nolearning``; its index. Raises NetlinkError."""
-        self._call(Rtnl.newlink_msg(name, "vxlan", mtu, mac or "",
-                                    Rtnl.vxlan_data(vni, local, port, parent)))
+        self._call(RawRtnl.newlink_msg(name, "vxlan", mtu, mac or "",
+                                    RawRtnl.vxlan_data(vni, local, port, parent)))
         return self._created(name)
 
     def create_wireguard(self, name: str, mtu: int) -> int:
         """``ip link add <name> type wireguard`` (the kernel's device). Raises NetlinkError
         (EOPNOTSUPP, "Unknown device type") where the kernel has no WireGuard."""
-        self._call(Rtnl.newlink_msg(name, "wireguard", mtu))
+        self._call(RawRtnl.newlink_msg(name, "wireguard", mtu))
         return self._created(name)
 
     def set_link(self, index: int, state: str | None = None, mtu: int | None = None,
                  address: str | None = None) -> None:
         """``ip link set <index> [up|down] [mtu N] [address MAC]``. Raises NetlinkError."""
-        self._call(Rtnl.setlink_msg(index, None if state is None else state == "up", None,
+        self._call(RawRtnl.setlink_msg(index, None if state is None else state == "up", None,
                                     mtu, address))
 
     def delete_link(self, index: int) -> None:
-        self._call(Rtnl.dellink_index_msg(index), ignore=(errno.ENODEV, errno.ENOENT))
+        self._call(RawRtnl.dellink_index_msg(index), ignore=(errno.ENODEV, errno.ENOENT))
 
     def ensure_device(self, link: LinkInfo, mtu: int, address: IPv4Interface) -> None:
         """Make ``link`` up, with ``mtu`` and ``address`` as its only IPv4 address (changes
@@ -208,10 +210,10 @@ class Netlink:
         return out
 
     def add_address(self, index: int, addr: IPv4Interface) -> None:
-        self._call(Rtnl.addr_msg(index, addr), ignore=(errno.EEXIST,))
+        self._call(RawRtnl.addr_msg(index, addr), ignore=(errno.EEXIST,))
 
     def del_address(self, index: int, addr: IPv4Interface) -> None:
-        self._call(Rtnl.deladdr_msg(index, addr),
+        self._call(RawRtnl.deladdr_msg(index, addr),
                    ignore=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV))
 
     # --- our routes, neighbours and FDB entries: struct-coded netlink (netweft.cni.rtnl) -----
@@ -311,7 +313,7 @@ class Netlink:
 
     def route_get(self, dst: IPv4Address) -> RouteLookup | None:
         try:
-            body = self._call(Rtnl.getroute_msg(dst))
+            body = self._call(RawRtnl.getroute_msg(dst))
         except NetlinkError:
             return None
         if not body:
@@ -346,7 +348,7 @@ GONE_ERRNOS = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
 
 def apply_changes(nl: Netlink, changes: Changes) -> list[str]:
     """Apply in Flannel's order (neighbours, FDB entries, routes; removal in reverse) as
-    netlink requests in as few writes as the kernel's acks allow (:meth:`Rtnl.send_all`);
+    netlink requests in as few writes as the kernel's acks allow (:meth:`RawRtnl.send_all`);
     returns one line per entry that failed (reconcile retries them). Deleting what is already
     gone is not an error.
 
@@ -367,22 +369,22 @@ def apply_changes(nl: Netlink, changes: Changes) -> list[str]:
         requests.append((build(ifindex) if ifindex else None, what, delete))
 
     for n in changes.add_neighbours:
-        add(lambda i, n=n: Rtnl.neigh_msg(True, n.ip, i, n.mac), n.dev,
+        add(lambda i, n=n: RawRtnl.neigh_msg(True, n.ip, i, n.mac), n.dev,
             f"ip neigh replace {n.describe()}", False)
     for f in changes.add_fdb:
-        add(lambda i, f=f: Rtnl.fdb_msg(True, f.mac, i, f.dst), f.dev,
+        add(lambda i, f=f: RawRtnl.fdb_msg(True, f.mac, i, f.dst), f.dev,
             f"bridge fdb replace {f.describe()}", False)
     for r in changes.add_routes:
-        add(lambda i, r=r: Rtnl.peer_route_msg(True, r.dst, r.gateway, i, r.onlink, p), r.dev,
+        add(lambda i, r=r: RawRtnl.peer_route_msg(True, r.dst, r.gateway, i, r.onlink, p), r.dev,
             f"ip route replace {r.describe()} proto {p}", False)
     for r in changes.del_routes:
-        add(lambda i, r=r: Rtnl.peer_route_msg(False, r.dst, r.gateway, i, False, p), r.dev,
+        add(lambda i, r=r: RawRtnl.peer_route_msg(False, r.dst, r.gateway, i, False, p), r.dev,
             f"ip route del {r.describe()} proto {p}", True)
     for f in changes.del_fdb:
-        add(lambda i, f=f: Rtnl.fdb_msg(False, f.mac, i, f.dst), f.dev,
+        add(lambda i, f=f: RawRtnl.fdb_msg(False, f.mac, i, f.dst), f.dev,
             f"bridge fdb del {f.describe()}", True)
     for n in changes.del_neighbours:
-        add(lambda i, n=n: Rtnl.neigh_msg(False, n.ip, i), n.dev,
+        add(lambda i, n=n: RawRtnl.neigh_msg(False, n.ip, i), n.dev,
             f"ip neigh del {n.ip} dev {n.dev}", True)
     messages = [m for m, _, _ in requests if m is not None]
     failed = nl.rtnl.send_all(messages) if messages else {}
@@ -419,7 +421,7 @@ def _vxlan_info(data: bytes) -> dict[str, Any]:
 
 def _parse_link_info(body: bytes) -> LinkInfo:
     """A RTM_NEWLINK body (ifinfomsg + attributes) as :class:`LinkInfo`."""
-    link = Rtnl.parse_link(body)
+    link = RawRtnl.parse_link(body)
     vxlan: dict[str, Any] = {}
     if link.kind == "vxlan":
         info = parse_attrs(parse_attrs(body, IFINFOMSG.size).get(IFLA_LINKINFO, b""), 0)

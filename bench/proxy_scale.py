@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netweft.backends.nft.applier import NftApplier  # noqa: E402
 from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane  # noqa: E402
 from netweft.proxy.ipt_apply import IptablesApplier  # noqa: E402
 from netweft.proxy.model import (  # noqa: E402
@@ -46,7 +47,6 @@ from netweft.proxy.model import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
-from netweft.proxy.nft_apply import NftApplier  # noqa: E402
 from netweft.proxy.plan import NodeContext  # noqa: E402
 from netweft.proxy.runner import ProxyRunner, RunnerOptions  # noqa: E402
 from netweft.proxy.testbed import build  # noqa: E402

@@ -21,7 +21,7 @@ from netweft.cni import config as cniconfig
 from netweft.cni import masq, wiring
 from netweft.cni.config import DEFAULT_LOG_FILE, NetConf
 from netweft.cni.env import CniEnv, parse_env
-from netweft.cni.rtnl import Rtnl
+from netweft.cni.rtnl import RawRtnl
 from netweft.cni.spec import (
     CURRENT_VERSION,
     ERR_CHECK_FAILED,
@@ -75,7 +75,7 @@ class PodInfo:
 
 
 @dataclass
-class Outcome:
+class PluginResult:
     """One invocation's result: the process exit code, the exact stdout text (a CNI result or error
     JSON), the command, the pod it concerned (for the daemon's hooks) and the CNI error code when
     the exit code is not 0."""
@@ -104,7 +104,7 @@ class WiringState:
         key = tuple(str(g) for g in gateways)
         cached = self.bridges.get(conf.bridge)
         if cached is not None and cached.gateways == key:
-            with Rtnl() as rt:
+            with RawRtnl() as rt:
                 link = rt.link(conf.bridge)
             if link is not None and link.index == cached.index and link.up:
                 return wiring.BridgeState(cached.name, cached.index, link.mac, key), link.mac
@@ -377,7 +377,7 @@ def _log(path: str, line: str) -> None:
 
 def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | None = None,
         default_log: str = DEFAULT_LOG_FILE, via: str = "inproc",
-        caller_pid: int | None = None) -> Outcome:
+        caller_pid: int | None = None) -> PluginResult:
     """Execute one CNI request; never raises (except KeyboardInterrupt/SystemExit).
 
     ``caller_pid``: the (verified) pid of the process that called the CNI server; CNI_NETNS is
@@ -386,14 +386,14 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
     version = CURRENT_VERSION
     log_file = default_log
     command = str(environ.get("CNI_COMMAND", ""))
-    outcome: Outcome
+    outcome: PluginResult
     detail = ""
     try:
         env = parse_env(environ)
         if caller_pid:
             env = replace(env, caller_pid=caller_pid)
         if env.command == "VERSION":
-            outcome = Outcome(0, dumps(version_info()), command)
+            outcome = PluginResult(0, dumps(version_info()), command)
         else:
             data = cniconfig.decode(stdin)
             if data.get("cniVersion") in SUPPORTED_VERSIONS:
@@ -403,27 +403,27 @@ def run(environ: Mapping[str, str], stdin: bytes | str, state: WiringState | Non
             conf = cniconfig.parse(data)
             if env.command == "ADD":
                 text, pod = cmd_add(env, conf, state or WiringState())
-                outcome = Outcome(0, text, command, pod)
+                outcome = PluginResult(0, text, command, pod)
             elif env.command == "DEL":
-                outcome = Outcome(0, "", command, cmd_del(env, conf))
+                outcome = PluginResult(0, "", command, cmd_del(env, conf))
             elif env.command == "CHECK":
                 cmd_check(env, conf)
-                outcome = Outcome(0, "", command)
+                outcome = PluginResult(0, "", command)
             elif env.command == "GC":
                 detail = "; ".join(cmd_gc(conf))
-                outcome = Outcome(0, "", command)
+                outcome = PluginResult(0, "", command)
             else:  # STATUS
                 cmd_status(conf)
-                outcome = Outcome(0, "", command)
+                outcome = PluginResult(0, "", command)
     except CniError as exc:
-        outcome = Outcome(1, dumps(exc.to_dict(version)), command, error_code=exc.code)
+        outcome = PluginResult(1, dumps(exc.to_dict(version)), command, error_code=exc.code)
         detail = exc.msg
     except Exception as exc:  # noqa: BLE001 - reported as CNI error JSON, traceback to the log
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and exc.strerror:
             msg = f"{type(exc).__name__}: {exc.strerror}"
         err = CniError(ERR_INTERNAL, f"netweft: {msg}", type(exc).__name__)
-        outcome = Outcome(1, dumps(err.to_dict(version)), command, error_code=ERR_INTERNAL)
+        outcome = PluginResult(1, dumps(err.to_dict(version)), command, error_code=ERR_INTERNAL)
         detail = traceback.format_exc()
     elapsed = (time.monotonic() - started) * 1000
     _log(log_file, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {via} {command or '-'} "

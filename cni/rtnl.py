@@ -129,8 +129,10 @@ def _parse_link(body: bytes) -> Link:
     )
 
 
-class Rtnl:
-    """One NETLINK_ROUTE socket in the namespace current when it was opened."""
+class RawRtnl:
+    """One raw NETLINK_ROUTE socket in the namespace current when it was opened; messages are
+    packed with :mod:`struct` and sent in batches (the CNI hot path). The typed layer over it
+    that the daemon and the backends use is ``backends.netlink.Netlink``."""
 
     def __init__(self, sock: socket.socket | None = None) -> None:
         """``sock``: a NETLINK_ROUTE socket opened elsewhere (e.g. in another namespace)."""
@@ -141,7 +143,7 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Rtnl:
+    def __enter__(self) -> RawRtnl:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -457,4 +459,4 @@ class Rtnl:
         return _parse_link(body)
 
 
-__all__ = ["Link", "Rtnl", "RtnlError", "format_mac", "parse_attrs", "IPv6Address"]
+__all__ = ["Link", "RawRtnl", "RtnlError", "format_mac", "parse_attrs", "IPv6Address"]

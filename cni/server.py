@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from netweft.cni import callerns, tcpwire
 from netweft.cni.config import DEFAULT_LOG_FILE, DEFAULT_SOCKET_PATH
 from netweft.cni.peeruid import tcp_peer
-from netweft.cni.plugin import Outcome, PodInfo, WiringState, _log, run
+from netweft.cni.plugin import PluginResult, PodInfo, WiringState, _log, run
 from netweft.cni.shim import DEFAULT_LOG_KEY, MAGIC
 from netweft.cni.spec import ERR_INVALID_ENV, CniError, dumps
 
@@ -339,7 +339,7 @@ class CniServer:
         with self._stats_lock:
             return {k: replace(v) for k, v in self._stats.items()}
 
-    def _account(self, outcome: Outcome, seconds: float) -> None:
+    def _account(self, outcome: PluginResult, seconds: float) -> None:
         with self._stats_lock:
             s = self._stats.setdefault(outcome.command or "?", CommandStats())
             s.count += 1
@@ -347,7 +347,7 @@ class CniServer:
             s.seconds_total += seconds
             s.seconds_max = max(s.seconds_max, seconds)
 
-    def _notify(self, outcome: Outcome, log_file: str) -> None:
+    def _notify(self, outcome: PluginResult, log_file: str) -> None:
         if outcome.code or outcome.pod is None:
             return
         hook = self.hooks.on_add if outcome.pod.command == "ADD" else self.hooks.on_del

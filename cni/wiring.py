@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from typing import Any
 
 from netweft.cni import nsenter
-from netweft.cni.rtnl import Link, Rtnl, RtnlError
+from netweft.cni.rtnl import Link, RawRtnl, RtnlError
 from netweft.cni.spec import (
     ERR_BRIDGE_ADDRESS,
     ERR_CHECK_FAILED,
@@ -47,7 +47,7 @@ def owner_alias(network: str) -> str:
 
 def attached(container_id: str, ifname: str) -> bool:
     """Does the node already have the host veth of (container, ifname)? One netlink request."""
-    with Rtnl() as rt:
+    with RawRtnl() as rt:
         return rt.link(host_veth_name(container_id, ifname)) is not None
 
 
@@ -138,7 +138,7 @@ def enable_forwarding(families: set[int]) -> None:
 def bridge_ready(name: str, gateways: list[IPv4Interface | IPv6Interface]) -> BridgeState | None:
     """The bridge's state when it already is what we want (a bridge, up, holding every gateway
     address): two raw netlink requests, no pyroute2. None means :func:`ensure_bridge` must act."""
-    with Rtnl() as rt:
+    with RawRtnl() as rt:
         link = rt.link(name)
         if link is None or link.kind != "bridge" or not link.up:
             return None
@@ -196,8 +196,8 @@ def ensure_bridge(name: str, gateways: list[IPv4Interface | IPv6Interface], mtu:
             for addr, plen in others:
                 with contextlib.suppress(NetlinkError):
                     ipr.addr("del", index=index, address=addr, prefixlen=plen)
-            with Rtnl() as rt:  # IPv6 without DAD: a tentative gateway would drop pod traffic
-                rt.batch([Rtnl.addr_msg(index, gw)], ignore=(errno.EEXIST,))
+            with RawRtnl() as rt:  # IPv6 without DAD: a tentative gateway would drop pod traffic
+                rt.batch([RawRtnl.addr_msg(index, gw)], ignore=(errno.EEXIST,))
         ipr.link("set", index=index, state="up")
         mac = link.get_attr("IFLA_ADDRESS") or ""
     return BridgeState(name, index, mac, tuple(str(g) for g in gateways), created)
@@ -220,12 +220,12 @@ def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
         pod_fd = nsenter.open_netns(plan.netns, plan.caller_pid)
     except nsenter.NetnsGone as exc:
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {exc.strerror}") from None
-    host = Rtnl()
+    host = RawRtnl()
     created = False
     try:
-        veth = Rtnl.veth_msg(plan.host_veth, plan.ifname, pod_fd, plan.mtu, bridge_index,
+        veth = RawRtnl.veth_msg(plan.host_veth, plan.ifname, pod_fd, plan.mtu, bridge_index,
                              plan.mac)
-        get = Rtnl.getlink_msg(plan.host_veth)
+        get = RawRtnl.getlink_msg(plan.host_veth)
         try:
             replies = host.batch([veth, get])
         except RtnlError as exc:
@@ -235,24 +235,24 @@ def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
                                f"(or {plan.host_veth} on the node)") from None
             raise
         created = True
-        host_link = Rtnl.parse_link(replies[get[0]])
-        owner = [Rtnl.alias_msg(host_link.index, owner_alias(plan.network))]
-        host.batch(owner + ([Rtnl.hairpin_msg(host_link.index)] if plan.hairpin else []))
+        host_link = RawRtnl.parse_link(replies[get[0]])
+        owner = [RawRtnl.alias_msg(host_link.index, owner_alias(plan.network))]
+        host.batch(owner + ([RawRtnl.hairpin_msg(host_link.index)] if plan.hairpin else []))
         with nsenter.entered(pod_fd):
-            pod = Rtnl()
+            pod = RawRtnl()
             _write_sysctl(f"/proc/sys/net/ipv6/conf/{plan.ifname}/accept_dad", "0")
         try:
             pod_link = pod.link(plan.ifname)
             if pod_link is None:
                 raise CniError(ERR_INTERNAL, f"{plan.ifname} vanished from {plan.netns}")
-            msgs = [Rtnl.setlink_msg(pod_link.index, up=True)]
-            msgs += [Rtnl.addr_msg(pod_link.index, a) for a in plan.addresses]
+            msgs = [RawRtnl.setlink_msg(pod_link.index, up=True)]
+            msgs += [RawRtnl.addr_msg(pod_link.index, a) for a in plan.addresses]
             pod.batch(msgs)
             # a route the pod already has (its default and cluster routes through eth0 when
             # this is a second interface) stays where it is: never moved to this one, so a
             # DEL of this interface cannot take them away (the reference bridge plugin's
             # behaviour)
-            pod.batch([Rtnl.route_msg(r.dst, r.gw, pod_link.index) for r in plan.routes],
+            pod.batch([RawRtnl.route_msg(r.dst, r.gw, pod_link.index) for r in plan.routes],
                       ignore=(errno.EEXIST,))
         finally:
             pod.close()
@@ -260,7 +260,7 @@ def wire_pod(plan: PodPlan, bridge_index: int) -> Wired:
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
-                host.batch([Rtnl.dellink_msg(plan.host_veth)], ignore=(errno.ENODEV,))
+                host.batch([RawRtnl.dellink_msg(plan.host_veth)], ignore=(errno.ENODEV,))
         raise
     finally:
         host.close()
@@ -272,9 +272,9 @@ def unwire_pod(container_id: str, ifname: str, netns: str) -> bool:
 
     Works whether or not the pod namespace still exists."""
     name = host_veth_name(container_id, ifname)
-    with Rtnl() as host:
+    with RawRtnl() as host:
         try:
-            host.batch([Rtnl.dellink_msg(name)])
+            host.batch([RawRtnl.dellink_msg(name)])
             return True
         except RtnlError as exc:
             if exc.errno != errno.ENODEV:
@@ -287,8 +287,8 @@ def delete_links(names: list[str]) -> None:
     :class:`netweft.cni.rtnl.RtnlError` for other failures."""
     if not names:
         return
-    with Rtnl() as host:
-        host.batch([Rtnl.dellink_msg(n) for n in names], ignore=(errno.ENODEV,))
+    with RawRtnl() as host:
+        host.batch([RawRtnl.dellink_msg(n) for n in names], ignore=(errno.ENODEV,))
 
 
 def bridge_ports(bridge: str) -> dict[str, str]:

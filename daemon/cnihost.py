@@ -13,11 +13,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from netweft.backends.netlink import Netlink
 from netweft.cni.plugin import PodInfo
 from netweft.cni.server import CniHooks, CniServer
 from netweft.common import defaults
+from netweft.daemon.agentconfig import AgentConfig
+from netweft.daemon.errors import AgentError
+from netweft.daemon.health import Health
+from netweft.daemon.kernel import KernelWorker
 from netweft.daemon.metrics import Metrics
-from netweft.daemon.podsync import PodSync
+from netweft.daemon.podsync import PodSync, PodSyncSettings
 from netweft.kv.etcd import EtcdError
 from netweft.proxy.podrecords import delete_pod, put_pod
 from netweft.proxy.records import PodRecord, RecordError, pod_key
@@ -167,3 +172,36 @@ async def host_cni(host: CniHost, link_exists: Callable[[str], Awaitable[bool]])
         return
     if removed:
         log.info("removed %d stale pod record(s)", removed)
+
+
+async def start_cni(cfg: AgentConfig, nl: Netlink, kernel: KernelWorker, health: Health,
+                    etcd: Any) -> tuple[CniHost, PodSync | None]:
+    """The daemon's CNI request server on ``cfg.cni_socket`` (its hooks write pod records for
+    the service proxy when ``etcd`` is given), started, with stale records pruned; plus the
+    pod-record reconciler to run (None without records). Links are looked up in the kernel
+    thread. Raises AgentError naming ``--cni-socket`` when the socket cannot be bound."""
+
+    async def link_exists(name: str) -> bool:
+        return await kernel.call(nl.link_index, name) is not None
+
+    async def links(names: list[str]) -> set[str]:
+        def present() -> set[str]:
+            return {n for n in names if nl.link_index(n) is not None}
+        return await kernel.call(present)
+
+    sync = None
+    if cfg.pod_records and etcd is not None:
+        sync = PodSync(etcd, PodSyncSettings(
+            cfg.node_name, cfg.services_prefix, cfg.cni_data_dir, cfg.cni_network,
+            cfg.cni_cache_dir, cfg.pod_sync_interval, cfg.config_retry), links,
+            on_etcd_error=lambda _exc: health.store_error())
+    host = CniHost(
+        cfg.cni_socket or "", asyncio.get_running_loop(), health.metrics, etcd=etcd,
+        services_prefix=cfg.services_prefix, node_name=cfg.node_name,
+        pod_records=cfg.pod_records, on_etcd_error=lambda _exc: health.store_error(),
+        tcp_port=cfg.cni_tcp_port, token_file=cfg.cni_token_file, sync=sync)
+    try:
+        await host_cni(host, link_exists)
+    except OSError as exc:
+        raise AgentError(f"--cni-socket {cfg.cni_socket}: {exc}") from None
+    return host, sync

@@ -429,7 +429,7 @@ class ControlPlane:
 
         async def compact() -> int:
             async with EtcdClient(EtcdSettings(endpoints=(self.etcd.endpoint,))) as client:
-                revision = await client.status()
+                revision = await client.current_revision()
                 await client.compact(revision)
                 return revision
 

@@ -42,7 +42,7 @@ def refuse_tls_mistakes(settings: EtcdSettings, timeout: float = 5.0) -> None:
     async def probe() -> None:
         async with EtcdClient(settings, timeout=timeout) as etcd:
             with contextlib.suppress(EtcdUnavailable):
-                await etcd.status()
+                await etcd.current_revision()
 
     try:
         asyncio.run(probe())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
 
 from netweft.daemon.subnetmgr import LeaseAttrs, Unavailable
@@ -36,6 +36,10 @@ class EtcdSubnetManager:
 
     async def get_network_config(self) -> NetworkConfig | None:
         return await _guard(self.store.get_config())
+
+    async def public_ip_overwrite(self) -> IPv4Address | None:
+        """Flannel's etcd mode has no per-node overwrite: always None."""
+        return None
 
     async def list_leases(self) -> tuple[list[Lease], int]:
         return await _guard(self.store.list())
@@ -68,7 +72,7 @@ class EtcdSubnetManager:
         """Nothing to announce in etcd: the lease itself is the announcement."""
 
     async def ping(self) -> None:
-        await _guard(self.etcd.status())
+        await _guard(self.etcd.current_revision())
 
     async def close(self) -> None:
         await self.etcd.close()

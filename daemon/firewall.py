@@ -6,9 +6,10 @@ to this node's subnet is not masqueraded; pod -> anywhere else (except multicast
 masqueraded; host -> pod network is masqueraded. Forwarding is accepted to and from the pod
 network.
 
-nftables (default): table ``ip netweft``, loaded atomically with ``nft -f -``; a check (at once
-on an nftables change notice for our table, and periodically) compares the kernel's listing with
-the rendered text (written in nft's canonical form) and reloads only on a difference.
+nftables (default): table ``ip netweft``, typed chains (``netweft.backends.nft.tx``) loaded
+atomically through the one applier (``netweft.backends.nft.applier``, ``nft -f -``); a check (at
+once on an nftables change notice for our table, and periodically) compares the kernel's listing
+with the rendered text (written in nft's canonical form) and reloads only on a difference.
 iptables: chains ``NETWEFT-POSTRTG`` (nat) and ``NETWEFT-FWD`` (filter) filled by
 ``iptables-restore --noflush`` (which only flushes the chains it declares), plus one jump rule
 each from POSTROUTING / FORWARD. Nothing else is ever touched.
@@ -21,6 +22,9 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+
+from netweft.backends.nft.applier import NftApplier, NftError
+from netweft.backends.nft.tx import Chain, DeleteTable, Hook, ReplaceTable, Transaction, table_text
 
 log = logging.getLogger("netweft.firewall")
 
@@ -60,33 +64,34 @@ class Runner:
 
 # --- nftables ---------------------------------------------------------------------------------
 
+NFT_FAMILY = "ip"
+NFT_POSTROUTING_CHAIN = "postrouting"
+NFT_FORWARD_CHAIN = "forward"
+MULTICAST = "224.0.0.0/4"
+
+
+def nft_chains(spec: FirewallSpec) -> tuple[Chain, ...]:
+    """Our table's chains for ``spec`` (pure): Flannel's masquerade rules in order at
+    postrouting (srcnat), the forward accepts (filter)."""
+    net, sub = spec.network, spec.subnet
+    chains: list[Chain] = []
+    if spec.masquerade:
+        chains.append(Chain(NFT_POSTROUTING_CHAIN, (
+            f"meta mark & {KUBE_PROXY_MASQ_MARK} == {KUBE_PROXY_MASQ_MARK} return",
+            f"ip saddr {net} ip daddr {net} return",
+            f"ip saddr != {net} ip daddr {sub} return",
+            f"ip saddr {net} ip daddr != {MULTICAST} masquerade fully-random",
+            f"ip saddr != {net} ip daddr {net} masquerade fully-random",
+        ), Hook("nat", "postrouting", "srcnat")))
+    if spec.forward:
+        chains.append(Chain(NFT_FORWARD_CHAIN, (f"ip saddr {net} accept", f"ip daddr {net} accept"),
+                            Hook("filter", "forward", "filter")))
+    return tuple(chains)
+
+
 def render_nft(spec: FirewallSpec) -> str:
     """The table in ``nft list`` canonical form (so the listing can be compared to it)."""
-    net, sub = spec.network, spec.subnet
-    lines = [f"table ip {NFT_TABLE} {{"]
-    if spec.masquerade:
-        lines += [
-            "\tchain postrouting {",
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-            f"\t\tmeta mark & {KUBE_PROXY_MASQ_MARK} == {KUBE_PROXY_MASQ_MARK} return",
-            f"\t\tip saddr {net} ip daddr {net} return",
-            f"\t\tip saddr != {net} ip daddr {sub} return",
-            f"\t\tip saddr {net} ip daddr != 224.0.0.0/4 masquerade fully-random",
-            f"\t\tip saddr != {net} ip daddr {net} masquerade fully-random",
-            "\t}",
-        ]
-    if spec.forward:
-        if spec.masquerade:
-            lines.append("")
-        lines += [
-            "\tchain forward {",
-            "\t\ttype filter hook forward priority filter; policy accept;",
-            f"\t\tip saddr {net} accept",
-            f"\t\tip daddr {net} accept",
-            "\t}",
-        ]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return table_text(NFT_FAMILY, NFT_TABLE, (), nft_chains(spec)) + "\n"
 
 
 def _normalise(text: str) -> list[str]:
@@ -94,16 +99,29 @@ def _normalise(text: str) -> list[str]:
 
 
 class NftFirewall:
+    """Our table through the one nftables applier (``netweft.backends.nft``, ``nft -f -`` in the
+    runner's namespace). Raises FirewallError when nft refuses a change."""
+
     kind = "nftables"
     # (NFPROTO family, table) whose change notices mean "check now" (daemon/nftwatch.py).
     watched_tables: tuple[tuple[int, str], ...] = ((2, NFT_TABLE),)
 
-    def __init__(self, runner: Runner | None = None) -> None:
+    def __init__(self, runner: Runner | None = None, nft: NftApplier | None = None) -> None:
         self.run = runner or Runner()
+        self.nft = nft or NftApplier(self.run.netns, use_library=False)
 
     def current(self) -> str | None:
-        proc = self.run(["nft", "list", "table", "ip", NFT_TABLE], check=False)
-        return proc.stdout if proc.returncode == 0 else None
+        """``nft list table ip netweft`` (None: no such table)."""
+        try:
+            return self.nft.run(f"list table {NFT_FAMILY} {NFT_TABLE}")
+        except NftError:
+            return None
+
+    def _apply(self, tx: Transaction) -> None:
+        try:
+            self.nft.apply(tx)
+        except NftError as exc:
+            raise FirewallError(f"nft failed: {exc}") from None
 
     def ensure(self, spec: FirewallSpec) -> bool:
         """Make the table match ``spec``; True when something was (re)loaded."""
@@ -112,15 +130,14 @@ class NftFirewall:
         if have is not None and _normalise(have) == _normalise(want):
             return False
         # One transaction: create-if-absent, delete, recreate. Packets see old or new rules.
-        script = f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{want}"
-        self.run(["nft", "-f", "-"], input=script)
+        self._apply(Transaction(NFT_FAMILY, NFT_TABLE, [ReplaceTable((), nft_chains(spec))]))
         log.info("loaded nftables table ip %s (%s)", NFT_TABLE,
                  "replaced a changed one" if have is not None else "new")
         return True
 
     def teardown(self) -> None:
         if self.current() is not None:
-            self.run(["nft", "delete", "table", "ip", NFT_TABLE])
+            self._apply(Transaction(NFT_FAMILY, NFT_TABLE, [DeleteTable()]))
 
 
 # --- iptables ---------------------------------------------------------------------------------
@@ -137,7 +154,7 @@ def iptables_rules(spec: FirewallSpec) -> dict[str, list[str]]:
             f"-A {c} -m mark --mark 0x4000/0x4000 {masq} -j RETURN",
             f"-A {c} -s {net} -d {net} {masq} -j RETURN",
             f"-A {c} ! -s {net} -d {sub} {masq} -j RETURN",
-            f"-A {c} -s {net} ! -d 224.0.0.0/4 {masq} -j MASQUERADE --random-fully",
+            f"-A {c} -s {net} ! -d {MULTICAST} {masq} -j MASQUERADE --random-fully",
             f"-A {c} ! -s {net} -d {net} {masq} -j MASQUERADE --random-fully",
         ]
     if spec.forward:

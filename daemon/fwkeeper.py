@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from ipaddress import IPv4Network
 
 from netweft.daemon.asyncutil import wait_event
 from netweft.daemon.firewall import Firewall, FirewallError, FirewallSpec
@@ -26,6 +27,14 @@ class FirewallKeeper:
         self.spec: FirewallSpec | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def follow_lease(self, network: IPv4Network | None, subnet: IPv4Network | None,
+                           masquerade: bool) -> None:
+        """Rules for the pod ``network`` and this node's ``subnet`` (kept as they were when
+        either is None), made true at once."""
+        if network is not None and subnet is not None:
+            self.spec = FirewallSpec(network, subnet, masquerade=masquerade)
+        await self.ensure()
 
     async def ensure(self) -> None:
         """Make the kernel's rules match ``spec`` (errors are logged and counted)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,8 +129,9 @@ class KubeSubnetManager:
                 return None
             raise
 
-    async def public_ip_overwrite(self) -> Any:
-        """The ``public-ip-overwrite`` annotation of our Node (None: none, or no Node yet)."""
+    async def public_ip_overwrite(self) -> IPv4Address | None:
+        """The ``public-ip-overwrite`` annotation of our Node (None: none, or no Node yet).
+        Raises Unavailable while the API server cannot be reached."""
         node = await self.get_node()
         return kubenode.overwrite_ip(node) if node else None
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from netweft.daemon.asyncutil import wait_event
@@ -66,6 +66,7 @@ class LeaseKeeper:
         self.lease: Lease | None = None
         self._reacquire = asyncio.Event()  # wakes run(): re-acquire, or renew at once
         self._restore = False              # the wake-up asks for a renewal (restore) only
+        self.republishing: asyncio.Task[None] | None = None
 
     @property
     def metrics(self) -> Any:
@@ -162,6 +163,14 @@ class LeaseKeeper:
         if self.lease is lease:  # not re-acquired meanwhile
             self.lease = updated
         log.warning("republished lease %s with public IP %s", lease.subnet, attrs.public_ip)
+
+    def follow_public_ip(self, public_ip: IPv4Address | None) -> None:
+        """The public side's IP after a pass: republish the lease (in a task of its own, one
+        at a time) when it names another one."""
+        if self.lease is None or self.lease.public_ip == public_ip:
+            return
+        if self.republishing is None or self.republishing.done():
+            self.republishing = asyncio.create_task(self.republish())
 
     def request_reacquire(self, why: str) -> None:
         """Our lease was removed or taken (seen in the watch): re-acquire it now."""

@@ -73,6 +73,14 @@ class PeerReconciler:
         self._pending: dict[str, tuple[Lease | None, Lease | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def status(self) -> dict[str, Any]:
+        """The pass bookkeeping for ``status.json``: device name, programmed peers, known
+        leases (ours included), last pass (Unix seconds), pass count, the last errors (20)."""
+        return {"device": self.device.name if self.device else None,
+                "peers": self.programmed, "leases": len(self.leases),
+                "lastReconcile": self.last_reconcile, "reconciles": self.reconciles,
+                "errors": self.last_errors[:20]}
+
     # --- inputs -------------------------------------------------------------------------------
 
     def set_leases(self, leases: list[Lease]) -> None:

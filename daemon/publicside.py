@@ -1,6 +1,6 @@
-"""Following the public side while running: the interface chosen at start, its address, its
-MTU and connected networks are looked at before every full pass (in the kernel thread) and the
-side is selected again when they changed, because
+"""Choosing the public side at start (:func:`select_side`) and following it while running: the
+interface chosen at start, its address, its MTU and connected networks are looked at before
+every full pass (in the kernel thread) and the side is selected again when they changed, because
 an address or MTU changed by hand, or a new default-route interface, must not leave the node
 with a stale VXLAN source, MTU or lease PublicIP (issue: node state read once at start).
 
@@ -11,13 +11,45 @@ subnet.env when the MTU changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import replace
 
 from netweft.backends.base import Backend
 from netweft.backends.netlink import Netlink
 from netweft.daemon import iface
+from netweft.daemon.errors import AgentError
+from netweft.daemon.health import Health
+from netweft.daemon.kernel import KernelWorker
+from netweft.daemon.subnetmgr import SubnetManager, Unavailable
 
 log = logging.getLogger("netweft.agent")
+
+
+async def select_side(nl: Netlink, kernel: KernelWorker, opts: iface.IfaceOptions,
+                      manager: SubnetManager, health: Health, retry: float) -> iface.PublicSide:
+    """The public side at start: the subnet manager's public-ip-overwrite (Flannel: the Node
+    annotation beats the interface; read again every ``retry`` seconds while the store is
+    unavailable, ``/readyz`` says why), then ``iface.select`` in the kernel thread. Raises
+    AgentError (one line) when no interface fits the options."""
+    while True:
+        try:
+            overwrite = await manager.public_ip_overwrite()
+            break
+        except Unavailable as exc:
+            health.reason = f"reading the public-ip-overwrite: {exc}; retrying"
+            log.warning("%s", health.reason)
+            await asyncio.sleep(retry)
+    if overwrite is not None:
+        log.info("public IP %s from the node annotation public-ip-overwrite", overwrite)
+        opts = replace(opts, public_ip=overwrite)
+    try:
+        side: iface.PublicSide = await kernel.call(iface.select, nl, opts)
+    except iface.IfaceError as exc:
+        raise AgentError(str(exc)) from None
+    log.info("public interface %s, address %s, public IP %s, mtu %d", side.underlay.iface,
+             side.underlay.ip, side.public_ip, side.underlay.mtu)
+    return side
 
 
 class PublicSideFollower:
@@ -30,6 +62,13 @@ class PublicSideFollower:
         self.side = side
         self.backend = backend
         self.error: str | None = None
+
+    def status(self) -> dict[str, object]:
+        """The public side for ``status.json``: interface, public IP, address, MTU (bytes) and
+        why the last re-selection failed (None: it did not)."""
+        u = self.side.underlay
+        return {"iface": u.iface, "publicIP": str(self.side.public_ip), "address": str(u.ip),
+                "underlayMTU": u.mtu, "ifaceError": self.error}
 
     def unchanged(self) -> bool:
         """Cheap: the chosen interface still exists under the same index with the same MTU and

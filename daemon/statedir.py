@@ -2,8 +2,8 @@
 ``netweft status`` reads while the daemon runs or after it stopped.
 
 Files: ``daemon.lock`` (flock held for the daemon's lifetime, holds its PID), ``status.json``
-(written atomically after every reconcile pass). Backends keep their own files here too
-(``vxlan-<VNI>.json``: the VTEP MAC).
+(written atomically after every reconcile pass), ``node-id`` (the node identity). Backends keep
+their own files here too (``vxlan-<VNI>.json``: the VTEP MAC).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from netweft.common.atomicfile import write_atomic
 from netweft.daemon.errors import AgentError
+from netweft.ipam.identity import IdentityError, NodeIdentity, load_or_create
 
 log = logging.getLogger("netweft.statedir")
 
@@ -64,6 +65,20 @@ class StateDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def identity(self) -> NodeIdentity | None:
+        """This node's identity kept here (``ipam/identity.py``), created on the first start;
+        None without a state directory. Raises AgentError naming the file when it is
+        unreadable or cannot be written."""
+        if not self.path:
+            return None
+        try:
+            ident = load_or_create(self.path)
+        except IdentityError as exc:
+            raise AgentError(str(exc)) from None
+        log.info("node identity %s (%s)", ident.node_id,
+                 f"new: {ident.path}" if ident.created else ident.path)
+        return ident
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

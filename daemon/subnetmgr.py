@@ -15,11 +15,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netweft.ipam.config import NetworkConfig
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseEvent
+
+if TYPE_CHECKING:
+    from netweft.daemon.agentconfig import AgentConfig
+    from netweft.kv.etcd import EtcdClient
 
 
 class Unavailable(Exception):
@@ -51,6 +55,11 @@ class SubnetManager(Protocol):
 
     async def get_network_config(self) -> NetworkConfig | None:
         """The network config; None while there is none. Raises ConfigError, Unavailable."""
+        ...
+
+    async def public_ip_overwrite(self) -> IPv4Address | None:
+        """The operator's public IP for this node, which beats the interface's (Flannel's
+        ``public-ip-overwrite`` Node annotation; etcd has none: None). Raises Unavailable."""
         ...
 
     async def list_leases(self) -> tuple[list[Lease], int]:
@@ -97,3 +106,20 @@ class SubnetManager(Protocol):
     async def close(self) -> None:
         """Release the store's connections (the daemon is stopping)."""
         ...
+
+
+def open_subnet_manager(cfg: AgentConfig) -> tuple[SubnetManager, EtcdClient | None]:
+    """The subnet manager ``cfg`` asks for: Node objects (``--kube-subnet-mgr``, no etcd at
+    all; the etcd client is None) or etcd (connected; the client is returned too, for the CNI
+    host's pod records). Flannel's ``newSubnetManager``."""
+    if cfg.kube_subnet_mgr:
+        from netweft.daemon.kubesubnets import KubeSubnetManager
+
+        return KubeSubnetManager(cfg.node_name, cfg.net_conf_path, cfg.kubeconfig,
+                                 retry=cfg.config_retry), None
+    from netweft.daemon.etcdsubnets import EtcdSubnetManager
+    from netweft.kv.etcd import EtcdClient
+
+    etcd = EtcdClient(cfg.etcd)
+    etcd.connect()  # _call() reads the stubs before it connects
+    return EtcdSubnetManager(etcd, cfg.etcd.prefix, cfg.lease_ttl), etcd

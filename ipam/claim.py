@@ -163,3 +163,16 @@ def drift(ours: Lease, current: Lease | None) -> Drift:
     if current.node_id or current.public_ip != ours.public_ip:
         return Drift.FOREIGN
     return Drift.ALTERED
+
+
+def previous_lease(leases: Iterable[Lease], node_id: str | None, public_ip: IPv4Address,
+                   backend_type: str) -> Lease | None:
+    """The lease this node held before, for its backend to reuse BackendData from (the VTEP
+    MAC): the one of ``backend_type`` carrying our identity, else the one of ``backend_type``
+    holding ``public_ip`` without an identity (Flannel's rule); None when there is none. Pure."""
+    leases = list(leases)
+    mine = (le for le in leases
+            if node_id and le.node_id == node_id and le.backend_type == backend_type)
+    flannel = (le for le in leases
+               if le.public_ip == public_ip and not le.node_id and le.backend_type == backend_type)
+    return next(mine, None) or next(flannel, None)

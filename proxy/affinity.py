@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from netweft.proxy.nft_tx import Element
+from netweft.backends.nft.tx import Element
 from netweft.proxy.nftables import AFFINITY_PREFIX
 
 

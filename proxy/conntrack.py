@@ -8,8 +8,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from netweft.backends.nft.applier import netns_prefix
 from netweft.proxy.model import Protocol
-from netweft.proxy.nft_apply import netns_prefix
 from netweft.proxy.plan import Frontend, Outcome, ServicePlan
 
 
@@ -37,8 +37,8 @@ def stale_udp_flows(old: ServicePlan | None, new: ServicePlan | None) -> list[Fl
     news = {_ident(f): f for f in (new.frontends if new else ()) if f.protocol is Protocol.UDP}
     out: set[FlowFilter] = set()
     for ident, fe in olds.items():
-        kept = {b.address for b in news[ident].backends} if ident in news else set()
-        for b in fe.backends:
+        kept = {b.address for b in news[ident].endpoints} if ident in news else set()
+        for b in fe.endpoints:
             if b.address not in kept:
                 out.add(FlowFilter(fe.port, fe.address, b.address))
     for ident, fe in news.items():

@@ -9,14 +9,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from netweft.backends.nft.applier import NftApplier, NftError, netns_prefix
+from netweft.backends.nft.tx import Transaction
 from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
 from netweft.proxy.constants import NFT_TABLE
 from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
 from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
-from netweft.proxy.nft_apply import NftApplier, NftError, netns_prefix
 from netweft.proxy.nft_monitor import TableMonitor, in_initial_pid_namespace
-from netweft.proxy.nft_tx import Transaction
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import NodeContext, ServicePlan
 

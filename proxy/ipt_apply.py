@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
+from netweft.backends.nft.applier import netns_prefix
 from netweft.proxy.iptables import JUMPS, TABLES, ChainId, P
-from netweft.proxy.nft_apply import netns_prefix
 
 
 class IptablesError(RuntimeError):

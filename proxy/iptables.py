@@ -145,13 +145,13 @@ def _svc_chain(fe: Frontend, fam: str, svc: str, node: NodeContext,
         # destinations", "masquerade LOCAL traffic", "route LOCAL traffic ... to service")
         every = P + "SVC-" + _h(fe.service, fe.port_name, fam, "short-circuit")
         out.chains[("nat", every)] = _svc_chain(
-            replace(fe, backends=fe.short_circuit, short_circuit=()), "short-circuit", every,
+            replace(fe, endpoints=fe.short_circuit, short_circuit=()), "short-circuit", every,
             node, out)
         rules += [f"-s {c} -j {every}" for c in node.cluster_cidrs]
         rules += [f"-m addrtype --src-type LOCAL -j {MARK_MASQ}",
                   f"-m addrtype --src-type LOCAL -j {every}"]
     seps = []
-    for b in fe.backends:
+    for b in fe.endpoints:
         sep = P + "SEP-" + _h(svc, b)
         seps.append(sep)
         sep_rules = [f"-s {b.address}/32 -j {MARK_MASQ}"]

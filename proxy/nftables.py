@@ -41,9 +41,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
-from netweft.proxy.model import ServiceKey
-from netweft.proxy.nft_tx import (
+from netweft.backends.nft.tx import (
     AddChain,
     AddRules,
     AddSet,
@@ -57,6 +55,8 @@ from netweft.proxy.nft_tx import (
     ReplaceTable,
     Transaction,
 )
+from netweft.proxy.constants import MASQUERADE_MARK, NFT_TABLE
+from netweft.proxy.model import ServiceKey
 from netweft.proxy.plan import Frontend, FrontendKind, NodeContext, Outcome, ServicePlan
 
 FAMILY = "ip"
@@ -258,13 +258,13 @@ def affinity_objects(fe: Frontend, fam: str, node: NodeContext) -> tuple[str, li
     level = 2
     if fe.short_circuit:
         sc_entry, sc_objects = affinity_objects(
-            replace(fe, backends=fe.short_circuit, short_circuit=()), "short-circuit", node)
+            replace(fe, endpoints=fe.short_circuit, short_circuit=()), "short-circuit", node)
         objects += sc_objects
         prefix = short_circuit_rules(bool(node.cluster_cidrs), f"goto {sc_entry}")
         level = 3
     sticky: list[str] = []
     picks: list[str] = []
-    for b in fe.backends:
+    for b in fe.endpoints:
         bh = _short_hash(b)[:8]
         set_name = f"{AFFINITY_PREFIX}{h}-{bh}"
         chain_name = f"{AFFINITY_ENDPOINT_PREFIX}{h}-{bh}"
@@ -326,17 +326,17 @@ def contribution(plan: ServicePlan, node: NodeContext) -> Contribution:
             verdict = f"goto {entry}"
         else:
             proto = fe.protocol.lower()
-            chain = group_chain(fam, proto, len(fe.backends), node, len(fe.short_circuit))
+            chain = group_chain(fam, proto, len(fe.endpoints), node, len(fe.short_circuit))
             out.objects[chain.name] = chain
             verdict = f"goto {chain.name}"
             if nodeport:
                 backends, short = nodeport_backends_map(proto), str(fe.port)
             else:
                 backends, short = backends_map(proto), f"{fe.address} . {fe.port}"
-            for i, b in enumerate((*fe.backends, *fe.short_circuit)):
+            for i, b in enumerate((*fe.endpoints, *fe.short_circuit)):
                 el[(backends, f"{short} . {i}")] = f"{b.address} . {b.port}"
         el[(SERVICE_NODEPORTS if nodeport else SERVICE_IPS, key)] = verdict
-        for b in dict.fromkeys((*fe.backends, *fe.short_circuit)):
+        for b in dict.fromkeys((*fe.endpoints, *fe.short_circuit)):
             if b.address in plan.local_addresses:      # only a pod of this node can hairpin
                 el[(HAIRPIN, f"{b.address} . {b.address}")] = None
         _comment(fe, el, comments, first)

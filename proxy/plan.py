@@ -1,4 +1,4 @@
-"""What a node must do with a Service: its frontends and, for each, the backends it balances over.
+"""What a node must do with a Service: its frontends and, for each, the endpoints it balances over.
 
 This is the semantic layer both renderers share (pure functions, no kernel): which addresses and
 ports a service answers on, which endpoints each of them may reach under the traffic policies,
@@ -23,13 +23,14 @@ class FrontendKind(StrEnum):
 
 
 class Outcome(StrEnum):
-    BALANCE = "balance"        # DNAT to one of the backends
+    BALANCE = "balance"        # DNAT to one of the endpoints
     REJECT = "reject"          # the service has no usable endpoint: refuse (ICMP / TCP reset)
     DROP = "drop"              # endpoints exist, none local under a Local traffic policy
 
 
-class Backend(NamedTuple):
-    """One DNAT target (a tuple: cheap to build, hash and sort by the thousands)."""
+class EndpointTarget(NamedTuple):
+    """One DNAT target: an endpoint's address and port (a tuple: cheap to build, hash and sort
+    by the thousands). Not ``backends.base.Backend``, which is the node's dataplane."""
     address: str
     port: int
 
@@ -46,7 +47,7 @@ class Frontend:
     protocol: Protocol
     port: int
     local: bool                    # traffic policy Local: local endpoints only
-    backends: tuple[Backend, ...]  # sorted; empty unless outcome is BALANCE
+    endpoints: tuple[EndpointTarget, ...]  # sorted; empty unless outcome is BALANCE
     outcome: Outcome
     affinity_timeout: int | None = None          # seconds, sessionAffinity ClientIP
     source_ranges: tuple[str, ...] = ()          # LoadBalancer ingress IPs only
@@ -56,7 +57,7 @@ class Frontend:
     # pod traffic" / "short-circuit local traffic" rules (pkg/proxy/nftables/proxier.go, the
     # EXT chain; iptables alike): they reach every usable endpoint, even when none is local
     # (outcome DROP then only drops the other clients). Sorted; empty elsewhere.
-    short_circuit: tuple[Backend, ...] = ()
+    short_circuit: tuple[EndpointTarget, ...] = ()
 
     @property
     def masquerade(self) -> str:
@@ -93,11 +94,11 @@ def is_ipv4(address: str) -> bool:
     return ":" not in address
 
 
-def _split_backends(
+def _split_endpoints(
     port: ServicePort, endpoints: tuple[Endpoint, ...], node_name: str,
-) -> tuple[tuple[Backend, ...], tuple[Backend, ...]]:
-    """(every, local) usable backends of ``port``: the ready endpoints; if none is ready, the
-    serving ones that are terminating (each list falls back on its own)."""
+) -> tuple[tuple[EndpointTarget, ...], tuple[EndpointTarget, ...]]:
+    """(every, local) usable endpoint targets of ``port``: the ready endpoints; if none is
+    ready, the serving ones that are terminating (each list falls back on its own)."""
     name, proto, target = port.name, port.protocol, port.target_port
     ready: list[tuple[str, int]] = []
     fallback: list[tuple[str, int]] = []
@@ -123,26 +124,27 @@ def _split_backends(
             fallback.append((ep.address, number))
             if local:
                 fallback_local.append((ep.address, number))
-    every = tuple(Backend(a, p) for a, p in sorted(set(ready or fallback)))
+    every = tuple(EndpointTarget(a, p) for a, p in sorted(set(ready or fallback)))
     mine_pairs = sorted(set(ready_local or fallback_local))
     if len(mine_pairs) == len(every) and all(b == m for b, m in zip(every, mine_pairs,
                                                                     strict=True)):
         return every, every
-    return every, tuple(Backend(a, p) for a, p in mine_pairs)
+    return every, tuple(EndpointTarget(a, p) for a, p in mine_pairs)
 
 
 def plan_service(
     service: Service, endpoints: tuple[Endpoint, ...], node: NodeContext,
 ) -> ServicePlan:
-    """The frontends of ``service`` on this node, each with its outcome and backends."""
+    """The frontends of ``service`` on this node, each with its outcome and endpoints."""
     frontends: list[Frontend] = []
     affinity = service.affinity_timeout if service.session_affinity else None
     for port in service.ports:
-        every, local = _split_backends(port, endpoints, node.node_name)
+        every, local = _split_endpoints(port, endpoints, node.node_name)
 
         def add(kind: FrontendKind, address: str | None, number: int, is_local: bool,
                 ranges: tuple[str, ...] = (), port: ServicePort = port,
-                every: tuple[Backend, ...] = every, local: tuple[Backend, ...] = local) -> None:
+                every: tuple[EndpointTarget, ...] = every,
+                local: tuple[EndpointTarget, ...] = local) -> None:
             backends = local if is_local else every
             if not every:
                 outcome = Outcome.REJECT

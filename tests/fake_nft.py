@@ -1,9 +1,11 @@
-"""An in-memory nftables for pure tests: applies the proxy's typed transactions
-(netweft.proxy.nft_tx) to tables of chains, sets and elements, all or nothing, and refuses what
-the kernel refuses for the operations the proxy uses (a missing table, chain, set or element; a
-set or chain deleted while it still exists in a rule is not checked). Like knftables' ``Fake``.
+"""An in-memory nftables for pure tests: applies typed transactions (netweft.backends.nft.tx: the
+proxy's, the daemon firewall's, the CNI masquerade's) to tables of chains, sets and elements,
+all or nothing, and refuses what the kernel refuses for the operations they use (a missing
+table, chain, set or element; a set or chain deleted while it still exists in a rule is not
+checked). Like knftables' ``Fake``.
 
-It stands in for ``NftApplier`` (``apply``, ``list_json``, ``is_own``, ``netns``), so a real
+It stands in for ``NftApplier`` (``apply``, ``apply_all``, ``list_json``, ``is_own``,
+``netns``), so a real
 ``NftablesDataplane`` can run on it; the packet tracer (tests/proxy_trace.py) walks its tables.
 """
 
@@ -13,12 +15,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from netweft.proxy.nft_apply import NftError
-from netweft.proxy.nft_tx import (
+from netweft.backends.nft.applier import NftError
+from netweft.backends.nft.tx import (
     AddChain,
     AddElements,
     AddRules,
     AddSet,
+    AddTable,
+    Chain,
     DeleteElements,
     DeleteObject,
     DeleteTable,
@@ -27,6 +31,7 @@ from netweft.proxy.nft_tx import (
     NftSet,
     ReplaceTable,
     Transaction,
+    table_text,
 )
 
 
@@ -55,12 +60,17 @@ class FakeNft:
     def apply(self, change: Transaction | str) -> int:
         if isinstance(change, str):
             raise TypeError("the fake applies typed transactions, not nft text")
+        return self.apply_all([change])
+
+    def apply_all(self, changes: list[Transaction]) -> int:
+        """Several transactions as one: all of them or none (as one ``nft -f`` run)."""
         tables = copy.deepcopy(self.tables)
-        for op in change.ops:
-            _apply(tables, change.target, op)
+        for change in changes:
+            for op in change.ops:
+                _apply(tables, change.target, op)
         self.tables = tables                         # all or nothing
         self.transactions += 1
-        return len(change.render())
+        return sum(len(change.render()) for change in changes)
 
     def table(self, target: str) -> FakeTable:
         return self.tables[target]
@@ -77,6 +87,19 @@ class FakeNft:
         return {"nftables": [{"set": {"name": name, "elem": list(t.elements[name])}}
                              for name, s in t.sets.items() if not s.is_map]}
 
+    def run(self, command: str) -> str:
+        """``list table <family> <name>``: its set declarations and chains as ``nft list``
+        prints them (set elements are not listed). NftError when the table does not exist."""
+        words = command.split()
+        if words[:2] != ["list", "table"] or len(words) != 4:
+            raise NftError(f"the fake does not run {command!r}")
+        target = f"{words[2]} {words[3]}"
+        if target not in self.tables:
+            raise NftError("Error: No such file or directory")
+        t = self.tables[target]
+        chains = [Chain(name, tuple(c.rules), c.hook) for name, c in t.chains.items()]
+        return table_text(words[2], words[3], list(t.sets.values()), chains) + "\n"
+
     def is_own(self, pid: int) -> bool:
         return True
 
@@ -91,6 +114,9 @@ def _apply(tables: dict[str, FakeTable], target: str, op: object) -> None:
         return
     if isinstance(op, DeleteTable):
         tables.pop(target, None)
+        return
+    if isinstance(op, AddTable):
+        tables.setdefault(target, FakeTable())
         return
     if target not in tables:
         raise NftError(f"Error: No such file or directory (table {target})")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from fake_nft import FakeTable
 from netweft.proxy.constants import MASQUERADE_MARK
-from netweft.proxy.plan import Backend
+from netweft.proxy.plan import EndpointTarget
 
 
 @dataclass(frozen=True)
@@ -33,21 +33,21 @@ class Packet:
 @dataclass(frozen=True)
 class _State:
     mark: int = 0
-    dnat: Backend | None = None
+    dnat: EndpointTarget | None = None
 
 
 @dataclass
 class Trace:
     """All possible fates of the packet."""
-    backends: set[Backend] = field(default_factory=set)
-    masquerade: dict[Backend, bool] = field(default_factory=dict)
+    endpoints: set[EndpointTarget] = field(default_factory=set)
+    masquerade: dict[EndpointTarget, bool] = field(default_factory=dict)
     rejected: bool = False
     dropped: bool = False
     passed: bool = False      # not touched: goes on to its original destination
 
     @property
     def verdicts(self) -> set[str]:
-        out = {"dnat"} if self.backends else set()
+        out = {"dnat"} if self.endpoints else set()
         return out | {n for n, v in (("reject", self.rejected), ("drop", self.dropped),
                                      ("pass", self.passed)) if v}
 
@@ -93,7 +93,7 @@ class _Tracer:
                         else:
                             out.passed = True
                     continue
-                out.backends.add(st2.dnat)
+                out.endpoints.add(st2.dnat)
                 masq = self.masquerades(pkt, st2)
                 out.masquerade[st2.dnat] = out.masquerade.get(st2.dnat, False) or masq
         return out
@@ -125,7 +125,7 @@ class NftTracer(_Tracer):
     """Walks the proxy's table as the in-memory fake holds it after applying the proxy's
     transactions (tests/fake_nft.py): chains with their rules, sets and maps with elements."""
 
-    def __init__(self, table: FakeTable, sticky: dict[str, Backend] | None = None) -> None:
+    def __init__(self, table: FakeTable, sticky: dict[str, EndpointTarget] | None = None) -> None:
         self.sticky = sticky or {}
         self.chains: dict[str, list[str]] = {n: list(c.rules) for n, c in table.chains.items()}
         self.elements: dict[str, dict[str, str | None]] = {
@@ -194,7 +194,7 @@ class NftTracer(_Tracer):
                     out.append(("next", None, st))      # lookup failed: the rule breaks
                 else:
                     addr, _, port = v.partition(" . ")
-                    out.append(("term", "dnat", replace(st, dnat=Backend(addr, int(port)))))
+                    out.append(("term", "dnat", replace(st, dnat=EndpointTarget(addr, int(port)))))
             return out
         m = _NUMGEN_VMAP.match(rule)
         if m:
@@ -214,7 +214,7 @@ class NftTracer(_Tracer):
         if m:
             if m.group(1) != pkt.proto:
                 return nxt
-            return [("term", "dnat", replace(st, dnat=Backend(m.group(2), int(m.group(3)))))]
+            return [("term", "dnat", replace(st, dnat=EndpointTarget(m.group(2), int(m.group(3)))))]
         if rule.startswith("goto ") or rule.startswith("jump "):
             return self._verdict(rule, st)
         if rule == "meta l4proto tcp reject with tcp reset":
@@ -239,11 +239,11 @@ class NftTracer(_Tracer):
             return [("next", None, replace(st, mark=st.mark ^ MASQUERADE_MARK))]
         raise UnknownRule(rule)
 
-    def _chain_target(self, chain: str) -> Backend | None:
+    def _chain_target(self, chain: str) -> EndpointTarget | None:
         for rule in self.chains.get(chain, []):
             m = _STATIC_DNAT.match(rule)
             if m:
-                return Backend(m.group(2), int(m.group(3)))
+                return EndpointTarget(m.group(2), int(m.group(3)))
         return None
 
     def run(self, chain: str, pkt: Packet, st: _State, start: int = 0) -> Result:
@@ -286,7 +286,7 @@ class NftTracer(_Tracer):
 # iptables
 
 class IptablesTracer(_Tracer):
-    def __init__(self, text: str, sticky: dict[str, Backend] | None = None) -> None:
+    def __init__(self, text: str, sticky: dict[str, EndpointTarget] | None = None) -> None:
         self.sticky = sticky or {}
         self.chains: dict[tuple[str, str], list[list[str]]] = {}
         table = ""
@@ -364,11 +364,11 @@ class IptablesTracer(_Tracer):
             neg = False
         return outcomes, []
 
-    def _sep_target(self, chain: str) -> Backend | None:
+    def _sep_target(self, chain: str) -> EndpointTarget | None:
         for rule in self.chains.get(("nat", chain), []):
             if "DNAT" in rule:
                 addr, _, port = rule[rule.index("--to-destination") + 1].partition(":")
-                return Backend(addr, int(port))
+                return EndpointTarget(addr, int(port))
         return None
 
     def _target(self, table: str, target: list[str], st: _State) -> tuple[str, object, _State]:
@@ -381,7 +381,7 @@ class IptablesTracer(_Tracer):
             return "next", None, replace(st, mark=mark)
         if name == "DNAT":
             addr, _, port = target[2].partition(":")
-            return "term", "dnat", replace(st, dnat=Backend(addr, int(port)))
+            return "term", "dnat", replace(st, dnat=EndpointTarget(addr, int(port)))
         if name in ("REJECT", "DROP", "ACCEPT"):
             return "term", name.lower(), st
         if name == "MASQUERADE":

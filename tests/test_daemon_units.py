@@ -218,3 +218,76 @@ def test_backend_registry_creates_by_type_name_and_takes_new_types() -> None:
     finally:
         registry.unregister("test-only")
     assert "test-only" not in registry.names()
+
+
+
+def test_nft_firewall_loads_one_typed_table_through_the_applier() -> None:
+    """The daemon's table goes through the one nftables applier as typed chains (here the
+    in-memory fake, tests/fake_nft.py): loaded once, left alone while it matches, reloaded
+    after someone flushes a chain."""
+    import sys
+    from pathlib import Path
+
+    from netweft.daemon.firewall import (
+        NFT_FORWARD_CHAIN,
+        NFT_POSTROUTING_CHAIN,
+        NFT_TABLE,
+        NftFirewall,
+        nft_chains,
+    )
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_nft import FakeNft
+
+    nft = FakeNft()
+    fw = NftFirewall(nft=nft)  # type: ignore[arg-type]
+    assert fw.ensure(SPEC) is True
+    assert fw.ensure(SPEC) is False
+    table = nft.table(f"ip {NFT_TABLE}")
+    assert list(table.chains) == [NFT_POSTROUTING_CHAIN, NFT_FORWARD_CHAIN]
+    assert table.chains[NFT_FORWARD_CHAIN].rules == list(nft_chains(SPEC)[1].rules)
+    table.chains[NFT_POSTROUTING_CHAIN].rules.clear()
+    assert fw.ensure(SPEC) is True and nft.transactions == 2
+    fw.teardown()
+    assert nft.tables == {}
+
+
+def test_a_daemon_loop_that_ends_is_an_internal_error_naming_it() -> None:
+    """The agent's loops never end: one that does stops the daemon with one line naming it
+    (``asyncutil.until_one_ends``); its own exception, if any, propagates as it is."""
+    from netweft.daemon.asyncutil import cancel_all, until_one_ends
+    from netweft.daemon.errors import AgentError
+
+    async def scenario() -> None:
+        stop = asyncio.get_running_loop().create_future()
+
+        async def ends() -> None:
+            return None
+
+        async def fails() -> None:
+            raise OSError("boom")
+
+        with pytest.raises(AgentError, match="internal error: the lease watch loop stopped"):
+            await until_one_ends(stop, [asyncio.create_task(ends(), name="lease watch")])
+        with pytest.raises(OSError, match="boom"):
+            await until_one_ends(stop, [asyncio.create_task(fails(), name="x")])
+        stop.set_result(None)
+        forever = asyncio.create_task(asyncio.sleep(3600))
+        await until_one_ends(stop, [forever])  # stopped: returns
+        assert await cancel_all({forever}) == set() and forever.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_start_is_abandoned_when_stop_comes_first() -> None:
+    """``asyncutil.unless_stopped``: a stop while starting (e.g. waiting for the network
+    config) cancels the start and reports False; a finished start reports True."""
+    from netweft.daemon.asyncutil import unless_stopped
+
+    async def scenario() -> None:
+        stop = asyncio.get_running_loop().create_future()
+        assert await unless_stopped(asyncio.sleep(0), stop) is True
+        stop.set_result(None)
+        assert await unless_stopped(asyncio.sleep(3600), stop) is False
+
+    asyncio.run(scenario())

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from netweft.ipam.claim import Claimant, Drift, drift, plan_claim
+from netweft.ipam.claim import Claimant, Drift, drift, plan_claim, previous_lease
 from netweft.ipam.identity import IdentityError, load_or_create
 from netweft.ipam.lease import Lease
 
@@ -86,6 +86,16 @@ def test_our_vtep_mac_in_another_identitys_lease_blocks_us() -> None:
     theirs = lease("10.244.5.0/24", IP2, MAC, OTHER)
     claim = plan_claim([theirs], me())
     assert claim.refuse is not None and f"VTEP MAC {MAC}" in claim.refuse
+
+
+def test_previous_lease_for_backend_data_is_ours_by_identity_then_flannels_by_public_ip() -> None:
+    """The lease whose BackendData (VTEP MAC) the backend may reuse (moved out of the agent)."""
+    ours, flannels = lease("10.244.3.0/24", IP2), lease("10.244.4.0/24", IP1, MAC2, None)
+    assert previous_lease([flannels, ours], ME, IP1, "vxlan") == ours
+    assert previous_lease([flannels, ours], None, IP1, "vxlan") == flannels
+    assert previous_lease([flannels, ours], OTHER, IP1, "vxlan") == flannels
+    assert previous_lease([flannels, ours], ME, IP1, "host-gw") is None
+    assert previous_lease([lease("10.244.5.0/24", IP1, node=OTHER)], ME, IP1, "vxlan") is None
 
 
 def test_drift_tells_altered_from_foreign() -> None:

@@ -76,7 +76,7 @@ def test_lease_watch_converges_after_compaction_and_broken_streams() -> None:
         await store.acquire(CFG, node_ip(3), "vxlan", {})
         kv.break_watches()
         await store.release(leases[0].subnet)  # type: ignore[arg-type]
-        await kv.compact(await kv.status())
+        await kv.compact(await kv.current_revision())
         kv.break_watches()                     # the resumed watch meets the compaction: re-list
         await store.acquire(CFG, node_ip(4), "vxlan", {})
         for _ in range(200):

@@ -55,21 +55,21 @@ def on_both(kind: str, request: pytest.FixtureRequest,
 def test_writes_transactions_and_revisions_behave_like_etcd(
         kind: str, request: pytest.FixtureRequest) -> None:
     async def body(kv: KV, p: str) -> None:
-        start = await kv.status()
+        start = await kv.current_revision()
         r1 = await kv.put(p + "b", "1")
         assert r1 == start + 1
         got = await kv.get(p + "b")
         assert got is not None and (got.value, got.create_revision, got.mod_revision) == \
             (b"1", r1, r1)
         assert not await kv.create(p + "b", "2")                   # exists: refused
-        assert await kv.status() == r1                             # a failed txn writes nothing
+        assert await kv.current_revision() == r1               # a failed txn writes nothing
         assert not await kv.replace(p + "b", "2", mod_revision=r1 - 1)
         assert await kv.replace(p + "b", "2", mod_revision=r1)
         got = await kv.get(p + "b")
         assert got is not None and (got.value, got.create_revision, got.mod_revision) == \
             (b"2", r1, r1 + 1)
         assert await kv.create_all({p + "a": "x", p + "c": "y"})
-        assert await kv.status() == r1 + 2                         # one transaction, one revision
+        assert await kv.current_revision() == r1 + 2           # one transaction, one revision
         assert not await kv.create_all({p + "d": "x", p + "c": "z"})
         kvs, rev = await kv.get_prefix(p)
         assert [k.key[len(p):] for k in kvs] == ["a", "b", "c"] and rev == r1 + 2
@@ -79,7 +79,7 @@ def test_writes_transactions_and_revisions_behave_like_etcd(
         await kv.put(p + "x/1", "1")
         await kv.put(p + "x/2", "2")
         assert await kv.delete_prefix(p + "x/") == 2
-        assert await kv.get_prefix(p) == ([], await kv.status())
+        assert await kv.get_prefix(p) == ([], await kv.current_revision())
 
     on_both(kind, request, body)
 
@@ -126,7 +126,7 @@ def test_watch_replays_history_and_refuses_compacted_revisions(
         await kv.put(p + "b", "3")
         assert await _take(watch, 1) == [("put", "b", b"3")]
         await watch.aclose()  # type: ignore[attr-defined]
-        now = await kv.status()
+        now = await kv.current_revision()
         await kv.compact(now)
         with pytest.raises(CompactedError) as caught:
             await anext(kv.watch_prefix(p, r1).__aiter__())
@@ -196,7 +196,7 @@ def test_reflector_resumes_after_a_broken_stream_and_relists_after_compaction() 
         await updates.aclose()  # type: ignore[attr-defined]
         await kv.put("/p/d", "1")
         await kv.delete("/p/b")
-        await kv.compact(await kv.status())
+        await kv.compact(await kv.current_revision())
         again = reflector.updates(kv)
         assert _summary(await anext(again)) == ("listed", ["/p/c", "/p/d"])
         assert reflector.lists == 2

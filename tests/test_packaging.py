@@ -51,6 +51,17 @@ def test_key_value_layer_imports_nothing_from_ipam() -> None:
     assert offending == []
 
 
+def test_nft_package_imports_nothing_of_netweft_but_itself() -> None:
+    """netweft.backends.nft serves the proxy, the daemon and the CNI plugin (issue 10 item 4):
+    it may import only the standard library and itself, so every room can use it."""
+    own = ("from netweft.backends.nft", "import netweft.backends.nft")
+    offending = [f"{path.name}:{n}" for path in (ROOT / "backends" / "nft").rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if line.lstrip().startswith(("from netweft.", "import netweft."))
+                 and not line.lstrip().startswith(own)]
+    assert offending == []
+
+
 def test_console_script_points_into_the_namespace() -> None:
     assert _pyproject()["project"]["scripts"]["netweft"] == "netweft.daemon.cli:main"
 

@@ -4,8 +4,8 @@ prints for ``nft -j list sets``, and the commands that put the clients back)."""
 from __future__ import annotations
 
 import pytest
+from netweft.backends.nft.tx import Transaction
 from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
-from netweft.proxy.nft_tx import Transaction
 
 LISTING = """{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
  {"set": {"family": "ip", "name": "hairpin", "table": "netweft-proxy", "type": ["ipv4_addr",

@@ -8,6 +8,7 @@ import collections
 import dataclasses
 
 import pytest
+from netweft.backends.nft.applier import NftApplier
 from netweft.proxy.conntrack import ConntrackCleaner
 from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
 from netweft.proxy.ipt_apply import IptablesApplier
@@ -20,7 +21,6 @@ from netweft.proxy.model import (
     ServicePort,
     ServiceType,
 )
-from netweft.proxy.nft_apply import NftApplier
 from netweft.proxy.plan import NodeContext
 from netweft.proxy.runner import ProxyRunner, RunnerOptions
 from netweft.proxy.testbed import Testbed

@@ -224,7 +224,7 @@ async def _advance_and_compact(plane: ControlPlane, writes: int = 5) -> int:
     async with EtcdClient(EtcdSettings(endpoints=(plane.etcd.endpoint,))) as client:
         for i in range(writes):
             await client.put(f"/netweft-test/advance/{i}", str(i))
-        revision = await client.status()
+        revision = await client.current_revision()
         await client.compact(revision)
         return revision
 

@@ -12,6 +12,7 @@ import itertools
 import time
 
 import pytest
+from netweft.backends.nft.applier import NftApplier
 from netweft.proxy.affinity import parse_affinity_sets
 from netweft.proxy.dataplane import NftablesDataplane
 from netweft.proxy.model import (
@@ -23,7 +24,6 @@ from netweft.proxy.model import (
     ServicePort,
     ServiceType,
 )
-from netweft.proxy.nft_apply import NftApplier
 from netweft.proxy.nftables import PROTOCOLS
 from netweft.proxy.plan import NodeContext, plan_service
 from netweft.proxy.runner import ProxyRunner, RunnerOptions

@@ -20,7 +20,7 @@ from netweft.proxy.model import (
     ServiceType,
 )
 from netweft.proxy.nftables import NftState
-from netweft.proxy.plan import Backend, NodeContext, plan_service
+from netweft.proxy.plan import EndpointTarget, NodeContext, plan_service
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_nft import FakeNft, FakeTable  # noqa: E402
@@ -107,7 +107,7 @@ def ruleset(mode: str, services: dict | None = None) -> FakeTable | str:
 
 
 def tracer(mode: str, rules: FakeTable | str,
-           sticky: dict[str, Backend] | None = None) -> NftTracer | IptablesTracer:
+           sticky: dict[str, EndpointTarget] | None = None) -> NftTracer | IptablesTracer:
     if isinstance(rules, str):
         return IptablesTracer(rules, sticky)
     return NftTracer(rules, sticky)
@@ -125,8 +125,8 @@ def test_golden_ruleset(mode: str) -> None:
     assert text == path.read_text(), f"{path} differs (NETWEFT_UPDATE_GOLDEN=1 to refresh)"
 
 
-def B(addr: str, port: int = 8080) -> Backend:
-    return Backend(addr, port)
+def B(addr: str, port: int = 8080) -> EndpointTarget:
+    return EndpointTarget(addr, port)
 
 
 @pytest.fixture(params=MODES)
@@ -140,7 +140,7 @@ def trace(request: pytest.FixtureRequest):
 
 def test_cluster_ip_balances_over_all_ready_endpoints(trace) -> None:
     t = trace(POD, "10.96.0.10", 80)
-    assert t.backends == {B("10.244.1.2"), B("10.244.1.3"), B("10.244.2.2")}
+    assert t.endpoints == {B("10.244.1.2"), B("10.244.1.3"), B("10.244.2.2")}
     assert t.verdicts == {"dnat"}
     assert not any(t.masquerade.values())          # in-cluster client keeps its address
 
@@ -148,7 +148,7 @@ def test_cluster_ip_balances_over_all_ready_endpoints(trace) -> None:
 def test_cluster_ip_from_off_cluster_and_from_node_is_masqueraded(trace) -> None:
     assert all(trace(OUTSIDE, "10.96.0.10", 80).masquerade.values())
     assert all(trace("192.0.2.11", "10.96.0.10", 80, local=True).masquerade.values())
-    assert trace("192.0.2.11", "10.96.0.10", 80, local=True).backends == {
+    assert trace("192.0.2.11", "10.96.0.10", 80, local=True).endpoints == {
         B("10.244.1.2"), B("10.244.1.3"), B("10.244.2.2")}
 
 
@@ -158,9 +158,9 @@ def test_wrong_port_or_protocol_is_not_touched(trace) -> None:
 
 
 def test_udp_and_sctp(trace) -> None:
-    assert trace(POD, "10.96.0.53", 53, "udp").backends == {B("10.244.1.4", 5353)}
+    assert trace(POD, "10.96.0.53", 53, "udp").endpoints == {B("10.244.1.4", 5353)}
     assert trace(POD, "10.96.0.53", 53, "tcp").verdicts == {"pass"}
-    assert trace(POD, "10.96.0.77", 9, "sctp").backends == {B("10.244.1.5", 9)}
+    assert trace(POD, "10.96.0.77", 9, "sctp").endpoints == {B("10.244.1.5", 9)}
 
 
 def test_service_without_endpoints_is_rejected(trace) -> None:
@@ -170,7 +170,7 @@ def test_service_without_endpoints_is_rejected(trace) -> None:
 
 def test_node_port_on_node_ips_only(trace) -> None:
     t = trace(OUTSIDE, "192.0.2.11", 30080)
-    assert t.backends == {B("10.244.1.6"), B("10.244.2.6")}
+    assert t.endpoints == {B("10.244.1.6"), B("10.244.2.6")}
     assert all(t.masquerade.values())               # externalTrafficPolicy Cluster
     assert trace(OUTSIDE, "127.0.0.1", 30080, local=True).verdicts == {"pass"}
     assert trace(OUTSIDE, "192.0.2.99", 30080).verdicts == {"pass"}
@@ -178,21 +178,21 @@ def test_node_port_on_node_ips_only(trace) -> None:
 
 def test_external_ip(trace) -> None:
     t = trace(OUTSIDE, "203.0.113.7", 80)
-    assert t.backends == {B("10.244.1.6"), B("10.244.2.6")}
+    assert t.endpoints == {B("10.244.1.6"), B("10.244.2.6")}
     assert all(t.masquerade.values())
 
 
 def test_external_traffic_local_keeps_client_and_uses_local_endpoints(trace) -> None:
     t = trace(OUTSIDE, "192.0.2.11", 30081)
-    assert t.backends == {B("10.244.1.7")}
+    assert t.endpoints == {B("10.244.1.7")}
     assert not any(t.masquerade.values())
     # cluster traffic to the same service still uses every endpoint
-    assert trace(POD, "10.96.0.31", 80).backends == {B("10.244.1.7"), B("10.244.2.7")}
+    assert trace(POD, "10.96.0.31", 80).endpoints == {B("10.244.1.7"), B("10.244.2.7")}
 
 
 def test_external_traffic_local_without_local_endpoints_drops(trace) -> None:
     assert trace(OUTSIDE, "192.0.2.11", 30082).verdicts == {"drop"}
-    assert trace(POD, "10.96.0.32", 80).backends == {B("10.244.2.8")}
+    assert trace(POD, "10.96.0.32", 80).endpoints == {B("10.244.2.8")}
 
 
 def test_external_traffic_local_short_circuits_pods_and_the_node(trace) -> None:
@@ -201,13 +201,13 @@ def test_external_traffic_local_short_circuits_pods_and_the_node(trace) -> None:
     is local; only other clients are held to local endpoints (tests/test_proxy_vs_kubeproxy.py
     found the difference on the real kube-proxy)."""
     t = trace(POD, "192.0.2.11", 30082)
-    assert (t.backends, t.verdicts) == ({B("10.244.2.8")}, {"dnat"})
+    assert (t.endpoints, t.verdicts) == ({B("10.244.2.8")}, {"dnat"})
     assert not any(t.masquerade.values())
     t = trace("192.0.2.11", "192.0.2.11", 30082, local=True)
-    assert (t.backends, t.verdicts) == ({B("10.244.2.8")}, {"dnat"})
+    assert (t.endpoints, t.verdicts) == ({B("10.244.2.8")}, {"dnat"})
     assert all(t.masquerade.values())
     t = trace(POD, "192.0.2.11", 30081)
-    assert t.backends == {B("10.244.1.7"), B("10.244.2.7")} and t.verdicts == {"dnat"}
+    assert t.endpoints == {B("10.244.1.7"), B("10.244.2.7")} and t.verdicts == {"dnat"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -232,19 +232,19 @@ def test_external_traffic_local_short_circuit_with_affinity(mode: str) -> None:
     assert trace(OUTSIDE, "192.0.2.11", 30083).backends == {B("10.244.1.18")}
     assert trace(OUTSIDE, "203.0.113.8", 80).backends == {B("10.244.1.18")}
     t = trace("192.0.2.11", "192.0.2.11", 30084, local=True)
-    assert t.backends == {B("10.244.2.19")} and all(t.masquerade.values())
+    assert t.endpoints == {B("10.244.2.19")} and all(t.masquerade.values())
     assert trace(POD, "192.0.2.11", 30084).backends == {B("10.244.2.19")}
     assert trace(OUTSIDE, "192.0.2.11", 30084).verdicts == {"drop"}
 
 
 def test_load_balancer_ip_with_source_ranges(trace) -> None:
-    assert trace("198.18.0.9", "203.0.113.40", 80).backends == {B("10.244.1.9")}
+    assert trace("198.18.0.9", "203.0.113.40", 80).endpoints == {B("10.244.1.9")}
     assert trace("198.19.0.9", "203.0.113.40", 80).verdicts == {"drop"}
-    assert trace("198.19.0.9", "192.0.2.11", 30090).backends == {B("10.244.1.9")}
+    assert trace("198.19.0.9", "192.0.2.11", 30090).endpoints == {B("10.244.1.9")}
 
 
 def test_session_affinity_first_connection_balances(trace) -> None:
-    assert trace(POD, "10.96.0.50", 80).backends == {B("10.244.1.10"), B("10.244.1.11")}
+    assert trace(POD, "10.96.0.50", 80).endpoints == {B("10.244.1.10"), B("10.244.1.11")}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -252,23 +252,23 @@ def test_session_affinity_returning_client_sticks(mode: str) -> None:
     rules = ruleset(mode)
     for backend in (B("10.244.1.10"), B("10.244.1.11")):
         t = tracer(mode, rules, {POD: backend}).trace(Packet(POD, "10.96.0.50", "tcp", 80))
-        assert t.backends == {backend}
+        assert t.endpoints == {backend}
     # another client, or a service without affinity, is not affected
     t = tracer(mode, rules, {POD: B("10.244.1.10")}).trace(
         Packet(OUTSIDE, "10.96.0.50", "tcp", 80))
-    assert t.backends == {B("10.244.1.10"), B("10.244.1.11")}
+    assert t.endpoints == {B("10.244.1.10"), B("10.244.1.11")}
     t = tracer(mode, rules, {POD: B("10.244.1.2")}).trace(Packet(POD, "10.96.0.10", "tcp", 80))
-    assert len(t.backends) == 3
+    assert len(t.endpoints) == 3
 
 
 def test_internal_traffic_local(trace) -> None:
-    assert trace(POD, "10.96.0.60", 80).backends == {B("10.244.1.12")}
+    assert trace(POD, "10.96.0.60", 80).endpoints == {B("10.244.1.12")}
     assert trace(POD, "10.96.0.61", 80).verdicts == {"drop"}
 
 
 def test_terminating_fallback_and_ready_preference(trace) -> None:
-    assert trace(POD, "10.96.0.70", 80).backends == {B("10.244.1.14")}
-    assert trace(POD, "10.96.0.71", 80).backends == {B("10.244.1.16")}
+    assert trace(POD, "10.96.0.70", 80).endpoints == {B("10.244.1.14")}
+    assert trace(POD, "10.96.0.71", 80).endpoints == {B("10.244.1.16")}
 
 
 def test_hairpin_is_masqueraded(trace) -> None:
@@ -355,8 +355,8 @@ def test_tcp_and_udp_on_one_node_port(mode: str) -> None:
                                    EndpointPort("dns-tcp", 5354, Protocol.TCP)), node="node-a"),)
     t = tracer(mode, ruleset(mode, {dns.key: (dns, pod)}))
     for dst, port in (("192.0.2.11", 30053), ("10.96.0.53", 53)):
-        assert t.trace(Packet(OUTSIDE, dst, "udp", port)).backends == {B("10.244.1.4", 5353)}
-        assert t.trace(Packet(OUTSIDE, dst, "tcp", port)).backends == {B("10.244.1.4", 5354)}
+        assert t.trace(Packet(OUTSIDE, dst, "udp", port)).endpoints == {B("10.244.1.4", 5353)}
+        assert t.trace(Packet(OUTSIDE, dst, "tcp", port)).endpoints == {B("10.244.1.4", 5354)}
 
 
 def test_nft_deltas_applied_to_the_fake_equal_a_fresh_full_load() -> None:

@@ -129,7 +129,7 @@ def test_runner_full_sync_then_coalesced_incremental_syncs() -> None:
     assert full1 and set(first) == {KEY, *others}
     assert not full2 and set(second) == {KEY, others[0]} and second[others[0]] is None
     plan = second[KEY]
-    assert plan is not None and [str(b) for b in plan.frontends[0].backends] == [
+    assert plan is not None and [str(b) for b in plan.frontends[0].endpoints] == [
         "10.244.1.52:8080"]
     assert runner.metrics.syncs == 2
 
@@ -194,7 +194,7 @@ def test_runner_failed_sync_requests_a_full_resync() -> None:
     assert runner.metrics.sync_errors == 1
     runner.sync_once()
     assert dp.calls[-1][1] is True             # the retry is a full sync
-    assert runner.plans[KEY].frontends[0].backends
+    assert runner.plans[KEY].frontends[0].endpoints
 
 
 # -- conntrack -----------------------------------------------------------------------------------

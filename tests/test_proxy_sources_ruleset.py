@@ -122,7 +122,7 @@ def test_etcd_records_through_compaction_end_in_exactly_the_right_ruleset(
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 await random_changes(etcd, prefix, rng, 60)
-                await etcd.compact(await etcd.status())
+                await etcd.compact(await etcd.current_revision())
                 task = asyncio.create_task(source.run(tracker))
                 await converge("after compaction while away")
                 assert source.lists == 2

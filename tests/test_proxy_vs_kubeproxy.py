@@ -175,21 +175,21 @@ def scn(sbs: SideBySide) -> Iterator[Scenario]:
         sbs.plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-Outcome = tuple[frozenset[str], frozenset[str], frozenset[str]]
+Observed = tuple[frozenset[str], frozenset[str], frozenset[str]]
 
 
-def outcome(attempts: list[Attempt]) -> Outcome:
+def outcome(attempts: list[Attempt]) -> Observed:
     """(servers that answered, source addresses they saw, errors) of a batch of attempts."""
     return (frozenset(a.server for a in attempts if a.server),
             frozenset(a.peer for a in attempts if a.peer),
             frozenset(a.error for a in attempts if a.error))
 
 
-def answered(servers: set[str], peers: set[str]) -> Outcome:
+def answered(servers: set[str], peers: set[str]) -> Observed:
     return frozenset(servers), frozenset(peers), frozenset()
 
 
-def failed(error: str) -> Outcome:
+def failed(error: str) -> Observed:
     return frozenset(), frozenset(), frozenset({error})
 
 
@@ -213,14 +213,14 @@ def same(sbs: SideBySide, what: str, observe: Callable[[World], T], expected: T,
 
 
 def tcp(host: str, port: int, count: int = 20, timeout: float = 2.0,
-        src: Callable[[World], str] | None = None) -> Callable[[World], Outcome]:
+        src: Callable[[World], str] | None = None) -> Callable[[World], Observed]:
     """An observation: ``count`` TCP connections from ``src(world)`` (the client pod)."""
     return lambda w: outcome(w.connect(src(w) if src else w.client, host, port, "tcp", count,
                                        timeout))
 
 
 def udp(host: str, port: int, timeout: float = 2.0,
-        src: Callable[[World], str] | None = None) -> Callable[[World], Outcome]:
+        src: Callable[[World], str] | None = None) -> Callable[[World], Observed]:
     return lambda w: outcome(w.connect(src(w) if src else w.client, host, port, "udp", 1,
                                        timeout))
 
@@ -322,7 +322,7 @@ def test_node_ports_on_other_node_addresses_differ_as_documented(scn: Scenario) 
         "ports"][0]["nodePort"]
     everywhere = {"kube-proxy/iptables"}
 
-    def expect(label: str, yes: Outcome, no: Outcome) -> Outcome:
+    def expect(label: str, yes: Observed, no: Observed) -> Observed:
         return yes if label in everywhere else no
 
     same(scn.sbs, "NodePort on the primary address", tcp(NODE_A_IP, port, count=3),
@@ -488,7 +488,7 @@ def test_udp_flow_follows_endpoint_replacement_like_kube_proxy(scn: Scenario) ->
     ip = scn.service("dns", {"selector": {"app": "dns"}, "ports": [
         {"name": "dns", "port": 53, "targetPort": APP, "protocol": "UDP"}]})["clusterIP"]
 
-    def flow(w: World) -> Outcome:
+    def flow(w: World) -> Observed:
         return outcome(w.connect(w.client, ip, 53, "udp", 1, 1.0, source_port=40053))
 
     same(scn.sbs, "the flow on the first pod", flow, answered({p1}, {CLIENT_POD}))

@@ -106,10 +106,10 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
                   healthz_bind_address: str, healthz_port: int,
                   cleanup: bool, verbose: bool) -> None:
     """Make Services work on this node: ClusterIP, NodePort, externalIPs, LoadBalancer IPs."""
+    from netweft.backends.nft.applier import NftError
     from netweft.proxy.conntrack import ConntrackCleaner
     from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
     from netweft.proxy.ipt_apply import IptablesError
-    from netweft.proxy.nft_apply import NftError
     from netweft.proxy.plan import NodeContext
     from netweft.proxy.runner import ProxyRunner, RunnerOptions
 

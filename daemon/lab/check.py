@@ -177,7 +177,7 @@ def iperf_pair(topo: Topology) -> tuple[str, str] | None:
     return topo.pods_on(nodes[0].name)[0].name, topo.pods_on(nodes[-1].name)[0].name
 
 
-class Outcome(Protocol):
+class ProbeResultView(Protocol):
     """What the renderers read of a probe's result (:class:`ProbeResult`, or vagrant/check.py's):
     ``ok``, ``detail`` and a ``probe`` with ``kind``, ``src``, ``dst`` and ``dst_ip``."""
 
@@ -191,7 +191,7 @@ class Outcome(Protocol):
     def probe(self) -> Any: ...
 
 
-def render_grid(srcs: Sequence[str], cols: Sequence[str], results: Sequence[Outcome],
+def render_grid(srcs: Sequence[str], cols: Sequence[str], results: Sequence[ProbeResultView],
                 nodeport_kind: str = NODEPORT) -> str:
     """The matrix ``lab check`` and vagrant/check.py print: one row per source, ``ok``/``FAIL``
     per (source, column) probe, ``-`` for a source to itself, blank where nothing was probed;
@@ -224,7 +224,7 @@ def render_matrix(topo: Topology, results: Sequence[ProbeResult]) -> str:
     return render_grid(srcs, cols, results)
 
 
-def summarize(results: Sequence[Outcome], kinds: Sequence[str] = KINDS) -> list[str]:
+def summarize(results: Sequence[ProbeResultView], kinds: Sequence[str] = KINDS) -> list[str]:
     """One ``KIND: good/all ok`` line per kind with probes, then one line per failed probe."""
     lines = []
     for kind in kinds:

@@ -289,7 +289,7 @@ class Lab:
                 lab.wait_service()
         except BaseException as exc:
             down(spec.prefix, spec.state_root)
-            if isinstance(exc, (LabError, underlay.LabBuildError, runtime.CniError,
+            if isinstance(exc, (LabError, underlay.LabBuildError, runtime.PluginCallError,
                                 RuntimeError, OSError)):
                 raise LabError(f"lab up failed: {exc}") from exc
             raise

@@ -19,8 +19,9 @@ from netweft.daemon.lab.topology import POD_IFACE, Node, Pod, cni_args
 CNI_TIMEOUT = 30.0
 
 
-class CniError(RuntimeError):
-    """A plugin failed; the message carries its CNI error code and msg."""
+class PluginCallError(RuntimeError):
+    """A lab call of a CNI plugin failed (not ``cni.spec.CniError``, the plugin's own error
+    result); the message carries its CNI error code and msg."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def load_conflist(node: Node) -> dict[str, Any]:
     with open(node.conflist_path) as f:
         conf = json.load(f)
     if not isinstance(conf, dict) or not isinstance(conf.get("plugins"), list):
-        raise CniError(f"{node.conflist_path}: plugins: missing or not a list")
+        raise PluginCallError(f"{node.conflist_path}: plugins: missing or not a list")
     return conf
 
 
@@ -52,7 +53,7 @@ def plugin_stdin(conflist: dict[str, Any], plugin: dict[str, Any],
 def find_plugin(node: Node, plugin_type: str) -> str:
     path = os.path.join(node.cni_bin_dir, plugin_type)
     if not os.access(path, os.X_OK):
-        raise CniError(f"CNI plugin {plugin_type!r} not found in {node.cni_bin_dir}")
+        raise PluginCallError(f"CNI plugin {plugin_type!r} not found in {node.cni_bin_dir}")
     return path
 
 
@@ -80,8 +81,8 @@ def exec_plugin(node: Node, pod: Pod, command: str, plugin_type: str, stdin: dic
             timeout=CNI_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        raise CniError(f"{plugin_type} {command} {pod.name}: no answer in {CNI_TIMEOUT:.0f}s "
-                       f"(see {node.cni_log})") from None
+        raise PluginCallError(f"{plugin_type} {command} {pod.name}: no answer in "
+                              f"{CNI_TIMEOUT:.0f}s (see {node.cni_log})") from None
     out = proc.stdout.strip()
     parsed: Any = None
     if out:
@@ -91,10 +92,11 @@ def exec_plugin(node: Node, pod: Pod, command: str, plugin_type: str, stdin: dic
             parsed = None
     if proc.returncode != 0:
         if isinstance(parsed, dict) and "code" in parsed:
-            raise CniError(f"{plugin_type} {command} {pod.name}: code {parsed.get('code')}: "
-                           f"{parsed.get('msg')} {parsed.get('details', '')}".rstrip())
-        raise CniError(f"{plugin_type} {command} {pod.name}: exit {proc.returncode}: "
-                       f"{(proc.stderr or out).strip()[:500]}")
+            raise PluginCallError(f"{plugin_type} {command} {pod.name}: code "
+                                  f"{parsed.get('code')}: {parsed.get('msg')} "
+                                  f"{parsed.get('details', '')}".rstrip())
+        raise PluginCallError(f"{plugin_type} {command} {pod.name}: exit {proc.returncode}: "
+                              f"{(proc.stderr or out).strip()[:500]}")
     return parsed if isinstance(parsed, dict) else None
 
 
@@ -123,7 +125,7 @@ def pod_address(result: dict[str, Any]) -> tuple[IPv4Interface, str | None]:
         addr = IPv4Interface(ip["address"]) if ":" not in ip["address"] else None
         if addr is not None:
             return addr, ip.get("gateway")
-    raise CniError("CNI result has no IPv4 address in ips")
+    raise PluginCallError("CNI result has no IPv4 address in ips")
 
 
 def add(node: Node, pod: Pod) -> PodNetwork:
@@ -136,7 +138,7 @@ def add(node: Node, pod: Pod) -> PodNetwork:
         result = exec_plugin(node, pod, "ADD", plugin["type"],
                              plugin_stdin(conflist, plugin, prev), pod.netns_path)
         if result is None:
-            raise CniError(f"{plugin['type']} ADD {pod.name}: printed no result")
+            raise PluginCallError(f"{plugin['type']} ADD {pod.name}: printed no result")
         prev = result
     assert prev is not None
     cache = _cache_path(node, conflist, pod)
@@ -160,7 +162,7 @@ def cached_result(node: Node, pod: Pod) -> dict[str, Any] | None:
         conflist = load_conflist(node)
         with open(_cache_path(node, conflist, pod)) as f:
             data = json.load(f)
-    except (OSError, ValueError, CniError):
+    except (OSError, ValueError, PluginCallError):
         return None
     result = data.get("result") if isinstance(data, dict) else None
     return result if isinstance(result, dict) else None
@@ -176,10 +178,10 @@ def delete(node: Node, pod: Pod) -> None:
         try:
             exec_plugin(node, pod, "DEL", plugin["type"], plugin_stdin(conflist, plugin, prev),
                         path)
-        except CniError as exc:
+        except PluginCallError as exc:
             errors.append(str(exc))
     netns.delete(pod.netns)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_cache_path(node, conflist, pod))
     if errors:
-        raise CniError("; ".join(errors))
+        raise PluginCallError("; ".join(errors))

@@ -302,7 +302,7 @@ class EtcdClient:
         Raises :class:`EtcdError` (:class:`EtcdUnavailable` when no endpoint answers)."""
         await self._call("kv", "Compact", rpc.CompactionRequest(revision=revision, physical=True))
 
-    async def status(self) -> int:
+    async def current_revision(self) -> int:
         """The store's current revision (also a cheap reachability check). A linearisable
         read of one key, so a member without a leader fails it (and the client fails over)."""
         resp = await self._call("kv", "Range", rpc.RangeRequest(key=b"\0", limit=1))
@@ -362,7 +362,7 @@ class EtcdClient:
         """
         # The stream goes to the endpoint a cheap call just reached (failing over as calls do);
         # when it breaks, the next watch starts on the endpoint after it.
-        await self.status()
+        await self.current_revision()
         conn = self._conns[self._current]
         p = prefix.encode()
         create = rpc.WatchCreateRequest(key=p, range_end=prefix_end(p),

@@ -221,7 +221,7 @@ class MemoryKV:
         self.compacted = revision
         self._history = [b for b in self._history if b.revision > revision]
 
-    async def status(self) -> int:
+    async def current_revision(self) -> int:
         """The store's current revision. Raises :class:`EtcdUnavailable` while ``unavailable`` is
         set (as every call)."""
         await self._check()

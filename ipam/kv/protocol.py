@@ -51,7 +51,7 @@ class KV(Protocol):
     async def compact(self, revision: int) -> None:
         """Forget history before ``revision``: watches from older revisions get compacted."""
 
-    async def status(self) -> int:
+    async def current_revision(self) -> int:
         """The store's current revision (also a cheap reachability check)."""
 
     async def grant(self, ttl: int) -> int:

@@ -1,14 +1,15 @@
 """Typed nftables objects and one transaction that renders them (issue 10, item 4).
 
-The proxy describes what it wants as small objects -- a base chain's ``Hook``, a ``Chain`` with
-its rules, an ``NftSet`` (set or map) with its type, flags and timeout, ``Element`` s with key,
-value and a readable comment -- and collects the changes in a ``Transaction``: replace the
-whole table, add/flush/delete chains and sets, add/delete elements. ``Transaction.render()`` is
-the only place that turns them into ``nft -f`` text; tests apply the same transaction to an
-in-memory fake instead (tests/proxy_support/fake_nft.py), in the manner of kube-proxy's
-knftables ``Transaction`` and ``Fake``.
+The proxy, the daemon's firewall and the CNI masquerade describe what they want as small
+objects -- a base chain's ``Hook``, a ``Chain`` with its rules, an ``NftSet`` (set or map) with
+its type, flags and timeout, ``Element`` s with key, value and a readable comment -- and collect
+the changes in a ``Transaction``: create or replace the table, add/flush/delete chains and sets,
+add/delete elements. ``Transaction.render()`` is the only place that turns them into ``nft -f``
+text; tests apply the same transaction to an in-memory fake instead (tests/fake_nft.py), in the
+manner of kube-proxy's knftables ``Transaction`` and ``Fake``.
 
-Rules stay nft expressions (strings): they are few and fixed (see proxy/nftables.py); what
+Rules stay nft expressions (strings): they are few and fixed (see proxy/nftables.py,
+daemon/firewall.py, cni/masq.py); what
 grows with the number of services is elements, and those are typed.
 """
 
@@ -100,6 +101,11 @@ class ReplaceTable:
 
 
 @dataclass(frozen=True)
+class AddTable:
+    """Create the table when it does not exist (``add table``); keeps an existing one as is."""
+
+
+@dataclass(frozen=True)
 class DeleteTable:
     """Remove the table; harmless when it does not exist."""
 
@@ -111,7 +117,8 @@ class AddSet:
 
 @dataclass(frozen=True)
 class AddChain:
-    """Create an empty chain (its rules follow in ``AddRules``, after every chain exists)."""
+    """Create an empty chain, a base chain when it has a ``hook`` (its rules follow in
+    ``AddRules``, after every chain exists); keeps an existing chain's rules."""
     chain: Chain
 
 
@@ -145,8 +152,8 @@ class DeleteElements:
     keys: tuple[str, ...]
 
 
-Op = (ReplaceTable | DeleteTable | AddSet | AddChain | AddRules | FlushChain | DeleteObject
-      | AddElements | DeleteElements)
+Op = (ReplaceTable | AddTable | DeleteTable | AddSet | AddChain | AddRules | FlushChain
+      | DeleteObject | AddElements | DeleteElements)
 
 
 @dataclass
@@ -196,23 +203,36 @@ class Transaction:
             elif isinstance(op, AddRules):
                 out.extend(f"add rule {t} {op.chain} {r}" for r in op.rules)
             elif isinstance(op, AddChain):
-                out.append(f"add chain {t} {op.chain.name}")
+                hook = op.chain.hook
+                out.append(f"add chain {t} {op.chain.name}" + (f" {{ {hook} }}" if hook else ""))
             elif isinstance(op, AddSet):
                 out.append(f"add {op.set.kind} {t} {op.set.name} {{ {op.set.declaration()} }}")
             elif isinstance(op, FlushChain):
                 out.append(f"flush chain {t} {op.chain}")
             elif isinstance(op, DeleteObject):
                 out.append(f"delete {op.kind} {t} {op.name}")
+            elif isinstance(op, AddTable):
+                out.append(f"add table {t}")
             elif isinstance(op, DeleteTable):
                 out += [f"add table {t}", f"delete table {t}"]
             elif isinstance(op, ReplaceTable):
-                out += [f"add table {t}", f"delete table {t}", f"table {t} {{"]
-                out += [f"\t{s.kind} {s.name} {{ {s.declaration()} }}" for s in op.sets]
-                for c in op.chains:
-                    out.append(f"\tchain {c.name} {{")
-                    if c.hook is not None:
-                        out.append(f"\t\t{c.hook}")
-                    out.extend(f"\t\t{r}" for r in c.rules)
-                    out.append("\t}")
-                out.append("}")
+                out += [f"add table {t}", f"delete table {t}",
+                        table_text(self.family, self.table, op.sets, op.chains)]
         return "\n".join(out) + ("\n" if out else "")
+
+
+def table_text(family: str, table: str, sets: Sequence[NftSet], chains: Sequence[Chain]) -> str:
+    """A whole table as one ``table <family> <name> { ... }`` block, tab-indented, one set,
+    chain, hook line or rule per line (no trailing newline). For a table of chains only this is
+    the form ``nft list table`` prints (blank lines aside), so a listing can be compared to it
+    line by line (daemon/firewall.py does)."""
+    out = [f"table {family} {table} {{"]
+    out += [f"\t{s.kind} {s.name} {{ {s.declaration()} }}" for s in sets]
+    for c in chains:
+        out.append(f"\tchain {c.name} {{")
+        if c.hook is not None:
+            out.append(f"\t\t{c.hook}")
+        out.extend(f"\t\t{r}" for r in c.rules)
+        out.append("\t}")
+    out.append("}")
+    return "\n".join(out)

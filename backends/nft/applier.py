@@ -1,6 +1,9 @@
-"""Applying nft command text to the kernel: libnftables (Debian's python3-nftables) when it can
-be imported and no namespace is asked for, else an ``nft -f -`` process (optionally inside a
-network namespace, for tests and benchmarks driven from outside the node)."""
+"""The one nftables applier: hands typed transactions (``netweft.backends.nft.tx``) or nft command
+text to the kernel through libnftables (Debian's python3-nftables) when it can be imported, is
+wanted and no namespace is asked for, else an ``nft -f -`` process (optionally inside a network
+namespace, for tests and benchmarks driven from outside the node). The service proxy, the daemon's
+firewall table and the CNI ``ipMasq`` table all apply through it; tests/fake_nft.py is its
+in-memory stand-in."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import collections
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
-from netweft.proxy.nft_tx import Transaction
+from netweft.backends.nft.tx import Transaction
 
 
 class NftError(RuntimeError):
@@ -22,6 +26,10 @@ def netns_prefix(netns: str | None) -> list[str]:
 
 
 class NftApplier:
+    """Applies transactions in ``netns`` (None: the calling thread's namespace). With
+    ``use_library`` False it always runs ``nft -f -`` (a child process, in the namespace of the
+    thread that starts it, as the firewall and the CNI plugin have always done)."""
+
     def __init__(self, netns: str | None = None, use_library: bool = True) -> None:
         self.netns = netns
         self._children: collections.deque[int] = collections.deque(maxlen=64)
@@ -44,6 +52,15 @@ class NftApplier:
         """Apply a transaction (or nft command text) atomically; returns the size of the text
         handed to nft. Raises NftError when nft refuses it (then nothing was applied)."""
         text = change if isinstance(change, str) else change.render()
+        if text:
+            self._apply_text(text)
+        return len(text)
+
+    def apply_all(self, changes: Sequence[Transaction]) -> int:
+        """Several transactions (e.g. one per table or family) as one atomic ``nft`` run: all
+        of them or none. Returns the size of the text; raises NftError like :meth:`apply`.
+        ``FileNotFoundError`` when the nft program is missing (``nft -f -`` mode)."""
+        text = "".join(change.render() for change in changes)
         if text:
             self._apply_text(text)
         return len(text)
