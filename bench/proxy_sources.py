@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import kubeapi_server as kapi  # noqa: E402
 from lightkube import ALL_NS, AsyncClient, KubeConfig  # noqa: E402
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
@@ -31,6 +30,7 @@ from netweft.proxy.model import Protocol, ServiceType  # noqa: E402
 from netweft.proxy.records import PodRecord, PortRecord, ServiceRecord, pod_key, service_key  # noqa: E402
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
 from netweft.proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource  # noqa: E402
+from support import kubeapi_server as kapi  # noqa: E402
 
 
 class CountingSink:

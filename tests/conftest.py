@@ -17,7 +17,7 @@ import pytest
 from netweft.daemon import netns
 from netweft.daemon.controlplane import ControlPlane, ControlPlaneError
 from netweft.daemon.etcd_process import EtcdProcess
-from netweft.daemon.nodelab import NodeLab
+from support.nodelab import NodeLab
 
 _counter = itertools.count()
 
@@ -147,9 +147,9 @@ def control_plane_factory() -> Iterator[Callable[..., ControlPlane]]:
 
 @pytest.fixture
 def bed(netns_factory: Callable[[str], str]) -> Iterator[Any]:
-    """The proxy's testbed (netweft.proxy.testbed): a node namespace with a bridge, a client
+    """The proxy's testbed (support.proxy_testbed): a node namespace with a bridge, a client
     namespace outside it; pods added by the test. Pod servers are stopped afterwards."""
-    from netweft.proxy.testbed import build
+    from support.proxy_testbed import build
     testbed = build(netns_factory)
     try:
         yield testbed

@@ -15,8 +15,10 @@ from netweft.backends.base import RTPROT_NETWEFT, BackendError
 from netweft.backends.hostgw import HostGwBackend
 from netweft.backends.netlink import Netlink
 from netweft.backends.vxlan import VxlanBackend, VxlanSettings, load_vtep_mac
-from netweft.daemon import iface, underlay
+from netweft.daemon import iface
 from netweft.ipam.lease import Lease
+from support import underlay
+from support.kernel import ip_out
 
 
 @dataclass
@@ -44,11 +46,6 @@ def nodes(netns_factory: Callable[[str], str]) -> Iterator[list[Node]]:
     finally:
         for node in out:
             node.nl.close()
-
-
-def ip_out(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def vxlan_leases(nodes: list[Node], backends: list[VxlanBackend]) -> list[Lease]:

@@ -22,8 +22,10 @@ from netweft.backends.base import RTPROT_NETWEFT
 from netweft.backends.netlink import Netlink
 from netweft.backends.wireguard import WireGuardBackend, WireGuardSettings
 from netweft.backends.wireguard_wg import Wg
-from netweft.daemon import iface, underlay
+from netweft.daemon import iface
 from netweft.ipam.lease import Lease
+from support import underlay
+from support.kernel import ip_out
 
 NETWORK = IPv4Network("10.244.0.0/16")
 PSK = "f4i+6UMm6sg3AZcF6FQDwl7lVhQFt1SHMd0BGUR+0Ik="
@@ -89,11 +91,6 @@ def bring_up(nodes: list[Node], backends: list[WireGuardBackend]) -> list[Lease]
         _changes, errors = be.reconcile(own, leases)
         assert not errors
     return leases
-
-
-def ip_out(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def test_wireguard_userspace_device_peers_and_pods_reach_each_other(

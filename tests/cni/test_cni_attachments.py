@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
-from netweft.cni.harness import CniNode
 from netweft.cni.wiring import host_veth_name
 from netweft.daemon import netns
+from support.cni_harness import CniNode
 
 
 @pytest.fixture(params=["bash", "inproc"])

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-from netweft.cni.harness import CniNode
 from netweft.daemon import netns
+from support.cni_harness import CniNode
 
 
 @pytest.fixture(params=["bash-tcp", "python-unix"])

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netweft.cni.harness import CniNode
 from netweft.cni.spec import SUPPORTED_VERSIONS
+from support.cni_harness import CniNode
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from netweft.cni import nsenter, tcpwire
-from netweft.cni.harness import CniNode
 from netweft.cni.invoke import PluginCall, invoke
 from netweft.cni.server import CniServer, _read_request, read_tcp_request
+from support.cni_harness import CniNode
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from netweft.cni.harness import CniNode
 from netweft.cni.runtimes import (
     ContainerdNode,
     PodmanNode,
@@ -26,6 +25,7 @@ from netweft.cni.runtimes import (
     netweft_cli,
 )
 from netweft.daemon import netns
+from support.cni_harness import CniNode
 
 NODE_IP = "192.0.2.1"  # the node's "public" address on a veth to the outside namespace
 OUTSIDE_IP = "192.0.2.2"

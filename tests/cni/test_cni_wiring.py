@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from netweft.cni.harness import CniNode
 from netweft.cni.wiring import host_veth_name
 from netweft.daemon import netns
+from support.cni_harness import CniNode
 
 
 def owner(node: CniNode, ip: str) -> str:

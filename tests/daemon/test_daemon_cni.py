@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 from netweft.cni.install import install
 from netweft.cni.invoke import PluginCall, invoke
-from netweft.daemon import underlay
-from netweft.daemon.nodelab import NodeLab, wait_for
+from support import underlay
+from support.nodelab import NodeLab, wait_for
 
 REQUEST = ("import sys, json\n"
            "from cni.shim import call_server, encode_request\n"

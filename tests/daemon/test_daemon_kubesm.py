@@ -21,12 +21,12 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, ServiceAccountToken
 from netweft.daemon import kubenode as kn
-from netweft.daemon import underlay
 from netweft.daemon.controlplane import ControlPlane, kubeconfig
-from netweft.daemon.nodelab import NodeLab, wait_for
 from netweft.daemon.nsrelay import NsRelay
+from support import underlay
+from support.nodelab import NodeLab, wait_for
 
-MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 NET_CONF = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
 
 

@@ -16,18 +16,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 from netweft.cni.install import install  # noqa: E402
 from netweft.cni.invoke import PluginCall, invoke  # noqa: E402
-from netweft.daemon import underlay  # noqa: E402
-from netweft.daemon.nodelab import NodeLab, poll_until, wait_for  # noqa: E402
-from test_daemon_node import fdb, ip  # noqa: E402
+from support import underlay  # noqa: E402
+from support.kernel import fdb, ip  # noqa: E402
+from support.nodelab import NodeLab, poll_until, wait_for  # noqa: E402
 
 
 def start(lab: NodeLab, ns: str, *extra: str) -> IPv4Network:

@@ -8,17 +8,9 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Network
 
-from netweft.daemon import underlay
-from netweft.daemon.nodelab import NodeLab, poll_until, wait_for
-
-
-def ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True).stdout
-
-
-def fdb(ns: str, dev: str = "flannel.1") -> str:
-    return subprocess.run(["bridge", "-n", ns, "fdb", "show", "dev", dev], capture_output=True,
-                          text=True).stdout
+from support import underlay
+from support.kernel import fdb, ip
+from support.nodelab import NodeLab, poll_until, wait_for
 
 
 def kernel_dump(ns: str, dev: str = "flannel.1") -> str:

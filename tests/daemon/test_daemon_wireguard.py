@@ -12,14 +12,11 @@ import subprocess
 import time
 
 from netweft.backends.wireguard_wg import Wg
-from netweft.daemon import underlay
-from netweft.daemon.nodelab import NodeLab, wait_for
+from support import underlay
+from support.kernel import ip
+from support.nodelab import NodeLab, wait_for
 
 BACKEND = {"Type": "wireguard", "PersistentKeepaliveInterval": 25}
-
-
-def ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True).stdout
 
 
 def wg(lab: NodeLab, ns: str) -> Wg:

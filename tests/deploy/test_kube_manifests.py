@@ -9,21 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from kube_cluster import Cluster, converged, running_source, until  # noqa: E402
 from netweft.cni.install import install as cni_install  # noqa: E402
 from netweft.cni.install import plugin_entry  # noqa: E402
 from netweft.daemon.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 from netweft.ipam.config import parse_config  # noqa: E402
 from netweft.proxy.model import ServiceKey  # noqa: E402
+from support.kube_cluster import Cluster, converged, running_source, until  # noqa: E402
 
-MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 NAMESPACE = "netweft-system"
 
 

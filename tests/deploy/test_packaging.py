@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("cni", "daemon", "ipam", "backends", "proxy")
 # Folders that install as their own package, not as a sub-package of the folder they sit in.
 NESTED = {"netweft.kv": "ipam/kv"}

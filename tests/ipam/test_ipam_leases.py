@@ -4,24 +4,19 @@ reservations and a watch that survives compaction and reconnects."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from etcd_scenarios import follow_leases  # noqa: E402
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 from netweft.ipam.config import NetworkConfig, parse_config  # noqa: E402
 from netweft.ipam.lease import Lease  # noqa: E402
 from netweft.ipam.leases import LeaseEvent, LeaseStore, SubnetsExhausted  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from support.etcd_scenarios import follow_leases  # noqa: E402
 
 T = TypeVar("T")
 

@@ -5,18 +5,13 @@ a real etcd are in test_ipam_leases.py."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from etcd_scenarios import follow_leases  # noqa: E402
 from netweft.ipam.config import parse_config  # noqa: E402
 from netweft.ipam.leases import LeaseLost, LeaseStore, SubnetsExhausted  # noqa: E402
 from netweft.kv.memory import MemoryKV  # noqa: E402
+from support.etcd_scenarios import follow_leases  # noqa: E402
 
 CFG = parse_config('{"Network": "10.5.0.0/20", "SubnetLen": 24}')  # 15 subnets after the first
 

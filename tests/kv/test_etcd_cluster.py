@@ -15,14 +15,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from etcd_scenarios import follow_leases  # noqa: E402
 from netweft.daemon.etcd_process import EtcdCluster, EtcdProcess  # noqa: E402
 from netweft.ipam.config import parse_config  # noqa: E402
 from netweft.ipam.leases import LeaseStore  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
+from support.etcd_scenarios import follow_leases  # noqa: E402
 
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 

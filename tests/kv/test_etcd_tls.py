@@ -10,11 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from netweft.daemon.etcd_process import EtcdProcess, ServerTls  # noqa: E402
-from tls_certs import Pki, make_pki  # noqa: E402
+from support.tls_certs import Pki, make_pki  # noqa: E402
 
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 

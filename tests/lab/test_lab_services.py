@@ -25,10 +25,10 @@ import pytest
 from netweft.daemon import netns
 from netweft.daemon.lab.lab import Lab, down
 from netweft.daemon.lab.topology import GATEWAY_IP, LabSpec
-from netweft.daemon.nodelab import poll_until
-from netweft.proxy import testbed
 from netweft.proxy.constants import NFT_TABLE
-from netweft.proxy.testbed import Attempt
+from support import proxy_testbed as testbed
+from support.nodelab import poll_until
+from support.proxy_testbed import Attempt
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -21,7 +21,7 @@ from netweft.daemon.lab import check, inspect, whoami
 from netweft.daemon.lab.capture import Capture
 from netweft.daemon.lab.lab import Lab, down
 from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, LabSpec
-from netweft.daemon.nodelab import poll_until
+from support.nodelab import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

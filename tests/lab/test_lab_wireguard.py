@@ -20,7 +20,7 @@ from netweft.daemon import netns
 from netweft.daemon.lab.capture import Capture
 from netweft.daemon.lab.lab import Lab, running
 from netweft.daemon.lab.topology import LabSpec, Node
-from netweft.daemon.nodelab import poll_until
+from support.nodelab import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

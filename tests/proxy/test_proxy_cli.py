@@ -15,7 +15,7 @@ NETWEFT = [sys.executable, "-m", "netweft.daemon.cli"]
 def run(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.run([*prefix, *NETWEFT, *args], capture_output=True, text=True,
-                          timeout=60, cwd=Path(__file__).parent.parent)
+                          timeout=60, cwd=Path(__file__).parents[2])
 
 
 def test_bad_arguments_are_one_line(netns_factory: Callable[[str], str]) -> None:

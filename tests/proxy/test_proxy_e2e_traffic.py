@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess
-from netweft.proxy.testbed import Testbed, run_in
+from support.proxy_testbed import Testbed, run_in
 
 pytestmark = pytest.mark.lab
 NETWEFT = str(Path(sys.executable).parent / "netweft")

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from etcd_scenarios import converge, random_changes, truth  # noqa: E402
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 from netweft.kv.backoff import Backoff  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
@@ -38,7 +33,8 @@ from netweft.proxy.records import (  # noqa: E402
     services_dir,
 )
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
-from proxy_sink import RecordingSink, eventually  # noqa: E402
+from support.etcd_scenarios import converge, random_changes, truth  # noqa: E402
+from support.proxy_sink import RecordingSink, eventually  # noqa: E402
 
 
 def web_record(**changes: object) -> ServiceRecord:

@@ -23,7 +23,7 @@ from netweft.proxy.model import (
 from netweft.proxy.nft_apply import NftApplier
 from netweft.proxy.plan import NodeContext
 from netweft.proxy.runner import ProxyRunner, RunnerOptions
-from netweft.proxy.testbed import Testbed
+from support.proxy_testbed import Testbed
 
 pytestmark = pytest.mark.lab
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))
@@ -184,7 +184,7 @@ def test_restart_does_not_flap(bed: Testbed, proxy: ProxyRunner) -> None:
         again_ipt = IptablesDataplane(NODE, IptablesApplier(netns=bed.node))
         again_ipt.sync({svc.key: proxy.plans[svc.key]}, full=True)
         again_ipt.sync({svc.key: proxy.plans[svc.key]}, full=True)
-        from netweft.proxy.testbed import run_in
+        from support.proxy_testbed import run_in
         save = run_in(bed.node, ["iptables-save", "-t", "nat"]).stdout
         assert save.count("-j NETWEFT-SERVICES") == 2      # PREROUTING + OUTPUT, once each
     [a] = bed.connect(bed.client, "10.96.0.10", 80)

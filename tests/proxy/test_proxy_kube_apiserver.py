@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from kube_cluster import Cluster, converged, running_source, until  # noqa: E402
 from netweft.daemon.controlplane import ControlPlane  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
 from netweft.proxy.model import (  # noqa: E402
@@ -29,6 +23,7 @@ from netweft.proxy.model import (  # noqa: E402
     ServiceKey,
     ServiceType,
 )
+from support.kube_cluster import Cluster, converged, running_source, until  # noqa: E402
 
 
 def run(coro_fn, plane: ControlPlane) -> None:  # type: ignore[no-untyped-def]

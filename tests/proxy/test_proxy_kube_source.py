@@ -17,22 +17,9 @@ watches that end, compaction, restarts) is tested against it in tests/test_proxy
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import kubeapi_server as kapi  # noqa: E402
-from kube_scenarios import (  # noqa: E402
-    converged,
-    ep,
-    populate,
-    random_changes_with_faults,
-    run_with_source,
-    tcp,
-)
 from netweft.proxy.model import (  # noqa: E402
     Endpoint,
     EndpointPort,
@@ -49,7 +36,16 @@ from netweft.proxy.sources.kubeconvert import (  # noqa: E402
     service_from_kube,
     slice_service,
 )
-from proxy_sink import RecordingSink, eventually  # noqa: E402
+from support import kubeapi_server as kapi  # noqa: E402
+from support.kube_scenarios import (  # noqa: E402
+    converged,
+    ep,
+    populate,
+    random_changes_with_faults,
+    run_with_source,
+    tcp,
+)
+from support.proxy_sink import RecordingSink, eventually  # noqa: E402
 
 # --- the converters, by hand ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from netweft.proxy.nftables import PROTOCOLS
 from netweft.proxy.plan import NodeContext, plan_service
 from netweft.proxy.runner import ProxyRunner, RunnerOptions
 from netweft.proxy.sources.base import ChangeSink
-from netweft.proxy.testbed import Testbed, run_in
+from support.proxy_testbed import Testbed, run_in
 
 pytestmark = pytest.mark.lab
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))

@@ -5,7 +5,6 @@ fallback, affinity, traffic policies, reject/drop, hairpin, masquerade, TCP/UDP/
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,8 @@ from netweft.proxy.model import (
 )
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import Backend, NodeContext, plan_service
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fake_nft import FakeNft, FakeTable  # noqa: E402
-from proxy_trace import IptablesTracer, NftTracer, Packet, Trace  # noqa: E402
+from support.fake_nft import FakeNft, FakeTable  # noqa: E402
+from support.proxy_trace import IptablesTracer, NftTracer, Packet, Trace  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy"
 NODE = NodeContext("node-a", ("192.0.2.11",), ("10.244.0.0/16",))

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
+KUBEAPI_SERVER = TESTS / "support" / "kubeapi_server.py"
 NETWEFT = str(Path(sys.executable).parent / "netweft")
 NODE_IP = "192.0.2.1"
 
@@ -136,7 +137,7 @@ asyncio.run(main())
 
 
 def test_kube_api_reaches_the_kernel_across_drops_and_410(node: str, tmp_path: Path) -> None:
-    server = subprocess.Popen(in_ns(node, sys.executable, str(TESTS / "kubeapi_server.py")),
+    server = subprocess.Popen(in_ns(node, sys.executable, str(KUBEAPI_SERVER)),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               start_new_session=True, cwd=str(TESTS.parent))
     assert server.stdin is not None and server.stdout is not None

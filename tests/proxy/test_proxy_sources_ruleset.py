@@ -9,23 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import kubeapi_server as kapi  # noqa: E402
-from etcd_scenarios import random_changes, truth  # noqa: E402
-from kube_scenarios import (  # noqa: E402
-    expected_model,
-    populate,
-    random_changes_with_faults,
-    run_with_source,
-)
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 from netweft.kv.backoff import Backoff  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
@@ -34,7 +22,15 @@ from netweft.proxy import plan as plan_mod  # noqa: E402
 from netweft.proxy import tracker as tracker_mod  # noqa: E402
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
 from netweft.proxy.sources.kube import KubeSource  # noqa: E402
-from proxy_sink import eventually  # noqa: E402
+from support import kubeapi_server as kapi  # noqa: E402
+from support.etcd_scenarios import random_changes, truth  # noqa: E402
+from support.kube_scenarios import (  # noqa: E402
+    expected_model,
+    populate,
+    random_changes_with_faults,
+    run_with_source,
+)
+from support.proxy_sink import eventually  # noqa: E402
 
 NODE = plan_mod.NodeContext("node1", ("192.0.2.11",), ("10.244.0.0/16",))
 

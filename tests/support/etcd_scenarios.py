@@ -22,7 +22,8 @@ from netweft.proxy.records import (
     service_key,
     services_dir,
 )
-from proxy_sink import RecordingSink, eventually
+
+from support.proxy_sink import RecordingSink, eventually
 
 Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 

@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from kube_scenarios import Model, model_from_objects
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.resources.core_v1 import Namespace, Node, Pod, Service
 from lightkube.types import PatchType
 from netweft.daemon.controlplane import ControlPlane
 from netweft.kv.backoff import Backoff
 from netweft.proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource
-from proxy_sink import RecordingSink
+
+from support.kube_scenarios import Model, model_from_objects
+from support.proxy_sink import RecordingSink
 
 Obj = dict[str, Any]
 _names = itertools.count()

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import kubeapi_server as kapi
 from netweft.kv.backoff import Backoff
 from netweft.proxy.model import Endpoint, Service, ServiceKey
 from netweft.proxy.sources.base import ChangeSink
@@ -20,7 +19,9 @@ from netweft.proxy.sources.kubeconvert import (
     service_from_kube,
     slice_service,
 )
-from proxy_sink import RecordingSink, eventually
+
+from support import kubeapi_server as kapi
+from support.proxy_sink import RecordingSink, eventually
 
 Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 

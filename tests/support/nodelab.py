@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 
-from netweft.daemon import netns, underlay
+from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
+
+from support import underlay
 
 ETCD_IP = "192.0.2.254"
 

@@ -16,9 +16,10 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 
-from fake_nft import FakeTable
 from netweft.proxy.constants import MASQUERADE_MARK
 from netweft.proxy.plan import Backend
+
+from support.fake_nft import FakeTable
 
 
 @dataclass(frozen=True)
