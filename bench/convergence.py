@@ -110,7 +110,7 @@ def ip(ns: str, *lines: str, tool: str = "ip") -> None:
 
 def build_joiner(lab: Lab) -> str:
     ns = f"{lab.topo.prefix}-joiner"
-    underlay.attach_host(lab.topo, underlay.Host(ns, "joiner", JOINER_IP))
+    underlay.attach_host(lab.topo.underlay_ns, underlay.Host(ns, "joiner", JOINER_IP))
     node1 = lab.topo.node("node1")
     subnet = lab.node_network(node1)
     assert subnet is not None

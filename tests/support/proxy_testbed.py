@@ -1,12 +1,15 @@
-"""A small real-kernel topology for exercising the proxy's dataplane (tests, benchmarks, lab):
+"""A small real-kernel topology for exercising the proxy's dataplane (tests, benchmarks):
 
-    client ns eth0 192.0.2.1/24 --- eth0 192.0.2.11/24 node ns cni0 10.244.1.1/24 --- pods
+    client ns eth0 192.0.2.1/24 -- br0 -- eth0 192.0.2.11/24 node ns cni0 10.244.1.1/24 -- pods
     (routes 10.96.0.0/12, 203.0.113.0/24,      (forwarding on; default route      10.244.1.x
      10.244.0.0/16 via the node)                via the client: service IPs route)
 
-Namespaces come from a caller-supplied ``make_ns(tag)`` (the tests' ``netns_factory``), which
-also owns their deletion. Pods run a tiny TCP+UDP server answering ``"<own ip> <peer ip>"``; the
-client helper connects N times and reports who answered, or how the attempt failed.
+The underlay is the lab's (netweft.daemon.lab.underlay, its address plan: the client is the
+outside host ``.1``, the node is node 1 at ``.11``). Namespaces come from a caller-supplied
+``make_ns(tag)`` (the tests' ``netns_factory``), which also owns their deletion. Pods run the
+labs' echo server (netweft.daemon.lab.whoami, ``--name <own ip>``: it answers
+``"<own ip> <peer ip>"``); the client helper connects N times and reports who answered, or
+how the attempt failed.
 """
 
 from __future__ import annotations
@@ -18,38 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-SERVER = r"""
-import socket, sys, threading
-ip = sys.argv[1]
-def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(512)
-    while True:
-        c, peer = s.accept()
-        try: c.sendall(f"{ip} {peer[0]}\n".encode())
-        except OSError: pass
-        c.close()
-def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-    while True:
-        data, peer = s.recvfrom(2048)
-        s.sendto(f"{ip} {peer[0]}\n".encode(), peer)
-def sctp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
-    while True:
-        c, peer = s.accept()
-        try: c.sendall(f"{ip} {peer[0]}\n".encode())
-        except OSError: pass
-        c.close()
-kinds = {"tcp": tcp, "udp": udp, "sctp": sctp}
-for spec in sys.argv[2:]:
-    proto, port = spec.split(":")
-    threading.Thread(target=kinds[proto], args=(int(port),), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
+from netweft.daemon.lab import topology, underlay
 
 CLIENT = r"""
 import json, socket, sys, time
@@ -112,8 +84,8 @@ class Testbed:
 
     node: str
     client: str
-    node_ip: str = "192.0.2.11"
-    client_ip: str = "192.0.2.1"
+    node_ip: str = str(topology.node_ip(1))
+    client_ip: str = str(topology.GATEWAY_IP)
     bridge_ip: str = "10.244.1.1"
     pods: dict[str, Pod] = field(default_factory=dict)     # ip -> pod
     make_ns: Callable[[str], str] | None = None
@@ -170,8 +142,10 @@ def _ip(ns: str, *args: str) -> None:
 
 
 def start_server(ns: str, ip: str, serve: Sequence[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, ip,
-                             *serve], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listeners = [arg for spec in serve for arg in ("--listen", spec)]
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
+                             "netweft.daemon.lab.whoami", "serve", "--name", ip, *listeners],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if line.strip() != "ready":
@@ -184,19 +158,17 @@ def start_server(ns: str, ip: str, serve: Sequence[str]) -> subprocess.Popen[str
 def build(make_ns: Callable[[str], str]) -> Testbed:
     """Node + client namespaces wired as in the module docstring (no pods yet)."""
     node, client = make_ns("pnode"), make_ns("pcli")
+    underlay_ns = make_ns("pul")
     bed = Testbed(node, client, make_ns=make_ns)
-    _ip(node, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", client)
-    _ip(node, "addr", "add", f"{bed.node_ip}/24", "dev", "eth0")
-    _ip(node, "link", "set", "eth0", "up")
-    _ip(client, "addr", "add", f"{bed.client_ip}/24", "dev", "eth0")
-    _ip(client, "link", "set", "eth0", "up")
+    underlay.create_underlay(underlay_ns)
+    underlay.attach_host(underlay_ns, underlay.Host(client, "client", topology.GATEWAY_IP))
+    underlay.attach_host(underlay_ns, underlay.Host(node, "node", topology.node_ip(1),
+                                                    gateway=topology.GATEWAY_IP, forwarding=True))
     _ip(node, "link", "add", "cni0", "type", "bridge")
     _ip(node, "addr", "add", f"{bed.bridge_ip}/24", "dev", "cni0")
     _ip(node, "link", "set", "cni0", "up")
-    _ip(node, "route", "add", "default", "via", bed.client_ip)
     for net in ("10.96.0.0/12", "203.0.113.0/24", "10.244.0.0/16"):
         _ip(client, "route", "add", net, "via", bed.node_ip)
-    run_in(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     # the kernel rate-limits ICMP errors per destination host, even the first one here: the
     # tests count every "port unreachable" a rejected UDP service sends
     run_in(node, ["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])

@@ -1,18 +1,21 @@
-"""A small "physical" network of namespaces for node-level tests and benchmarks.
+"""The tests' small "physical" network: the shared builder (netweft.daemon.lab.underlay, the
+lab's own) over namespaces the test made, plus the test-only pieces (a pod-bridge stand-in,
+ping).
 
-An underlay namespace holds a bridge; every node namespace gets an ``eth0`` veth whose other end
-is plugged into that bridge (the veth is created from inside the node namespace, so nothing is
-ever added to the root namespace). Optionally an "outside" namespace on the same bridge acts as
-the nodes' default gateway, the stand-in for the world beyond the cluster.
+Addresses are the lab's plan (netweft.daemon.lab.topology): the outside host, when given, is
+``.1`` and the nodes' default gateway; the test's nodes are numbered from 0, node N at
+``.(10+N)`` (node0 = 192.0.2.10, node1 = 192.0.2.11, as the lab's node N).
 """
 
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 
 from netweft.daemon import netns
+from netweft.daemon.lab import underlay as shared
+from netweft.daemon.lab.topology import GATEWAY_IP, node_ip
 
 
 @dataclass(frozen=True)
@@ -27,29 +30,20 @@ def _ip(*args: str) -> None:
 
 
 def build(underlay_ns: str, node_nss: list[str], outside_ns: str | None = None,
-          network: IPv4Network | None = None, first_host: int = 10,
-          mtu: int = 1500) -> list[UnderlayNode]:
-    """Wire existing namespaces: a bridge in ``underlay_ns``, ``eth0`` in each node (addresses
-    from ``first_host`` on) and, if given, ``eth0`` = .1 in ``outside_ns`` as default gateway."""
-    network = network or IPv4Network("192.0.2.0/24")
-    _ip("-n", underlay_ns, "link", "add", "br0", "type", "bridge")
-    _ip("-n", underlay_ns, "link", "set", "br0", "up")
-    gateway = network.network_address + 1
-    plen = network.prefixlen
-    members = list(node_nss) + ([outside_ns] if outside_ns else [])
+          mtu: int | None = None) -> list[UnderlayNode]:
+    """Wire existing namespaces: the bridge in ``underlay_ns``, ``eth0`` in each node (node i at
+    ``node_ip(i)``) and, if given, ``eth0`` = the gateway address in ``outside_ns``, which then
+    is the nodes' default route. ``mtu``: bytes on every veth (None: 1500). Raises
+    ``LabBuildError`` when an ``ip`` command fails."""
+    shared.create_underlay(underlay_ns)
+    if outside_ns:
+        shared.attach_host(underlay_ns, shared.Host(outside_ns, "outside", GATEWAY_IP, mtu=mtu))
     nodes = []
-    for i, ns in enumerate(members):
-        port = f"p{i}"
-        _ip("-n", ns, "link", "add", "eth0", "mtu", str(mtu), "type", "veth", "peer", "name",
-            port, "netns", underlay_ns)
-        _ip("-n", underlay_ns, "link", "set", port, "mtu", str(mtu), "master", "br0", "up")
-        addr = gateway if ns == outside_ns else network.network_address + first_host + i
-        _ip("-n", ns, "addr", "add", f"{addr}/{plen}", "dev", "eth0")
-        _ip("-n", ns, "link", "set", "eth0", "up")
-        if ns != outside_ns:
-            if outside_ns:
-                _ip("-n", ns, "route", "add", "default", "via", str(gateway))
-            nodes.append(UnderlayNode(ns, IPv4Address(addr)))
+    for i, ns in enumerate(node_nss):
+        host = shared.Host(ns, f"p{i}", node_ip(i), gateway=GATEWAY_IP if outside_ns else None,
+                           mtu=mtu)
+        shared.attach_host(underlay_ns, host)
+        nodes.append(UnderlayNode(ns, host.ip))
     return nodes
 
 
@@ -63,6 +57,7 @@ def add_pod_stand_in(ns: str, addr: IPv4Interface, name: str = "nwpod0") -> None
 
 def ping(ns: str, dst: IPv4Address | str, src: IPv4Address | str | None = None,
          count: int = 1, timeout: int = 2) -> bool:
+    """True when ``ping -c count -W timeout(seconds)`` from ``ns`` gets an answer."""
     cmd = ["ping", "-c", str(count), "-W", str(timeout)]
     if src is not None:
         cmd += ["-I", str(src)]
