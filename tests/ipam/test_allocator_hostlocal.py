@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
 from collections.abc import Callable
 from ipaddress import ip_address, ip_network
 
 import pytest
+from netweft.cni.invoke import PluginCall, PluginReply, invoke
 from netweft.ipam.allocator import (
     IPRange,
     NodeAllocator,
@@ -108,14 +108,12 @@ def test_concurrent_processes_never_collide(tmp_path) -> None:
     assert len(alloc(tmp_path).allocations()) == 80
 
 
-def _host_local(node: str, command: str, cid: str, data_dir: str) -> subprocess.CompletedProcess:
+def _host_local(node: str, command: str, cid: str, data_dir: str) -> PluginReply:
     conf = {"cniVersion": "1.0.0", "name": "net",
             "ipam": {"type": "host-local", "subnet": "10.244.1.0/24", "gateway": "10.244.1.1",
                      "dataDir": data_dir}}
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/proc/self/ns/net",
-           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
-    return subprocess.run(["ip", "netns", "exec", node, HOST_LOCAL], input=json.dumps(conf),
-                          env=env, capture_output=True, text=True, check=False)
+    return invoke(PluginCall(HOST_LOCAL, command, conf, cid, "/proc/self/ns/net", "eth0",
+                             cni_path="/usr/lib/cni", node_netns=node))
 
 
 def test_interoperates_with_reference_host_local(tmp_path,
@@ -129,13 +127,13 @@ def test_interoperates_with_reference_host_local(tmp_path,
     theirs = set()
     for i in range(3):
         r = _host_local(node, "ADD", f"ref-{i}", data)
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.exit_code == 0, r.stdout + r.stderr
         theirs.add(json.loads(r.stdout)["ips"][0]["address"].split("/")[0])
     assert not mine & theirs
     assert len(ours.allocations()) == 6
     more = {str(ours.allocate(f"ours-{i}", "eth0")[0].ip) for i in range(3, 6)}
     assert not more & theirs
     # host-local releases what it made, we release ours: same files, same directory
-    assert _host_local(node, "DEL", "ref-0", data).returncode == 0
+    assert _host_local(node, "DEL", "ref-0", data).exit_code == 0
     assert ours.release("ref-1", "eth0") != []  # we read host-local's files too
     assert len(ours.allocations()) == 6 + 3 - 2
