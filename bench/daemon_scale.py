@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from netweft.daemon import netns  # noqa: E402
 from netweft.daemon.lab import flannel  # noqa: E402
-from support.nodelab import NodeLab, wait_for  # noqa: E402
+from support.nodelab import NodeLab  # noqa: E402
+from support.polling import wait_for  # noqa: E402
 
 PUT_SCRIPT = r"""
 import asyncio, json, sys

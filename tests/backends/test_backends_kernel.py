@@ -6,54 +6,24 @@ No etcd here: leases are built by hand; the daemon tests cover the etcd side.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from netweft.backends.base import RTPROT_NETWEFT, BackendError
 from netweft.backends.hostgw import HostGwBackend
-from netweft.backends.netlink import Netlink
 from netweft.backends.vxlan import VxlanBackend, VxlanSettings, load_vtep_mac
-from netweft.daemon import iface
 from netweft.ipam.lease import Lease
 from support import underlay
+from support.backend_nodes import BackendNode
 from support.kernel import ip_out
 
 
-@dataclass
-class Node:
-    ns: str
-    nl: Netlink
-    side: iface.PublicSide
-    subnet: IPv4Network
-
-
-@pytest.fixture
-def nodes(netns_factory: Callable[[str], str]) -> Iterator[list[Node]]:
-    ul = netns_factory("dul")
-    names = [netns_factory("dn"), netns_factory("dn")]
-    built = underlay.build(ul, names)
-    out = []
-    for i, n in enumerate(built):
-        nl = Netlink(netns=n.ns)
-        side = iface.select(nl, iface.IfaceOptions(ifaces=("eth0",)))
-        subnet = IPv4Network(f"10.244.{i + 1}.0/24")
-        underlay.add_pod_stand_in(n.ns, IPv4Interface(f"10.244.{i + 1}.1/24"))
-        out.append(Node(n.ns, nl, side, subnet))
-    try:
-        yield out
-    finally:
-        for node in out:
-            node.nl.close()
-
-
-def vxlan_leases(nodes: list[Node], backends: list[VxlanBackend]) -> list[Lease]:
+def vxlan_leases(nodes: list[BackendNode], backends: list[VxlanBackend]) -> list[Lease]:
     return [Lease(n.subnet, n.side.public_ip, "vxlan", b.backend_data(), etcd_lease_id=1)
             for n, b in zip(nodes, backends, strict=True)]
 
 
-def test_vxlan_programs_peers_and_pods_reach_each_other(nodes: list[Node], tmp_path) -> None:
+def test_vxlan_programs_peers_and_pods_reach_each_other(nodes: list[BackendNode], tmp_path) -> None:
     backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=1),
                              state_dir=str(tmp_path / n.ns)) for n in nodes]
     leases = vxlan_leases(nodes, backends)
@@ -84,7 +54,7 @@ def test_vxlan_programs_peers_and_pods_reach_each_other(nodes: list[Node], tmp_p
 
 
 def test_vxlan_reconcile_restores_hand_deleted_entries_and_removes_strays(
-        nodes: list[Node], tmp_path) -> None:
+        nodes: list[BackendNode], tmp_path) -> None:
     backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=7)) for n in nodes]
     leases = vxlan_leases(nodes, backends)
     for be, own in zip(backends, leases, strict=True):
@@ -121,7 +91,7 @@ def test_vxlan_reconcile_restores_hand_deleted_entries_and_removes_strays(
     assert underlay.ping(a.ns, "10.244.2.1", src="10.244.1.1")
 
 
-def test_vxlan_removed_lease_removes_its_entries(nodes: list[Node]) -> None:
+def test_vxlan_removed_lease_removes_its_entries(nodes: list[BackendNode]) -> None:
     backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=1)) for n in nodes]
     leases = vxlan_leases(nodes, backends)
     be = backends[0]
@@ -137,7 +107,8 @@ def test_vxlan_removed_lease_removes_its_entries(nodes: list[Node]) -> None:
                                                text=True).stdout
 
 
-def test_vxlan_direct_routing_uses_underlay_routes_for_on_link_peers(nodes: list[Node]) -> None:
+def test_vxlan_direct_routing_uses_underlay_routes_for_on_link_peers(
+        nodes: list[BackendNode]) -> None:
     backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=1, direct_routing=True))
                 for n in nodes]
     leases = vxlan_leases(nodes, backends)
@@ -151,7 +122,7 @@ def test_vxlan_direct_routing_uses_underlay_routes_for_on_link_peers(nodes: list
     assert underlay.ping(a.ns, "10.244.2.1", src="10.244.1.1")
 
 
-def test_add_and_remove_one_peer(nodes: list[Node]) -> None:
+def test_add_and_remove_one_peer(nodes: list[BackendNode]) -> None:
     backends = [VxlanBackend(n.nl, n.side.underlay, VxlanSettings(vni=1)) for n in nodes]
     leases = vxlan_leases(nodes, backends)
     be, own, peer = backends[0], leases[0], leases[1]
@@ -167,7 +138,7 @@ def test_add_and_remove_one_peer(nodes: list[Node]) -> None:
     assert "10.244.2.0" not in ip_out(a.ns, "neigh", "show", "dev", "flannel.1")
 
 
-def test_hostgw_programs_gateway_routes(nodes: list[Node]) -> None:
+def test_hostgw_programs_gateway_routes(nodes: list[BackendNode]) -> None:
     backends = [HostGwBackend(n.nl, n.side.underlay) for n in nodes]
     leases = [Lease(n.subnet, n.side.public_ip, "host-gw", {}, etcd_lease_id=1) for n in nodes]
     for be, own in zip(backends, leases, strict=True):
@@ -181,7 +152,7 @@ def test_hostgw_programs_gateway_routes(nodes: list[Node]) -> None:
     assert underlay.ping(b.ns, "10.244.1.1", src="10.244.2.1")
 
 
-def test_hostgw_refuses_a_peer_that_is_not_on_link(nodes: list[Node]) -> None:
+def test_hostgw_refuses_a_peer_that_is_not_on_link(nodes: list[BackendNode]) -> None:
     a = nodes[0]
     be = HostGwBackend(a.nl, a.side.underlay)
     own = Lease(a.subnet, a.side.public_ip, "host-gw", {}, etcd_lease_id=1)

@@ -13,18 +13,16 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 from netweft.backends.base import RTPROT_NETWEFT
-from netweft.backends.netlink import Netlink
 from netweft.backends.wireguard import WireGuardBackend, WireGuardSettings
 from netweft.backends.wireguard_wg import Wg
-from netweft.daemon import iface
 from netweft.ipam.lease import Lease
 from support import underlay
+from support.backend_nodes import BackendNode, build_nodes
 from support.kernel import ip_out
 
 NETWORK = IPv4Network("10.244.0.0/16")
@@ -32,40 +30,13 @@ PSK = "f4i+6UMm6sg3AZcF6FQDwl7lVhQFt1SHMd0BGUR+0Ik="
 OTHER_PSK = "Xl0hKk8rB6SJ7q4jyJHcQ0yX2S1S3Ihoe+1HrXkqk2Y="
 
 
-@dataclass
-class Node:
-    ns: str
-    nl: Netlink
-    side: iface.PublicSide
-    subnet: IPv4Network
-    state: Path
-
-
 @pytest.fixture
-def nodes(netns_factory: Callable[[str], str], tmp_path: Path) -> Iterator[list[Node]]:
-    ul = netns_factory("wul")
-    built = underlay.build(ul, [netns_factory("wn"), netns_factory("wn")])
-    out = []
-    for i, n in enumerate(built):
-        nl = Netlink(netns=n.ns)
-        side = iface.select(nl, iface.IfaceOptions(ifaces=("eth0",)))
-        underlay.add_pod_stand_in(n.ns, IPv4Interface(f"10.244.{i + 1}.1/24"))
-        out.append(Node(n.ns, nl, side, IPv4Network(f"10.244.{i + 1}.0/24"),
-                        tmp_path / f"node{i + 1}"))
-    try:
-        yield out
-    finally:
-        for node in out:
-            node.nl.close()
-
-
-@pytest.fixture
-def make_backend(nodes: list[Node]) -> Iterator[Callable[..., WireGuardBackend]]:
+def make_backend(nodes: list[BackendNode]) -> Iterator[Callable[..., WireGuardBackend]]:
     """``make(node, **settings)``; every backend made is closed (its wireguard-go stopped)
     before the namespaces go."""
     made: list[WireGuardBackend] = []
 
-    def make(node: Node, **kw: object) -> WireGuardBackend:
+    def make(node: BackendNode, **kw: object) -> WireGuardBackend:
         kw.setdefault("key_file", str(node.state / "wgkey"))
         be = WireGuardBackend(node.nl, node.side.underlay, WireGuardSettings(**kw),  # type: ignore[arg-type]
                               state_dir=str(node.state), network=NETWORK)
@@ -79,12 +50,12 @@ def make_backend(nodes: list[Node]) -> Iterator[Callable[..., WireGuardBackend]]
             be.close()
 
 
-def leases_of(nodes: list[Node], backends: list[WireGuardBackend]) -> list[Lease]:
+def leases_of(nodes: list[BackendNode], backends: list[WireGuardBackend]) -> list[Lease]:
     return [Lease(n.subnet, n.side.public_ip, "wireguard", b.backend_data(), etcd_lease_id=1)
             for n, b in zip(nodes, backends, strict=True)]
 
 
-def bring_up(nodes: list[Node], backends: list[WireGuardBackend]) -> list[Lease]:
+def bring_up(nodes: list[BackendNode], backends: list[WireGuardBackend]) -> list[Lease]:
     leases = leases_of(nodes, backends)
     for be, own in zip(backends, leases, strict=True):
         be.setup(own)
@@ -94,7 +65,7 @@ def bring_up(nodes: list[Node], backends: list[WireGuardBackend]) -> list[Lease]
 
 
 def test_wireguard_userspace_device_peers_and_pods_reach_each_other(
-        nodes: list[Node], make_backend: Callable[..., WireGuardBackend]) -> None:
+        nodes: list[BackendNode], make_backend: Callable[..., WireGuardBackend]) -> None:
     backends = [make_backend(n, keepalive=25) for n in nodes]
     leases = bring_up(nodes, backends)
     a, b = nodes
@@ -124,7 +95,7 @@ def test_wireguard_userspace_device_peers_and_pods_reach_each_other(
 
 
 def test_wireguard_key_file_is_flannel_format_0600_and_kept_across_restarts(
-        nodes: list[Node], make_backend: Callable[..., WireGuardBackend]) -> None:
+        nodes: list[BackendNode], make_backend: Callable[..., WireGuardBackend]) -> None:
     node = nodes[0]
     first = make_backend(node)
     data = first.backend_data()
@@ -137,7 +108,7 @@ def test_wireguard_key_file_is_flannel_format_0600_and_kept_across_restarts(
 
 
 def test_wireguard_reconcile_restores_deleted_peer_and_route_and_restarts_wireguard_go(
-        nodes: list[Node], make_backend: Callable[..., WireGuardBackend]) -> None:
+        nodes: list[BackendNode], make_backend: Callable[..., WireGuardBackend]) -> None:
     backends = [make_backend(n) for n in nodes]
     leases = bring_up(nodes, backends)
     a = nodes[0]
@@ -177,18 +148,11 @@ def test_wireguard_reconcile_restores_deleted_peer_and_route_and_restarts_wiregu
 def test_wireguard_key_change_replaces_only_that_peer(
         netns_factory: Callable[[str], str], tmp_path: Path) -> None:
     """Three nodes; node 3 gets a new key: node 1 swaps exactly that peer in one change."""
-    ul = netns_factory("wul")
-    built = underlay.build(ul, [netns_factory("wn") for _ in range(3)])
-    nodes, backends = [], []
+    nodes = build_nodes(netns_factory, 3, tmp_path)
+    backends = []
     try:
-        for i, n in enumerate(built):
-            nl = Netlink(netns=n.ns)
-            side = iface.select(nl, iface.IfaceOptions(ifaces=("eth0",)))
-            underlay.add_pod_stand_in(n.ns, IPv4Interface(f"10.244.{i + 1}.1/24"))
-            node = Node(n.ns, nl, side, IPv4Network(f"10.244.{i + 1}.0/24"),
-                        tmp_path / f"node{i + 1}")
-            nodes.append(node)
-            backends.append(WireGuardBackend(nl, side.underlay, WireGuardSettings(
+        for node in nodes:
+            backends.append(WireGuardBackend(node.nl, node.side.underlay, WireGuardSettings(
                 key_file=str(node.state / "wgkey")), state_dir=str(node.state)))
         leases = bring_up(nodes, backends)
         old_key = leases[2].backend_data["PublicKey"]
@@ -222,7 +186,7 @@ def test_wireguard_key_change_replaces_only_that_peer(
 
 
 def test_wireguard_psk_mismatch_cannot_talk_and_matching_psk_can(
-        nodes: list[Node], make_backend: Callable[..., WireGuardBackend]) -> None:
+        nodes: list[BackendNode], make_backend: Callable[..., WireGuardBackend]) -> None:
     a, b = nodes
     backends = [make_backend(a, psk=PSK), make_backend(b, psk=OTHER_PSK)]
     bring_up(nodes, backends)

@@ -10,24 +10,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from netweft.cni.wiring import host_veth_name
 from netweft.daemon import netns
 from support.cni_harness import CniNode
 
-
-@pytest.fixture(params=["bash", "inproc"])
-def node(request: pytest.FixtureRequest, netns_factory: Callable[[str], str],
-         tmp_path: os.PathLike[str]) -> Iterator[CniNode]:
-    n = CniNode(netns_factory("anode"), str(tmp_path), options={"ipMasq": False})
-    if request.param == "bash":
-        n.start_server()
-    try:
-        yield n
-    finally:
-        n.stop_server()
+CNI_LAUNCHERS = ("bash", "inproc")
 
 
 def routes(ns: str) -> list[tuple[str, str, str]]:

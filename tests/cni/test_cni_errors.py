@@ -7,13 +7,15 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netweft.cni.spec import SUPPORTED_VERSIONS
 from support.cni_harness import CniNode
+
+CNI_LAUNCHERS = ("bash", "python", "inproc")
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -54,45 +56,8 @@ def validate_error(text: str) -> dict:
     return err
 
 
-@pytest.fixture(scope="module")
-def module_ns() -> Iterator[Callable[[str], str]]:
-    from netweft.daemon import netns as nsmod
-
-    made: list[str] = []
-    counter = iter(range(10_000))
-
-    def make(tag: str) -> str:
-        name = f"nwc-{os.getpid() % 100000}-{tag}-{next(counter)}"
-        nsmod.add(name)
-        made.append(name)
-        return name
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    try:
-        yield make
-    finally:
-        for name in reversed(made):
-            nsmod.delete(name)
-
-
-@pytest.fixture(scope="module", params=["bash", "python", "inproc"])
-def node(request: pytest.FixtureRequest, module_ns: Callable[[str], str],
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[CniNode]:
-    n = CniNode(module_ns("cnode"), str(tmp_path_factory.mktemp("cni")),
-                options={"ipMasq": False})
-    # bash: the installed launcher's TCP fast path; python: the server without its TCP
-    # listener (no token file: the launcher falls back to the unix socket); inproc: no server
-    if request.param != "inproc":
-        n.start_server(tcp=request.param == "bash")
-    try:
-        yield n
-    finally:
-        n.stop_server()
-
-
-def test_version_output(node: CniNode) -> None:
-    r = node.call("VERSION", ifname="", config={"cniVersion": "1.0.0"})
+def test_version_output(module_node: CniNode) -> None:
+    r = module_node.call("VERSION", ifname="", config={"cniVersion": "1.0.0"})
     assert r.exit_code == 0
     info = r.json()
     assert info["cniVersion"] in info["supportedVersions"]
@@ -100,32 +65,34 @@ def test_version_output(node: CniNode) -> None:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_result_for_each_version_validates(node: CniNode, module_ns: Callable[[str], str],
+def test_result_for_each_version_validates(module_node: CniNode,
+                                           module_netns_factory: Callable[[str], str],
                                            version: str) -> None:
-    pod = module_ns("cpod")
+    pod = module_netns_factory("cpod")
     cid = f"ver-{version.replace('.', '')}"
-    r = node.call("ADD", cid, f"/run/netns/{pod}", version=version)
+    r = module_node.call("ADD", cid, f"/run/netns/{pod}", version=version)
     assert r.exit_code == 0, r.stdout
     validate_result(r.json(), version)
-    assert node.call("DEL", cid, f"/run/netns/{pod}", version=version).exit_code == 0
+    assert module_node.call("DEL", cid, f"/run/netns/{pod}", version=version).exit_code == 0
 
 
-def _code(node: CniNode, **kw: object) -> dict:
-    r = node.call(**kw)  # type: ignore[arg-type]
+def _code(module_node: CniNode, **kw: object) -> dict:
+    r = module_node.call(**kw)  # type: ignore[arg-type]
     assert r.exit_code == 1, r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     return validate_error(r.stdout)
 
 
-def test_malformed_json_is_code_6(node: CniNode) -> None:
-    err = _code(node, command="ADD", container_id="c1", netns="/run/netns/x", config=b"{nope")
+def test_malformed_json_is_code_6(module_node: CniNode) -> None:
+    err = _code(module_node, command="ADD", container_id="c1", netns="/run/netns/x",
+                config=b"{nope")
     assert err["code"] == 6 and "JSON" in err["msg"]
 
 
 @pytest.mark.parametrize("version", ["0.2.0", "0.1.0", "9.9.9", "1.2.0"])
-def test_unknown_version_is_code_1(node: CniNode, version: str) -> None:
-    err = _code(node, command="ADD", container_id="c1", netns="/run/netns/x",
-                config=node.config(version))
+def test_unknown_version_is_code_1(module_node: CniNode, version: str) -> None:
+    err = _code(module_node, command="ADD", container_id="c1", netns="/run/netns/x",
+                config=module_node.config(version))
     assert err["code"] == 1 and version in err["msg"]
 
 
@@ -141,7 +108,7 @@ def test_unknown_version_is_code_1(node: CniNode, version: str) -> None:
     ({"CNI_COMMAND": "FROB"}, "CNI_COMMAND"),
     ({"CNI_ARGS": "novalue"}, "CNI_ARGS"),
 ])
-def test_bad_env_is_code_4(node: CniNode, env: dict[str, str], field: str) -> None:
+def test_bad_env_is_code_4(module_node: CniNode, env: dict[str, str], field: str) -> None:
     base = {"container_id": "c1", "netns": "/run/netns/whatever", "ifname": "eth0"}
     extra = {}
     for key, value in env.items():
@@ -154,38 +121,39 @@ def test_bad_env_is_code_4(node: CniNode, env: dict[str, str], field: str) -> No
         else:
             extra[key] = value
     command = extra.pop("CNI_COMMAND", "ADD")
-    err = _code(node, command=command, extra_env=extra, **base)
+    err = _code(module_node, command=command, extra_env=extra, **base)
     assert err["code"] == 4 and field in err["msg"]
 
 
-def test_missing_subnet_env_is_code_11(node: CniNode) -> None:
-    conf = node.config(subnetFile="/nonexistent-netweft/subnet.env")
-    err = _code(node, command="ADD", container_id="c1", netns="/run/netns/x", config=conf)
+def test_missing_subnet_env_is_code_11(module_node: CniNode) -> None:
+    conf = module_node.config(subnetFile="/nonexistent-netweft/subnet.env")
+    err = _code(module_node, command="ADD", container_id="c1", netns="/run/netns/x", config=conf)
     assert err["code"] == 11 and "/nonexistent-netweft/subnet.env" in err["msg"]
-    r = node.call("STATUS", ifname="", config=conf)
+    r = module_node.call("STATUS", ifname="", config=conf)
     assert r.exit_code == 1 and validate_error(r.stdout)["code"] == 50
     # DEL never needs the subnet file: a pod can always be torn down
-    r = node.call("DEL", "c1", "/run/netns/x", config=conf)
+    r = module_node.call("DEL", "c1", "/run/netns/x", config=conf)
     assert r.exit_code == 0 and r.stdout == ""
 
 
-def test_invalid_field_is_code_7(node: CniNode) -> None:
-    err = _code(node, command="ADD", container_id="c1", netns="/run/netns/x",
-                config=node.config(mtu="big"))
+def test_invalid_field_is_code_7(module_node: CniNode) -> None:
+    err = _code(module_node, command="ADD", container_id="c1", netns="/run/netns/x",
+                config=module_node.config(mtu="big"))
     assert err["code"] == 7 and "mtu" in err["msg"]
-    err = _code(node, command="CHECK", container_id="c1", netns="/run/netns/x",
-                config=node.config())
+    err = _code(module_node, command="CHECK", container_id="c1", netns="/run/netns/x",
+                config=module_node.config())
     assert err["code"] == 7 and "prevResult" in err["msg"]
-    err = _code(node, command="GC", ifname="", config=node.config())
+    err = _code(module_node, command="GC", ifname="", config=module_node.config())
     assert err["code"] == 7 and "valid-attachments" in err["msg"]
 
 
-def test_subnet_exhaustion_is_code_100(module_ns: Callable[[str], str], tmp_path) -> None:
-    small = CniNode(module_ns("cnode"), str(tmp_path), subnet="10.244.9.1/29",
+def test_subnet_exhaustion_is_code_100(module_netns_factory: Callable[[str], str],
+                                       tmp_path) -> None:
+    small = CniNode(module_netns_factory("cnode"), str(tmp_path), subnet="10.244.9.1/29",
                     options={"ipMasq": False})
     small.start_server()
     try:
-        pods = [module_ns("cpod") for _ in range(6)]
+        pods = [module_netns_factory("cpod") for _ in range(6)]
         for i in range(5):  # .2 - .6: network .0, gateway .1 and broadcast .7 are excluded
             r = small.call("ADD", f"ex-{i}", f"/run/netns/{pods[i]}")
             assert r.exit_code == 0, r.stdout
@@ -210,10 +178,10 @@ text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
                max_size=20)
 
 
-def _configs(node: CniNode) -> st.SearchStrategy[object]:
-    base = node.config()
+def _configs(module_node: CniNode) -> st.SearchStrategy[object]:
+    base = module_node.config()
     paths = st.sampled_from([base["dataDir"], base["subnetFile"], "relative", 5, None,
-                             os.path.join(node.root, "other")])
+                             os.path.join(module_node.root, "other")])
     fields = {
         "cniVersion": st.one_of(st.sampled_from([*SUPPORTED_VERSIONS, "0.2.0", "x"]), text,
                                 st.integers()),
@@ -246,24 +214,25 @@ FUZZ = dict(deadline=None,
 
 @settings(max_examples=60, **FUZZ)
 @given(data=st.data())
-def test_fuzzed_config_and_env_give_result_or_error(node: CniNode, module_ns, data) -> None:
-    if node.server is None:
+def test_fuzzed_config_and_env_give_result_or_error(module_node: CniNode, module_netns_factory,
+                                                    data) -> None:
+    if module_node.server is None:
         pytest.skip("the in-process path is fuzzed by the next test (fewer examples: slower)")
-    fuzz_once(node, module_ns, data)
+    fuzz_once(module_node, module_netns_factory, data)
 
 
 @settings(max_examples=15, **FUZZ)
 @given(data=st.data())
-def test_fuzzed_in_process(node: CniNode, module_ns, data) -> None:
-    if node.server is not None:
+def test_fuzzed_in_process(module_node: CniNode, module_netns_factory, data) -> None:
+    if module_node.server is not None:
         pytest.skip("fuzzed through the server by the previous test")
-    fuzz_once(node, module_ns, data)
+    fuzz_once(module_node, module_netns_factory, data)
 
 
-def fuzz_once(node: CniNode, module_ns, data) -> None:
-    pod = getattr(node, "_fuzz_pod", None) or module_ns("cpod")
-    node._fuzz_pod = pod  # type: ignore[attr-defined]
-    config = data.draw(_configs(node))
+def fuzz_once(module_node: CniNode, module_netns_factory, data) -> None:
+    pod = getattr(module_node, "_fuzz_pod", None) or module_netns_factory("cpod")
+    module_node._fuzz_pod = pod  # type: ignore[attr-defined]
+    config = data.draw(_configs(module_node))
     command = data.draw(st.sampled_from(["ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC",
                                          "", "add", "BOGUS"]))
     cid = data.draw(st.one_of(st.from_regex(r"\A[a-z0-9][a-z0-9_.-]{0,20}\Z"), text))
@@ -274,7 +243,7 @@ def fuzz_once(node: CniNode, module_ns, data) -> None:
                                    st.just("K8S_POD_NAME=x;NETWEFT_POD_LABELS=a=b,c=d"), text))
     if isinstance(config, str):
         config = config.encode()
-    r = node.call(command, cid, netns, ifname, config=config,
+    r = module_node.call(command, cid, netns, ifname, config=config,
                   extra_env={"CNI_ARGS": cni_args} if cni_args else {})
     assert "Traceback" not in r.stdout + r.stderr
     if r.exit_code == 0:
@@ -287,7 +256,7 @@ def fuzz_once(node: CniNode, module_ns, data) -> None:
         else:
             assert command in ("DEL", "CHECK", "STATUS", "GC")
         if command == "ADD":  # do not pile up pods: the next example starts clean
-            node.call("DEL", cid, netns, ifname, config=config)
+            module_node.call("DEL", cid, netns, ifname, config=config)
     else:
         assert r.exit_code == 1
         validate_error(r.stdout)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,20 +19,9 @@ from netweft.cni.invoke import PluginCall, invoke
 from netweft.cni.server import CniServer, _read_request, read_tcp_request
 from support.cni_harness import CniNode
 
+CNI_NODE = {"options": {"ipMasq": False}, "tcp_timeout": 2}
+
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-
-
-@pytest.fixture
-def node(netns_factory: Callable[[str], str]) -> Iterator[CniNode]:
-    # a world-traversable root (tmp_path is 0700) so that the non-root test can run the launcher
-    root = tempfile.mkdtemp(prefix="nwf-cni-")
-    os.chmod(root, 0o755)
-    n = CniNode(netns_factory("fnode"), root, options={"ipMasq": False}, tcp_timeout=2)
-    try:
-        yield n
-    finally:
-        n.stop_server()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def links(ns: str) -> list[str]:

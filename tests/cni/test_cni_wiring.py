@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from netweft.cni.wiring import host_veth_name
 from netweft.daemon import netns
 from support.cni_harness import CniNode
+
+CNI_LAUNCHERS = ("bash", "python", "inproc")
 
 
 def owner(node: CniNode, ip: str) -> str:
@@ -24,21 +25,6 @@ def owner(node: CniNode, ip: str) -> str:
 def links(ns: str) -> list[str]:
     out = netns.run(ns, ["ip", "-j", "link", "show"]).stdout
     return [link["ifname"] for link in json.loads(out)]
-
-
-@pytest.fixture(params=["bash", "python", "inproc"])
-def node(request: pytest.FixtureRequest, netns_factory: Callable[[str], str],
-         tmp_path: os.PathLike[str]) -> Iterator[CniNode]:
-    name = netns_factory("cnode")
-    n = CniNode(name, str(tmp_path), options={"ipMasq": False})
-    # bash: the installed launcher's TCP fast path; python: the server without its TCP
-    # listener (no token file: the launcher falls back to the unix socket); inproc: no server
-    if request.param != "inproc":
-        n.start_server(tcp=request.param == "bash")
-    try:
-        yield n
-    finally:
-        n.stop_server()
 
 
 def test_add_wires_pod_check_and_reach(node: CniNode,

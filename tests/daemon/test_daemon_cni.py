@@ -14,7 +14,8 @@ import pytest
 from netweft.cni.install import install
 from netweft.cni.invoke import PluginCall, invoke
 from support import underlay
-from support.nodelab import NodeLab, wait_for
+from support.nodelab import NodeLab
+from support.polling import wait_for
 
 REQUEST = ("import sys, json\n"
            "from cni.shim import call_server, encode_request\n"
@@ -46,7 +47,7 @@ class DaemonNode:
 
 
 @pytest.fixture
-def node(netns_factory: Callable[[str], str], tmp_path) -> Iterator[DaemonNode]:
+def daemon_node(netns_factory: Callable[[str], str], tmp_path) -> Iterator[DaemonNode]:
     lab = NodeLab(netns_factory("dul"), [netns_factory("dn")], netns_factory("dout"),
                   str(tmp_path))
     try:
@@ -66,13 +67,13 @@ def node(netns_factory: Callable[[str], str], tmp_path) -> Iterator[DaemonNode]:
         lab.close()
 
 
-def test_cni_add_and_del_through_the_daemon(node: DaemonNode,
+def test_cni_add_and_del_through_the_daemon(daemon_node: DaemonNode,
                                             netns_factory: Callable[[str], str]) -> None:
-    lab, ns = node.lab, node.ns
+    lab, ns = daemon_node.lab, daemon_node.ns
     pod_ns = netns_factory("dpod")
     cid, args = "c0ffee0123456789", ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;"
                                      "K8S_POD_NAME=web-1;NETWEFT_POD_LABELS=app=web")
-    code, body = node.call("ADD", cid, pod_ns, args)
+    code, body = daemon_node.call("ADD", cid, pod_ns, args)
     assert code == 0, body
     pod_ip = json.loads(body)["ips"][0]["address"].split("/")[0]
     assert underlay.ping(ns, pod_ip)
@@ -84,25 +85,25 @@ def test_cni_add_and_del_through_the_daemon(node: DaemonNode,
     record = json.loads(lab.etcdctl("get", key, "--print-value-only"))
     assert record["ips"] == [pod_ip] and record["name"] == "web-1"
     assert record["labels"] == {"app": "web"}
-    code, body = node.call("DEL", cid, pod_ns, args)
+    code, body = daemon_node.call("DEL", cid, pod_ns, args)
     assert code == 0, body
     wait_for(lambda: not lab.etcdctl("get", key), what="pod record removed")
 
 
 def test_records_of_pods_deleted_while_the_daemon_was_down_are_pruned_at_start(
-        node: DaemonNode, netns_factory: Callable[[str], str], tmp_path) -> None:
-    lab, ns = node.lab, node.ns
+        daemon_node: DaemonNode, netns_factory: Callable[[str], str], tmp_path) -> None:
+    lab, ns = daemon_node.lab, daemon_node.ns
     pods = [netns_factory("dpod"), netns_factory("dpod")]
     kept, gone = "aaaa000011112222", "bbbb000011112222"
     for cid, pod_ns in ((kept, pods[0]), (gone, pods[1])):
-        assert node.call("ADD", cid, pod_ns, f"K8S_POD_NAME=p-{cid[:4]}")[0] == 0
+        assert daemon_node.call("ADD", cid, pod_ns, f"K8S_POD_NAME=p-{cid[:4]}")[0] == 0
     key = f"/netweft/pods/{ns}"
     wait_for(lambda: lab.etcdctl("get", f"{key}/{gone}"), what="both records")
     assert json.loads(lab.etcdctl("get", f"{key}/{gone}", "--print-value-only"))["hostVeth"]
     lab.stop_daemon(ns)
     # With no daemon the installed plugin works in-process: the DEL cannot reach etcd.
     installed = install(str(tmp_path / "bin"), str(tmp_path / "net.d"))
-    reply = invoke(PluginCall(installed.executable, "DEL", node.conf, container_id=gone,
+    reply = invoke(PluginCall(installed.executable, "DEL", daemon_node.conf, container_id=gone,
                               netns=f"/run/netns/{pods[1]}", node_netns=ns))
     assert reply.exit_code == 0, reply.stdout + reply.stderr
     assert lab.etcdctl("get", f"{key}/{gone}")  # still there: nobody told etcd

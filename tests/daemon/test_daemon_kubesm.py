@@ -24,7 +24,8 @@ from netweft.daemon import kubenode as kn
 from netweft.daemon.controlplane import ControlPlane, kubeconfig
 from netweft.daemon.nsrelay import NsRelay
 from support import underlay
-from support.nodelab import NodeLab, wait_for
+from support.nodelab import NodeLab
+from support.polling import wait_for
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 NET_CONF = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}

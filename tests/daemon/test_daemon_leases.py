@@ -24,7 +24,8 @@ from netweft.cni.install import install  # noqa: E402
 from netweft.cni.invoke import PluginCall, invoke  # noqa: E402
 from support import underlay  # noqa: E402
 from support.kernel import fdb, ip  # noqa: E402
-from support.nodelab import NodeLab, poll_until, wait_for  # noqa: E402
+from support.nodelab import NodeLab  # noqa: E402
+from support.polling import poll_until, wait_for  # noqa: E402
 
 
 def start(lab: NodeLab, ns: str, *extra: str) -> IPv4Network:

@@ -10,7 +10,8 @@ from ipaddress import IPv4Network
 
 from support import underlay
 from support.kernel import fdb, ip
-from support.nodelab import NodeLab, poll_until, wait_for
+from support.nodelab import NodeLab
+from support.polling import poll_until, wait_for
 
 
 def kernel_dump(ns: str, dev: str = "flannel.1") -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from netweft.backends.base import Watched
 from netweft.daemon import nftwatch, nlwatch
-from support.nodelab import poll_until
+from support.polling import poll_until
 
 
 def sh(ns: str, *cmd: str, stdin: str | None = None) -> None:

@@ -14,7 +14,8 @@ import time
 from netweft.backends.wireguard_wg import Wg
 from support import underlay
 from support.kernel import ip
-from support.nodelab import NodeLab, wait_for
+from support.nodelab import NodeLab
+from support.polling import wait_for
 
 BACKEND = {"Type": "wireguard", "PersistentKeepaliveInterval": 25}
 

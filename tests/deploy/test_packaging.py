@@ -78,3 +78,44 @@ def test_wheel_holds_only_the_netweft_namespace(tmp_path: Path) -> None:
     assert "netweft/cni/launcher.sh" in names and "netweft/daemon/cli.py" in names
     assert "netweft/kv/etcd.py" in names and not any(n.startswith("netweft/ipam/kv/")
                                                      for n in names)
+
+
+# -- test support in one place, tests per room (issue 10 item 5) -----------------------------
+TEST_ONLY_MODULES = ("cni/harness.py", "cni/trace.py", "proxy/testbed.py", "proxy/trace.py",
+                     "daemon/nodelab.py", "daemon/underlay.py")
+
+
+def test_test_support_is_not_in_the_shipped_packages() -> None:
+    """Test-only helpers live in tests/support (imported as ``support``), not in the wheel, and
+    nothing shipped imports them."""
+    assert [m for m in TEST_ONLY_MODULES if (ROOT / m).exists()] == []
+    offending = [f"{path.relative_to(ROOT)}:{n}"
+                 for top in FOLDERS for path in (ROOT / top).rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if line.lstrip().startswith(("from support", "import support"))]
+    assert offending == []
+    assert "tests" in _pyproject()["tool"]["pytest"]["ini_options"]["pythonpath"]
+    assert (ROOT / "tests" / "support" / "__init__.py").exists()
+
+
+def test_every_test_file_sits_in_a_room_folder() -> None:
+    """tests/<room>/test_*.py, one folder per package (cni, daemon, ipam, backends, proxy, lab,
+    kv) plus deploy; nothing at the top of tests/ but the shared conftest."""
+    assert sorted(p.name for p in (ROOT / "tests").glob("*.py")) == ["conftest.py"]
+    rooms = {p.parent.name for p in (ROOT / "tests").rglob("test_*.py")}
+    assert rooms <= {"cni", "daemon", "ipam", "backends", "proxy", "lab", "kv", "deploy"}
+
+
+def test_no_fixture_is_defined_twice() -> None:
+    """A fixture name means one fixture across all conftests and test modules (shared ones in
+    tests/conftest.py, each room's in its own conftest.py)."""
+    seen: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for n, line in enumerate(lines):
+            if not line.startswith("@pytest.fixture"):
+                continue
+            following = next(x for x in lines[n + 1:] if not x.startswith("@"))
+            name = following.split("def ", 1)[1].split("(", 1)[0]
+            seen.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}

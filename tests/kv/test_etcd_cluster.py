@@ -25,7 +25,7 @@ NETWEFT = str(Path(sys.executable).parent / "netweft")
 
 
 @pytest.fixture
-def cluster() -> Iterator[EtcdCluster]:
+def etcd_cluster() -> Iterator[EtcdCluster]:
     # member 1 serves clients on the IPv6 loopback only, the others on 127.0.0.1
     c = EtcdCluster.start(["127.0.0.1", "::1", "127.0.0.1"])
     try:
@@ -44,10 +44,10 @@ def node_ip(i: int) -> IPv4Address:
 
 
 def test_leases_watch_and_cli_survive_the_leader_being_killed(
-        cluster: EtcdCluster, etcd_prefix: str) -> None:
-    leader = cluster.leader()
+        etcd_cluster: EtcdCluster, etcd_prefix: str) -> None:
+    leader = etcd_cluster.leader()
     # The leader first, so the client is talking to it when it dies.
-    ordered = [leader] + [m for m in cluster.members if m is not leader]
+    ordered = [leader] + [m for m in etcd_cluster.members if m is not leader]
     endpoints = ",".join(by_name(m) for m in ordered)
     assert "localhost" in endpoints and "[::1]" in endpoints
     settings = EtcdSettings.from_strings(endpoints, etcd_prefix)
@@ -55,7 +55,7 @@ def test_leases_watch_and_cli_survive_the_leader_being_killed(
 
     async def main() -> float:
         # Each URL on its own reaches its member: names and the IPv6 literal both work.
-        for m in cluster.members:
+        for m in etcd_cluster.members:
             async with EtcdClient(EtcdSettings((by_name(m),), etcd_prefix)) as one:
                 assert await one.status() > 0
         async with EtcdClient(settings) as etcd:

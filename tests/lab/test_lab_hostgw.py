@@ -4,9 +4,6 @@ One lab for the whole module; it is always torn down."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -14,23 +11,10 @@ import pytest
 from netweft.daemon import netns
 from netweft.daemon.lab import inspect
 from netweft.daemon.lab.capture import Capture
-from netweft.daemon.lab.lab import Lab, down
-from netweft.daemon.lab.topology import LabSpec
+from netweft.daemon.lab.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    prefix = f"nwl{uuid.uuid4().hex[:4]}"
-    try:
-        built = Lab.up(LabSpec(prefix=prefix, nodes=3, pods_per_node=2, backend="host-gw"))
-        yield built
-    finally:
-        down(prefix)
-        assert netns.list_names(f"{prefix}-") == []
+LAB = {"nodes": 3, "pods_per_node": 2, "backend": "host-gw"}
 
 
 def test_full_connectivity_matrix(lab: Lab) -> None:

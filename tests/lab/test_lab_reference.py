@@ -24,12 +24,6 @@ def _prefix() -> str:
     return f"nwl{uuid.uuid4().hex[:4]}"
 
 
-@pytest.fixture
-def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-
-
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NETWEFT, "lab", *args], capture_output=True, text=True, timeout=120)
 

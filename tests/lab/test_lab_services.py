@@ -27,7 +27,7 @@ from netweft.daemon.lab.lab import Lab, down
 from netweft.daemon.lab.topology import GATEWAY_IP, LabSpec
 from netweft.proxy.constants import NFT_TABLE
 from support import proxy_testbed as testbed
-from support.nodelab import poll_until
+from support.polling import poll_until
 from support.proxy_testbed import Attempt
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

@@ -10,8 +10,6 @@ import os
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
@@ -19,9 +17,9 @@ import pytest
 from netweft.daemon import netns
 from netweft.daemon.lab import check, inspect, whoami
 from netweft.daemon.lab.capture import Capture
-from netweft.daemon.lab.lab import Lab, down
-from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT, LabSpec
-from support.nodelab import poll_until
+from netweft.daemon.lab.lab import Lab
+from netweft.daemon.lab.topology import INTERNET_IP, WHOAMI_PORT
+from support.polling import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -29,20 +27,7 @@ VNI = 7
 PORT = 4790
 DEV = f"flannel.{VNI}"
 CONVERGENCE = 2.0       # the bound for dropping/adding a peer on every node
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    prefix = f"nwl{uuid.uuid4().hex[:4]}"
-    spec = LabSpec(prefix=prefix, nodes=3, pods_per_node=2, backend="vxlan", vni=VNI, port=PORT)
-    try:
-        built = Lab.up(spec)
-        yield built
-    finally:
-        down(prefix)
-        assert netns.list_names(f"{prefix}-") == []
+LAB = {"nodes": 3, "pods_per_node": 2, "backend": "vxlan", "vni": VNI, "port": PORT}
 
 
 def _until(pred, timeout: float, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -18,24 +16,16 @@ import pytest
 from netweft.backends.wireguard_wg import Wg
 from netweft.daemon import netns
 from netweft.daemon.lab.capture import Capture
-from netweft.daemon.lab.lab import Lab, running
-from netweft.daemon.lab.topology import LabSpec, Node
-from support.nodelab import poll_until
+from netweft.daemon.lab.lab import Lab
+from netweft.daemon.lab.topology import Node
+from support.polling import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 PORT = 51820
 MARKER = b"netweft-wireguard-known-payload-7f3a9c"
 ROTATION_BOUND = 20.0  # s from the restart of the rotated node to every peer using its new key
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    spec = LabSpec(prefix=f"nwg{uuid.uuid4().hex[:4]}", nodes=3, backend="wireguard")
-    with running(spec) as built:
-        yield built
+LAB = {"prefix_stem": "nwg", "nodes": 3, "backend": "wireguard"}
 
 
 def peer_keys(node: Node) -> set[str]:

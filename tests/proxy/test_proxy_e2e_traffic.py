@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess
+from support.polling import wait_for
 from support.proxy_testbed import Testbed, run_in
 
 pytestmark = pytest.mark.lab
@@ -39,15 +38,6 @@ async def main():
             await delete_pod(etcd, sys.argv[3], "node1", "c1")
 asyncio.run(main())
 """
-
-
-def wait_for(check: Callable[[], bool], what: str, deadline: float = 60) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"never reached: {what}")
 
 
 def http_get(ns: str, url: str) -> tuple[int, str]:
@@ -80,7 +70,7 @@ def test_proxy_process_carries_traffic(bed: Testbed, mode: str, tmp_path: Path) 
             if proc.returncode == 0:
                 created.update(json.loads(proc.stdout))
             return proc.returncode == 0
-        wait_for(create, "etcd answers and the service is created")
+        wait_for(create, timeout=60, interval=0.3, what="etcd answers and the service is created")
         cluster_ip = str(created["clusterIP"])
         subprocess.run(["ip", "netns", "exec", bed.node, sys.executable, "-c", PODS,
                         etcd.endpoint, "add", PREFIX], check=True, timeout=60)
@@ -97,7 +87,7 @@ def test_proxy_process_carries_traffic(bed: Testbed, mode: str, tmp_path: Path) 
             got = collections.Counter(a.server for a in bed.connect(
                 bed.client, bed.node_ip, 30080, count=20, timeout=1.0))
             return set(got) == {"10.244.1.11", "10.244.1.12"}
-        wait_for(reaches_both, "NodePort reaches both pods")
+        wait_for(reaches_both, timeout=60, interval=0.3, what="NodePort reaches both pods")
         got = {a.server for a in bed.connect(bed.client, cluster_ip, 80, count=20)}
         assert got == {"10.244.1.11", "10.244.1.12"}
 
@@ -112,7 +102,7 @@ def test_proxy_process_carries_traffic(bed: Testbed, mode: str, tmp_path: Path) 
         def only_second() -> bool:
             got = {a.server for a in bed.connect(bed.client, bed.node_ip, 30080, count=20)}
             return got == {"10.244.1.12"}
-        wait_for(only_second, "the removed pod is out")
+        wait_for(only_second, timeout=60, interval=0.3, what="the removed pod is out")
         assert proxy.poll() is None, log.read_text()
     finally:
         if proxy is not None and proxy.poll() is None:

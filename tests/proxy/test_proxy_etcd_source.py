@@ -34,7 +34,8 @@ from netweft.proxy.records import (  # noqa: E402
 )
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
 from support.etcd_scenarios import converge, random_changes, truth  # noqa: E402
-from support.proxy_sink import RecordingSink, eventually  # noqa: E402
+from support.polling import eventually  # noqa: E402
+from support.proxy_sink import RecordingSink  # noqa: E402
 
 
 def web_record(**changes: object) -> ServiceRecord:

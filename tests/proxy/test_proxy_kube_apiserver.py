@@ -6,7 +6,7 @@ watches that end, 410 Gone (from etcd compaction, and from the watch cache after
 apiserver restart.
 
 Faults the real apiserver cannot be made to produce stay in tests/test_proxy_kube_source.py on
-the test server of our own (tests/kubeapi_server.py): a stream cut mid-event and HTTP 500s.
+the test server of our own (tests/support/kubeapi_server.py): a stream cut mid-event and HTTP 500s.
 """
 
 from __future__ import annotations

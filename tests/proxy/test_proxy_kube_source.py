@@ -1,5 +1,5 @@
 """The Kubernetes source's converters, and its handling of faults the real kube-apiserver
-cannot be made to produce, over real HTTP against tests/kubeapi_server.py (the real list/watch
+cannot be made to produce, over real HTTP against tests/support/kubeapi_server.py (the real list/watch
 wire format) through lightkube unchanged:
 
 - a watch stream cut mid-event (half a JSON line, then a reset) — the real apiserver only ever
@@ -45,7 +45,8 @@ from support.kube_scenarios import (  # noqa: E402
     run_with_source,
     tcp,
 )
-from support.proxy_sink import RecordingSink, eventually  # noqa: E402
+from support.polling import eventually  # noqa: E402
+from support.proxy_sink import RecordingSink  # noqa: E402
 
 # --- the converters, by hand ------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ programs nftables in that namespace.
 
 - etcd: `netweft service create` + pod records (as the node daemon writes them) -> proxy ->
   ruleset; a pod record removed and the service deleted disappear from the kernel.
-- Kubernetes: tests/kubeapi_server.py runs as a process inside the namespace; the proxy follows
+- Kubernetes: tests/support/kubeapi_server.py runs as a process inside the namespace; the proxy follows
   it through a kubeconfig across a dropped connection and a compaction (410 -> re-list).
 
 Needs `netweft proxy` (daemon/commands/proxy.py, branch `proxy`) and root."""
@@ -29,7 +29,7 @@ NODE_IP = "192.0.2.1"
 
 
 @pytest.fixture
-def node(netns_factory: Callable[[str], str]) -> str:
+def node_ns(netns_factory: Callable[[str], str]) -> str:
     """A namespace with a veth pair (both ends inside) carrying the node address."""
     ns = netns_factory("se2e")
     for cmd in (["link", "add", "nwsa", "type", "veth", "peer", "name", "nwsb"],
@@ -79,23 +79,23 @@ def start_proxy(ns: str, log: Path, env: dict[str, str], *args: str) -> subproce
 
 
 @pytest.fixture
-def etcd_in(node: str) -> Iterator[EtcdProcess]:
-    server = EtcdProcess(netns=node).start()
+def etcd_in(node_ns: str) -> Iterator[EtcdProcess]:
+    server = EtcdProcess(netns=node_ns).start()
     try:
         yield server
     finally:
         server.remove()
 
 
-def test_etcd_records_reach_the_kernel(node: str, etcd_in: EtcdProcess, tmp_path: Path) -> None:
+def test_etcd_records_reach_the_kernel(node_ns: str, etcd_in: EtcdProcess, tmp_path: Path) -> None:
     env = dict(os.environ, NETWEFT_ETCD_ENDPOINTS=etcd_in.endpoint,
                NETWEFT_SERVICES_PREFIX="/nws-e2e")
     end = time.monotonic() + 60  # a fresh etcd may take a while to elect itself on a busy machine
-    while subprocess.run(in_ns(node, NETWEFT, "service", "list"), env=env,
+    while subprocess.run(in_ns(node_ns, NETWEFT, "service", "list"), env=env,
                          capture_output=True).returncode != 0:
         assert time.monotonic() < end, "etcd in the namespace never answered"
         time.sleep(0.5)
-    r = subprocess.run(in_ns(node, NETWEFT, "service", "create", "web", "--port", "80:8080/tcp",
+    r = subprocess.run(in_ns(node_ns, NETWEFT, "service", "create", "web", "--port", "80:8080/tcp",
                              "--selector", "app=web", "--type", "NodePort", "--node-port",
                              "30080", "--json"),
                        env=env, capture_output=True, text=True, timeout=60)
@@ -116,28 +116,28 @@ async def main():
             await delete_pod(etcd, "/nws-e2e", "node1", "c1")
 asyncio.run(main())
 """
-    proxy = start_proxy(node, tmp_path / "proxy.log", env, "--source", "etcd",
+    proxy = start_proxy(node_ns, tmp_path / "proxy.log", env, "--source", "etcd",
                         "--services-prefix", "/nws-e2e")
     try:
-        subprocess.run(in_ns(node, sys.executable, "-c", pods, etcd_in.endpoint, "add"),
+        subprocess.run(in_ns(node_ns, sys.executable, "-c", pods, etcd_in.endpoint, "add"),
                        check=True, timeout=60)
-        wait_ruleset(node, lambda t: all(s in t for s in (
+        wait_ruleset(node_ns, lambda t: all(s in t for s in (
             cluster_ip, "30080", "10.244.1.5 . 8080", "10.244.2.5 . 8080")), "service + pods")
-        subprocess.run(in_ns(node, sys.executable, "-c", pods, etcd_in.endpoint, "del"),
+        subprocess.run(in_ns(node_ns, sys.executable, "-c", pods, etcd_in.endpoint, "del"),
                        check=True, timeout=60)
-        wait_ruleset(node, lambda t: "10.244.1.5" not in t and "10.244.2.5 . 8080" in t,
+        wait_ruleset(node_ns, lambda t: "10.244.1.5" not in t and "10.244.2.5 . 8080" in t,
                      "a pod record removed")
-        r = subprocess.run(in_ns(node, NETWEFT, "service", "delete", "web"), env=env,
+        r = subprocess.run(in_ns(node_ns, NETWEFT, "service", "delete", "web"), env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        wait_ruleset(node, lambda t: cluster_ip not in t and "30080" not in t, "service deleted")
+        wait_ruleset(node_ns, lambda t: cluster_ip not in t and "30080" not in t, "service deleted")
         assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
     finally:
         stop(proxy)
 
 
-def test_kube_api_reaches_the_kernel_across_drops_and_410(node: str, tmp_path: Path) -> None:
-    server = subprocess.Popen(in_ns(node, sys.executable, str(KUBEAPI_SERVER)),
+def test_kube_api_reaches_the_kernel_across_drops_and_410(node_ns: str, tmp_path: Path) -> None:
+    server = subprocess.Popen(in_ns(node_ns, sys.executable, str(KUBEAPI_SERVER)),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               start_new_session=True, cwd=str(TESTS.parent))
     assert server.stdin is not None and server.stdout is not None
@@ -171,19 +171,19 @@ def test_kube_api_reaches_the_kernel_across_drops_and_410(node: str, tmp_path: P
             "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
         send(apply=service("web", "10.96.0.10"))
         send(apply=slice_("web-a", "web", ["10.244.1.5", "10.244.1.6"]))
-        proxy = start_proxy(node, tmp_path / "proxy.log", dict(os.environ), "--source", "kube",
+        proxy = start_proxy(node_ns, tmp_path / "proxy.log", dict(os.environ), "--source", "kube",
                             "--kubeconfig", str(kubeconfig))
-        wait_ruleset(node, lambda t: "10.96.0.10" in t and "10.244.1.6 . 8080" in t, "initial")
+        wait_ruleset(node_ns, lambda t: "10.96.0.10" in t and "10.244.1.6 . 8080" in t, "initial")
         # Cut the watches, change things, compact: the proxy must re-list and catch up.
         send(drop=True)
         send(apply=slice_("web-a", "web", ["10.244.1.7"]))
         send(apply=service("db", "10.96.0.20"))
         send(apply=slice_("db-a", "db", ["10.244.2.9"]))
         send(compact=True)
-        wait_ruleset(node, lambda t: "10.244.1.5" not in t and "10.244.1.7 . 8080" in t
+        wait_ruleset(node_ns, lambda t: "10.244.1.5" not in t and "10.244.1.7 . 8080" in t
                      and "10.96.0.20" in t and "10.244.2.9 . 8080" in t, "after 410")
         send(delete=["Service", "default", "web"])
-        wait_ruleset(node, lambda t: "10.96.0.10" not in t, "service deleted")
+        wait_ruleset(node_ns, lambda t: "10.96.0.10" not in t, "service deleted")
         assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
     finally:
         if proxy is not None:

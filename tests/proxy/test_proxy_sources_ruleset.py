@@ -30,7 +30,7 @@ from support.kube_scenarios import (  # noqa: E402
     random_changes_with_faults,
     run_with_source,
 )
-from support.proxy_sink import eventually  # noqa: E402
+from support.polling import eventually  # noqa: E402
 
 NODE = plan_mod.NodeContext("node1", ("192.0.2.11",), ("10.244.0.0/16",))
 

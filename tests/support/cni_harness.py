@@ -1,14 +1,17 @@
-"""A CNI node harness for tests, benchmarks and the lab: the plugin installed into private
-directories of one node namespace, an optional CNI server for that node, and calls made exactly
-as a runtime makes them (``ip netns exec <node> <bin>/netweft`` with ``CNI_*`` and stdin)."""
+"""A CNI node harness for tests and benchmarks (test support, not shipped): the plugin
+installed into private directories of one node namespace, an optional CNI server for that node,
+and calls made exactly as a runtime makes them (``ip netns exec <node> <bin>/netweft`` with
+``CNI_*`` and stdin, through netweft.cni.invoke)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,3 +117,20 @@ class CniNode:
             return []
         return sorted(n for n in os.listdir(self.ipam_dir)
                       if n[0].isdigit() or ":" in n)
+
+
+LAUNCHERS = ("bash", "python", "inproc")
+
+
+@contextlib.contextmanager
+def serving(node: CniNode, launcher: str | None) -> Iterator[CniNode]:
+    """``node`` with the CNI server ``launcher`` needs, stopped afterwards: ``bash``, the
+    installed launcher's TCP fast path; ``python``, the server without its TCP listener (no token
+    file: the launcher falls back to the unix socket); ``inproc`` or None, no server (the plugin
+    works in-process, or the test starts the server itself)."""
+    if launcher in ("bash", "python"):
+        node.start_server(tcp=launcher == "bash")
+    try:
+        yield node
+    finally:
+        node.stop_server()

@@ -23,7 +23,8 @@ from netweft.proxy.records import (
     services_dir,
 )
 
-from support.proxy_sink import RecordingSink, eventually
+from support.polling import eventually
+from support.proxy_sink import RecordingSink
 
 Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 

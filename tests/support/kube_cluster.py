@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from netweft.kv.backoff import Backoff
 from netweft.proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource
 
 from support.kube_scenarios import Model, model_from_objects
+from support.polling import eventually
 from support.proxy_sink import RecordingSink
 
 Obj = dict[str, Any]
@@ -124,18 +124,8 @@ class Cluster:
 
 async def until(check: Callable[[], Awaitable[bool] | bool], what: str, deadline: float = 60.0,
                 interval: float = 0.1) -> None:
-    """Poll ``check`` (plain or async) until true; fail after ``deadline`` s (a hang guard)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-
-    async def holds() -> bool:
-        result = check()
-        return bool(await result) if inspect.isawaitable(result) else bool(result)
-
-    while not await holds():
-        if loop.time() > end:
-            raise AssertionError(f"never reached: {what}")
-        await asyncio.sleep(interval)
+    """:func:`support.polling.eventually`, polling every 0.1 s (each check is an API call)."""
+    await eventually(check, what, deadline, interval)
 
 
 async def converged(cluster: Cluster, sink: RecordingSink, what: str,

@@ -21,7 +21,8 @@ from netweft.proxy.sources.kubeconvert import (
 )
 
 from support import kubeapi_server as kapi
-from support.proxy_sink import RecordingSink, eventually
+from support.polling import eventually
+from support.proxy_sink import RecordingSink
 
 Model = tuple[dict[ServiceKey, Service], dict[ServiceKey, tuple[Endpoint, ...]]]
 

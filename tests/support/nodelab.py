@@ -1,6 +1,8 @@
 """A miniature cluster for node-level tests and benchmarks: an underlay bridge namespace with a
 real etcd on it, node namespaces running ``netweft daemon`` (as a runtime would: ``ip netns exec``),
-and an "outside" host that is the nodes' default gateway.
+and an "outside" host that is the nodes' default gateway. Built by the lab's own builder
+(support.underlay over netweft.daemon.lab.underlay) with the lab's address plan: outside .1,
+etcd .2 (on the underlay bridge), node i at .(10+i).
 
 Everything lives in namespaces the caller names (and deletes); processes are stopped by PID.
 """
@@ -12,37 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
+from netweft.daemon.lab.topology import ETCD_IP, UNDERLAY, UNDERLAY_BRIDGE
 
 from support import underlay
-
-ETCD_IP = "192.0.2.254"
-
-
-def poll_until(cond: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
-    """``cond()``'s first truthy value within ``timeout`` seconds, else None (bounded polling)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.1,
-             what: str = "condition") -> object:
-    value = poll_until(cond, timeout, interval)
-    if not value:
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-    return value
 
 
 @dataclass
@@ -62,11 +41,13 @@ class NodeLab:
 
     def build(self, pod_stand_ins: bool = True) -> NodeLab:
         self.nodes = underlay.build(self.underlay_ns, self.node_nss, outside_ns=self.outside_ns)
-        subprocess.run(["ip", "-n", self.underlay_ns, "addr", "add", f"{ETCD_IP}/24", "dev",
-                        "br0"], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", self.underlay_ns, "addr", "add",
+                        f"{ETCD_IP}/{UNDERLAY.prefixlen}", "dev", UNDERLAY_BRIDGE],
+                       check=True, capture_output=True)
         data_dir = os.path.join(self.workdir, "etcd")
         os.makedirs(data_dir, exist_ok=True)
-        self.etcd = EtcdProcess(host=ETCD_IP, netns=self.underlay_ns, data_dir=data_dir).start()
+        self.etcd = EtcdProcess(host=str(ETCD_IP), netns=self.underlay_ns,
+                                data_dir=data_dir).start()
         return self
 
     # --- etcd access (from inside the underlay namespace) ------------------------------------

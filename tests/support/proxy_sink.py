@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 from netweft.proxy.model import Endpoint, Service, ServiceKey
 
 
@@ -34,13 +31,3 @@ class RecordingSink:
     def synced(self) -> None:
         self.synced_count += 1
 
-
-async def eventually(check: Callable[[], bool], what: str, deadline: float = 60.0) -> None:
-    """Wait until ``check()`` holds; fail after ``deadline`` seconds (a hang guard, not a timing
-    assertion)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not check():
-        if loop.time() > end:
-            raise AssertionError(f"never reached: {what}")
-        await asyncio.sleep(0.02)
