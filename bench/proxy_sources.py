@@ -1,8 +1,9 @@
 """How long the service sources take from start to the first synced() at scale, each compared
 with the bare fetch of the same data in the same run (the ratio is the sources' own cost).
 
-- Kubernetes: N Services + N EndpointSlices (3 endpoints each) served by tests/support/kubeapi_server.py
-  over real HTTP; reference: lightkube listing both kinds as dicts, no conversion.
+- Kubernetes: N Services + N EndpointSlices (3 endpoints each) served by
+  tests/support/kubeapi_server.py over real HTTP; reference: lightkube listing both kinds as
+  dicts, no conversion.
 - etcd: N service records + 3N pod records in a private etcd; reference: one get_prefix of the
   same keys and json.loads of every value.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess
 from support.polling import wait_for
+from support.processes import stop_group
 from support.proxy_testbed import Testbed, run_in
 
 pytestmark = pytest.mark.lab
@@ -105,11 +105,6 @@ def test_proxy_process_carries_traffic(bed: Testbed, mode: str, tmp_path: Path) 
         wait_for(only_second, timeout=60, interval=0.3, what="the removed pod is out")
         assert proxy.poll() is None, log.read_text()
     finally:
-        if proxy is not None and proxy.poll() is None:
-            os.killpg(proxy.pid, signal.SIGTERM)
-            try:
-                proxy.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proxy.pid, signal.SIGKILL)
-                proxy.wait(5)
+        if proxy is not None:
+            stop_group(proxy)
         etcd.remove()

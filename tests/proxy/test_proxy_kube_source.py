@@ -1,6 +1,6 @@
 """The Kubernetes source's converters, and its handling of faults the real kube-apiserver
-cannot be made to produce, over real HTTP against tests/support/kubeapi_server.py (the real list/watch
-wire format) through lightkube unchanged:
+cannot be made to produce, over real HTTP against tests/support/kubeapi_server.py (the real
+list/watch wire format) through lightkube unchanged:
 
 - a watch stream cut mid-event (half a JSON line, then a reset) — the real apiserver only ever
   ends a stream between events, also when it is stopped;

@@ -3,8 +3,8 @@ programs nftables in that namespace.
 
 - etcd: `netweft service create` + pod records (as the node daemon writes them) -> proxy ->
   ruleset; a pod record removed and the service deleted disappear from the kernel.
-- Kubernetes: tests/support/kubeapi_server.py runs as a process inside the namespace; the proxy follows
-  it through a kubeconfig across a dropped connection and a compaction (410 -> re-list).
+- Kubernetes: tests/support/kubeapi_server.py runs as a process inside the namespace; the proxy
+  follows it through a kubeconfig across a dropped connection and a compaction (410 -> re-list).
 
 Needs `netweft proxy` (daemon/commands/proxy.py, branch `proxy`) and root."""
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
+from support.processes import stop_group
 
 TESTS = Path(__file__).parents[1]
 KUBEAPI_SERVER = TESTS / "support" / "kubeapi_server.py"
@@ -57,16 +57,6 @@ def wait_ruleset(ns: str, check: Callable[[str], bool], what: str, deadline: flo
             return
         time.sleep(0.2)
     raise AssertionError(f"never reached: {what}\n{text}")
-
-
-def stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def start_proxy(ns: str, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -133,7 +123,7 @@ asyncio.run(main())
         wait_ruleset(node_ns, lambda t: cluster_ip not in t and "30080" not in t, "service deleted")
         assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
     finally:
-        stop(proxy)
+        stop_group(proxy)
 
 
 def test_kube_api_reaches_the_kernel_across_drops_and_410(node_ns: str, tmp_path: Path) -> None:
@@ -187,6 +177,6 @@ def test_kube_api_reaches_the_kernel_across_drops_and_410(node_ns: str, tmp_path
         assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()
     finally:
         if proxy is not None:
-            stop(proxy)
+            stop_group(proxy)
         server.stdin.close()
-        stop(server)
+        stop_group(server)

@@ -4,7 +4,8 @@ the kernel refuses for the operations the proxy uses (a missing table, chain, se
 set or chain deleted while it still exists in a rule is not checked). Like knftables' ``Fake``.
 
 It stands in for ``NftApplier`` (``apply``, ``list_json``, ``is_own``, ``netns``), so a real
-``NftablesDataplane`` can run on it; the packet tracer (tests/support/proxy_trace.py) walks its tables.
+``NftablesDataplane`` can run on it; the packet tracer (tests/support/proxy_trace.py) walks its
+tables.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 connection (src, dst, proto, port) reach, is it rejected or dropped, and is it masqueraded?
 
 The nftables tracer walks the table the proxy's typed transactions leave in the in-memory fake
-(tests/support/fake_nft.py); the iptables tracer reads the exact ``iptables-restore`` text. Both follow
-every random branch (``numgen``/``statistic``), so a test sees the full set of backends a packet
-may reach; they understand precisely the rule forms the renderers emit and raise on anything
+(tests/support/fake_nft.py); the iptables tracer reads the exact ``iptables-restore`` text. Both
+follow every random branch (``numgen``/``statistic``), so a test sees the full set of backends a
+packet may reach; they understand precisely the rule forms the renderers emit and raise on anything
 else. Session-affinity state is given by the caller (``sticky``: client address -> the backend
 it was sent to before); empty, a connection is a client's first.
 """
@@ -124,7 +124,8 @@ _MARK = f"meta mark set meta mark | 0x{MASQUERADE_MARK:x}"
 
 class NftTracer(_Tracer):
     """Walks the proxy's table as the in-memory fake holds it after applying the proxy's
-    transactions (tests/support/fake_nft.py): chains with their rules, sets and maps with elements."""
+    transactions (tests/support/fake_nft.py): chains with their rules, sets and maps with
+    elements."""
 
     def __init__(self, table: FakeTable, sticky: dict[str, Backend] | None = None) -> None:
         self.sticky = sticky or {}
