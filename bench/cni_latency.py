@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netweft.cni import nsenter  # noqa: E402
 from netweft.cni.install import PY_BIN_NAME, install  # noqa: E402
+from netweft.cni.invoke import PluginCall, invoke  # noqa: E402
 from netweft.daemon.lab import flannel  # noqa: E402
 
 REF_DIR = flannel.DEBIAN_PLUGINS
@@ -138,16 +139,14 @@ class Bench:
         plugin_dir = self.cur_dir if which == "cur" else REF_DIR
         exe = {"nw": self.exe, "bash": self.exe, "python": self.exe_py}.get(
             which, os.path.join(plugin_dir, "bridge"))
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": plugin_dir,
-               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         conf = {"ref": self.ref_conf, "cur": self.cur_conf}.get(which, self.nw_conf)
+        call = PluginCall(exe, command, conf, cid, f"/run/netns/{pod_ns}", "eth0",
+                          cni_path=plugin_dir)
         started = time.perf_counter()
-        proc = subprocess.run([exe], input=conf, env=env, capture_output=True)
+        reply = invoke(call)
         elapsed = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise RuntimeError(f"{which} {command} {cid}: {proc.stdout.decode()} "
-                               f"{proc.stderr.decode()}")
+        if reply.exit_code != 0:
+            raise RuntimeError(f"{which} {command} {cid}: {reply.stdout} {reply.stderr}")
         return elapsed * 1000
 
     def run_in(self, which: str, fn: Callable[[], Any]) -> Any:

@@ -118,7 +118,7 @@ def build_joiner(lab: Lab, node1_mac: str | None = None) -> str:
     """The hand-programmed joiner host, its dataplane back to node1 set up; ``node1_mac``:
     node1's VTEP MAC (default: from its lease in etcd)."""
     ns = f"{lab.topo.prefix}-joiner"
-    underlay.attach_host(lab.topo, underlay.Host(ns, "joiner", JOINER_IP))
+    underlay.attach_host(lab.topo.underlay_ns, underlay.Host(ns, "joiner", JOINER_IP))
     node1 = lab.topo.node("node1")
     subnet = lab.node_network(node1)
     assert subnet is not None

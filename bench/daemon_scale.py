@@ -23,11 +23,14 @@ import tempfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# test support (tests/support: NodeLab, polling) is not shipped; it is imported from tests/
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
 
 from netweft.daemon import netns  # noqa: E402
 from netweft.daemon.lab import flannel  # noqa: E402
-from netweft.daemon.nodelab import NodeLab, wait_for  # noqa: E402
+from support.nodelab import NodeLab  # noqa: E402
+from support.polling import wait_for  # noqa: E402
 
 PUT_SCRIPT = r"""
 import asyncio, json, sys

@@ -2,8 +2,8 @@
 """netweft proxy vs the real kube-proxy (nftables and iptables modes), all fed by one real
 kube-apiserver, in one run (issue 12 "Benchmarks", proxy half; issue 11's proxy benchmark).
 
-Each proxy runs in a node namespace of its own (proxy/testbed.py: client ns -> node ns -> pod
-namespaces on a bridge), the three of them at the same time, watching the same apiserver
+Each proxy runs in a node namespace of its own (tests/support/proxy_testbed.py: client ns -> node ns
+-> pod namespaces on a bridge), the three of them at the same time, watching the same apiserver
 (daemon/controlplane.py: etcd + kube-apiserver, real TLS; no controller-manager, see below):
 
 * ``netweft``      ``netweft proxy --source kube --mode nftables`` (its defaults)
@@ -81,8 +81,11 @@ from netweft.daemon.kubeproxy_run import (
     proxier_kubeconfig,
 )
 from netweft.daemon.nsrelay import NsRelay
-from netweft.proxy.testbed import Testbed, build
+
+# test support (tests/support: the proxy testbed) is not shipped; it is imported from tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from proxy_scale import delete_all, make_ns  # bench/: namespaces nwp-bench<pid>-*, deleted at exit
+from support.proxy_testbed import Testbed, build  # noqa: E402
 
 NAMESPACE = "bench"
 MANAGED_BY = "bench.netweft.io"

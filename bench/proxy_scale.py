@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# test support (tests/support: the proxy testbed) is not shipped; it is imported from tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from netweft.backends.nft.applier import NftApplier  # noqa: E402
 from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane  # noqa: E402
@@ -49,7 +50,7 @@ from netweft.proxy.model import (  # noqa: E402
 )
 from netweft.proxy.plan import NodeContext  # noqa: E402
 from netweft.proxy.runner import ProxyRunner, RunnerOptions  # noqa: E402
-from netweft.proxy.testbed import build  # noqa: E402
+from support.proxy_testbed import build  # noqa: E402
 
 PREFIX = f"nwp-bench{os.getpid() % 100000}"
 NODE = NodeContext("node-0", ("192.0.2.11",), ("10.128.0.0/9",))

@@ -1,8 +1,9 @@
 """How long the service sources take from start to the first synced() at scale, each compared
 with the bare fetch of the same data in the same run (the ratio is the sources' own cost).
 
-- Kubernetes: N Services + N EndpointSlices (3 endpoints each) served by tests/kubeapi_server.py
-  over real HTTP; reference: lightkube listing both kinds as dicts, no conversion.
+- Kubernetes: N Services + N EndpointSlices (3 endpoints each) served by
+  tests/support/kubeapi_server.py over real HTTP; reference: lightkube listing both kinds as
+  dicts, no conversion.
 - etcd: N service records + 3N pod records in a private etcd; reference: one get_prefix of the
   same keys and json.loads of every value.
 
@@ -23,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import kubeapi_server as kapi  # noqa: E402
 from lightkube import ALL_NS, AsyncClient, KubeConfig  # noqa: E402
 from netweft.daemon.etcd_process import EtcdProcess  # noqa: E402
 from netweft.kv.etcd import EtcdClient, EtcdSettings  # noqa: E402
@@ -31,6 +31,7 @@ from netweft.proxy.model import Protocol, ServiceType  # noqa: E402
 from netweft.proxy.records import PodRecord, PortRecord, ServiceRecord, pod_key, service_key  # noqa: E402
 from netweft.proxy.sources.etcd import EtcdSource  # noqa: E402
 from netweft.proxy.sources.kube import KubeEndpointSlice, KubeService, KubeSource  # noqa: E402
+from support import kubeapi_server as kapi  # noqa: E402
 
 
 class CountingSink:

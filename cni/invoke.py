@@ -1,6 +1,7 @@
-"""Execute a CNI plugin binary the way a container runtime does (libcni's exec), for tests,
-benchmarks and the lab: ``CNI_*`` environment, the network config on stdin, the result on
-stdout; optionally inside a node's network namespace through ``ip netns exec``."""
+"""Execute a CNI plugin binary the way a container runtime does (libcni's exec, CNI spec
+section "Execution protocol"): ``CNI_*`` environment, the network config on stdin, the result on
+stdout; optionally inside a node's network namespace through ``ip netns exec``. The one plugin
+executor of netweft: the lab's runtime (daemon/lab/runtime.py), tests and benchmarks use it."""
 
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ class PluginCall:
     args: dict[str, str] = field(default_factory=dict)
     cni_path: str = "/opt/cni/bin"
     node_netns: str = ""  # run inside `ip netns exec <node_netns>`
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # applied last
+    # the environment passed through (a runtime's own, without CNI_*); None: only a fixed PATH
+    base_env: dict[str, str] | None = None
 
     def env(self) -> dict[str, str]:
         """The environment: ``CNI_COMMAND``, ``CNI_PATH``, ``CNI_CONTAINERID``, ``CNI_NETNS``
-        (always for ADD/CHECK), ``CNI_IFNAME``, ``CNI_ARGS`` (``k=v;k=v``), a plain PATH and
-        ``extra_env``."""
-        env = {"CNI_COMMAND": self.command, "CNI_PATH": self.cni_path,
-               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        (always for ADD/CHECK), ``CNI_IFNAME``, ``CNI_ARGS`` (``k=v;k=v``), the pass-through
+        ``base_env`` (its CNI_* removed; a plain PATH when None) and ``extra_env`` last."""
+        if self.base_env is None:
+            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        else:
+            env = {k: v for k, v in self.base_env.items() if not k.startswith("CNI_")}
+        env.update({"CNI_COMMAND": self.command, "CNI_PATH": self.cni_path})
         if self.container_id:
             env["CNI_CONTAINERID"] = self.container_id
         if self.netns or self.command in ("ADD", "CHECK"):
@@ -74,8 +80,9 @@ class PluginReply:
 
 
 def invoke(call: PluginCall, timeout: float = 60) -> PluginReply:
-    """Run ``call`` and collect its reply. Raises subprocess.TimeoutExpired after ``timeout``
-    seconds, OSError when the executable cannot be started."""
+    """Run ``call`` and collect its exit code and output (decoded, undecodable bytes replaced).
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds, ``OSError`` when the
+    executable cannot be started."""
     proc = subprocess.run(call.argv(), input=call.stdin(), env=call.env(), capture_output=True,
                           timeout=timeout)
     return PluginReply(proc.returncode, proc.stdout.decode(errors="replace"),

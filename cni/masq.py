@@ -6,7 +6,7 @@ one transaction (rules are flushed and rewritten, never duplicated). The transac
 (``netweft.backends.nft.tx``, built by the pure :func:`add_transactions` and
 :func:`remove_transactions`) and applied by the one applier (``netweft.backends.nft.applier``,
 ``nft -f -`` in the calling thread's namespace, as the plugin always ran it); tests apply them to
-the fake (tests/fake_nft.py).
+the fake (tests/support/fake_nft.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run the real kube-proxy (built by deploy/controlplane.sh) inside a node network namespace.
 
-Used by the side-by-side behaviour tests (tests/test_proxy_vs_kubeproxy.py) and the benchmarks
+Used by the side-by-side behaviour tests (tests/proxy/test_proxy_vs_kubeproxy.py) and the benchmarks
 that measure netweft's proxy against kube-proxy (bench/): both import :class:`KubeProxy`.
 
 How it is kept inside its namespace (nothing here touches the root namespace):

@@ -11,7 +11,7 @@
 # Needs Go >= 1.26 (k8s.io/kubernetes v1.37 declares go 1.26) and the Go module proxy.
 #
 # On success writes $NETWEFT_CACHE/controlplane.env (NETWEFT_ETCD_BIN, NETWEFT_KUBE_BIN: the two
-# bin directories) which the test fixture (tests/support/controlplane.py) reads, and prints it.
+# bin directories) which the test fixture (control_plane, tests/conftest.py) reads, and prints it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 KUBE_VERSION=v1.37.2

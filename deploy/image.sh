@@ -8,7 +8,7 @@
 #   deploy/image.sh              -> prints the path of the image's root filesystem tarball
 #   deploy/image.sh --print-key  -> prints only the cache key
 #
-# The tarball is for `podman import` (tests/test_image.py imports it into a podman store of its
+# The tarball is for `podman import` (tests/deploy/test_image.py imports it into a podman store of its
 # own, and runs it with --network none in a namespace of its own):
 #   podman import --change 'CMD ["netweft","daemon","--help"]' "$(deploy/image.sh)" localhost/netweft:latest
 # Cached by content in

@@ -1,4 +1,7 @@
-"""Shared fixtures: a real etcd server, per-test etcd prefixes, and throwaway network namespaces.
+"""Shared fixtures of every room: a real etcd server, per-test etcd prefixes, throwaway network
+namespaces and a real Kubernetes control plane. Each room's own fixtures are in its folder's
+conftest.py (tests/cni, tests/daemon, tests/lab, tests/proxy, ...); helpers that are not
+fixtures are in tests/support (imported as ``support``; pytest's ``pythonpath``).
 
 Every namespace a test makes is named ``nwt<pid>-<tag>-<n>`` and removed at teardown, also on
 failure. Nothing here touches the root namespace beyond listening on loopback for etcd.
@@ -6,20 +9,15 @@ failure. Nothing here touches the root namespace beyond listening on loopback fo
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from netweft.daemon import netns
 from netweft.daemon.controlplane import ControlPlane, ControlPlaneError
 from netweft.daemon.etcd_process import EtcdProcess
-from netweft.daemon.nodelab import NodeLab
-
-_counter = itertools.count()
+from support.namespaces import NamespaceMaker
 
 
 def _need_root() -> None:
@@ -71,42 +69,22 @@ def etcd_prefix() -> str:
 def netns_factory() -> Iterator[Callable[[str], str]]:
     """``make(tag)`` creates namespace ``nwt<pid>-<tag>-<n>`` (lo up), deleted afterwards."""
     _need_root()
-    made: list[str] = []
-
-    def make(tag: str = "ns") -> str:
-        name = f"nwt{os.getpid() % 100000}-{tag}-{next(_counter)}"[:40]
-        netns.add(name)
-        made.append(name)
-        return name
-
+    maker = NamespaceMaker()
     try:
-        yield make
+        yield maker
     finally:
-        for name in reversed(made):
-            netns.delete(name)
+        maker.close()
 
 
-@pytest.fixture
-def make_lab(netns_factory: Callable[[str], str], tmp_path) -> Iterator[Callable[..., NodeLab]]:
-    """``make(nodes, backend)``: a NodeLab (etcd, underlay, outside host, node namespaces)
-    with the network config set (vxlan unless ``backend`` says otherwise); closed afterwards."""
-    labs: list[NodeLab] = []
-
-    def make(nodes: int = 2, backend: dict[str, object] | None = None,
-             config: bool = True) -> NodeLab:
-        lab = NodeLab(netns_factory("dul"), [netns_factory("dn") for _ in range(nodes)],
-                      netns_factory("dout"), str(tmp_path))
-        labs.append(lab)
-        lab.build()
-        if config:
-            lab.set_config({"Network": "10.244.0.0/16", "Backend": backend or {"Type": "vxlan"}})
-        return lab
-
+@pytest.fixture(scope="module")
+def module_netns_factory() -> Iterator[Callable[[str], str]]:
+    """:func:`netns_factory` for module-scoped fixtures: deleted after the module's tests."""
+    _need_root()
+    maker = NamespaceMaker()
     try:
-        yield make
+        yield maker
     finally:
-        for lab in labs:
-            lab.close()
+        maker.close()
 
 
 @pytest.fixture(scope="session")
@@ -143,15 +121,3 @@ def control_plane_factory() -> Iterator[Callable[..., ControlPlane]]:
     finally:
         for plane in made:
             plane.stop()
-
-
-@pytest.fixture
-def bed(netns_factory: Callable[[str], str]) -> Iterator[Any]:
-    """The proxy's testbed (netweft.proxy.testbed): a node namespace with a bridge, a client
-    namespace outside it; pods added by the test. Pod servers are stopped afterwards."""
-    from netweft.proxy.testbed import build
-    testbed = build(netns_factory)
-    try:
-        yield testbed
-    finally:
-        testbed.close()

@@ -16,7 +16,7 @@ on that network belongs to no node), talking to the nodes with OpenSSH and the c
 Exit status 0 if every probe passed, 1 otherwise. Runs with netweft installed (the checkout's
 .venv; run.sh makes it with deploy/setup.sh): the matrix and summary are ``lab check``'s
 (:mod:`netweft.daemon.lab.check`), the NodePort client is the lab's whoami. Planning is a pure
-function (:func:`plan_probes`); tests/test_vagrant_check.py covers it and the rendering.
+function (:func:`plan_probes`); tests/deploy/test_vagrant_check.py covers it and the rendering.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 text to the kernel through libnftables (Debian's python3-nftables) when it can be imported, is
 wanted and no namespace is asked for, else an ``nft -f -`` process (optionally inside a network
 namespace, for tests and benchmarks driven from outside the node). The service proxy, the daemon's
-firewall table and the CNI ``ipMasq`` table all apply through it; tests/fake_nft.py is its
+firewall table and the CNI ``ipMasq`` table all apply through it; tests/support/fake_nft.py is its
 in-memory stand-in."""
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ objects -- a base chain's ``Hook``, a ``Chain`` with its rules, an ``NftSet`` (s
 its type, flags and timeout, ``Element`` s with key, value and a readable comment -- and collect
 the changes in a ``Transaction``: create or replace the table, add/flush/delete chains and sets,
 add/delete elements. ``Transaction.render()`` is the only place that turns them into ``nft -f``
-text; tests apply the same transaction to an in-memory fake instead (tests/fake_nft.py), in the
-manner of kube-proxy's knftables ``Transaction`` and ``Fake``.
+text; tests apply the same transaction to an in-memory fake instead
+(tests/support/fake_nft.py), in the manner of kube-proxy's knftables ``Transaction`` and ``Fake``.
 
 Rules stay nft expressions (strings): they are few and fixed (see proxy/nftables.py,
 daemon/firewall.py, cni/masq.py); what

@@ -557,7 +557,7 @@ class Lab:
             self.flannel_nodes.add(node.name)
         self._set_topology([*self.topo.nodes, node])
         self.save()
-        underlay.attach_host(self.topo, underlay.node_host(node))
+        underlay.attach_host(self.topo.underlay_ns, underlay.node_host(node))
         self.prepare_node(node)
         self.register_node(node)
         self.start_daemon(node)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Any
 
+from netweft.cni.invoke import PluginCall, invoke
 from netweft.daemon import netns
 from netweft.daemon.lab.topology import POD_IFACE, Node, Pod, cni_args
 
@@ -57,46 +58,42 @@ def find_plugin(node: Node, plugin_type: str) -> str:
     return path
 
 
-def cni_env(command: str, node: Node, pod: Pod, netns_path: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
-    env.update({
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": pod.container_id,
-        "CNI_NETNS": netns_path,
-        "CNI_IFNAME": POD_IFACE,
-        "CNI_ARGS": cni_args(pod),
-        "CNI_PATH": node.cni_bin_dir,
-    })
-    return env
+def plugin_call(node: Node, pod: Pod, command: str, exe: str, stdin: dict[str, Any],
+                netns_path: str) -> PluginCall:
+    """The call libcni makes: the runtime's environment without ``CNI_*``, the CNI variables
+    (``CNI_NETNS`` always set, empty on a DEL whose namespace is gone), run in the node."""
+    args = dict(part.split("=", 1) for part in cni_args(pod).split(";"))
+    return PluginCall(exe, command, stdin, container_id=pod.container_id, netns=netns_path,
+                      ifname=POD_IFACE, args=args, cni_path=node.cni_bin_dir,
+                      node_netns=node.netns, extra_env={"CNI_NETNS": netns_path},
+                      base_env=dict(os.environ))
 
 
 def exec_plugin(node: Node, pod: Pod, command: str, plugin_type: str, stdin: dict[str, Any],
                 netns_path: str) -> dict[str, Any] | None:
-    """Run one plugin inside the node namespace; its parsed stdout (None when empty)."""
+    """Run one plugin inside the node namespace (cni/invoke.py); its parsed stdout (None when
+    empty). Raises :class:`PluginCallError` with the plugin's CNI error code and msg, its exit
+    code, or the timeout (``CNI_TIMEOUT`` seconds)."""
     exe = find_plugin(node, plugin_type)
     try:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", node.netns, exe], input=json.dumps(stdin),
-            capture_output=True, text=True, env=cni_env(command, node, pod, netns_path),
-            timeout=CNI_TIMEOUT,
-        )
+        reply = invoke(plugin_call(node, pod, command, exe, stdin, netns_path),
+                       timeout=CNI_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise PluginCallError(f"{plugin_type} {command} {pod.name}: no answer in "
                               f"{CNI_TIMEOUT:.0f}s (see {node.cni_log})") from None
-    out = proc.stdout.strip()
+    out = reply.stdout.strip()
     parsed: Any = None
     if out:
         try:
             parsed = json.loads(out)
         except json.JSONDecodeError:
             parsed = None
-    if proc.returncode != 0:
+    if reply.exit_code != 0:
         if isinstance(parsed, dict) and "code" in parsed:
-            raise PluginCallError(f"{plugin_type} {command} {pod.name}: code "
-                                  f"{parsed.get('code')}: {parsed.get('msg')} "
-                                  f"{parsed.get('details', '')}".rstrip())
-        raise PluginCallError(f"{plugin_type} {command} {pod.name}: exit {proc.returncode}: "
-                              f"{(proc.stderr or out).strip()[:500]}")
+            raise PluginCallError(f"{plugin_type} {command} {pod.name}: code {parsed.get('code')}: "
+                                  f"{parsed.get('msg')} {parsed.get('details', '')}".rstrip())
+        raise PluginCallError(f"{plugin_type} {command} {pod.name}: exit {reply.exit_code}: "
+                              f"{(reply.stderr or out).strip()[:500]}")
     return parsed if isinstance(parsed, dict) else None
 
 

@@ -266,6 +266,8 @@ def lab_state_dir(state_root: str, prefix: str) -> str:
 
 
 def node_ip(index: int) -> IPv4Address:
+    """The underlay address of node ``index`` (``.(10+index)``; the lab counts from 1, the
+    tests' node labs from 0). The one address plan of every topology netweft builds."""
     return UNDERLAY.network_address + FIRST_NODE_HOST + index
 
 

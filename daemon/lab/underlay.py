@@ -1,6 +1,13 @@
-"""Build and remove the lab's "physical" network: namespaces, the underlay bridge, the hosts'
-``eth0`` links, addresses and default routes. Everything happens inside the lab's namespaces
-(``ip -n <ns>``); nothing is added to the root namespace."""
+"""The one builder of the "physical" network every multi-namespace setup uses: the lab
+(``netweft lab``), the tests' node labs (tests/support/nodelab.py), the proxy testbed
+(tests/support/proxy_testbed.py) and the benchmarks.
+
+Shape: an underlay namespace holding bridge ``br0``; every host is a namespace with one ``eth0``
+veth whose other end (``port``) is plugged into that bridge. Addresses follow the one plan in
+:mod:`netweft.daemon.lab.topology` (``192.0.2.0/24``: ``.1`` the outside host and the nodes'
+gateway, ``.2`` etcd, node N at ``.(10+N)``). Everything happens inside the caller's namespaces
+(``ip -n <ns>``; the veth is created in the underlay namespace and its peer moved into the host's
+namespace): nothing is ever added to the root namespace. Errors: :class:`LabBuildError`."""
 
 from __future__ import annotations
 
@@ -27,13 +34,16 @@ class LabBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Host:
-    """A namespace with one ``eth0`` on the underlay bridge."""
+    """A namespace with one ``eth0`` on the underlay bridge (address ``ip``/24 of the plan;
+    ``gateway``: its default route; ``forwarding``: ``net.ipv4.ip_forward=1``; ``mtu``: bytes on
+    both veth ends, the kernel's default 1500 when None)."""
 
     netns: str
     port: str            # its veth end on the bridge, in the underlay namespace
     ip: IPv4Address
     gateway: IPv4Address | None = None
     forwarding: bool = False
+    mtu: int | None = None
 
 
 def ip_batch(ns: str, lines: list[str], tool: str = "ip") -> None:
@@ -47,12 +57,14 @@ def ip_batch(ns: str, lines: list[str], tool: str = "ip") -> None:
 
 
 def sysctl(ns: str, key: str, value: str) -> None:
+    """``sysctl -w key=value`` inside ``ns``; :class:`LabBuildError` when it fails."""
     proc = netns.run(ns, ["sysctl", "-q", "-w", f"{key}={value}"], check=False)
     if proc.returncode != 0:
         raise LabBuildError(f"sysctl {key} in {ns}: {proc.stderr.strip()}")
 
 
 def infra_hosts(topo: Topology) -> list[Host]:
+    """The lab's outside host (gateway, forwarding) and etcd host, at the plan's addresses."""
     return [
         Host(topo.outside_ns, "outside", GATEWAY_IP, forwarding=True),
         Host(topo.etcd_ns, "etcd", ETCD_IP),
@@ -60,23 +72,28 @@ def infra_hosts(topo: Topology) -> list[Host]:
 
 
 def node_host(node: Node) -> Host:
+    """A lab node as a host: its plan address, default route via the outside host."""
     return Host(node.netns, node.underlay_port, node.ip, gateway=GATEWAY_IP, forwarding=True)
 
 
-def create_underlay(topo: Topology) -> None:
-    netns.add(topo.underlay_ns)
-    ip_batch(topo.underlay_ns, [
+def create_underlay(underlay_ns: str) -> None:
+    """Bridge ``br0`` (no STP, no forward delay) in ``underlay_ns``, created when missing."""
+    if not netns.exists(underlay_ns):
+        netns.add(underlay_ns)
+    ip_batch(underlay_ns, [
         f"link add {UNDERLAY_BRIDGE} type bridge stp_state 0 forward_delay 0",
         f"link set {UNDERLAY_BRIDGE} up",
     ])
 
 
-def attach_host(topo: Topology, host: Host) -> None:
-    """Create ``host``'s namespace and wire its ``eth0`` to the underlay bridge."""
+def attach_host(underlay_ns: str, host: Host) -> None:
+    """Create ``host``'s namespace (unless it exists) and wire its ``eth0`` to the bridge of
+    ``underlay_ns``."""
     if not netns.exists(host.netns):
         netns.add(host.netns)
-    ip_batch(topo.underlay_ns, [
-        f"link add {host.port} type veth peer name {NODE_IFACE} netns {host.netns}",
+    mtu = f" mtu {host.mtu}" if host.mtu is not None else ""
+    ip_batch(underlay_ns, [
+        f"link add {host.port}{mtu} type veth peer name {NODE_IFACE}{mtu} netns {host.netns}",
         f"link set {host.port} master {UNDERLAY_BRIDGE} up",
     ])
     lines = [
@@ -98,12 +115,12 @@ def build_outside_extras(topo: Topology) -> None:
 
 def build(topo: Topology) -> None:
     """Namespaces + underlay for the infra hosts and every node of ``topo``."""
-    create_underlay(topo)
+    create_underlay(topo.underlay_ns)
     for host in infra_hosts(topo):
-        attach_host(topo, host)
+        attach_host(topo.underlay_ns, host)
     build_outside_extras(topo)
     for node in topo.nodes:
-        attach_host(topo, node_host(node))
+        attach_host(topo.underlay_ns, node_host(node))
 
 
 def detach_node(topo: Topology, node: Node) -> None:

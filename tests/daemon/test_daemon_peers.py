@@ -1,0 +1,162 @@
+"""The peer reconciler's loop (daemon/peers.py): when lease events reach the kernel.
+
+The backend here is host-gw's pure desired-state logic with ``apply`` recording instead of
+touching the kernel (a pure-logic unit test of the loop's scheduling; the kernel side is
+tests/backends/test_backends_kernel.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, TypeVar
+
+from netweft.backends.base import ActualState, Changes, DeviceInfo, Underlay
+from netweft.backends.hostgw import HostGwBackend
+from netweft.daemon.kernel import KernelWorker
+from netweft.daemon.metrics import Metrics
+from netweft.daemon.peers import PeerReconciler
+from netweft.ipam.config import parse_config
+from netweft.ipam.lease import Lease
+from netweft.ipam.leases import LeaseEvent
+
+T = TypeVar("T")
+
+UNDERLAY = Underlay("eth0", 2, IPv4Address("192.0.2.10"), 1500,
+                    (IPv4Network("192.0.2.0/24"),))
+
+
+class RecordingHostGw(HostGwBackend):
+    """host-gw's desired state; ``apply`` records the changes (fake kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, UNDERLAY)  # type: ignore[arg-type]
+        self.applied: list[Changes] = []
+
+    def apply(self, changes: Changes) -> list[str]:
+        self.applied.append(changes)
+        return []
+
+    def setup(self, lease: Lease) -> DeviceInfo:
+        return DeviceInfo("eth0", 2, 1500)
+
+    def device_present(self) -> bool:
+        return True
+
+    def actual(self) -> ActualState:
+        return ActualState()
+
+
+class InlineKernel(KernelWorker):
+    """Runs kernel calls on the loop itself (no thread), so loop turns can be counted."""
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
+
+def lease(n: int) -> Lease:
+    return Lease(IPv4Network(f"10.244.{n}.0/24"), IPv4Address(f"192.0.2.{10 + n}"), "host-gw",
+                 etcd_lease_id=1)
+
+
+async def _run_events(batches: list[list[LeaseEvent]]) -> tuple[RecordingHostGw, int]:
+    backend = RecordingHostGw()
+    kernel = InlineKernel()
+    own = lease(0)
+    peers = PeerReconciler(backend, kernel, Metrics(), lambda: own,
+                           lambda le: f"/subnets/{le.key_name}", interval=3600,
+                           config=parse_config('{"Network": "10.244.0.0/16", '
+                                               '"Backend": {"Type": "host-gw"}}'))
+    peers.set_leases([own])
+    await peers.reconcile_once()  # as the agent does before run()
+    task = asyncio.create_task(peers.run())
+    try:
+        await asyncio.sleep(0)
+        for events in batches:
+            peers.on_events(events)
+        for _ in range(20):  # loop turns, no wall-clock wait
+            await asyncio.sleep(0)
+        return backend, peers.programmed
+    finally:
+        task.cancel()
+        kernel.shutdown()
+
+
+def test_a_lease_event_reaches_the_kernel_without_a_coalescing_delay() -> None:
+    """The event pass starts within a few turns of the loop (it used to sleep 10 ms first, a
+    third of a join's convergence time)."""
+    backend, programmed = asyncio.run(_run_events([[LeaseEvent("added", lease(1))]]))
+    assert programmed == 1
+    assert [r.dst for c in backend.applied for r in c.add_routes] == [
+        IPv4Network("10.244.1.0/24")]
+
+
+def test_events_delivered_together_are_applied_as_one_change() -> None:
+    backend, programmed = asyncio.run(_run_events([[LeaseEvent("added", lease(1)),
+                                                    LeaseEvent("added", lease(2))]]))
+    assert programmed == 2
+    assert len(backend.applied) == 1
+    assert sorted(r.dst for r in backend.applied[0].add_routes) == [
+        IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")]
+
+
+def test_peers_programmed_follows_removals_and_unreachable_peers() -> None:
+    off_link = Lease(IPv4Network("10.244.3.0/24"), IPv4Address("198.51.100.3"), "host-gw",
+                     etcd_lease_id=1)  # host-gw cannot reach it: never counted as programmed
+    _, programmed = asyncio.run(_run_events([
+        [LeaseEvent("added", lease(1)), LeaseEvent("added", lease(2))],
+        [LeaseEvent("removed", lease(1)), LeaseEvent("added", off_link)]]))
+    assert programmed == 1
+
+
+def test_the_valid_view_patched_per_event_equals_a_full_check() -> None:
+    """Events usually patch the valid view (no whole-view check per event); whatever the
+    events, the view equals the leases checked from scratch, and the queued changes turn the
+    old view into the new one."""
+    import random
+
+    from netweft.ipam.leasecheck import check_leases
+
+    cfg = parse_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}')
+    own = lease(0)
+    peers = PeerReconciler(RecordingHostGw(), InlineKernel(), Metrics(), lambda: own,
+                           lambda le: f"/subnets/{le.key_name}", interval=3600, config=cfg)
+    peers.set_leases([own])
+    pool = [lease(n) for n in range(1, 12)] + [
+        Lease(IPv4Network("10.245.1.0/24"), IPv4Address("192.0.2.50"), "host-gw",
+              etcd_lease_id=1),  # outside the network
+        Lease(IPv4Network("10.244.5.0/25"), IPv4Address("192.0.2.51"), "host-gw",
+              etcd_lease_id=1),  # wrong length
+        Lease(IPv4Network("10.244.6.0/24"), IPv4Address("192.0.2.99"), "host-gw",
+              etcd_lease_id=2)]  # a new version of lease 6
+    rng = random.Random(12)
+    programmed: dict[str, Lease] = {}
+    for _ in range(300):
+        batch = [LeaseEvent(rng.choice(["added", "added", "removed"]), rng.choice(pool))
+                 for _ in range(rng.randint(1, 3))]
+        peers.on_events(batch)
+        for key, (_old, new) in peers._pending.items():
+            if new is None:
+                programmed.pop(key, None)
+            else:
+                programmed[key] = new
+        peers._pending.clear()
+        want = {f"/subnets/{le.key_name}": le
+                for le in check_leases(cfg, peers.leases.values(), own).valid}
+        assert peers.valid == want
+        assert programmed == {k: v for k, v in want.items() if v is not own}
+
+
+def test_an_ordinary_lease_event_does_not_check_the_whole_view_again() -> None:
+    cfg = parse_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}')
+    own = lease(0)
+    peers = PeerReconciler(RecordingHostGw(), InlineKernel(), Metrics(), lambda: own,
+                           lambda le: f"/subnets/{le.key_name}", interval=3600, config=cfg)
+    peers.set_leases([own, *(lease(n) for n in range(1, 100))])
+    full_checks = []
+    real = peers.filter.valid
+    peers.filter.valid = lambda *a: full_checks.append(1) or real(*a)  # type: ignore[method-assign]
+    peers.on_events([LeaseEvent("added", lease(100)), LeaseEvent("removed", lease(3))])
+    assert not full_checks
+    assert set(peers._pending) == {"/subnets/10.244.100.0-24", "/subnets/10.244.3.0-24"}
