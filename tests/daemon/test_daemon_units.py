@@ -225,8 +225,6 @@ def test_nft_firewall_loads_one_typed_table_through_the_applier() -> None:
     """The daemon's table goes through the one nftables applier as typed chains (here the
     in-memory fake, tests/support/fake_nft.py): loaded once, left alone while it matches, reloaded
     after someone flushes a chain."""
-    import sys
-    from pathlib import Path
 
     from netweft.daemon.firewall import (
         NFT_FORWARD_CHAIN,
@@ -235,9 +233,7 @@ def test_nft_firewall_loads_one_typed_table_through_the_applier() -> None:
         NftFirewall,
         nft_chains,
     )
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fake_nft import FakeNft
+    from support.fake_nft import FakeNft
 
     nft = FakeNft()
     fw = NftFirewall(nft=nft)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.fixture(scope="module")
-def image_tar() -> str:
+def netweft_image_tar() -> str:
     if os.geteuid() != 0:
         pytest.skip("needs root (chroot, podman's own store)")
     proc = subprocess.run(["bash", str(ROOT / "deploy" / "image.sh")], capture_output=True,
@@ -36,7 +36,7 @@ def image_tar() -> str:
 
 @pytest.mark.slow
 def test_offline_image_runs_daemon_help_and_installs_the_cni_plugin_into_a_host_dir(
-        image_tar: str, netns_factory: Callable[[str], str], tmp_path: Path) -> None:
+        netweft_image_tar: str, netns_factory: Callable[[str], str], tmp_path: Path) -> None:
     host = tmp_path / "host"
     (host / "opt/cni/bin").mkdir(parents=True)
     (host / "etc/cni/net.d").mkdir(parents=True)
@@ -45,7 +45,7 @@ def test_offline_image_runs_daemon_help_and_installs_the_cni_plugin_into_a_host_
     try:
         node.podman("import", "-q", "--change", 'CMD ["netweft","daemon","--help"]',
                     "--change", f"ENV PATH={IMAGE_PATH}",
-                    image_tar, IMAGE_REF, timeout=600)
+                    netweft_image_tar, IMAGE_REF, timeout=600)
         help_out = node.podman("run", "--rm", "--network", "none", IMAGE_REF).stdout
         assert "Usage: netweft daemon" in help_out
         assert "--kube-subnet-mgr" in help_out

@@ -8,37 +8,18 @@ the flanneld node, netweft's daemon, proxy and CNI plugin elsewhere."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from netweft.daemon import kubenode as kn
-from netweft.daemon import netns
-from netweft.daemon.lab import flannel
-from netweft.daemon.lab.lab import Lab, down
-from netweft.daemon.lab.topology import LabSpec
+from netweft.daemon.lab.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    try:
-        flannel.load_build()
-    except flannel.FlannelMissing as exc:  # deploy/setup.sh builds it: a missing one fails
-        pytest.fail(str(exc))
-    prefix = f"nwfk{uuid.uuid4().hex[:4]}"
-    spec = LabSpec(prefix=prefix, nodes=3, pods_per_node=1, flannel_nodes=1,
-                   control_plane="kubernetes")
-    try:
-        yield Lab.up(spec)
-    finally:
-        down(prefix)
-        assert netns.list_names(f"{prefix}-") == []
+# the lab fixture (tests/lab/conftest.py) builds this once for the module and tears it down
+LAB = {"nodes": 3, "pods_per_node": 1, "flannel_nodes": 1, "control_plane": "kubernetes",
+       "prefix_stem": "nwfk"}
 
 
 def _nodes(lab: Lab) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -28,17 +27,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REMOVAL_BOUND = 30.0   # generous: a deleted Node leaves every peer's routes within this (s)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    prefix = f"nwk{uuid.uuid4().hex[:4]}"
-    spec = LabSpec(prefix=prefix, nodes=3, pods_per_node=2, control_plane="kubernetes")
-    try:
-        yield Lab.up(spec)
-    finally:
-        down(prefix)
-        assert netns.list_names(f"{prefix}-") == []
+# the lab fixture (tests/lab/conftest.py) builds this once for the module and tears it down
+LAB = {"nodes": 3, "pods_per_node": 2, "control_plane": "kubernetes", "prefix_stem": "nwk"}
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -224,13 +224,13 @@ def test_external_traffic_local_short_circuit_with_affinity(mode: str) -> None:
         return walker.trace(Packet(src, dst, "tcp", port, local))
 
     both = {B("10.244.1.18"), B("10.244.2.18")}
-    assert trace(POD, "192.0.2.11", 30083).backends == both
-    assert trace(POD, "203.0.113.8", 80).backends == both
-    assert trace(OUTSIDE, "192.0.2.11", 30083).backends == {B("10.244.1.18")}
-    assert trace(OUTSIDE, "203.0.113.8", 80).backends == {B("10.244.1.18")}
+    assert trace(POD, "192.0.2.11", 30083).endpoints == both
+    assert trace(POD, "203.0.113.8", 80).endpoints == both
+    assert trace(OUTSIDE, "192.0.2.11", 30083).endpoints == {B("10.244.1.18")}
+    assert trace(OUTSIDE, "203.0.113.8", 80).endpoints == {B("10.244.1.18")}
     t = trace("192.0.2.11", "192.0.2.11", 30084, local=True)
     assert t.endpoints == {B("10.244.2.19")} and all(t.masquerade.values())
-    assert trace(POD, "192.0.2.11", 30084).backends == {B("10.244.2.19")}
+    assert trace(POD, "192.0.2.11", 30084).endpoints == {B("10.244.2.19")}
     assert trace(OUTSIDE, "192.0.2.11", 30084).verdicts == {"drop"}
 
 
