@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,9 @@ from netweft.daemon.lab.topology import (
     SERVICE_NAME,
     SERVICE_NODE_PORT,
     SERVICE_PORT,
+    SYSTEM_NAMESPACE,
     WHOAMI_PORT,
+    KubePaths,
     Pod,
     Topology,
     network_config,
@@ -53,13 +54,9 @@ from netweft.daemon.lab.topology import (
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 RBAC_MANIFESTS = ("00-namespace.yaml", "10-rbac.yaml")
-SYSTEM_NAMESPACE = "netweft-system"     # the manifests' namespace
-DAEMON_ACCOUNT = "netweft"              # the node agent's service account (10-rbac.yaml)
-PROXY_ACCOUNT = "netweft-proxy"         # the proxy's
 POD_NAMESPACE = "default"               # the lab's pods (CNI_ARGS K8S_POD_NAMESPACE)
 TOKEN_SECONDS = 7 * 24 * 3600           # the lab's tokens outlive any lab session
 FIELD_MANAGER = "netweft-lab"
-PROCESS_NAMES = ("kube-etcd", "kube-apiserver", "kube-controller-manager")  # PID file names
 
 
 class KubeLabError(RuntimeError):
@@ -78,56 +75,11 @@ def in_netns(name: str) -> Iterator[None]:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class KubePaths:
-    """Where a lab's control plane lives: ``port`` of the apiserver on ``192.0.2.2`` and on the
-    control-plane namespace's loopback; ``workdir`` = ``<lab state>/kube`` (PKI, etcd data,
-    logs, kubeconfigs, net-conf.json)."""
-
-    workdir: str
-    port: int
-
-    @property
-    def server(self) -> str:
-        """The apiserver's URL as the nodes use it (over the underlay)."""
-        return f"https://{ETCD_IP}:{self.port}"
-
-    @property
-    def ca_cert(self) -> str:
-        return os.path.join(self.workdir, "pki", "ca.crt")
-
-    @property
-    def admin_kubeconfig(self) -> str:
-        """The admin's kubeconfig (``https://127.0.0.1:<port>``: valid in the control-plane
-        namespace, where :class:`KubeApi` makes its calls)."""
-        return os.path.join(self.workdir, "admin.kubeconfig")
-
-    @property
-    def daemon_kubeconfig(self) -> str:
-        return os.path.join(self.workdir, f"{DAEMON_ACCOUNT}.kubeconfig")
-
-    @property
-    def proxy_kubeconfig(self) -> str:
-        return os.path.join(self.workdir, f"{PROXY_ACCOUNT}.kubeconfig")
-
-    @property
-    def net_conf(self) -> str:
-        """Flannel's ``net-conf.json`` (what kube-flannel mounts from its ConfigMap)."""
-        return os.path.join(self.workdir, "net-conf.json")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"workdir": self.workdir, "port": self.port}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> KubePaths:
-        return cls(str(d["workdir"]), int(d["port"]))
-
-
 def start_control_plane(topo: Topology) -> tuple[KubePaths, dict[str, int]]:
     """Start etcd + kube-apiserver + kube-controller-manager in ``topo``'s control-plane
     namespace (cluster CIDR = the lab network, node CIDR mask = its subnet length) and wait for
     them; write the RBAC, tokens and net-conf.json. Returns the paths and the PIDs by
-    :data:`PROCESS_NAMES` (the caller records them). Raises :class:`KubeLabError`; on failure
+    :data:`KUBE_PROCESSES` (the caller records them). Raises :class:`KubeLabError`; on failure
     the processes started are stopped."""
     spec = topo.spec
     workdir = Path(topo.state_dir) / "kube"

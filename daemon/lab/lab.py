@@ -21,23 +21,27 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 from netweft.daemon import netns
 from netweft.daemon.etcd_process import EtcdProcess
 from netweft.daemon.lab import check as checks
-from netweft.daemon.lab import flannel, kube, procs, reference, runtime, underlay
+from netweft.daemon.lab import flannel, procs, reference, runtime, underlay
 from netweft.daemon.lab.etcdctl import LabEtcd
 from netweft.daemon.lab.topology import (
     CNI_NETWORK_NAME,
+    DAEMON_ACCOUNT,
     ETCD_CLIENT_PORT,
     ETCD_IP,
+    KUBE_PROCESSES,
+    PROXY_ACCOUNT,
     SERVICE_NAME,
     SERVICE_NODE_PORT,
     SERVICE_PORT,
     WHOAMI_PORT,
+    KubePaths,
     LabSpec,
     Node,
     Pod,
@@ -49,6 +53,9 @@ from netweft.daemon.lab.topology import (
     network_config,
     plan,
 )
+
+if TYPE_CHECKING:
+    from netweft.daemon.lab.kube import KubeApi
 
 STATE_FILE = "lab.json"
 DAEMON_READY_TIMEOUT = 30.0
@@ -77,7 +84,7 @@ def netweft_command() -> list[str]:
 
 
 def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME,
-                   kube_paths: kube.KubePaths | None = None) -> list[str]:
+                   kube_paths: KubePaths | None = None) -> list[str]:
     """How the lab starts ``netweft daemon`` on ``node`` (inside the node's namespace);
     ``network``: the CNI network name (IPAM directory), Flannel's on a migrated node;
     ``kube_paths``: Kubernetes mode (``--kube-subnet-mgr`` with the ``netweft`` service
@@ -103,7 +110,7 @@ def daemon_command(topo: Topology, node: Node, network: str = CNI_NETWORK_NAME,
 
 
 def proxy_command(topo: Topology, node: Node,
-                  kube_paths: kube.KubePaths | None = None) -> list[str]:
+                  kube_paths: KubePaths | None = None) -> list[str]:
     """How the lab starts ``netweft proxy`` on ``node``: services from etcd, or with
     ``kube_paths`` from the API (Services + EndpointSlices, the ``netweft-proxy`` token)."""
     if kube_paths is not None:
@@ -170,7 +177,7 @@ class Lab:
         # nodes migrated from flanneld keep Flannel's CNI network name, so netweft's IPAM
         # (host-local's layout) continues host-local's allocations in <data dir>/cbr0
         self.migrated: set[str] = set()
-        self.kube: kube.KubePaths | None = None   # Kubernetes mode: the control plane's files
+        self.kube: KubePaths | None = None   # Kubernetes mode: the control plane's files
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -228,7 +235,7 @@ class Lab:
         if data.get("service"):
             lab.service = ServiceState(**data["service"])
         if data.get("kube"):
-            lab.kube = kube.KubePaths.from_dict(data["kube"])
+            lab.kube = KubePaths.from_dict(data["kube"])
         return lab
 
     def _set_topology(self, nodes: Sequence[Node] | None = None) -> None:
@@ -336,6 +343,8 @@ class Lab:
         """Kubernetes mode: the real control plane in the control-plane namespace
         (daemon/lab/kube.py), its PIDs recorded; the manifests' RBAC applied; the daemons' and
         proxies' kubeconfigs (service-account tokens) written."""
+        from netweft.daemon.lab import kube
+
         try:
             self.kube, pids = kube.start_control_plane(self.topo)
         finally:
@@ -346,11 +355,15 @@ class Lab:
         self.save()
         with self.api() as api:
             api.apply_rbac()
-            api.write_token_kubeconfig(kube.DAEMON_ACCOUNT, self.kube.daemon_kubeconfig)
-            api.write_token_kubeconfig(kube.PROXY_ACCOUNT, self.kube.proxy_kubeconfig)
+            api.write_token_kubeconfig(DAEMON_ACCOUNT, self.kube.daemon_kubeconfig)
+            api.write_token_kubeconfig(PROXY_ACCOUNT, self.kube.proxy_kubeconfig)
 
-    def api(self) -> kube.KubeApi:
+    def api(self) -> KubeApi:
         """The admin's API client (Kubernetes mode only)."""
+        # imported here: lightkube costs ~1 s of start-up that no other `netweft` command
+        # should pay (every command loads this module)
+        from netweft.daemon.lab import kube
+
         if self.kube is None:
             raise LabError(f"lab {self.topo.prefix!r} runs no Kubernetes control plane "
                            "(`lab up --control-plane kubernetes`)")
@@ -754,10 +767,12 @@ class Lab:
         """Kubernetes mode: the control plane's processes and, from the API, the Nodes
         (podCIDR, Flannel's annotations, NetworkUnavailable), the pods (IP, Ready) and the
         Services with their ready endpoints. Never raises (an API error is reported)."""
+        from netweft.daemon.lab import kube
+
         assert self.kube is not None
         out: dict[str, Any] = {
             "server": self.kube.server,
-            "processes": {name: bool(self._running(name)) for name in kube.PROCESS_NAMES}}
+            "processes": {name: bool(self._running(name)) for name in KUBE_PROCESSES}}
         try:
             with self.api() as api:
                 out["nodes"] = [kube.node_summary(n) for n in api.nodes()]

@@ -41,6 +41,11 @@ BACKENDS = ("vxlan", "host-gw", "wireguard")
 DATAPLANES = ("netweft", "reference")
 PROXY_MODES = ("nftables", "iptables")
 CONTROL_PLANES = ("etcd", "kubernetes")
+# Kubernetes mode (daemon/lab/kube.py): deploy/kubernetes/10-rbac.yaml's names, PID file names
+SYSTEM_NAMESPACE = "netweft-system"
+DAEMON_ACCOUNT = "netweft"               # the node agent's service account
+PROXY_ACCOUNT = "netweft-proxy"          # the proxy's
+KUBE_PROCESSES = ("kube-etcd", "kube-apiserver", "kube-controller-manager")
 MAX_NODES = 200
 UNDERLAY_BRIDGE = "br0"
 NODE_IFACE = "eth0"
@@ -259,6 +264,51 @@ class Topology:
 
     def infra_namespaces(self) -> list[str]:
         return [self.underlay_ns, self.etcd_ns, self.outside_ns]
+
+
+@dataclass(frozen=True)
+class KubePaths:
+    """Where a lab's control plane lives: ``port`` of the apiserver on ``192.0.2.2`` and on the
+    control-plane namespace's loopback; ``workdir`` = ``<lab state>/kube`` (PKI, etcd data,
+    logs, kubeconfigs, net-conf.json)."""
+
+    workdir: str
+    port: int
+
+    @property
+    def server(self) -> str:
+        """The apiserver's URL as the nodes use it (over the underlay)."""
+        return f"https://{ETCD_IP}:{self.port}"
+
+    @property
+    def ca_cert(self) -> str:
+        return os.path.join(self.workdir, "pki", "ca.crt")
+
+    @property
+    def admin_kubeconfig(self) -> str:
+        """The admin's kubeconfig (``https://127.0.0.1:<port>``: valid in the control-plane
+        namespace, where :class:`KubeApi` makes its calls)."""
+        return os.path.join(self.workdir, "admin.kubeconfig")
+
+    @property
+    def daemon_kubeconfig(self) -> str:
+        return os.path.join(self.workdir, f"{DAEMON_ACCOUNT}.kubeconfig")
+
+    @property
+    def proxy_kubeconfig(self) -> str:
+        return os.path.join(self.workdir, f"{PROXY_ACCOUNT}.kubeconfig")
+
+    @property
+    def net_conf(self) -> str:
+        """Flannel's ``net-conf.json`` (what kube-flannel mounts from its ConfigMap)."""
+        return os.path.join(self.workdir, "net-conf.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workdir": self.workdir, "port": self.port}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KubePaths:
+        return cls(str(d["workdir"]), int(d["port"]))
 
 
 def lab_state_dir(state_root: str, prefix: str) -> str:

@@ -19,7 +19,7 @@ from netweft.daemon import kubenode as kn
 from netweft.daemon import netns
 from netweft.daemon.lab import kube, procs
 from netweft.daemon.lab.lab import Lab, down
-from netweft.daemon.lab.topology import SERVICE_NAME, LabSpec, LabSpecError
+from netweft.daemon.lab.topology import KUBE_PROCESSES, SERVICE_NAME, LabSpec, LabSpecError
 from support.polling import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -124,10 +124,10 @@ def test_a_node_joins_and_a_deleted_node_leaves_its_peers_dataplane(lab: Lab) ->
 
 
 def test_down_stops_the_control_plane_and_every_process_and_leaves_nothing(lab: Lab) -> None:
-    records = [r for r in (procs.read_pidfile(lab.pidfile(n)) for n in kube.PROCESS_NAMES)
+    records = [r for r in (procs.read_pidfile(lab.pidfile(n)) for n in KUBE_PROCESSES)
                if r is not None]
     records += [r for n in lab.topo.nodes for r in (lab.daemon_record(n),) if r is not None]
-    assert len(records) == len(kube.PROCESS_NAMES) + len(lab.topo.nodes)
+    assert len(records) == len(KUBE_PROCESSES) + len(lab.topo.nodes)
     assert all(procs.is_running(r) for r in records)
     down(lab.topo.prefix)
     assert not any(procs.is_running(r) for r in records)
