@@ -21,13 +21,13 @@ import pytest
 from netweft.daemon.controlplane import ControlPlane  # noqa: E402
 from netweft.daemon.kubeproxy_run import node_with_address, proxier_kubeconfig  # noqa: E402
 from support.kube_cluster import unique  # noqa: E402
+from support.namespaces import NamespaceMaker
 from support.proxy_sidebyside import (  # noqa: E402
     BRIDGE_A,
     CLIENT_POD,
     NODE_A_IP,
     NODE_B_IP,
     OUTSIDE_IP,
-    NamespaceSet,
     World,
     build_world,
     start_kube_proxy,
@@ -67,7 +67,7 @@ class SideBySide:
 def sbs(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[SideBySide]:
     """Four worlds, each proxy running as node A; the Nodes in the API carry their addresses."""
-    namespaces = NamespaceSet()
+    namespaces = NamespaceMaker()
     work = tmp_path_factory.mktemp("sbs")
     node_a, node_b = unique("sbs-a"), unique("sbs-b")
     node_with_address(control_plane, node_a, NODE_A_IP)
@@ -95,7 +95,7 @@ class Scenario:
 
     sbs: SideBySide
     namespace: str
-    pod_namespaces: NamespaceSet
+    pod_namespaces: NamespaceMaker
     pod_ips: dict[str, str] = field(default_factory=dict)      # pod name -> ip
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
@@ -154,7 +154,7 @@ class Scenario:
 def scn(sbs: SideBySide) -> Iterator[Scenario]:
     namespace = unique("sbs")
     sbs.plane.kubectl("create", "namespace", namespace)
-    pods = NamespaceSet()
+    pods = NamespaceMaker()
     for world in sbs.worlds:
         world.a.make_ns = world.b.make_ns = pods
     scenario = Scenario(sbs, namespace, pods)

@@ -18,8 +18,6 @@ the clients. Pods run the proxy testbed's who-am-I server (answers ``"<own ip> <
 
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
 import sys
 import time
@@ -27,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netweft.daemon import netns
 from netweft.daemon.kubeproxy_run import KubeProxy, KubeProxySettings, http_get_in_netns, metric
 from netweft.daemon.nsrelay import NsRelay
 
@@ -42,27 +39,6 @@ EXTERNAL_NET = "203.0.113.0/24"      # externalIPs and LoadBalancer IPs, routed 
 SERVICE_CIDR = "10.96.0.0/12"
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
-_counter = itertools.count()
-
-
-class NamespaceSet:
-    """``make(tag)``: namespace ``nwt<pid>-sbs-<tag>-<n>`` (lo up); :meth:`close` deletes all."""
-
-    def __init__(self) -> None:
-        self.made: list[str] = []
-
-    def __call__(self, tag: str = "ns") -> str:
-        name = f"nwt{os.getpid() % 100000}-sbs-{tag}-{next(_counter)}"[:40]
-        netns.add(name)
-        self.made.append(name)
-        return name
-
-    def close(self) -> None:
-        for name in reversed(self.made):
-            netns.delete(name)
-        self.made.clear()
-
-
 def _ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
 
