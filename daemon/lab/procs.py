@@ -117,6 +117,9 @@ def signal_process(record: ProcessRecord, sig: int) -> bool:
     return True
 
 
+KILL_WAIT = 30.0  # seconds to wait for a SIGKILLed process to be gone
+
+
 def wait_gone(record: ProcessRecord, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,7 +139,9 @@ def stop(pidfile: str, timeout: float = 5.0, sig: int = signal.SIGTERM) -> bool:
         signalled = True
         if not wait_gone(record, timeout):
             signal_process(record, signal.SIGKILL)
-            wait_gone(record, 5.0)
+            # SIGKILL always ends it, but tearing down a large process (kube-apiserver, etcd)
+            # took more than 5 s under load once, and `lab down` returned with it still alive
+            wait_gone(record, KILL_WAIT)
     if record is not None:
         _reap(record.pid)
     with contextlib.suppress(FileNotFoundError):
