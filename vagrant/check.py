@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,15 +123,37 @@ def parse_cluster_ip(output: str) -> str:
 
 
 class Cluster:
-    """The nodes, reached with ``ssh -F SSH_CONFIG NODE``."""
+    """The nodes, reached with ``ssh -F SSH_CONFIG NODE``.
 
-    def __init__(self, ssh_config: str) -> None:
+    At most ``per_node`` ssh sessions run against one node at a time: a guest under plain qemu
+    emulation (the libvirt route) spends seconds of its one emulated CPU on each key exchange, so
+    several at once all missed a 10 s connect timeout (every probe of a 2-VM run exited 255).
+    ``connect_timeout`` (seconds) is ssh's ConnectTimeout, which also bounds the banner exchange.
+    ``run`` executes the ssh argv (subprocess.run's signature); tests pass their own.
+    """
+
+    def __init__(self, ssh_config: str, per_node: int = 2, connect_timeout: float = 10,
+                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
         self.ssh_config = ssh_config
+        self.per_node = per_node
+        self.connect_timeout = connect_timeout
+        self._run = run
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def _slot(self, node: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            return self._slots.setdefault(node, threading.BoundedSemaphore(self.per_node))
 
     def ssh(self, node: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["ssh", "-F", self.ssh_config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-             node, command], capture_output=True, text=True, timeout=timeout)
+        """Run ``command`` on ``node``; raises subprocess.TimeoutExpired after ``timeout`` s
+        (the wait for a free session slot on that node not included). ssh's own errors are
+        printed (LogLevel ERROR; Vagrant's ssh-config says FATAL, which hides why it failed)."""
+        with self._slot(node):
+            return self._run(
+                ["ssh", "-F", self.ssh_config, "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+                 "-o", f"ConnectTimeout={self.connect_timeout:g}", node, command],
+                capture_output=True, text=True, timeout=timeout + self.connect_timeout)
 
 
 def run_probe(cluster: Cluster, probe: Probe, tries: int = 3) -> Result:
@@ -180,11 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         " nodeI has .(10+I)")
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--node-port", type=int, default=30080)
+    parser.add_argument("--ssh-per-node", type=int, default=2,
+                        help="ssh sessions in flight to one node (1 for emulated VMs)")
+    parser.add_argument("--connect-timeout", type=float, default=10,
+                        help="ssh ConnectTimeout in seconds (60 for emulated VMs)")
     parser.add_argument("--settle", type=float, default=60.0,
                         help="seconds to wait for the Service to answer at node1's NodePort")
     args = parser.parse_args(argv)
     nodes = [Node(f"node{i}", f"{args.subnet}.{10 + i}") for i in range(1, args.nodes + 1)]
-    cluster = Cluster(args.ssh_config)
+    cluster = Cluster(args.ssh_config, args.ssh_per_node, args.connect_timeout)
 
     def add_pod(node: Node) -> tuple[str, str]:
         proc = cluster.ssh(node.name, f"sudo {DEMO} add")

@@ -91,3 +91,35 @@ def test_demo_output_parsing() -> None:
     assert check.parse_cluster_ip("demo service 10.96.0.17:80 NodePort 30080\n") == "10.96.0.17"
     with pytest.raises(ValueError):
         check.parse_pod_ip("Error: no conflist")
+
+
+def test_ssh_sessions_to_one_node_are_limited_while_other_nodes_run_in_parallel() -> None:
+    """An emulated VM cannot take many key exchanges at once (the libvirt route's probes all
+    exited 255 with 4 sessions per node): at most ``per_node`` sessions per node."""
+    import subprocess
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+    active: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    def fake_run(argv, **kwargs):  # records concurrency; no ssh is started (pure logic)
+        node = argv[-2]
+        with lock:
+            active[node] = active.get(node, 0) + 1
+            peak[node] = max(peak.get(node, 0), active[node])
+        time.sleep(0.05)
+        with lock:
+            active[node] -= 1
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    cluster = check.Cluster("ssh_config", per_node=1, connect_timeout=60, run=fake_run)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: cluster.ssh(n, "true"), ["node1", "node2"] * 4))
+    assert peak == {"node1": 1, "node2": 1}
+    seen: list[list[str]] = []
+    check.Cluster("c", run=lambda a, **k: seen.append(a) or subprocess.CompletedProcess(a, 0)).ssh(
+        "node1", "true")
+    assert "ConnectTimeout=10" in seen[0] and "LogLevel=ERROR" in seen[0]

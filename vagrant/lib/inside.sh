@@ -80,8 +80,12 @@ ENV
     grep -h 'FLANNEL_SUBNET' provision-node*.log | sed 's/^ *//' >&2 || true
     echo "vagrant up + provision: $NODES nodes in $(( $(date +%s) - start )) s" >&2
     vagrant ssh-config > ssh_config
+    # Emulated VMs (libvirt, domain type qemu) take seconds per ssh key exchange: one session
+    # per node at a time, and a longer connect timeout.
+    slow=()
+    [ "$PROVIDER" = libvirt ] && slow=(--ssh-per-node 1 --connect-timeout 60)
     exec "$PYTHON" "$vagrant_dir/check.py" --ssh-config ssh_config --nodes "$NODES" \
-        --subnet "$CLUSTER"
+        --subnet "$CLUSTER" "${slow[@]}"
     ;;
 down)
     # shellcheck disable=SC1091
