@@ -3,17 +3,11 @@ because the repository's top-level folders are fixed — it imports nothing from
 
 - :mod:`netweft.kv.types`: ``KeyValue``, watch events and batches, the ``EtcdError`` family;
 - :mod:`netweft.kv.protocol`: the ``KV`` protocol everything else is written against;
-- :mod:`netweft.kv.etcd`: ``EtcdSettings`` and ``EtcdClient``, the real store (etcd v3 over gRPC);
+- :mod:`netweft.kv.etcd`: ``EtcdSettings`` and ``EtcdClient``, the real store (etcd v3 over its
+  JSON gateway);
 - :mod:`netweft.kv.memory`: ``MemoryKV``, the same protocol in memory for pure unit tests;
 - :mod:`netweft.kv.reflector`: ``Reflector``, the one list-then-watch loop (re-list after
   compaction, resume after a broken stream, backoff);
 - :mod:`netweft.kv.backoff`: exponential backoff with jitter.
 """
 
-import os
-
-# gRPC's C core logs TLS and connection failures to stderr itself (8-22 lines per failed
-# handshake), beside the one line our errors give. It reads this before its first use, so it is
-# set before anything of ours imports grpc; GRPC_VERBOSITY=ERROR in the environment brings the
-# logs back for debugging.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")

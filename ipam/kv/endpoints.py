@@ -1,15 +1,14 @@
-"""etcd client URLs (``--etcd-endpoints``) as gRPC targets, one per endpoint.
+"""etcd client URLs (``--etcd-endpoints``), one base URL per endpoint for etcd's JSON gateway.
 
-``http://etcd-a:2379`` (a host name: resolved by gRPC's DNS resolver, every address it has),
+``http://etcd-a:2379`` (a host name: resolved when connecting, every address it has),
 ``http://10.0.0.1:2379`` and ``http://[fd00::1]:2379`` (IP literals, IPv6 in brackets as in any
 URL). A missing scheme means ``http://``, a missing port 2379 (etcd's client port). Each endpoint
-gets its own channel; :class:`netweft.kv.etcd.EtcdClient` fails over between them as etcd's own
+gets its own connections; :class:`netweft.kv.etcd.EtcdClient` fails over between them as etcd's own
 clientv3 does with several endpoints.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,14 +24,6 @@ class Endpoint:
     host: str
     port: int
     https: bool
-
-    def grpc_target(self) -> str:
-        """``ipv4:a.b.c.d:port``, ``ipv6:[addr]:port`` or ``dns:///name:port``."""
-        try:
-            ip = ipaddress.ip_address(self.host)
-        except ValueError:
-            return f"dns:///{self.host}:{self.port}"
-        return f"ipv4:{ip}:{self.port}" if ip.version == 4 else f"ipv6:[{ip}]:{self.port}"
 
 
 def parse_endpoint(text: str) -> Endpoint:

@@ -4,8 +4,8 @@ Every problem is one line naming the option and file (``--etcd-cafile``, ``--etc
 ``--etcd-keyfile``) or the certificate at fault, raised as :class:`EtcdConfigError` — never a
 traceback, never "unreachable" for what is a certificate mistake. The files are checked with the
 standard library's ``ssl`` (the same OpenSSL parsing etcd's peers would do); handshake failures
-are recognised in gRPC's status details (BoringSSL reason codes such as
-``CERTIFICATE_VERIFY_FAILED``), which is the only place gRPC reports them.
+are recognised by OpenSSL's reason codes in the errors Python's ``ssl`` raises (such as
+``CERTIFICATE_VERIFY_FAILED``, or the alert a server sent when it refused our certificate).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class EtcdConfigError(EtcdError):
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM bytes for grpc.ssl_channel_credentials: CA bundle (None: the system's), client
+    """PEM bytes as read and checked: CA bundle (None: the system's), client
     certificate chain and key (both None: no client certificate)."""
 
     ca: bytes | None
@@ -81,35 +81,67 @@ def load_tls(cafile: str | None, certfile: str | None, keyfile: str | None) -> T
     return TlsFiles(ca, cert, key)
 
 
-_VERIFY = re.compile(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)")
+def client_context(files: TlsFiles, certfile: str | None, keyfile: str | None) -> ssl.SSLContext:
+    """The client's TLS context: the CA bundle in ``files`` (None: the system's), the client
+    certificate and key when given, host names checked. The files were checked by
+    :func:`load_tls`; :class:`EtcdConfigError` if they still cannot be used."""
+    try:
+        ctx = ssl.create_default_context(
+            cadata=files.ca.decode("ascii", "replace") if files.ca is not None else None)
+        if certfile and keyfile:
+            ctx.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise EtcdConfigError(f"--etcd-cafile/--etcd-certfile: cannot be used ({exc})") from None
+    return ctx
 
 
-def explain_handshake(details: str, url: str, host: str, cafile: str | None,
-                      certfile: str | None) -> str | None:
-    """One line for a TLS failure in gRPC status ``details`` of a call to ``url``; None when
-    ``details`` is not about TLS."""
-    if "CERTIFICATE_VERIFY_FAILED" in details:
+_VERIFY = re.compile(r"certificate verify failed: ([^(]+)", re.IGNORECASE)
+
+
+def explain_tls(details: str, url: str, host: str, cafile: str | None,
+                certfile: str | None) -> str | None:
+    """One line for a TLS failure of a call to ``url``; ``details``: the text of the error and
+    its causes (Python's ``ssl`` reports OpenSSL's reason codes, e.g. ``CERTIFICATE_VERIFY_FAILED``
+    or the alert the server sent, ``TLSV13_ALERT_CERTIFICATE_REQUIRED``). None when ``details``
+    is not about TLS."""
+    up = details.upper()
+    if "MISMATCH, CERTIFICATE IS NOT VALID FOR" in up:
+        return (f"etcd at {url}: its TLS certificate is not valid for {host!r} (not in its "
+                "subjectAltName): connect by a name or address the certificate lists")
+    if "CERTIFICATE_VERIFY_FAILED" in up or "CERTIFICATE VERIFY FAILED" in up:
         m = _VERIFY.search(details)
-        why = m.group(1).strip() if m else "verification failed"
+        why = m.group(1).strip().rstrip(".") if m else "verification failed"
         trust = (f"it is not signed by a CA in --etcd-cafile {cafile}" if cafile else
                  "give the CA that signed it with --etcd-cafile")
         return f"etcd at {url}: its TLS certificate is not trusted ({why}): {trust}"
-    if "Hostname Verification Check failed" in details or (
-            "Peer name" in details and "not in peer certificate" in details):
-        return (f"etcd at {url}: its TLS certificate is not valid for {host!r} (not in its "
-                "subjectAltName): connect by a name or address the certificate lists")
-    if ("TSI_DATA_CORRUPTED" in details or "ALERT_BAD_CERTIFICATE" in details
-            or "CERTIFICATE_REQUIRED" in details or "ALERT_UNKNOWN_CA" in details):
+    if "ALERT_CERTIFICATE_EXPIRED" in up or "ALERT CERTIFICATE EXPIRED" in up:
+        return f"etcd at {url} rejected the client certificate --etcd-certfile {certfile}: expired"
+    if any(a in up for a in ("ALERT_CERTIFICATE_REQUIRED", "ALERT CERTIFICATE REQUIRED",
+                             "ALERT_BAD_CERTIFICATE", "ALERT BAD CERTIFICATE",
+                             "ALERT_UNKNOWN_CA", "ALERT UNKNOWN CA", "ALERT_HANDSHAKE_FAILURE")):
         if certfile is None:
             return (f"etcd at {url} wants a TLS client certificate: give --etcd-certfile and "
                     "--etcd-keyfile")
         return (f"etcd at {url} rejected the client certificate --etcd-certfile {certfile} "
                 "(not signed by a CA etcd trusts, or expired)")
-    if "ALERT_CERTIFICATE_EXPIRED" in details:
-        return f"etcd at {url} rejected the client certificate --etcd-certfile {certfile}: expired"
-    if "Tls handshake failed" in details or "SSL_ERROR" in details:
-        m = re.search(r"OPENSSL_internal:([A-Z_]+)", details)
-        why = m.group(1) if m else "handshake failed"
-        return (f"etcd at {url}: TLS handshake failed ({why}): does it serve TLS on that port? "
-                "(http:// endpoints without --etcd-cafile use plain gRPC)")
+    m = re.search(r"\[SSL: ([A-Z0-9_]+)\]", details)
+    if m:
+        return (f"etcd at {url}: TLS handshake failed ({m.group(1)}): does it serve TLS on that "
+                "port? (http:// endpoints without --etcd-cafile use plain HTTP)")
     return None
+
+
+def explain_reset_after_handshake(url: str, certfile: str | None) -> str | None:
+    """One line for a TLS connection that the server reset or closed at the first request,
+    right after a handshake that had succeeded on our side, when we sent a client certificate.
+
+    With TLS 1.3 the client finishes its handshake before the server has checked the client
+    certificate (RFC 8446 section 4.4.4); a server that rejects it sends an alert and closes,
+    and if the close reaches us as a reset before the alert is read, the alert is lost (a reset
+    discards what the kernel had not yet handed us). So the most likely cause is named as such.
+    None without a client certificate (then a reset says nothing about TLS)."""
+    if certfile is None:
+        return None
+    return (f"etcd at {url} reset the connection right after the TLS handshake: it most likely "
+            f"rejected the client certificate --etcd-certfile {certfile} (not signed by a CA "
+            "etcd trusts, or expired)")

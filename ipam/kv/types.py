@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 
 class EtcdError(Exception):
@@ -28,7 +27,7 @@ class CompactedError(EtcdError):
         self.compact_revision = compact_revision
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
     """One key as stored: value bytes, creation and last modification revision, etcd lease id."""
 
@@ -37,11 +36,6 @@ class KeyValue:
     create_revision: int
     mod_revision: int
     lease: int
-
-    @classmethod
-    def from_pb(cls, kv: Any) -> KeyValue:
-        """From an etcd ``mvccpb.KeyValue`` protobuf message."""
-        return cls(kv.key.decode(), bytes(kv.value), kv.create_revision, kv.mod_revision, kv.lease)
 
 
 class EventType(Enum):

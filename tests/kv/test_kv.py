@@ -228,3 +228,41 @@ def test_reflector_raises_tls_mistakes_instead_of_retrying_forever() -> None:
             await asyncio.wait_for(anext(reflector.updates(MisconfiguredKV())), 5)
 
     asyncio.run(main())
+
+
+def test_a_prefix_larger_than_a_page_is_listed_whole_at_one_revision(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_prefix reads in pages (all at the first page's revision): every key, sorted, and a
+    write between pages is not seen."""
+    import netweft.kv.etcd as etcd_module
+
+    monkeypatch.setattr(etcd_module, "PAGE", 3)
+
+    async def body(kv: KV, prefix: str) -> None:
+        for i in range(8):
+            await kv.put(f"{prefix}k{i}", str(i))
+        await kv.put(f"{prefix[:-1]}x", "outside")  # sorts after the prefix: not listed
+        kvs, rev = await kv.get_prefix(prefix)
+        assert [k.key for k in kvs] == [f"{prefix}k{i}" for i in range(8)]
+        assert [k.value for k in kvs] == [str(i).encode() for i in range(8)]
+        assert rev == await kv.current_revision()
+
+        real_call = kv._call  # type: ignore[attr-defined]
+        pages = 0
+
+        async def call_then_write(path: str, req: dict[str, Any]) -> dict[str, Any]:
+            nonlocal pages
+            resp = await real_call(path, req)
+            pages += 1
+            if pages == 1:
+                await real_call("/v3/kv/put", {"key": etcd_module._b64(f"{prefix}k9"),
+                                               "value": etcd_module._b64("late")})
+            return resp
+
+        kv._call = call_then_write  # type: ignore[attr-defined]
+        kvs, rev2 = await kv.get_prefix(prefix)
+        assert pages == 3  # 8 keys, 3 a page
+        assert [k.key for k in kvs] == [f"{prefix}k{i}" for i in range(8)]
+        assert rev2 == rev  # the first page's revision, from before the write
+
+    on_both("etcd", request, body)

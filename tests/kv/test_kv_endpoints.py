@@ -9,13 +9,12 @@ from netweft.kv.endpoints import parse_endpoints
 from netweft.kv.etcd import EtcdSettings
 
 
-def test_every_endpoint_gets_its_own_target() -> None:
+def test_every_endpoint_is_parsed_to_host_port_and_scheme() -> None:
     s = EtcdSettings.from_strings(
         "http://etcd-a:2379, http://etcd-b:2380,http://[fd00::1]:2379,10.0.0.7,https://[::1]")
     eps = parse_endpoints(s.endpoints)
-    assert [e.grpc_target() for e in eps] == [
-        "dns:///etcd-a:2379", "dns:///etcd-b:2380", "ipv6:[fd00::1]:2379",
-        "ipv4:10.0.0.7:2379", "ipv6:[::1]:2379"]
+    assert [(e.host, e.port) for e in eps] == [
+        ("etcd-a", 2379), ("etcd-b", 2380), ("fd00::1", 2379), ("10.0.0.7", 2379), ("::1", 2379)]
     assert [e.https for e in eps] == [False, False, False, False, True]
     assert s.tls  # one https endpoint turns TLS on
 
