@@ -25,7 +25,7 @@ class BackendError(Exception):
     """A backend cannot do its job; the message is one line a person can act on."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """``<dst> via <gateway> dev <dev> [onlink] proto 78``, or ``<dst> dev <dev> proto 78``
     (scope link, no gateway: a layer-3 device such as WireGuard's) when ``gateway`` is None."""
@@ -48,7 +48,7 @@ class Route:
         return f"{self.dst}{via} dev {self.dev}" + (" onlink" if self.onlink else "")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Neighbour:
     """A permanent ARP entry: ``<ip> lladdr <mac> dev <dev> nud permanent``."""
 
@@ -61,7 +61,7 @@ class Neighbour:
         return f"{self.ip} lladdr {self.mac} dev {self.dev} permanent"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, slots=True, order=True)
 class FdbEntry:
     """A VXLAN forwarding entry: ``<mac> dev <dev> dst <underlay ip> self permanent``."""
 
@@ -95,7 +95,7 @@ class WgPeer:
                 + (" with preshared key" if self.psk else ""))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerState:
     """What one peer lease needs in the kernel (any part may be empty)."""
 

@@ -4,25 +4,63 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from netweft.common import defaults
-from netweft.kv.etcd import EtcdSettings
-from netweft.kv.tls import EtcdConfigError, load_tls
-from netweft.proxy.records import DEFAULT_SERVICES_PREFIX
+
+if TYPE_CHECKING:
+    from netweft.kv.etcd import EtcdSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SERVICES_PREFIX = defaults.SERVICES_PREFIX
 
 DEFAULT_ENDPOINTS = defaults.ETCD_ENDPOINTS
 DEFAULT_PREFIX = defaults.ETCD_PREFIX
 
 
+@dataclass
+class EtcdOptions:
+    """The etcd options as given; turned into :class:`EtcdSettings` by :func:`settings` when a
+    command first asks for them, so that a command without etcd (``netweft proxy --source
+    kube``, ``netweft cni``) does not import the etcd client (issue 12: the proxy's start)."""
+
+    endpoints: str
+    prefix: str
+    cafile: str | None
+    certfile: str | None
+    keyfile: str | None
+    checked: EtcdSettings | None = None
+
+    def resolve(self, ctx: click.Context) -> EtcdSettings:
+        """The settings; a bad endpoint raises click.UsageError (exit 2), a missing,
+        unreadable or non-PEM TLS file, or a key that is not the certificate's, exits 1 with
+        one line naming the option and file."""
+        if self.checked is not None:
+            return self.checked
+        from netweft.kv.etcd import EtcdSettings
+        from netweft.kv.tls import EtcdConfigError, load_tls
+        try:
+            found = EtcdSettings.from_strings(
+                self.endpoints, self.prefix, self.cafile, self.certfile, self.keyfile)
+        except ValueError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        if found.tls and not ctx.resilient_parsing:
+            try:  # a missing or broken file: one line now, not a traceback at first use
+                load_tls(found.cafile, found.certfile, found.keyfile)
+            except EtcdConfigError as exc:
+                fail(str(exc))
+        self.checked = found
+        return found
+
+
 def etcd_options(func: F) -> F:
-    """Add --etcd-endpoints/--etcd-prefix/TLS options (env NETWEFT_ETCD_*) and store an
-    :class:`EtcdSettings` as the click context object. A bad endpoint is a usage error (exit 2);
-    a missing, unreadable or non-PEM TLS file, or a key that is not the certificate's, exits 1
-    with one line naming the option and file."""
+    """Add --etcd-endpoints/--etcd-prefix/TLS options (env NETWEFT_ETCD_*) and store them as
+    the click context object (:class:`EtcdOptions`); :func:`settings` checks them when a
+    command uses etcd: a bad endpoint is a usage error (exit 2); a missing, unreadable or
+    non-PEM TLS file, or a key that is not the certificate's, exits 1 with one line naming the
+    option and file."""
 
     @click.option("--etcd-endpoints", envvar="NETWEFT_ETCD_ENDPOINTS", default=DEFAULT_ENDPOINTS,
                   show_default=True,
@@ -41,27 +79,18 @@ def etcd_options(func: F) -> F:
     def wrapper(ctx: click.Context, etcd_endpoints: str, etcd_prefix: str,
                 etcd_cafile: str | None, etcd_certfile: str | None, etcd_keyfile: str | None,
                 *args: Any, **kwargs: Any) -> Any:
-        try:
-            ctx.obj = EtcdSettings.from_strings(
-                etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile, etcd_keyfile)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        s = ctx.obj
-        if s.tls and not ctx.resilient_parsing:
-            try:  # a missing or broken file: one line now, not a traceback at first use
-                load_tls(s.cafile, s.certfile, s.keyfile)
-            except EtcdConfigError as exc:
-                fail(str(exc))
+        ctx.obj = EtcdOptions(etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile,
+                              etcd_keyfile)
         return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
 def settings(ctx: click.Context) -> EtcdSettings:
-    """The etcd settings of the root command."""
+    """The etcd settings of the root command, checked on first use (see EtcdOptions.resolve)."""
     obj = ctx.find_root().obj
-    assert isinstance(obj, EtcdSettings)
-    return obj
+    assert isinstance(obj, EtcdOptions)
+    return obj.resolve(ctx)
 
 
 def fail(message: str, code: int = 1) -> None:

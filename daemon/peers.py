@@ -36,6 +36,10 @@ from netweft.ipam.leases import LeaseEvent
 
 log = logging.getLogger("netweft.agent")
 
+# Kernel entries an event pass applies on the loop thread at most (3 per vxlan lease: about a
+# millisecond of netlink round trips); more go to the kernel thread so the loop stays free.
+SHORT_CHANGES = 48
+
 
 class PeerReconciler:
     """Owns the lease view (``leases``: key -> lease, our own included), the device info and
@@ -201,7 +205,9 @@ class PeerReconciler:
         return self.device
 
     async def reconcile_once(self) -> None:
-        """One full pass: device check, dump, diff, apply. Errors are counted and logged."""
+        """One full pass: device check, dump, diff, apply. Errors are counted and logged. A full
+        pass requested while this one runs (``request_full``) runs after it."""
+        self._full = False
         own = self.own()
         assert own is not None
         backend, hook = self.backend, self.before_full
@@ -269,8 +275,11 @@ class PeerReconciler:
         changes = merge(parts)
         if changes.empty:
             return
+        # A few leases' entries are a few netlink messages: applied on the loop thread when the
+        # kernel is free (no thread hop, see daemon/kernel.py); a burst goes to the thread.
+        call = self.kernel.call_short if changes.count <= SHORT_CHANGES else self.kernel.call
         try:
-            errors = await self.kernel.call(backend.apply, changes)
+            errors = await call(backend.apply, changes)
         except Exception as exc:  # noqa: BLE001 - the full pass sorts it out
             errors = [str(exc)]
         self.metrics.inc("netweft_lease_updates_applied_total", changes.count)
@@ -300,7 +309,6 @@ class PeerReconciler:
             await asyncio.sleep(0)  # callbacks already queued (one watch burst) join this pass
             self._wake.clear()
             if self._full or time.monotonic() - last_full >= self.interval:
-                self._full = False
                 self._pending.clear()
                 await self.reconcile_once()
                 last_full = time.monotonic()

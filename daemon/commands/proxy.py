@@ -109,7 +109,6 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
     from netweft.backends.nft.applier import NftError
     from netweft.proxy.conntrack import ConntrackCleaner
     from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane
-    from netweft.proxy.ipt_apply import IptablesError
     from netweft.proxy.plan import NodeContext
     from netweft.proxy.runner import ProxyRunner, RunnerOptions
 
@@ -131,6 +130,7 @@ def proxy_command(ctx: click.Context, source_kind: str, mode: str, node_name: st
     dataplane: NftablesDataplane | IptablesDataplane = (
         NftablesDataplane(node) if mode == "nftables" else IptablesDataplane(node))
     if cleanup:
+        from netweft.proxy.ipt_apply import IptablesError
         try:
             dataplane.cleanup()
         except (NftError, IptablesError, OSError) as exc:
