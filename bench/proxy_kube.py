@@ -41,11 +41,20 @@ Figures (each printed as one JSON line per proxy, then a table with ratios to ku
    pod, with 10 services loaded and at each ``--at`` size (6 rounds alternating between the
    proxies).
 
-Writes go over keep-alive HTTPS from 32 threads; an apiserver that times out (504 on a saturated
-machine) is retried. On this shared 2-vCPU machine the apiserver took 5-10 ms of CPU per object:
-30,000 services are 60,000 writes, most of an hour under other people's load.
+Writes go over keep-alive HTTPS from 32 threads (more in flight was slower: 135 vs 179 writes/s
+at 64); an apiserver that times out (504 on a saturated machine) is retried. Each write phase
+prints a ``write`` row: writes/s and the CPU each process spent per write. Where the time goes:
+kube-apiserver v1.37.2 spends ~7 ms of CPU per write on an empty cluster, and more with every
+Service already there: its ClusterIP allocator (pkg/registry/core/service/ipallocator,
+``createIPAddress``) refreshes two metrics gauges after each allocation with ``Used()`` and
+``Free()``, each listing and parsing every IPAddress object. Writing N services therefore costs
+O(N^2) apiserver CPU (22.7 ms per write on average from 1,000 to 10,000 services; ~4 services/s
+at 12,000 with the proxies running; alone it stayed at about one core, 28.9 writes/s up to
+20,000). ``--quiet-writes`` stops the proxies while a size is written, then starts each one as a
+measured restart; the proxies are never fed from anywhere but the API.
 
     .venv/bin/python bench/proxy_kube.py [--sizes 1000,10000,30000] [--at 10000] [--quick]
+        [--sides netweft,kp-nftables,kp-iptables] [--iptables-max 10000] [--quiet-writes]
         [--json F]
 """
 
@@ -94,6 +103,7 @@ POD_IPS = ("10.244.1.11", "10.244.1.12", "10.244.1.13")
 EP_BASE = (10 << 24) | (129 << 16)
 CHANGE_BASE = (10 << 24) | (250 << 16)
 SIDES = ("netweft", "kp-nftables", "kp-iptables")
+BASELINE = "netweft-base"     # --baseline: another netweft build, beside the others
 
 
 # --- namespaces ----------------------------------------------------------------------------------
@@ -123,7 +133,7 @@ def kube_proxy_svc_chain(namespace: str, name: str, port: str, protocol: str = "
 def programmed(side: str, ns: str) -> int:
     """How many services with endpoints the kernel of ``ns`` holds for ``side`` (see the module
     docstring for what is counted)."""
-    if side == "netweft":
+    if side.startswith("netweft"):
         text = run_in(ns, "nft", "list", "map", "ip", "netweft-proxy", "service-ips")
         return text.count("cluster-tcp-3")
     if side == "kp-nftables":
@@ -140,7 +150,7 @@ def has_service(side: str, ns: str, cluster_ip: str, name: str) -> bool:
         chain = kube_proxy_svc_chain(NAMESPACE, name, "http")
         return subprocess.run(in_ns(ns, "iptables", "-t", "nat", "-S", chain),
                               capture_output=True).returncode == 0
-    table = "netweft-proxy" if side == "netweft" else "kube-proxy"
+    table = "netweft-proxy" if side.startswith("netweft") else "kube-proxy"
     return subprocess.run(in_ns(ns, "nft", "get", "element", "ip", table, "service-ips",
                                 f"{{ {cluster_ip} . tcp . 80 }}"),
                           capture_output=True).returncode == 0
@@ -209,6 +219,19 @@ class Monitor:
 # --- the proxies ---------------------------------------------------------------------------------
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """User+system CPU seconds of ``process``, of its children it has waited for, and of its
+    descendants still running (an iptables-restore in progress: the kernel adds a child's time
+    to ``children_*`` only once it is reaped). psutil.Error if ``process`` is gone."""
+    t = process.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
 @dataclass
 class Side:
     """One proxy in its own testbed (node namespace = ``bed.node``), reaching the apiserver
@@ -226,6 +249,7 @@ class Side:
     netweft: Process | None = None
     relay: NsRelay | None = None
     kube_proxy: KubeProxy | None = None
+    binary: str | None = None         # netweft sides: the netweft executable (default ours)
 
     @property
     def ns(self) -> str:
@@ -236,14 +260,14 @@ class Side:
         return f"bench-{self.name}"
 
     def start(self) -> None:
-        if self.name == "netweft":
+        if self.name.startswith("netweft"):
             self.relay = NsRelay(self.ns, self.api_port).start()
             self.netweft = Process("netweft proxy", in_ns(
-                self.ns, str(Path(sys.executable).parent / "netweft"), "proxy",
+                self.ns, self.binary or str(Path(sys.executable).parent / "netweft"), "proxy",
                 "--source", "kube", "--mode", "nftables", f"--kubeconfig={self.kubeconfig}",
                 f"--node-name={self.node_name}", f"--node-ip={self.bed.node_ip}",
                 f"--cluster-cidr={CLUSTER_CIDR}", "--healthz-bind-address=127.0.0.1"),
-                self.workdir / "netweft-proxy.log")
+                self.workdir / f"{self.name}-proxy.log")
             self.netweft.start()
             return
         settings = KubeProxySettings(self.node_name, self.bed.node_ip, self.kubeconfig,
@@ -266,13 +290,12 @@ class Side:
         return self.kube_proxy is not None and self.kube_proxy.running()
 
     def sample(self) -> dict[str, float]:
-        """CPU seconds (user+system, process and waited children: iptables-restore, nft) and
-        RSS / peak RSS (VmHWM) in MiB of the proxy process (every wrapper execs: the PID is
-        the proxy's own)."""
+        """CPU seconds (:func:`cpu_seconds`: the process, its waited children and the ones still
+        running: iptables-restore, nft) and RSS / peak RSS (VmHWM) in MiB of the proxy process
+        (every wrapper execs: the PID is the proxy's own)."""
         assert self.pid is not None
         p = psutil.Process(self.pid)
-        t = p.cpu_times()
-        cpu = t.user + t.system + t.children_user + t.children_system
+        cpu = cpu_seconds(p)
         hwm = 0
         with open(f"/proc/{p.pid}/status") as f:
             for line in f:
@@ -434,10 +457,12 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.results: dict[str, list[dict[str, object]]] = {
-            "converge": [], "change": [], "restart": [], "first_packet": []}
+            "write": [], "dropped": [], "converge": [], "change": [], "restart": [],
+            "first_packet": []}
         self.work = Path(tempfile.mkdtemp(prefix="netweft-proxybench-"))
         self.plane = ControlPlane(controller_manager=False, workdir=self.work / "plane")
         self.sides: list[Side] = []
+        self.retired: list[Side] = []           # dropped during the run (Bench.drop)
         self.api: Api | None = None
         self.written = 0
 
@@ -453,11 +478,13 @@ class Bench:
         self.api = Api(self.plane, self.args.concurrency)
         self.api.setup()
         kubeconfig = proxier_kubeconfig(self.plane, self.work / "kube-proxy.kubeconfig")
-        for name in SIDES:
+        names = self.args.sides.split(",") + ([BASELINE] if self.args.baseline else [])
+        for name in names:
             bed = build(make_ns)
             for ip in POD_IPS:
                 bed.add_pod(ip)
-            side = Side(name, bed, kubeconfig, self.work, self.plane.port)
+            side = Side(name, bed, kubeconfig, self.work, self.plane.port,
+                        binary=self.args.baseline if name == BASELINE else None)
             node_with_address(self.plane, side.node_name, bed.node_ip)
             self.sides.append(side)
         # the first-packet target, plus fillers up to 10 services
@@ -467,8 +494,17 @@ class Bench:
             side.start()
         self.wait_all(10, "start")
 
+    def drop(self, name: str, reason: str) -> None:
+        """Stop ``name`` for the rest of the run (its namespaces stay until :meth:`close`);
+        a ``dropped`` row says why."""
+        for side in [s for s in self.sides if s.name == name]:
+            side.stop()
+            self.sides.remove(side)
+            self.retired.append(side)
+            self.show("dropped", {"proxy": name, "services": self.written, "reason": reason})
+
     def close(self) -> None:
-        for side in self.sides:
+        for side in self.sides + self.retired:
             side.stop()
             side.bed.close()
         self.plane.stop()
@@ -482,10 +518,44 @@ class Bench:
         batch = [(f"svc-{i}", bulk_ips(i)) for i in range(start, total)]
         if not batch:
             return
+        before = self.cpu_by_process()
+        load0 = os.getloadavg()[0]
         last, took = self.api.write(batch)
+        after = self.cpu_by_process()
         self.written = total
+        writes = 2 * len(batch)
+        self.show("write", {
+            "services": total, "writes": writes, "seconds": took,
+            "writes_per_s": writes / took, "concurrency": self.api.concurrency,
+            "loadavg_1m_before": round(load0, 2),
+            "cpu_s": {k: round(after[k] - before[k], 2) for k in after if k in before},
+            "cpu_ms_per_write": {k: round(1000 * (after[k] - before[k]) / writes, 3)
+                                 for k in after if k in before}})
         if converge:
             self.wait_all(total, "converge", last, took)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds (:func:`cpu_seconds`) so far of each process taking part in a write
+        phase: ``kube-apiserver``, ``etcd``, each running proxy (by side name), ``bench`` (this
+        process alone, not its children: the writer threads and the namespace relays) and
+        ``machine``: all CPUs' busy seconds (user, nice, system, irq, softirq of
+        psutil.cpu_times; guest time is inside user), to see what the rest of the machine
+        took."""
+        pids: dict[str, int | None] = {
+            "kube-apiserver": self.plane.apiserver.pid if self.plane.apiserver else None,
+            "etcd": self.plane.etcd.pid if self.plane.etcd else None,
+            **{s.name: s.pid for s in self.sides if s.alive()}}
+        out: dict[str, float] = {}
+        for name, pid in pids.items():
+            if pid is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                out[name] = cpu_seconds(psutil.Process(pid))
+        own = psutil.Process().cpu_times()
+        out["bench"] = own.user + own.system
+        t = psutil.cpu_times()
+        out["machine"] = t.user + t.nice + t.system + t.irq + t.softirq
+        return out
 
     def wait_all(self, total: int, section: str, start: float | None = None,
                  write_s: float | None = None) -> None:
@@ -569,8 +639,12 @@ class Bench:
                 "p50_us": 1e6 * statistics.median(values) if values else None,
                 "p99_us": 1e6 * pct(values, 0.99) if values else None})
 
-    def restarts(self) -> None:
-        """Each proxy alone: start with everything in the API -> all in the kernel."""
+    def restarts(self, again: bool = True, keep: bool = False) -> None:
+        """Each proxy alone: start with everything in the API -> all in the kernel. With
+        ``again``, start them all afterwards (for the next size); without (the last size),
+        leave them stopped: a second full sync of every proxy measures nothing. With ``keep``
+        (``--quiet-writes``), each proxy keeps running once measured, so the next one starts
+        beside the earlier ones idling in their steady state (no second full sync of each)."""
         for side in self.sides:
             side.stop()
         assert self.api is not None
@@ -589,8 +663,12 @@ class Bench:
             self.show("restart", {"proxy": side.name, "services": self.written, **row,
                                   **stats, "settled_after_s": self.args.settle,
                                   "settled_cpu_s": settled.get("cpu_s"),
-                                  "settled_rss_mib": settled.get("rss_mib")})
-            side.stop()
+                                  "settled_rss_mib": settled.get("rss_mib"),
+                                  "others_running": keep})
+            if not keep:
+                side.stop()
+        if keep or not again:
+            return
         for side in self.sides:
             side.start()
         self.wait_all(self.written, "start")
@@ -604,13 +682,14 @@ def table(results: dict[str, list[dict[str, object]]]) -> None:
     def ratios(rows: dict[str, object]) -> str:
         nw = rows.get("netweft")
         out = []
-        for other in ("kp-nftables", "kp-iptables"):
+        for other in ("kp-nftables", "kp-iptables", BASELINE):
             o = rows.get(other)
             if isinstance(nw, (int, float)) and isinstance(o, (int, float)) and o:
                 out.append(f"{other} {nw / o:.3g}x")
         return ", ".join(out)
 
-    print("\nfigure | netweft | kube-proxy nftables | kube-proxy iptables | netweft/kube-proxy")
+    print("\nfigure | netweft | kube-proxy nftables | kube-proxy iptables | netweft-base"
+          " | netweft/kube-proxy")
     groups: dict[tuple[str, object, str], dict[str, object]] = {}
     for section, key in (("converge", "seconds"), ("restart", "seconds"), ("restart", "cpu_s"),
                          ("restart", "peak_rss_mib"), ("restart", "settled_rss_mib"),
@@ -619,8 +698,35 @@ def table(results: dict[str, list[dict[str, object]]]) -> None:
         for row in results[section]:
             groups.setdefault((section, row["services"], key), {})[str(row["proxy"])] = row.get(key)
     for (section, n, key), rows in groups.items():
-        print(f"{section} {n} {key} | " + " | ".join(fmt(rows.get(s)) for s in SIDES)
+        print(f"{section} {n} {key} | " + " | ".join(fmt(rows.get(s))
+                                                     for s in (*SIDES, BASELINE))
               + f" | {ratios(rows)}")
+    for row in results["write"]:
+        per = cast(dict[str, float], row["cpu_ms_per_write"])
+        print(f"write up to {row['services']} services: {row['writes']} writes in "
+              f"{fmt(row['seconds'], ' s')} ({fmt(row['writes_per_s'], '/s')}, "
+              f"{row['concurrency']} in flight); CPU ms per write: "
+              + ", ".join(f"{k} {v:.3g}" for k, v in per.items()))
+    for row in results["dropped"]:
+        print(f"dropped {row['proxy']} at {row['services']} services: {row['reason']}")
+
+
+def quiet_size(bench: Bench, n: int, at: bool, args: argparse.Namespace) -> None:
+    """``--quiet-writes``: the proxies are stopped while the services up to ``n`` are written
+    (the apiserver gets the machine's 2 cores), then started one after the other, each
+    measured as a restart (start -> all ``n`` in its kernel, CPU, peak RSS) and left running;
+    then the first-packet and change figures. No "converge while writing" figure."""
+    for side in bench.sides:
+        side.stop()
+    bench.grow(n, converge=False)
+    if at:
+        bench.restarts(keep=True)
+        bench.first_packet(args.connects)
+        bench.changes(args.changes)
+        return
+    for side in bench.sides:
+        side.start()
+    bench.wait_all(n, "start")
 
 
 def main() -> None:
@@ -634,13 +740,28 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=900.0,
                     help="give a proxy this long (s) to program everything")
     ap.add_argument("--settle", type=float, default=20.0)
+    ap.add_argument("--iptables-max", type=int, default=10000,
+                    help="stop kube-proxy iptables before writing more services than this "
+                         "(at 10,000 its restart put none into the kernel within 900 s)")
+    ap.add_argument("--quiet-writes", action="store_true",
+                    help="stop the proxies while each size is written (kube-apiserver v1.37's "
+                         "ClusterIP allocator costs O(services) CPU per Service create), then "
+                         "start each and measure it; no converge-while-writing figure")
     ap.add_argument("--quick", action="store_true", help="sizes 100,300; at 300")
+    ap.add_argument("--sides", default=",".join(SIDES),
+                    help="which proxies to run (comma list of netweft, kp-nftables, "
+                         "kp-iptables): kp-iptables' restart takes minutes from 3,000 up")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline", default=None, metavar="NETWEFT",
+                    help="also run this netweft executable (another build, e.g. an older "
+                         "checkout's .venv/bin/netweft) as side netweft-base, for before/after")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("proxy_kube.py: run as root (it creates network namespaces)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # clean up on kill
     sizes = [int(x) for x in args.sizes.split(",")]
+    if not set(args.sides.split(",")) <= set(SIDES):
+        sys.exit(f"proxy_kube.py: --sides: choose from {','.join(SIDES)}")
     if args.quick:
         sizes, args.at, args.changes, args.connects, args.settle = [100, 300], "300", 5, 60, 2
     bench = Bench(args)
@@ -648,11 +769,18 @@ def main() -> None:
         bench.start()
         bench.first_packet(args.connects)
         for n in sizes:
+            if n > args.iptables_max:
+                bench.drop("kp-iptables", f"--iptables-max {args.iptables_max}: at 10,000 "
+                           "services its restart put none into the kernel within 900 s")
+            at = str(n) in args.at.split(",")
+            if args.quiet_writes:
+                quiet_size(bench, n, at, args)
+                continue
             bench.grow(n)
-            if str(n) in args.at.split(","):
+            if at:
                 bench.first_packet(args.connects)
                 bench.changes(args.changes)
-                bench.restarts()
+                bench.restarts(again=n != sizes[-1])
     finally:
         with contextlib.suppress(Exception):
             bench.close()

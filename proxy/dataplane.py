@@ -7,18 +7,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netweft.backends.nft.applier import NftApplier, NftError, netns_prefix
 from netweft.backends.nft.tx import Transaction
 from netweft.proxy.affinity import AffinityEntry, carry_elements, parse_affinity_sets
 from netweft.proxy.constants import NFT_TABLE
-from netweft.proxy.ipt_apply import IptablesApplier, IptablesError
-from netweft.proxy.iptables import IptState
 from netweft.proxy.model import ServiceKey
 from netweft.proxy.nft_monitor import TableMonitor, in_initial_pid_namespace
 from netweft.proxy.nftables import NftState
 from netweft.proxy.plan import NodeContext, ServicePlan
+
+if TYPE_CHECKING:  # imported when an IptablesDataplane is made: not paid in nftables mode
+    from netweft.proxy.ipt_apply import IptablesApplier
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,30 @@ class Dataplane(Protocol):
 
 
 class NftablesDataplane:
+    """nftables: deltas through ``applier``, full loads through ``full_applier``.
+
+    By default deltas go through libnftables in this process (no process start per change) and
+    full loads through an ``nft -f -`` child: parsing a whole table of N services makes
+    libnftables allocate in the calling process, and that memory stays in its heap afterwards
+    (measured at 3,000 services: peak RSS 99 MiB in process vs 69 MiB with the child; issue 12).
+    A given ``applier`` is used for both unless ``full_applier`` is given too."""
+
     mode = "nftables"
 
-    def __init__(self, node: NodeContext, applier: NftApplier | None = None) -> None:
+    def __init__(self, node: NodeContext, applier: NftApplier | None = None,
+                 full_applier: NftApplier | None = None) -> None:
         self.state = NftState(node)
-        self.applier = applier or NftApplier()
+        if applier is None:
+            applier = NftApplier()
+            full_applier = full_applier or NftApplier(use_library=False)
+        self.applier = applier
+        self.full_applier = full_applier or applier
         self.apply_seconds = 0.0      # time the last sync spent in the kernel transaction(s)
         self.monitor: TableMonitor | None = None
+
+    def is_own(self, pid: int) -> bool:
+        """Whether a commit by ``pid`` was ours (either applier's)."""
+        return self.applier.is_own(pid) or self.full_applier.is_own(pid)
 
     def set_node(self, node: NodeContext) -> None:
         self.state.node = node
@@ -76,7 +94,7 @@ class NftablesDataplane:
             if timeouts:
                 for name, items in carry_elements(timeouts, self._affinity_in_kernel()).items():
                     tx.add_elements(name, items)
-            size = self._apply(tx)
+            size = self._apply(tx, self.full_applier)
         chains, rules, elements = self.state.counts()
         return SyncResult(full, chains, rules, elements, size)
 
@@ -93,11 +111,12 @@ class NftablesDataplane:
             log.warning("reading affinity sets failed (%s): clients pick afresh", exc)
             return {}
 
-    def _apply(self, tx: Transaction) -> int:
-        """Apply ``tx``; returns the size of its text (bytes handed to nft)."""
+    def _apply(self, tx: Transaction, applier: NftApplier | None = None) -> int:
+        """Apply ``tx`` (through ``applier``, default the delta one); returns the size of its
+        text (bytes handed to nft)."""
         start = time.perf_counter()
         try:
-            return self.applier.apply(tx)
+            return (applier or self.applier).apply(tx)
         finally:
             self.apply_seconds += time.perf_counter() - start
 
@@ -114,7 +133,7 @@ class NftablesDataplane:
             log.warning("not in the host pid namespace: changes to table ip %s by others are "
                         "healed only by the periodic full resync", NFT_TABLE)
             return
-        self.monitor = TableMonitor(f"ip {NFT_TABLE}", self.applier.is_own, on_foreign_change,
+        self.monitor = TableMonitor(f"ip {NFT_TABLE}", self.is_own, on_foreign_change,
                                     netns_prefix(self.applier.netns))
         await self.monitor.run()
 
@@ -123,6 +142,8 @@ class IptablesDataplane:
     mode = "iptables"
 
     def __init__(self, node: NodeContext, applier: IptablesApplier | None = None) -> None:
+        from netweft.proxy.ipt_apply import IptablesApplier
+        from netweft.proxy.iptables import IptState
         self.state = IptState(node)
         self.applier = applier or IptablesApplier()
         self.apply_seconds = 0.0
@@ -131,6 +152,7 @@ class IptablesDataplane:
         self.state.node = node
 
     def sync(self, plans: Mapping[ServiceKey, ServicePlan | None], full: bool) -> SyncResult:
+        from netweft.proxy.ipt_apply import IptablesError
         delta = self.state.update(plans)
         text = delta
         start = time.perf_counter()

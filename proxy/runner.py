@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from netweft.proxy.conntrack import ConntrackCleaner, stale_udp_flows
 from netweft.proxy.constants import HEALTHZ_PORT
 from netweft.proxy.dataplane import Dataplane, SyncResult
+from netweft.proxy.gcpause import gc_paused
 from netweft.proxy.healthcheck import HealthCheckPorts, StatusHandler, start_http
 from netweft.proxy.metrics import ProxyMetrics
 from netweft.proxy.model import ServiceKey
@@ -111,13 +112,8 @@ class ProxyRunner:
         The cyclic garbage collector is paused meanwhile (a full sync allocates hundreds of
         thousands of small objects, none cyclic: collections would make it superlinear), and
         what a full sync leaves behind is frozen out of later collections."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             result = self._sync_once()
-        finally:
-            if enabled:
-                gc.enable()
         if result is not None and result.full:
             gc.freeze()
         return result

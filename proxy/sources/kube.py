@@ -24,6 +24,7 @@ from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube import operators as op
 from lightkube.generic_resource import GenericNamespacedResource, create_api_info
 from netweft.kv.backoff import Backoff
+from netweft.proxy.gcpause import gc_paused
 from netweft.proxy.model import Endpoint, Service, ServiceKey
 from netweft.proxy.sources.base import ChangeSink
 from netweft.proxy.sources.kubeconvert import (
@@ -38,6 +39,7 @@ from netweft.proxy.sources.kubeconvert import (
 log = logging.getLogger("netweft.proxy.kube")
 
 LABEL_SELECTOR = {label: op.not_exists() for label in SKIP_LABELS}
+LIST_CHUNK = 500  # objects per list request (client-go's reflector pages by 500 too)
 
 Obj = dict[str, Any]
 
@@ -66,10 +68,15 @@ class ServiceState:
         self.sink = sink
         self.services: dict[ServiceKey, Service] = {}
 
-    def replace(self, objs: Iterable[Obj]) -> None:
+    @staticmethod
+    def convert(obj: Obj) -> Service | None:
+        """The model of one listed object (None: not proxied); the object is not kept."""
+        return service_from_kube(obj)
+
+    def replace(self, listed: Iterable[Service | None]) -> None:
+        """The full state from a list (items made by :meth:`convert`)."""
         new: dict[ServiceKey, Service] = {}
-        for obj in objs:
-            svc = service_from_kube(obj)
+        for svc in listed:
             if svc is not None:
                 new[svc.key] = svc
         for key in sorted(self.services.keys() - new.keys()):
@@ -97,6 +104,7 @@ class ServiceState:
 
 
 SliceId = tuple[str, str]  # (namespace, slice name)
+ListedSlice = tuple[SliceId, ServiceKey | None, tuple[Endpoint, ...]]
 
 
 class SliceState:
@@ -105,7 +113,8 @@ class SliceState:
     def __init__(self, sink: ChangeSink) -> None:
         self.sink = sink
         self.slices: dict[SliceId, tuple[ServiceKey, tuple[Endpoint, ...]]] = {}
-        self.by_service: dict[ServiceKey, set[SliceId]] = {}
+        # a Service's slices: a tuple (nearly always one slice; a set costs 216 bytes)
+        self.by_service: dict[ServiceKey, tuple[SliceId, ...]] = {}
         self.reported: dict[ServiceKey, tuple[Endpoint, ...]] = {}
 
     @staticmethod
@@ -113,12 +122,20 @@ class SliceState:
         key = object_key(obj)
         return (key.namespace, key.name)
 
-    def replace(self, objs: Iterable[Obj]) -> None:
+    @classmethod
+    def convert(cls, obj: Obj) -> ListedSlice:
+        """The model of one listed slice: its id, its Service (None: no service-name label)
+        and its endpoints; the object is not kept."""
+        owner = slice_service(obj)
+        return cls._id(obj), owner, (endpoints_from_slice(obj) if owner is not None else ())
+
+    def replace(self, listed: Iterable[ListedSlice]) -> None:
+        """The full state from a list (items made by :meth:`convert`)."""
         affected = set(self.by_service)
         self.slices.clear()
         self.by_service.clear()
-        for obj in objs:
-            owner = self._store(obj)
+        for item in listed:
+            owner = self._store(item)
             if owner is not None:
                 affected.add(owner)
         affected |= set(self.reported)
@@ -126,7 +143,7 @@ class SliceState:
 
     def upsert(self, obj: Obj) -> None:
         affected = self._remove(self._id(obj))
-        owner = self._store(obj)
+        owner = self._store(self.convert(obj))
         if owner is not None:
             affected.add(owner)
         self._report(affected)
@@ -134,13 +151,14 @@ class SliceState:
     def delete(self, obj: Obj) -> None:
         self._report(self._remove(self._id(obj)))
 
-    def _store(self, obj: Obj) -> ServiceKey | None:
-        owner = slice_service(obj)
+    def _store(self, item: ListedSlice) -> ServiceKey | None:
+        sid, owner, endpoints = item
         if owner is None:
             return None
-        sid = self._id(obj)
-        self.slices[sid] = (owner, endpoints_from_slice(obj))
-        self.by_service.setdefault(owner, set()).add(sid)
+        self.slices[sid] = (owner, endpoints)
+        ids = self.by_service.get(owner, ())
+        if sid not in ids:
+            self.by_service[owner] = (*ids, sid)
         return owner
 
     def _remove(self, sid: SliceId) -> set[ServiceKey]:
@@ -148,11 +166,11 @@ class SliceState:
         if old is None:
             return set()
         owner = old[0]
-        ids = self.by_service.get(owner)
-        if ids is not None:
-            ids.discard(sid)
-            if not ids:
-                del self.by_service[owner]
+        ids = tuple(i for i in self.by_service.get(owner, ()) if i != sid)
+        if ids:
+            self.by_service[owner] = ids
+        else:
+            self.by_service.pop(owner, None)
         return {owner}
 
     def _report(self, keys: Iterable[ServiceKey]) -> None:
@@ -189,8 +207,10 @@ class Reflector:
     def __init__(
         self, client: AsyncClient, resource: type, state: ServiceState | SliceState,
         on_listed: Callable[[], None], backoff: Backoff, watch_timeout: int,
+        list_chunk: int | None = LIST_CHUNK,
     ) -> None:
         self.client = client
+        self.list_chunk = list_chunk
         self.resource = resource
         self.state = state
         self.on_listed = on_listed
@@ -222,15 +242,23 @@ class Reflector:
                 await self.backoff.wait()
 
     async def _list(self) -> None:
-        listing = self.client.list(self.resource, namespace=ALL_NS, labels=LABEL_SELECTOR)
-        objs = [obj.to_dict() async for obj in listing]
+        """One full list, in pages of ``list_chunk`` objects (``limit``/``continue``, as
+        client-go's reflector pages by 500), each object turned into the model as it arrives:
+        the API objects of one page at most are alive at a time (issue 12: peak RSS). The
+        cyclic GC is paused meanwhile (tens of thousands of fresh containers, none cyclic)."""
+        listing = self.client.list(self.resource, namespace=ALL_NS, labels=LABEL_SELECTOR,
+                                   chunk_size=self.list_chunk)
+        with gc_paused():
+            listed = [self.state.convert(obj) async for obj in listing]
         try:
             version = listing.resourceVersion
         except Exception:  # noqa: BLE001 - lightkube raises NotReadyError for an empty answer
             version = None
         if not version:
             raise RuntimeError(f"the {self.name} list carried no resourceVersion")
-        self.state.replace(objs)
+        with gc_paused():
+            self.state.replace(listed)  # type: ignore[arg-type]
+        del listed
         self.resource_version = version
         self.lists += 1
         self.backoff.reset()
@@ -293,14 +321,17 @@ class KubeSource:
 
     ``kubeconfig``: a kubeconfig file; None means in-cluster config, then ``$KUBECONFIG``, then
     ``~/.kube/config`` (lightkube's ``KubeConfig.from_env``). ``watch_timeout`` is the server-side
-    timeout of one watch request (it is renewed from the last resourceVersion).
+    timeout of one watch request (it is renewed from the last resourceVersion); ``list_chunk``
+    the page size of a full list (None: one request for everything).
     """
 
     def __init__(
         self, kubeconfig: str | None = None, *, context: str | None = None,
         backoff: Callable[[], Backoff] = Backoff, watch_timeout: int = 300,
+        list_chunk: int | None = LIST_CHUNK,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.list_chunk = list_chunk
         self.context = context
         self.make_backoff = backoff
         self.watch_timeout = watch_timeout
@@ -328,9 +359,9 @@ class KubeSource:
 
         self.reflectors = [
             Reflector(client, KubeService, ServiceState(sink), on_listed("services"),
-                      self.make_backoff(), self.watch_timeout),
+                      self.make_backoff(), self.watch_timeout, self.list_chunk),
             Reflector(client, KubeEndpointSlice, SliceState(sink), on_listed("endpointslices"),
-                      self.make_backoff(), self.watch_timeout),
+                      self.make_backoff(), self.watch_timeout, self.list_chunk),
         ]
         try:
             async with asyncio.TaskGroup() as group:

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from support.imports import loaded_by
+
 GOLDEN = Path(__file__).parent / "golden" / "proxy"
 NETWEFT = [sys.executable, "-m", "netweft.daemon.cli"]
 
@@ -64,3 +66,25 @@ def test_cleanup_removes_both_rulesets(netns_factory: Callable[[str], str]) -> N
     saved = subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], capture_output=True,
                            text=True, check=True).stdout
     assert "NETWEFT" not in saved
+
+
+def test_nftables_mode_with_the_kube_source_loads_only_what_it_uses() -> None:
+    """What ``netweft proxy --source kube --mode nftables`` imports before its first sync (the
+    command's own imports, the dataplane, the runner, the source): no iptables renderer, no
+    prometheus_client (first /metrics scrape), no etcd client, no lab (issue 12: restart
+    time and RSS)."""
+    code = (
+        "from click.testing import CliRunner\n"
+        "from netweft.daemon.cli import main\n"
+        "assert CliRunner().invoke(main, ['proxy', '--help']).exit_code == 0\n"
+        "from netweft.backends.nft.applier import NftError\n"
+        "from netweft.proxy.conntrack import ConntrackCleaner\n"
+        "from netweft.proxy.dataplane import IptablesDataplane, NftablesDataplane\n"
+        "from netweft.proxy.plan import NodeContext\n"
+        "from netweft.proxy.runner import ProxyRunner, RunnerOptions\n"
+        "from netweft.proxy.sources.kube import KubeSource\n"
+        "node = NodeContext('n', ('192.0.2.1',), ())\n"
+        "ProxyRunner(node, NftablesDataplane(node), ConntrackCleaner(), RunnerOptions())\n")
+    assert loaded_by(code, ("netweft.proxy.iptables", "netweft.proxy.ipt_apply",
+                            "prometheus_client", "grpc", "aetcd", "netweft.kv.etcd",
+                            "netweft.daemon.lab")) == []

@@ -197,6 +197,33 @@ def test_the_controller_manager_allocates_node_pod_cidrs(control_plane: ControlP
     run(scenario, control_plane)
 
 
+def test_a_list_in_pages_reports_every_object_once(control_plane: ControlPlane) -> None:
+    """The source lists in pages (``limit`` + ``continue``, LIST_CHUNK objects a page): with
+    pages of 2 objects, 7 Services and their slices all arrive, each reported once (one full
+    list per kind), and the model equals the API's."""
+    async def scenario(cluster: Cluster) -> None:
+        ns = await cluster.namespace("pages")
+        for i in range(7):
+            await cluster.service(ns, f"s{i}", {"ports": [tcp(80, 8080, "http")]})
+            await cluster.create({  # no selector: no controller owns this slice
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"s{i}-a", "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": f"s{i}"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [f"10.244.9.{i + 1}"]}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+        async with running_source(control_plane.admin_kubeconfig, list_chunk=2) as (
+                source, sink):
+            await converged(cluster, sink, "initial list in pages of 2")
+            assert all(r.lists == 1 for r in source.reflectors)
+            mine = {k.name for k in sink.services if k.namespace == ns}
+            assert mine == {f"s{i}" for i in range(7)}
+            assert all(len(sink.endpoints[ServiceKey(ns, f"s{i}")]) == 1 for i in range(7))
+        await cluster.delete_namespace(ns)
+
+    run(scenario, control_plane)
+
+
 def test_watches_that_end_are_renewed_without_a_relist(control_plane: ControlPlane) -> None:
     async def scenario(cluster: Cluster) -> None:
         ns = await cluster.namespace("renew")

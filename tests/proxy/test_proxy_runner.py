@@ -27,6 +27,7 @@ from netweft.proxy.plan import NodeContext, ServicePlan, plan_service
 from netweft.proxy.runner import ProxyRunner, RunnerOptions
 from netweft.proxy.sources.base import ChangeSink
 from netweft.proxy.tracker import ChangeTracker
+from support.imports import loaded_by
 
 NODE = NodeContext("n1", ("192.0.2.11",), ("10.244.0.0/16",))
 KEY = ServiceKey("ns", "web")
@@ -226,6 +227,29 @@ def test_metrics_text() -> None:
     text = m.render()
     assert 'netweft_proxy_sync_duration_seconds_bucket{le="0.005"} 1' in text
     assert 'netweft_proxy_sync_errors_total{mode="nftables"} 2' in text
+
+
+def test_metrics_histogram_counts_a_value_on_a_bound_in_that_bucket_and_sums() -> None:
+    m = ProxyMetrics()
+    for seconds in (0.005, 0.0051, 30.0):
+        m.full_sync_duration.observe(seconds)
+    text = m.render()
+    name = "netweft_proxy_full_sync_duration_seconds"
+    assert f'{name}_bucket{{le="0.0025"}} 0.0' in text
+    assert f'{name}_bucket{{le="0.005"}} 1.0' in text
+    assert f'{name}_bucket{{le="0.01"}} 2.0' in text
+    assert f'{name}_bucket{{le="10.0"}} 2.0' in text
+    assert f'{name}_bucket{{le="+Inf"}} 3.0' in text
+    assert f"{name}_count 3.0" in text and f"{name}_sum 30.0101" in text
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_rendered() -> None:
+    """The proxy pays for prometheus_client at the first scrape, not before its first sync."""
+    code = ("from netweft.proxy.runner import ProxyRunner\n"
+            "from netweft.proxy.metrics import ProxyMetrics\n"
+            "m = ProxyMetrics(); m.sync_duration.observe(0.1)\n")
+    assert loaded_by(code, ("prometheus_client",)) == []
+    assert loaded_by(code + "m.render()\n", ("prometheus_client",)) != []
 
 
 # -- HTTP endpoints, served inside a namespace ---------------------------------------------------

@@ -144,11 +144,12 @@ async def converged(cluster: Cluster, sink: RecordingSink, what: str,
 
 @contextlib.asynccontextmanager
 async def running_source(kubeconfig: Path, watch_timeout: int = 300,
+                         list_chunk: int | None = 500,
                          ) -> AsyncIterator[tuple[KubeSource, RecordingSink]]:
     """A KubeSource on ``kubeconfig`` feeding a RecordingSink, cancelled on exit; a source that
-    died on its own fails the test."""
+    died on its own fails the test. ``list_chunk``: objects per list page."""
     source = KubeSource(str(kubeconfig), backoff=lambda: Backoff(0.05, 1.0),
-                        watch_timeout=watch_timeout)
+                        watch_timeout=watch_timeout, list_chunk=list_chunk)
     sink = RecordingSink()
     task = asyncio.create_task(source.run(sink))
     try:
