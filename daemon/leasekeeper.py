@@ -67,6 +67,9 @@ class LeaseKeeper:
         self._reacquire = asyncio.Event()  # wakes run(): re-acquire, or renew at once
         self._restore = False              # the wake-up asks for a renewal (restore) only
         self.republishing: asyncio.Task[None] | None = None
+        # Renewals and republishes write the same key: one at a time, each from the lease held
+        # when it starts, or a renewal of the old value undoes a republish still in flight.
+        self._writing = asyncio.Lock()
 
     @property
     def metrics(self) -> Any:
@@ -155,13 +158,14 @@ class LeaseKeeper:
     async def republish(self) -> None:
         """Our published attributes changed while running (the public IP): rewrite the lease
         with them, keeping its subnet (peers follow through their watch)."""
-        assert self.lease is not None
-        attrs = await self.attrs()
-        lease = self.lease
-        updated = await self.retry("republishing the lease",
-                                   lambda: self.manager.update_lease(lease, attrs))
-        if self.lease is lease:  # not re-acquired meanwhile
-            self.lease = updated
+        async with self._writing:
+            assert self.lease is not None
+            attrs = await self.attrs()
+            lease = self.lease
+            updated = await self.retry("republishing the lease",
+                                       lambda: self.manager.update_lease(lease, attrs))
+            if self.lease is lease:  # not re-acquired meanwhile
+                self.lease = updated
         log.warning("republished lease %s with public IP %s", lease.subnet, attrs.public_ip)
 
     def follow_public_ip(self, public_ip: IPv4Address | None) -> None:
@@ -196,8 +200,6 @@ class LeaseKeeper:
             else:
                 wait = max(1.0, lease.expiration - self.settings.renew_margin - time.time())
             await wait_event(self._reacquire, wait)
-            lease = self.lease  # republished meanwhile? renew what we hold now
-            assert lease is not None
             restore = self._restore
             if self._reacquire.is_set():
                 self._reacquire.clear()
@@ -205,10 +207,17 @@ class LeaseKeeper:
                 if not restore:
                     await self._reacquire_lease()
                     continue
-            if lease.reserved and not restore:
+            if self.lease is not None and self.lease.reserved and not restore:
                 continue
             try:
-                renewed = await self.manager.renew_lease(lease)
+                async with self._writing:
+                    lease = self.lease  # republished meanwhile? renew what we hold now
+                    assert lease is not None
+                    renewed = await self.manager.renew_lease(lease)
+                    if self.lease is lease:
+                        self.lease = replace(lease, expiration=renewed.expiration,
+                                             etcd_lease_id=renewed.etcd_lease_id,
+                                             mod_revision=renewed.mod_revision)
             except LeaseLost as exc:
                 log.warning("%s: re-acquiring", exc)
                 await self._reacquire_lease()
@@ -218,9 +227,6 @@ class LeaseKeeper:
                 log.warning("renewing the lease failed (%s); retrying", exc)
                 await asyncio.sleep(self.settings.retry)
                 continue
-            self.lease = replace(lease, expiration=renewed.expiration,
-                                 etcd_lease_id=renewed.etcd_lease_id,
-                                 mod_revision=renewed.mod_revision)
             if renewed.expiration:
                 self.metrics.set("netweft_lease_expiration_timestamp_seconds",
                                  renewed.expiration)
