@@ -21,6 +21,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,16 +167,27 @@ def kubeconfig(server: str, ca_file: Path, *, cert: Path | None = None, key: Pat
 
 @dataclass
 class Process:
-    """One child process with its log file; stopped by PID (SIGTERM, then SIGKILL)."""
+    """One child process with its log file; stopped by PID (SIGTERM, then SIGKILL).
+
+    ``stop_with_parent``: when started from the main thread, the child gets SIGTERM when the
+    process that started it dies (``setpriv --pdeathsig``, as etcd and wireguard-go), so a killed
+    test run or benchmark leaves no apiserver behind. Linux sends that signal when the starting
+    *thread* ends, so a start from any other thread (an ``asyncio.to_thread`` worker) goes
+    without it rather than die with its worker. The lab, whose control plane outlives
+    ``netweft lab up``, turns it off."""
 
     name: str
     cmd: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    stop_with_parent: bool = True
 
     def start(self) -> None:
+        cmd = self.cmd
+        if self.stop_with_parent and threading.current_thread() is threading.main_thread():
+            cmd = ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
 
     @property
@@ -226,7 +238,7 @@ class ControlPlane:
     # the lab runs it in its control-plane namespace and nodes reach it on the underlay.
     serving_ips: tuple[str, ...] = ()
     # The processes outlive the Python process that started them (the lab's, which `lab up`
-    # leaves running): etcd without the parent-death signal. Stopped by PID all the same.
+    # leaves running): no parent-death signal for any of them. Stopped by PID all the same.
     detached: bool = False
     workdir: Path | None = None
     binaries: ControlPlaneBinaries | None = None
@@ -309,7 +321,7 @@ class ControlPlane:
             "--allow-privileged=true",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             "--profiling=false", "--v=1", *self.apiserver_args,
-        ], self.workdir / "kube-apiserver.log")
+        ], self.workdir / "kube-apiserver.log", stop_with_parent=not self.detached)
         self.apiserver.start()
         self.wait(self._apiserver_ready, timeout, "kube-apiserver /readyz")
 
@@ -334,7 +346,7 @@ class ControlPlane:
             f"--node-cidr-mask-size={self.node_cidr_mask}",
             f"--service-cluster-ip-range={self.service_cidr}",
             "--v=1",
-        ], self.workdir / "kube-controller-manager.log")
+        ], self.workdir / "kube-controller-manager.log", stop_with_parent=not self.detached)
         self.kcm.start()
 
     def stop_apiserver(self) -> None:
