@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -125,8 +124,9 @@ def kube_subnet_options(node_name_help: str = KUBE_NODE_NAME_HELP) -> Callable[[
     """Flannel's Kubernetes-mode options, spelled alike by every command that reads the node's
     leases (``netweft daemon``, ``routes``, ``status``): ``--kube-subnet-mgr`` (flag),
     ``--kubeconfig-file`` (path or None), ``--net-conf-path`` (path) and ``--node-name`` (name
-    or None: see :func:`node_name_or_default`). The command gets ``kube_subnet_mgr: bool``,
-    ``kubeconfig_file: str | None``, ``net_conf_path: str``, ``node_name: str | None``."""
+    or None: see :func:`netweft.daemon.kubenode.node_name_or_default`). The command gets
+    ``kube_subnet_mgr: bool``, ``kubeconfig_file: str | None``, ``net_conf_path: str``,
+    ``node_name: str | None``."""
 
     def decorate(func: F) -> F:
         for option in reversed((
@@ -145,13 +145,6 @@ def kube_subnet_options(node_name_help: str = KUBE_NODE_NAME_HELP) -> Callable[[
         return func
 
     return decorate
-
-
-def node_name_or_default(given: str | None, environ: Mapping[str, str] = os.environ,
-                         hostname: Callable[[], str] = socket.gethostname) -> str:
-    """``--node-name``, else ``$NODE_NAME`` (Flannel's DaemonSet passes it through the downward
-    API), else the host name."""
-    return given or environ.get("NODE_NAME") or hostname()
 
 
 def check_kubeconfig_file(path: str | None) -> None:

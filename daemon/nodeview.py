@@ -61,7 +61,7 @@ def lease_source(kube_subnet_mgr: bool, kubeconfig: str | None, net_conf_path: s
     ``--kube-subnet-mgr`` (the node name as the daemon defaults it: ``--node-name``, else
     ``$NODE_NAME``, else the host name), else etcd (``etcd()`` gives its checked settings; it is
     not called in Kubernetes mode, so etcd options are neither checked nor needed there)."""
-    from netweft.daemon.clicontext import node_name_or_default
+    from netweft.daemon.kubenode import node_name_or_default
 
     if kube_subnet_mgr:
         return KubeSource(node_name_or_default(node_name, environ, hostname), net_conf_path,

@@ -12,7 +12,6 @@ from netweft.daemon.clicontext import (
     check_kubeconfig_file,
     fail,
     kube_subnet_options,
-    node_name_or_default,
     services_prefix_option,
     settings,
 )
@@ -86,7 +85,7 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                kubeconfig_file: str | None, net_conf_path: str,
                cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
-    from netweft.daemon import iface
+    from netweft.daemon import iface, kubenode
     from netweft.daemon.agent import Agent, AgentConfig, AgentError
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
@@ -104,7 +103,7 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
         refuse_tls_mistakes(settings(ctx))
     else:
         check_kubeconfig_file(kubeconfig_file)
-    node_name = node_name_or_default(node_name)
+    node_name = kubenode.node_name_or_default(node_name)
     cfg = AgentConfig(
         etcd=settings(ctx), iface=opts, subnet_file=subnet_file, state_dir=state_dir,
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,
