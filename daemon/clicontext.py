@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -113,3 +114,40 @@ def services_prefix_option(func: F) -> F:
         "--services-prefix", envvar="NETWEFT_SERVICES_PREFIX", default=DEFAULT_SERVICES_PREFIX,
         show_default=True, callback=check,
         help="etcd key prefix of service and pod records (etcd service source).")(func)
+
+
+KUBE_NODE_NAME_HELP = ("This node's name: its Node object with --kube-subnet-mgr (default: "
+                       "$NODE_NAME, then the host name).")
+
+
+def kube_subnet_options(node_name_help: str = KUBE_NODE_NAME_HELP) -> Callable[[F], F]:
+    """Flannel's Kubernetes-mode options, spelled alike by every command that reads the node's
+    leases (``netweft daemon``, ``routes``, ``status``): ``--kube-subnet-mgr`` (flag),
+    ``--kubeconfig-file`` (path or None), ``--net-conf-path`` (path) and ``--node-name`` (name
+    or None: see :func:`netweft.daemon.kubenode.node_name_or_default`). The command gets
+    ``kube_subnet_mgr: bool``, ``kubeconfig_file: str | None``, ``net_conf_path: str``,
+    ``node_name: str | None``."""
+
+    def decorate(func: F) -> F:
+        for option in reversed((
+            click.option("--node-name", default=None, help=node_name_help),
+            click.option("--kube-subnet-mgr", is_flag=True,
+                         help="Take the subnet from this Node's podCIDR and publish/watch leases "
+                              "as Node annotations (Flannel's); no etcd access."),
+            click.option("--kubeconfig-file", default=None,
+                         help="Kubeconfig for --kube-subnet-mgr (default: in-cluster service "
+                              "account, then $KUBECONFIG)."),
+            click.option("--net-conf-path", default=defaults.NET_CONF_PATH, show_default=True,
+                         help="The network config file read with --kube-subnet-mgr (Flannel's "
+                              "format)."),
+        )):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def check_kubeconfig_file(path: str | None) -> None:
+    """Exit 1 with one line when ``--kubeconfig-file`` names a file that does not exist."""
+    if path and not os.path.isfile(path):
+        fail(f"--kubeconfig-file: {path} does not exist")

@@ -15,6 +15,9 @@ The annotation names are Flannel's (``pkg/subnet/kube/annotations.go``, default 
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from ipaddress import (
     IPv4Address,
@@ -37,6 +40,13 @@ PUBLIC_IPV6 = PREFIX + "public-ipv6"
 PUBLIC_IP_OVERWRITE = PREFIX + "public-ip-overwrite"
 
 Node = dict[str, Any]
+
+
+def node_name_or_default(given: str | None, environ: Mapping[str, str] = os.environ,
+                         hostname: Callable[[], str] = socket.gethostname) -> str:
+    """Which Node is this node's: ``--node-name``, else ``$NODE_NAME`` (Flannel's DaemonSet
+    passes it through the downward API), else the host name."""
+    return given or environ.get("NODE_NAME") or hostname()
 
 
 def name_of(node: Node) -> str:

@@ -91,18 +91,32 @@ class KubeSubnetManager:
         self.kubeconfig = kubeconfig
         self.retry = retry
         self.watch_timeout = watch_timeout
+        self._config: KubeConfig | None = None
         self._client: AsyncClient | None = None
         self._listed: dict[str, Lease] = {}  # node name -> lease, as of the last listing
+
+    @property
+    def config(self) -> KubeConfig:
+        """The kubeconfig (read on first use). Raises lightkube.ConfigError for a missing or
+        unreadable one."""
+        if self._config is None:
+            self._config = (KubeConfig.from_file(self.kubeconfig) if self.kubeconfig
+                            else KubeConfig.from_env())
+        return self._config
 
     @property
     def client(self) -> AsyncClient:
         """The API client (made on first use, inside the running loop). Raises
         lightkube.ConfigError for an unreadable kubeconfig."""
         if self._client is None:
-            config = (KubeConfig.from_file(self.kubeconfig) if self.kubeconfig
-                      else KubeConfig.from_env())
-            self._client = AsyncClient(config=config, trust_env=False)
+            self._client = AsyncClient(config=self.config, trust_env=False)
         return self._client
+
+    def api_server(self) -> str:
+        """The API server's URL from the kubeconfig's current context (``https://host:port``),
+        for messages. Raises lightkube.ConfigError as :attr:`config` does."""
+        current = self.config.get()
+        return current.cluster.server if current is not None else "?"
 
     async def close(self) -> None:
         if self._client is not None:

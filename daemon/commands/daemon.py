@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 
 import click
 from netweft.common import defaults
-from netweft.daemon.clicontext import fail, services_prefix_option, settings
+from netweft.daemon.clicontext import (
+    check_kubeconfig_file,
+    fail,
+    kube_subnet_options,
+    services_prefix_option,
+    settings,
+)
 from netweft.daemon.etcdrun import refuse_tls_mistakes
 
 
@@ -49,9 +53,6 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
               help="Loopback port (privileged) of the bash CNI launcher's fast path (0: off).")
 @click.option("--cni-token-file", default=None,
               help="Token of that fast path (root only; default: next to --cni-socket).")
-@click.option("--node-name", default=None,
-              help="This node's name: its Node object with --kube-subnet-mgr, its pod records "
-                   "(default: $NODE_NAME, then the host name).")
 @services_prefix_option
 @click.option("--pod-records/--no-pod-records", default=True, show_default=True,
               help="Write a pod record to etcd for every pod the CNI server wires.")
@@ -66,14 +67,8 @@ from netweft.daemon.etcdrun import refuse_tls_mistakes
 @click.option("--take-over-lease", is_flag=True,
               help="Take over the live lease holding this node's public IP even if another "
                    "node identity wrote it (a reinstalled node that lost --state-dir).")
-@click.option("--kube-subnet-mgr", is_flag=True,
-              help="Take the subnet from this Node's podCIDR and publish/watch leases as Node "
-                   "annotations (Flannel's); no etcd access.")
-@click.option("--kubeconfig-file", default=None,
-              help="Kubeconfig for --kube-subnet-mgr (default: in-cluster service account, "
-                   "then $KUBECONFIG).")
-@click.option("--net-conf-path", default=defaults.NET_CONF_PATH, show_default=True,
-              help="The network config file read with --kube-subnet-mgr (Flannel's format).")
+@kube_subnet_options(node_name_help="This node's name: its Node object with --kube-subnet-mgr, "
+                    "its pod records (default: $NODE_NAME, then the host name).")
 @click.option("--cleanup-on-exit", is_flag=True,
               help="On SIGTERM/SIGINT remove the device, routes and firewall rules.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -90,7 +85,7 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
                kubeconfig_file: str | None, net_conf_path: str,
                cleanup_on_exit: bool, log_level: str) -> None:
     """Run the node daemon (inside the node's network namespace)."""
-    from netweft.daemon import iface
+    from netweft.daemon import iface, kubenode
     from netweft.daemon.agent import Agent, AgentConfig, AgentError
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
@@ -106,10 +101,9 @@ def daemon_cmd(ctx: click.Context, ifaces: tuple[str, ...], iface_regexes: tuple
         return
     if not kube_subnet_mgr:
         refuse_tls_mistakes(settings(ctx))
-    elif kubeconfig_file and not os.path.isfile(kubeconfig_file):
-        fail(f"--kubeconfig-file: {kubeconfig_file} does not exist")
-    # Flannel's DaemonSet passes the node name as NODE_NAME (downward API).
-    node_name = node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    else:
+        check_kubeconfig_file(kubeconfig_file)
+    node_name = kubenode.node_name_or_default(node_name)
     cfg = AgentConfig(
         etcd=settings(ctx), iface=opts, subnet_file=subnet_file, state_dir=state_dir,
         ip_masq=ip_masq, firewall=firewall, lease_ttl=lease_ttl, renew_margin=renew_margin,

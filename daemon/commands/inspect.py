@@ -1,31 +1,22 @@
 """``netweft routes`` and ``netweft status``: what the node should have and what the kernel has.
 
-Both read etcd and netlink directly, so they work while the daemon is down.
+Both read the store (etcd, or the Kubernetes API with ``--kube-subnet-mgr``: see
+``daemon/nodeview.py``) and netlink directly, so they work while the daemon is down.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
 import click
 from netweft.common import defaults
-from netweft.daemon.clicontext import fail, settings
+from netweft.daemon.clicontext import check_kubeconfig_file, fail, kube_subnet_options, settings
+from netweft.daemon.nodeview import KUBERNETES, NodeView, ViewError, lease_source, load
 from netweft.ipam.lease import Lease
-from netweft.kv.etcd import EtcdClient, EtcdError, EtcdSettings
-
-
-@dataclass
-class NodeView:
-    cfg: Any                 # NetworkConfig | None
-    leases: list[Lease]
-    own: Lease | None
-    etcd_error: str | None
 
 
 def _local_subnet(subnet_file: str) -> IPv4Network | None:
@@ -42,29 +33,19 @@ def _read_status(state_dir: str) -> dict[str, Any] | None:
     return read_status(state_dir)
 
 
-def _load(s: EtcdSettings, own_subnet: IPv4Network | None, public_ip: str | None) -> NodeView:
-    from netweft.ipam.config import ConfigError
-    from netweft.ipam.leases import LeaseStore
-
-    async def main() -> tuple[Any, list[Lease]]:
-        async with EtcdClient(s, timeout=3.0) as etcd:
-            etcd.connect()
-            store = LeaseStore(etcd, s.prefix)
-            cfg = await asyncio.wait_for(store.get_config(), 5)
-            leases, _ = await asyncio.wait_for(store.list(with_expiry=True), 5)
-            return cfg, leases
-
+def _view(ctx: click.Context, kube_subnet_mgr: bool, kubeconfig_file: str | None,
+          net_conf_path: str, node_name: str | None, subnet_file: str,
+          public_ip: str | None) -> NodeView:
+    """The node's view from the store the options name; a Kubernetes-mode problem exits 1 with
+    one line."""
+    check_kubeconfig_file(kubeconfig_file if kube_subnet_mgr else None)
+    source = lease_source(kube_subnet_mgr, kubeconfig_file, net_conf_path, node_name,
+                          lambda: settings(ctx))
     try:
-        cfg, leases = asyncio.run(main())
-    except (EtcdError, ConfigError, TimeoutError) as exc:
-        return NodeView(None, [], None, str(exc) or "etcd did not answer in time")
-    own = next((le for le in leases if own_subnet is not None and le.subnet == own_subnet), None)
-    if own is None and public_ip:
-        own = next((le for le in leases if str(le.public_ip) == public_ip), None)
-    if cfg is not None:  # what the daemon programs: the valid leases only (ipam/leasecheck.py)
-        from netweft.ipam.leasecheck import check_leases
-        leases = check_leases(cfg, leases, own).valid
-    return NodeView(cfg, leases, own, None)
+        return load(source, _local_subnet(subnet_file), public_ip)
+    except ViewError as exc:
+        fail(str(exc))
+        raise
 
 
 def _backend(cfg: Any, status: dict[str, Any] | None, state_dir: str, iface_name: str | None):  # type: ignore[no-untyped-def]
@@ -194,18 +175,24 @@ def render_routes(report: dict[str, Any]) -> str:
 @click.option("--state-dir", default=defaults.STATE_DIR, show_default=True)
 @click.option("--iface", default=None, help="Public interface (default: the daemon's, else the "
               "default route's).")
+@kube_subnet_options()
 @click.pass_context
 def routes_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str,
-               iface: str | None) -> None:
+               iface: str | None, kube_subnet_mgr: bool, kubeconfig_file: str | None,
+               net_conf_path: str, node_name: str | None) -> None:
     """Per peer lease: the desired route/neighbour/FDB entry beside what the kernel has."""
     status = _read_status(state_dir)
-    view = _load(settings(ctx), _local_subnet(subnet_file), (status or {}).get("publicIP"))
-    if view.etcd_error:
-        fail(f"cannot read leases: {view.etcd_error}")
+    view = _view(ctx, kube_subnet_mgr, kubeconfig_file, net_conf_path, node_name, subnet_file,
+                 (status or {}).get("publicIP"))
+    if view.error:
+        fail(f"cannot read leases: {view.error}")
     if view.cfg is None:
         fail(f"no network config at {settings(ctx).prefix}/config")
     if view.own is None:
-        fail(f"this node has no lease ({subnet_file} names none that etcd holds)")
+        fail("this node has no lease (" + (
+            "its Node carries no Flannel annotations: is `netweft daemon --kube-subnet-mgr` "
+            "running there?)" if view.kind == KUBERNETES
+            else f"{subnet_file} names none that etcd holds)"))
     assert view.own is not None
     backend, nl = _backend(view.cfg, status, state_dir, iface)
     try:
@@ -235,14 +222,18 @@ def describe_wireguard(dp: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--subnet-file", default=defaults.SUBNET_FILE, show_default=True)
 @click.option("--state-dir", default=defaults.STATE_DIR, show_default=True)
+@kube_subnet_options()
 @click.pass_context
-def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str) -> None:
+def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: str,
+               kube_subnet_mgr: bool, kubeconfig_file: str | None, net_conf_path: str,
+               node_name: str | None) -> None:
     """The node's lease, backend, device, MTU, peers and last reconcile."""
     from netweft.backends.netlink import Netlink
 
     status = _read_status(state_dir) or {}
     own_subnet = _local_subnet(subnet_file)
-    view = _load(settings(ctx), own_subnet, status.get("publicIP"))
+    view = _view(ctx, kube_subnet_mgr, kubeconfig_file, net_conf_path, node_name, subnet_file,
+                 status.get("publicIP"))
     pid = status.get("pid")
     running = False
     if pid:
@@ -256,13 +247,14 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
         "subnet": str(own_subnet) if own_subnet else
         (str(view.own.subnet) if view.own else None),
         "lease": view.own.to_dict() if view.own else None,
-        "etcd": view.etcd_error or "ok",
+        "store": {"kind": view.kind, "where": view.store, "state": view.error or "ok"},
+        **({"etcd": view.error or "ok"} if view.kind != KUBERNETES else {}),
         "backend": view.cfg.backend.type if view.cfg else status.get("backend"),
         "device": status.get("device"),
         "iface": status.get("iface"),
         "publicIP": status.get("publicIP"),
         "peers": len([le for le in view.leases if view.own is None or le.subnet != view.own.subnet
-                      if le.public_ip is not None]) if not view.etcd_error
+                      if le.public_ip is not None]) if not view.error
         else status.get("peers"),
         "peersProgrammed": status.get("peers"),
         "lastReconcile": status.get("lastReconcile"),
@@ -295,16 +287,19 @@ def status_cmd(ctx: click.Context, as_json: bool, subnet_file: str, state_dir: s
     lease = out["lease"]
     expires = "-"
     if lease:
-        if lease.get("reserved"):
+        if view.kind == KUBERNETES:
+            expires = "with its Node"
+        elif lease.get("reserved"):
             expires = "never (reserved)"
         elif lease.get("expiration"):
             expires = f"in {int(lease['expiration'] - time.time())}s"
     last = out["lastReconcile"]
     rows = [
         ("daemon", out["daemon"]),
-        ("etcd", out["etcd"]),
+        ("store", f"{view.store} ok" if not view.error else f"{view.store}: {view.error}"),
         ("lease", f"{out['subnet'] or '-'} (public IP {out['publicIP'] or '-'}, "
-                  f"expires {expires})" if lease else f"{out['subnet'] or '-'} (not in etcd)"),
+                  f"expires {expires})" if lease else
+         f"{out['subnet'] or '-'} (not in {view.kind})"),
         ("backend", out["backend"] or "-"),
         ("device", f"{dev or '-'}" + (
             "" if not dev else (" (missing)" if not out["deviceState"]["present"] else

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, ServiceAccountToken
 from netweft.daemon import kubenode as kn
+from netweft.daemon import netns
 from netweft.daemon.controlplane import ControlPlane, kubeconfig
 from netweft.daemon.nsrelay import NsRelay
 from support import underlay
@@ -207,3 +209,72 @@ def test_a_token_without_the_node_rbac_is_one_error_line_and_exit_1(
     log = k.lab.log(a)
     assert "kube-apiserver refused" in log and "HTTP 403" in log, log[-800:]
     assert "Traceback" not in log
+
+
+def test_status_and_routes_read_the_nodes_in_kube_mode(kube_nodes: KubeNodes,
+                                                        tmp_path: Path) -> None:
+    """``netweft status`` / ``routes --kube-subnet-mgr``: the node's own view from the API (no
+    etcd in the node namespace at all), the same options as the daemon."""
+    k = kube_nodes
+    a, b = k.lab.node_nss
+    for ns in (a, b):
+        k.create_node(ns)
+        k.start(ns)
+    for ns in (a, b):
+        wait_for(lambda ns=ns: ready(k, ns), 60, what=f"{ns} ready: {k.lab.log(ns)[-800:]}")
+    wait_for(lambda: (k.lab.status(a) or {}).get("peers") == 1, 30,
+             what=f"{a} programs its peer: {k.lab.log(a)[-800:]}")
+    sub_a, sub_b = k.lab.subnet(a), k.lab.subnet(b)
+    p = k.lab.paths(a)
+    local = ["--subnet-file", p["subnet_file"], "--state-dir", p["state_dir"]]
+    kube = ["--kube-subnet-mgr", "--kubeconfig-file", str(k.kubeconfig),
+            "--net-conf-path", str(k.net_conf), "--node-name", a]
+
+    def netweft(*args: str) -> subprocess.CompletedProcess[str]:
+        return netns.run(a, [sys.executable, "-m", "netweft.daemon.cli", *args], check=False)
+
+    status = netweft("status", *local, *kube)
+    assert status.returncode == 0, status.stderr
+    rows = dict(line.split(None, 1) if not line.startswith("last ") else ("last", line)
+                for line in status.stdout.splitlines())
+    assert rows["store"] == f"kubernetes ({k.plane.url}) ok", status.stdout
+    assert rows["lease"] == f"{sub_a} (public IP 192.0.2.10, expires with its Node)", status.stdout
+    assert rows["peers"] == "1 leased, 1 programmed", status.stdout
+    as_json = json.loads(netweft("status", "--json", *local, *kube).stdout)
+    assert as_json["store"] == {"kind": "kubernetes", "where": f"kubernetes ({k.plane.url})",
+                                "state": "ok"}
+    assert as_json["lease"]["subnet"] == str(sub_a) and "etcd" not in as_json
+
+    routes = netweft("routes", *local, *kube)
+    assert routes.returncode == 0, routes.stdout + routes.stderr
+    assert f"peer {sub_b} at 192.0.2.11" in routes.stdout
+    report = json.loads(netweft("routes", "--json", *local, *kube).stdout)
+    (peer,) = report["peers"]
+    assert {e["kind"]: e["state"] for e in peer["entries"]} == {
+        "neighbour": "ok", "fdb": "ok", "route": "ok"}
+
+    # The daemon stopped (it would put the route back at once): a route deleted by hand shows.
+    assert k.lab.stop_daemon(a) == 0
+    subprocess.run(["ip", "-n", a, "route", "del", str(sub_b)], check=True)
+    routes = netweft("routes", *local, *kube)
+    assert routes.returncode == 3, routes.stdout + routes.stderr
+    assert f"MISSING route     {sub_b} via" in routes.stdout
+    assert "daemon          not running" in netweft("status", *local, *kube).stdout
+
+    # Kubernetes-mode mistakes: one line naming the option, exit 1, no traceback.
+    refused = tmp_path / "refused.kubeconfig"  # nothing listens on port 1 in the node namespace
+    refused.write_text(k.kubeconfig.read_text().replace(k.plane.url, "https://127.0.0.1:1"))
+    missing = tmp_path / "missing.kubeconfig"
+    for args, line in (
+            (["--kubeconfig-file", str(missing)],
+             f"netweft: --kubeconfig-file: {missing} does not exist"),
+            (["--kubeconfig-file", str(refused)],
+             "netweft: cannot reach the kube-apiserver at https://127.0.0.1:1 ("),
+            (["--node-name", "nwk-no-such-node"],
+             "netweft: --node-name: node nwk-no-such-node does not exist in the API at "
+             f"{k.plane.url}")):
+        for command in ("status", "routes"):
+            res = netweft(command, *local, *kube, *args)
+            assert res.returncode == 1 and res.stdout == "", (command, args, res)
+            assert res.stderr.startswith(line) and res.stderr.count("\n") == 1, \
+                (command, args, res.stderr)

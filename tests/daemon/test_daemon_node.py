@@ -314,6 +314,7 @@ def test_cleanup_on_exit_and_inspection_cli(make_lab) -> None:
     assert states == {"neighbour": "missing", "fdb": "missing", "route": "missing"}
     status = lab.netweft(a, "status", *paths).stdout
     assert "daemon          not running" in status and str(subnets[0]) in status
+    assert f"store           etcd ({lab.endpoint}) ok" in status, status
     assert "flannel.1 (missing)" in status
 
 
