@@ -390,7 +390,8 @@ class Api:
 
     def _post(self, path: str, obj: dict[str, object]) -> dict[str, Any]:
         """Create ``obj`` at ``path``; the object as stored. An overloaded apiserver's 429/5xx
-        (its request timeout fires on a saturated machine) is retried, up to 20 times; a 409
+        (its request timeout fires on a saturated machine) and a ClusterIP allocation that timed
+        out in etcd (422) are retried, up to 20 times; a 409
         after such a retry means the first attempt did land: the stored object is read back.
         RuntimeError on any other answer."""
         name = obj["metadata"]["name"]  # type: ignore[index]
@@ -402,7 +403,12 @@ class Api:
                 status, body = self._request("GET", f"{path}/{name}")
                 if status == 200:
                     return cast(dict[str, Any], json.loads(body))
-            if status not in (409, 429) and status < 500:
+            # kube-apiserver answers 422 "failed to allocate IP: etcdserver: request timed
+            # out" when its IPAddress write timed out in etcd (seen at 21,903 services): a
+            # storage hiccup, not an invalid object, so it is retried like a 5xx.
+            allocation_timeout = status == 422 and b"failed to allocate IP" in body \
+                and b"timed out" in body
+            if status not in (409, 429) and status < 500 and not allocation_timeout:
                 raise RuntimeError(f"POST {path}: {status} {body[:200]!r}")
             time.sleep(1.0)
         raise RuntimeError(f"POST {path}: still {status} after 20 attempts")
