@@ -112,6 +112,7 @@ class Link:
     master: int
     up: bool
     kind: str = ""
+    alias: str = ""  # ifalias ("" when unset)
 
 
 def _parse_link(body: bytes) -> Link:
@@ -126,6 +127,7 @@ def _parse_link(body: bytes) -> Link:
         up=bool(flags & IFF_UP),
         kind=parse_attrs(attrs.get(IFLA_LINKINFO, b""), 0).get(IFLA_INFO_KIND, b"")
         .rstrip(b"\0").decode(),
+        alias=attrs.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"),
     )
 
 
@@ -260,6 +262,10 @@ class RawRtnl:
             if raw:
                 out.append((socket.inet_ntop(family, raw), plen))
         return out
+
+    def links(self) -> list[Link]:
+        """Every link of this namespace (one dump)."""
+        return [_parse_link(body) for body in self.dump(RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0))]
 
     def link_names(self) -> dict[int, str]:
         """{index: name} of every link (one dump)."""
@@ -441,9 +447,11 @@ class RawRtnl:
         return _msg(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, IFINFOMSG.pack(0, 0, index, 0, 0))
 
     @staticmethod
-    def deladdr_msg(index: int, address: IPv4Interface) -> tuple[int, bytes]:
+    def deladdr_msg(index: int, address: IPv4Interface | IPv6Interface) -> tuple[int, bytes]:
+        """``ip addr del <address> dev <index>``."""
         raw = address.ip.packed
-        body = (IFADDRMSG.pack(socket.AF_INET, address.network.prefixlen, 0, 0, index)
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        body = (IFADDRMSG.pack(family, address.network.prefixlen, 0, 0, index)
                 + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw))
         return _msg(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, body)
 
