@@ -284,7 +284,9 @@ class Backend(abc.ABC):
     """One dataplane: set up the device for our lease, program peers, reconcile."""
 
     type_name: str = ""
-    last_desired: DesiredState = DesiredState()  # what the last reconcile() wanted
+    # The peer subnets the last reconcile() wanted without error (not the whole desired state:
+    # kept between passes, its records were ~400 bytes a lease of the daemon's RSS, issue 12).
+    last_ok: frozenset[IPv4Network] = frozenset()
     underlay: Underlay  # the node's public side (set by the constructor, replaced by rebind)
 
     @abc.abstractmethod
@@ -347,7 +349,7 @@ class Backend(abc.ABC):
     def reconcile(self, own: Lease, leases: Iterable[Lease]) -> tuple[Changes, list[str]]:
         """Desired minus actual, applied. Returns the changes and the errors (per entry)."""
         desired = self.desired(own, leases)
-        self.last_desired = desired
+        self.last_ok = frozenset(p.subnet for p in desired.peers if p.error is None)
         changes = diff(desired, self.actual())
         errors = list(desired.errors)
         if not changes.empty:

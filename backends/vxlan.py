@@ -124,10 +124,13 @@ def desired_vxlan(own: Lease, leases: Iterable[Lease], dev: str, underlay: Under
                 f"peer {lease.subnet} ({lease.public_ip}) has no BackendData.VtepMAC: skipped")))
             continue
         gw = lease.subnet.network_address
+        low = mac.lower()
+        if low == mac:
+            low = mac  # one string for both entries and the lease: no copies per pass
         peers.append(PeerState(
             lease.subnet, lease.public_ip,
-            neighbour=Neighbour(gw, mac.lower(), dev),
-            fdb=FdbEntry(mac.lower(), lease.public_ip, dev),
+            neighbour=Neighbour(gw, low, dev),
+            fdb=FdbEntry(low, lease.public_ip, dev),
             route=Route(lease.subnet, gw, dev, onlink=True),
         ))
     return DesiredState(tuple(peers))

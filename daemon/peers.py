@@ -248,7 +248,7 @@ class PeerReconciler:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        ok = {p.subnet for p in backend.last_desired.peers if p.error is None}
+        ok = backend.last_ok
         self._programmed_keys = {k for k, le in self.valid.items() if le.subnet in ok}
         self._count_programmed()
         self.metrics.set("netweft_leases", len(self.leases))
