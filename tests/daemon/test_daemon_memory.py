@@ -267,3 +267,25 @@ print(json.dumps({"raised": raised, "parsed": len(seen), "routes": len(routes),
 """
     got = json.loads(netns.run(ns, [sys.executable, "-c", code]).stdout.strip().splitlines()[-1])
     assert got == {"raised": True, "parsed": 5, "routes": 600, "dev": ["d0"]}
+
+
+def test_a_full_pass_hands_freed_heap_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a full pass the kernel thread's freed sets and buffers stayed in the arena (RSS
+    rose by ~6 MiB after the first periodic pass with 5,000 peers); the pass trims it now."""
+    from netweft.daemon import memtrim
+    from netweft.daemon import peers as peers_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(peers_module, "release_free_memory", lambda: calls.append(1) or True)
+    backend = RecordingHostGw()
+    own = Lease(IPv4Network("10.244.0.0/24"), IPv4Address("192.0.2.10"), "host-gw",
+                etcd_lease_id=1)
+    peers = PeerReconciler(backend, InlineKernel(), Metrics(), lambda: own,
+                           lambda le: le.key_name, interval=3600,
+                           config=parse_config('{"Network": "10.244.0.0/16", '
+                                               '"Backend": {"Type": "host-gw"}}'))
+    peers.set_leases([own])
+    asyncio.run(peers.reconcile_once())
+    asyncio.run(peers.reconcile_once())
+    assert calls == [1, 1]
+    assert memtrim.release_free_memory() in (True, False)  # glibc here: the real call works
