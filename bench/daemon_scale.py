@@ -258,8 +258,8 @@ def main() -> None:
           f"(first pass / reference = {med['program_pass_s'] / ref:.2f}x)")
     print(f"  reconcile pass, nothing to change    : {med['noop_pass_s'] * 1000:.0f} ms")
     print(f"  RSS after programming                : {med['rss_mib']:.1f} MiB")
-    print(f"  RSS {args.rss_later:.0f} s later                      : "
-          f"{med['rss_later_mib']:.1f} MiB")
+    later = f"RSS {args.rss_later:.0f} s later"
+    print(f"  {later:37}: {med['rss_later_mib']:.1f} MiB")
     print(f"  lease put returned -> route in kernel: {med['add_one_s'] * 1000:.0f} ms")
     print(f"  restart -> reconciled                : {med['restart_s']:.2f} s, "
           f"kernel changes {med['restart_kernel_changes']:.0f}")
@@ -273,8 +273,7 @@ def main() -> None:
               f"(netweft/flanneld = {med['cpu_s'] / fmed['cpu_s']:.2f}x)")
         print(f"  RSS after programming                : {fmed['rss_mib']:.1f} MiB   "
               f"(netweft/flanneld = {med['rss_mib'] / fmed['rss_mib']:.2f}x)")
-        print(f"  RSS {args.rss_later:.0f} s later                      : "
-              f"{fmed['rss_later_mib']:.1f} MiB   "
+        print(f"  {later:37}: {fmed['rss_later_mib']:.1f} MiB   "
               f"(netweft/flanneld = {med['rss_later_mib'] / fmed['rss_later_mib']:.2f}x)")
 
 
