@@ -20,12 +20,19 @@ import os
 import socket
 import struct
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from netweft.backends.base import RTPROT_NETWEFT, Changes, FdbEntry, Neighbour, Route
+from netweft.backends.base import (
+    RTPROT_NETWEFT,
+    Changes,
+    DesiredState,
+    FdbEntry,
+    Neighbour,
+    Route,
+)
 from netweft.cni.rtnl import (
     AF_BRIDGE,
     IFA_ADDRESS,
@@ -60,6 +67,39 @@ from netweft.cni.rtnl import (
 RTNH_F_ONLINK = 4
 AF_INET = 2
 RTNEXTHOP = struct.Struct("=HBBi")
+
+
+@dataclass(frozen=True)
+class Known:
+    """Records the kernel is expected to hold, by their wire form (the bytes a dump carries):
+    a dumped entry equal to one of them is answered with that record, not a new one (see
+    ``Backend.actual_against``). Built per pass, dropped after it."""
+
+    routes: dict[bytes, Route]          # dst (4) + prefix length (1) + gateway (4 or 0)
+    neighbours: dict[bytes, Neighbour]  # ip (4) + mac (6)
+    fdb: dict[bytes, FdbEntry]          # mac (6) + dst (4)
+
+    @classmethod
+    def of(cls, routes: Iterable[Route], neighbours: Iterable[Neighbour] = (),
+           fdb: Iterable[FdbEntry] = ()) -> Known:
+        return cls(
+            {r.dst.network_address.packed + bytes((r.dst.prefixlen,))
+             + (r.gateway.packed if r.gateway is not None else b""): r for r in routes},
+            {n.ip.packed + _mac_bytes(n.mac): n for n in neighbours},
+            {_mac_bytes(f.mac) + f.dst.packed: f for f in fdb})
+
+
+    @classmethod
+    def of_desired(cls, desired: DesiredState) -> Known:
+        """The routes, neighbours and FDB entries of ``desired``'s peers."""
+        peers = desired.peers
+        return cls.of((p.route for p in peers if p.route is not None),
+                      (p.neighbour for p in peers if p.neighbour is not None),
+                      (p.fdb for p in peers if p.fdb is not None))
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
 
 
 class NetlinkError(OSError):
@@ -231,11 +271,13 @@ class Netlink:
     def _cmd(self, tool: str) -> list[str]:
         return [tool, *(["-n", self.netns] if self.netns else [])]
 
-    def routes(self, proto: int) -> list[Route]:
+    def routes(self, proto: int, known: Known | None = None) -> list[Route]:
         """IPv4 routes in the main table carrying protocol ``proto`` that go out of a device
         (an ``unreachable`` route has none and is never listed). Each reply is decoded as it
-        arrives, the header checked before the attributes (:meth:`RawRtnl.dump_each`)."""
+        arrives, the header checked before the attributes (:meth:`RawRtnl.dump_each`); one
+        equal to a route of ``known`` is that route object."""
         names = self.rtnl.link_names()
+        reuse = known.routes if known is not None else {}
 
         def parse(body: bytes) -> Route | None:
             _fam, dst_len, _src, _tos, table, protocol, _scope, _type, flags = \
@@ -249,9 +291,13 @@ class Netlink:
             if table != RT_TABLE_MAIN or not oif or oif not in names:
                 return None
             gw = attrs.get(RTA_GATEWAY)
-            dst = IPv4Network((attrs.get(RTA_DST, bytes(4)), dst_len))
-            return Route(dst, IPv4Address(gw) if gw else None, names[oif],
-                         bool(flags & RTNH_F_ONLINK))
+            raw_dst = attrs.get(RTA_DST, bytes(4))
+            onlink = bool(flags & RTNH_F_ONLINK)
+            same = reuse.get(raw_dst + bytes((dst_len,)) + (gw or b""))
+            if same is not None and same.dev == names[oif] and same.onlink == onlink:
+                return same
+            return Route(IPv4Network((raw_dst, dst_len)), IPv4Address(gw) if gw else None,
+                         names[oif], onlink)
 
         return self.rtnl.dump_each(RTM_GETROUTE, RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0),
                                    parse)
@@ -273,17 +319,33 @@ class Netlink:
 
         return self.rtnl.dump_each(RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0), parse)
 
-    def neighbours(self, dev: str) -> list[Neighbour]:
-        """Permanent IPv4 neighbours on ``dev``."""
-        return self._neighbours(AF_INET, self.rtnl_index(dev),
-                                lambda dst, mac: Neighbour(IPv4Address(dst), format_mac(mac), dev))
+    def neighbours(self, dev: str, known: Known | None = None) -> list[Neighbour]:
+        """Permanent IPv4 neighbours on ``dev`` (one equal to a neighbour of ``known`` is that
+        object)."""
+        reuse = known.neighbours if known is not None else {}
 
-    def fdb(self, dev: str) -> list[FdbEntry]:
-        """Forwarding entries with an IPv4 remote (``dst``) on VXLAN device ``dev``."""
-        return self._neighbours(
-            AF_BRIDGE, self.rtnl_index(dev),
-            lambda dst, mac: FdbEntry(format_mac(mac), IPv4Address(dst), dev)
-            if len(dst) == 4 else None)
+        def make(dst: bytes, mac: bytes) -> Neighbour:
+            same = reuse.get(dst + mac)
+            if same is not None and same.dev == dev:
+                return same
+            return Neighbour(IPv4Address(dst), format_mac(mac), dev)
+
+        return self._neighbours(AF_INET, self.rtnl_index(dev), make)
+
+    def fdb(self, dev: str, known: Known | None = None) -> list[FdbEntry]:
+        """Forwarding entries with an IPv4 remote (``dst``) on VXLAN device ``dev`` (one equal
+        to an entry of ``known`` is that object)."""
+        reuse = known.fdb if known is not None else {}
+
+        def make(dst: bytes, mac: bytes) -> FdbEntry | None:
+            if len(dst) != 4:
+                return None
+            same = reuse.get(mac + dst)
+            if same is not None and same.dev == dev:
+                return same
+            return FdbEntry(format_mac(mac), IPv4Address(dst), dev)
+
+        return self._neighbours(AF_BRIDGE, self.rtnl_index(dev), make)
 
     def batch(self, tool: str, lines: list[str], benign: tuple[str, ...] = ()) -> list[str]:
         """Run ``tool -force -batch -``; one error string per failed line (``benign`` errors,

@@ -39,7 +39,7 @@ from netweft.backends.base import (
     Watched,
     peers_of,
 )
-from netweft.backends.netlink import Netlink, apply_changes
+from netweft.backends.netlink import Known, Netlink, apply_changes
 from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 from netweft.ipam.lease import Lease
@@ -241,13 +241,14 @@ class VxlanBackend(Backend):
         return desired_vxlan(own, leases, self.dev, self.underlay, self.settings.direct_routing)
 
     def actual(self) -> ActualState:
-        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's permanent ARP and FDB entries.
-        """
-        routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
+        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's permanent ARP and FDB entries
+        (those equal to :attr:`expected`'s are its records)."""
+        known = Known.of_desired(self.expected) if self.expected is not None else None
+        routes = frozenset(self.nl.routes(RTPROT_NETWEFT, known))
         if self.index is None:
             return ActualState(routes=routes)
-        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.dev)),
-                           fdb=frozenset(self.nl.fdb(self.dev)))
+        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.dev, known)),
+                           fdb=frozenset(self.nl.fdb(self.dev, known)))
 
     def apply(self, changes: Changes) -> list[str]:
         """Apply ``changes`` in order (neighbours and FDB before routes); one line per entry that
