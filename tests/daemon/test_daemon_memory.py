@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -329,3 +330,22 @@ print(json.dumps({
     # routes[0] differs from what `known` holds for its subnet (another gateway): a new record
     assert got == {"routes_same": 49, "routes_equal": True, "neigh_same": 50, "fdb_same": 50,
                    "plain_equal": True}
+
+
+def test_the_status_file_is_replaced_without_fsyncs(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """The daemon rewrites status.json after every pass on its event loop; its two fsyncs (file
+    and directory: p50 0.8, p90 5, max 7 ms on this machine's disk) held up any lease event that
+    arrived meanwhile. Other atomic writes (subnet.env, keys) stay durable."""
+    from netweft.common import atomicfile
+    from netweft.daemon.statedir import StateDir, read_status
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomicfile.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    state = StateDir(str(tmp_path))
+    state.write_status({"peers": 3})
+    assert read_status(str(tmp_path)) == {"peers": 3}
+    assert synced == []
+    atomicfile.write_atomic(str(tmp_path / "subnet.env"), "FLANNEL_MTU=1450\n")
+    assert len(synced) == 2  # the file and its directory
