@@ -4,7 +4,7 @@ A full pass with thousands of peers builds large sets, lists and receive buffers
 thread's malloc arena; freed, they stay in the process's RSS until the arena is trimmed
 (glibc trims only its top, and only past a threshold that grows with use). Measured with
 5,000 leases (issue 12, ``bench/daemon_scale.py``): ~1.5-2 MiB of RSS returned per pass, for a
-call that takes well under a millisecond there. The function is glibc's public API
+call that takes 0.1-0.25 ms in a process of that size. The function is glibc's public API
 (``malloc_trim(3)``), reached through ctypes; where the C library has none (musl), nothing
 happens.
 """
