@@ -24,7 +24,7 @@ from netweft.backends.base import (
     Watched,
     peers_of,
 )
-from netweft.backends.netlink import Netlink, apply_changes
+from netweft.backends.netlink import Known, Netlink, apply_changes
 from netweft.ipam.lease import Lease
 
 if TYPE_CHECKING:
@@ -102,8 +102,10 @@ class HostGwBackend(Backend):
         return desired_hostgw(own, leases, self.underlay)
 
     def actual(self) -> ActualState:
-        """Our routes in the kernel (protocol ``RTPROT_NETWEFT``)."""
-        return ActualState(routes=frozenset(self.nl.routes(RTPROT_NETWEFT)))
+        """Our routes in the kernel (protocol ``RTPROT_NETWEFT``; those equal to
+        :attr:`expected`'s are its records)."""
+        known = Known.of_desired(self.expected) if self.expected is not None else None
+        return ActualState(routes=frozenset(self.nl.routes(RTPROT_NETWEFT, known)))
 
     def apply(self, changes: Changes) -> list[str]:
         """Apply ``changes`` (routes only); one line per entry that failed."""

@@ -39,7 +39,7 @@ from netweft.backends.base import (
     Watched,
     peers_of,
 )
-from netweft.backends.netlink import Netlink, apply_changes
+from netweft.backends.netlink import Known, Netlink, apply_changes
 from netweft.common import defaults
 from netweft.common.atomicfile import write_atomic
 from netweft.ipam.lease import Lease
@@ -124,10 +124,13 @@ def desired_vxlan(own: Lease, leases: Iterable[Lease], dev: str, underlay: Under
                 f"peer {lease.subnet} ({lease.public_ip}) has no BackendData.VtepMAC: skipped")))
             continue
         gw = lease.subnet.network_address
+        low = mac.lower()
+        if low == mac:
+            low = mac  # one string for both entries and the lease: no copies per pass
         peers.append(PeerState(
             lease.subnet, lease.public_ip,
-            neighbour=Neighbour(gw, mac.lower(), dev),
-            fdb=FdbEntry(mac.lower(), lease.public_ip, dev),
+            neighbour=Neighbour(gw, low, dev),
+            fdb=FdbEntry(low, lease.public_ip, dev),
             route=Route(lease.subnet, gw, dev, onlink=True),
         ))
     return DesiredState(tuple(peers))
@@ -238,13 +241,14 @@ class VxlanBackend(Backend):
         return desired_vxlan(own, leases, self.dev, self.underlay, self.settings.direct_routing)
 
     def actual(self) -> ActualState:
-        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's permanent ARP and FDB entries.
-        """
-        routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
+        """Our routes (protocol ``RTPROT_NETWEFT``) and the device's permanent ARP and FDB entries
+        (those equal to :attr:`expected`'s are its records)."""
+        known = Known.of_desired(self.expected) if self.expected is not None else None
+        routes = frozenset(self.nl.routes(RTPROT_NETWEFT, known))
         if self.index is None:
             return ActualState(routes=routes)
-        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.dev)),
-                           fdb=frozenset(self.nl.fdb(self.dev)))
+        return ActualState(routes=routes, neighbours=frozenset(self.nl.neighbours(self.dev, known)),
+                           fdb=frozenset(self.nl.fdb(self.dev, known)))
 
     def apply(self, changes: Changes) -> list[str]:
         """Apply ``changes`` in order (neighbours and FDB before routes); one line per entry that

@@ -49,7 +49,7 @@ from netweft.backends.base import (
     WgPeer,
     peers_of,
 )
-from netweft.backends.netlink import LinkInfo, Netlink, NetlinkError, apply_changes
+from netweft.backends.netlink import Known, LinkInfo, Netlink, NetlinkError, apply_changes
 from netweft.backends.wireguard_go import WireGuardGo, socket_answers, socket_path
 from netweft.backends.wireguard_keys import (
     is_key,
@@ -296,7 +296,8 @@ class WireGuardBackend(Backend):
     def actual(self) -> ActualState:
         """Our routes (protocol ``RTPROT_NETWEFT``) and the device's peers (``wg show dump``).
         Raises :class:`BackendError` when ``wg`` fails."""
-        routes = frozenset(self.nl.routes(RTPROT_NETWEFT))
+        known = Known.of_desired(self.expected) if self.expected is not None else None
+        routes = frozenset(self.nl.routes(RTPROT_NETWEFT, known))
         if self.index is None:
             return ActualState(routes=routes)
         return ActualState(routes=routes, wg_peers=frozenset(self.wg.dump(self.dev).peers))

@@ -17,7 +17,10 @@ flanneld (deploy/flannel.sh; the lab's ``--flannel-nodes``) as node1, one after 
 run, and prints both and the ratio netweft/flanneld.
 
     sudo .venv/bin/python bench/convergence.py [--joins 20] [--backend vxlan|host-gw]
-        [--daemon both|netweft|flanneld]
+        [--daemon both|netweft|flanneld] [--rounds R]
+
+``--rounds R`` alternates the two daemons R times (``--joins`` each per round, a fresh lab each
+time) and pools the samples, so a load change on the shared machine hits both sides alike.
 """
 
 from __future__ import annotations
@@ -222,7 +225,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def measure(args: argparse.Namespace, daemon: str) -> dict[str, object]:
-    """``args.joins`` joins against ``daemon`` (netweft or flanneld) as node1; the figures."""
+    """``args.joins`` joins against ``daemon`` (netweft or flanneld) as node1 in a fresh lab;
+    the figures."""
     prefix = f"nwlc{os.getpid() % 10000:04d}"
     spec = LabSpec(prefix=prefix, nodes=2, pods_per_node=0, backend=args.backend,
                    proxy=False, flannel_nodes=2 if daemon == "flanneld" else 0)
@@ -243,14 +247,21 @@ def measure(args: argparse.Namespace, daemon: str) -> dict[str, object]:
             agent_.stop()
     finally:
         down(prefix)
+    return summary(daemon, args.backend, samples, upper)
+
+
+def summary(daemon: str, backend: str, samples: list[float],
+            upper: list[float]) -> dict[str, object]:
+    """The figures of ``samples`` (seconds from put returned; ``upper``: from put started)."""
     ms = [s * 1000 for s in samples]
     result: dict[str, object] = {
-        "daemon": daemon, "backend": args.backend, "joins": len(ms),
+        "daemon": daemon, "backend": backend, "joins": len(ms),
         "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1),
         "mean_ms": round(statistics.mean(ms), 1), "max_ms": round(max(ms), 1),
         "p50_ms_from_put_start": round(percentile([u * 1000 for u in upper], 50), 1),
     }
     result["samples_ms"] = [round(m, 2) for m in ms]
+    result["samples_from_put_start_ms"] = [round(u * 1000, 2) for u in upper]
     return result
 
 
@@ -259,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joins", type=int, default=20)
     parser.add_argument("--backend", choices=["vxlan", "host-gw"], default="vxlan")
     parser.add_argument("--daemon", choices=["both", "netweft", "flanneld"], default="both")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the daemons this many times, --joins each per round "
+                             "(pooled figures; each round in a fresh lab)")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--agent", help=argparse.SUPPRESS)
@@ -270,10 +284,34 @@ def main(argv: list[str] | None = None) -> int:
         print("convergence.py: needs root (network namespaces)", file=sys.stderr)
         return 2
     daemons = ["netweft", "flanneld"] if args.daemon == "both" else [args.daemon]
-    results = [measure(args, d) for d in daemons]
+    if args.rounds == 1:
+        results = [measure(args, d) for d in daemons]
+    else:
+        results = interleaved(args, daemons)
     report(results, "daemon", "convergence",
            f"{args.backend}, lease put -> first echo reply on another node", args.json_path)
     return 0
+
+
+def interleaved(args: argparse.Namespace, daemons: list[str]) -> list[dict[str, object]]:
+    """``args.rounds`` rounds, each ``args.joins`` joins per daemon in turn (a fresh lab each),
+    so both sides see the machine's load alike; the pooled figures, with each round's p50."""
+    pooled: dict[str, tuple[list[float], list[float]]] = {d: ([], []) for d in daemons}
+    rounds: dict[str, list[float]] = {d: [] for d in daemons}
+    for r in range(args.rounds):
+        for daemon in daemons:
+            one = measure(args, daemon)
+            pooled[daemon][0].extend(m / 1000 for m in one["samples_ms"])  # type: ignore[attr-defined]
+            pooled[daemon][1].extend(m / 1000 for m in one["samples_from_put_start_ms"])  # type: ignore[attr-defined]
+            rounds[daemon].append(float(one["p50_ms"]))  # type: ignore[arg-type]
+            print(f"round {r + 1} {daemon}: p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    results = []
+    for daemon in daemons:
+        result = summary(daemon, args.backend, *pooled[daemon])
+        result["round_p50_ms"] = rounds[daemon]
+        results.append(result)
+    return results
 
 
 def report(results: list[dict[str, object]], key: str, title: str, what: str,
@@ -284,7 +322,8 @@ def report(results: list[dict[str, object]], key: str, title: str, what: str,
     width = max(len(str(r[key])) for r in results)
     for r in results:
         print(f"{title} {str(r[key]):{width}} ({what}, {r['joins']} joins): p50 {r['p50_ms']} ms, "
-              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
+              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms"
+              + (f"; per-round p50 {r['round_p50_ms']}" if "round_p50_ms" in r else ""))
     if len(results) == 2:
         a, b = results
         print(f"ratio {a[key]}/{b[key]}: p50 {float(a['p50_ms']) / float(b['p50_ms']):.2f}x, "  # type: ignore[arg-type]

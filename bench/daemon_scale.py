@@ -5,7 +5,8 @@ latency of one added lease, and a restart with nothing changed.
 Reference in the same run: the same N neighbour + FDB + route entries programmed by hand with
 `ip -batch` / `bridge -batch` in a fresh namespace (what a hand-built dataplane costs), and
 (``--flanneld``, on by default) the real flanneld (deploy/flannel.sh) in the same setting: start
--> all N routes in the kernel, CPU seconds and RSS of the process.
+-> all N routes in the kernel, CPU seconds and RSS of the process (1 s after programming, and
+``--rss-later`` seconds after that: the daemon's periodic full passes have run by then).
 Everything runs in namespaces named nwd-bench-<pid>-*, removed at the end.
 
     sudo .venv/bin/python bench/daemon_scale.py --leases 1000 --runs 3 [--no-flanneld]
@@ -128,8 +129,9 @@ def close(lab: NodeLab, names: list[str], work: str) -> None:
     subprocess.run(["rm", "-rf", work])
 
 
-def flanneld_run(n: int, tag: str, flanneld: str) -> dict[str, float]:
-    """The real flanneld in the same setting: start -> all ``n`` routes, CPU s, RSS."""
+def flanneld_run(n: int, tag: str, flanneld: str, later: float) -> dict[str, float]:
+    """The real flanneld in the same setting: start -> all ``n`` routes, CPU s, RSS (1 s
+    after, and ``later`` seconds after that)."""
     names, work, lab = bench_lab(tag)
     proc = None
     try:
@@ -146,7 +148,10 @@ def flanneld_run(n: int, tag: str, flanneld: str) -> dict[str, float]:
         t_program = time.perf_counter() - t0
         cpu = cpu_seconds(proc.pid)
         time.sleep(1.0)
-        return {"program_s": t_program, "cpu_s": cpu, "rss_mib": rss_kib(proc.pid) / 1024}
+        rss = rss_kib(proc.pid) / 1024
+        time.sleep(later)
+        return {"program_s": t_program, "cpu_s": cpu, "rss_mib": rss,
+                "rss_later_mib": rss_kib(proc.pid) / 1024}
     finally:
         if proc is not None:
             proc.terminate()
@@ -169,7 +174,7 @@ def pass_seconds(lab: NodeLab, ns: str) -> tuple[float, float]:
     return total, count
 
 
-def one_run(n: int, tag: str) -> dict[str, float]:
+def one_run(n: int, tag: str, later: float) -> dict[str, float]:
     names, work, lab = bench_lab(tag)
     try:
         fill(lab, names[0], n)
@@ -187,6 +192,9 @@ def one_run(n: int, tag: str) -> dict[str, float]:
         assert passes == 1, passes  # the first full pass programmed everything
         time.sleep(1.0)
         rss = rss_kib(proc.pid)
+        # Steady state: after full passes (every 10 s: kernel dump, diff), not just the first.
+        time.sleep(later)
+        rss_later = rss_kib(proc.pid)
         # One more lease at a time: time until its route is in the kernel (median of 5).
         adds = []
         for k in range(5):
@@ -210,7 +218,7 @@ def one_run(n: int, tag: str) -> dict[str, float]:
         changes = lab.log(ns).split("public interface")[-1].count("kernel change")
         noop_pass, _ = pass_seconds(lab, ns)
         return {"program_s": t_program, "cpu_s": cpu, "program_pass_s": first_pass,
-                "rss_mib": rss / 1024,
+                "rss_mib": rss / 1024, "rss_later_mib": rss_later / 1024,
                 "add_one_s": t_add, "restart_s": t_restart, "restart_kernel_changes": changes,
                 "noop_pass_s": noop_pass}
     finally:
@@ -221,6 +229,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leases", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rss-later", type=float, default=21.0,
+                    help="also read each side's RSS this many seconds after the first reading "
+                         "(default 21: two of the daemon's 10 s full passes)")
     ap.add_argument("--flanneld", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the real flanneld (deploy/flannel.sh)")
     args = ap.parse_args()
@@ -230,10 +241,10 @@ def main() -> None:
     flanneld = flannel.load_build().flanneld if args.flanneld else None
     results, refs, fl = [], [], []
     for r in range(args.runs):
-        results.append(one_run(args.leases, f"r{r}"))
+        results.append(one_run(args.leases, f"r{r}", args.rss_later))
         refs.append(reference(args.leases, f"nwd-bench-{os.getpid()}-ref{r}"))
         if flanneld:
-            fl.append(flanneld_run(args.leases, f"f{r}", flanneld))
+            fl.append(flanneld_run(args.leases, f"f{r}", flanneld, args.rss_later))
         print(json.dumps({**results[-1], "reference_ip_batch_s": refs[-1],
                           "flanneld": fl[-1] if fl else None}), flush=True)
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
@@ -247,6 +258,8 @@ def main() -> None:
           f"(first pass / reference = {med['program_pass_s'] / ref:.2f}x)")
     print(f"  reconcile pass, nothing to change    : {med['noop_pass_s'] * 1000:.0f} ms")
     print(f"  RSS after programming                : {med['rss_mib']:.1f} MiB")
+    later = f"RSS {args.rss_later:.0f} s later"
+    print(f"  {later:37}: {med['rss_later_mib']:.1f} MiB")
     print(f"  lease put returned -> route in kernel: {med['add_one_s'] * 1000:.0f} ms")
     print(f"  restart -> reconciled                : {med['restart_s']:.2f} s, "
           f"kernel changes {med['restart_kernel_changes']:.0f}")
@@ -260,6 +273,8 @@ def main() -> None:
               f"(netweft/flanneld = {med['cpu_s'] / fmed['cpu_s']:.2f}x)")
         print(f"  RSS after programming                : {fmed['rss_mib']:.1f} MiB   "
               f"(netweft/flanneld = {med['rss_mib'] / fmed['rss_mib']:.2f}x)")
+        print(f"  {later:37}: {fmed['rss_later_mib']:.1f} MiB   "
+              f"(netweft/flanneld = {med['rss_later_mib'] / fmed['rss_later_mib']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 from netweft.backends.base import Backend, DesiredState, DeviceInfo, lease_change, merge
 from netweft.daemon.asyncutil import wait_event
 from netweft.daemon.kernel import KernelWorker
+from netweft.daemon.memtrim import release_free_memory
 from netweft.daemon.metrics import Metrics
 from netweft.ipam.claim import Drift, drift
 from netweft.ipam.config import NetworkConfig
@@ -223,7 +224,10 @@ class PeerReconciler:
                 recreated = True
             self.device = backend.setup(own)  # idempotent: restores MAC, MTU, address
             changes, errors = backend.reconcile(own, peers)
-            return changes.count, errors, recreated
+            count = changes.count
+            del changes
+            release_free_memory()  # the pass's big sets and buffers (daemon/memtrim.py)
+            return count, errors, recreated
 
         started = time.perf_counter()
         self._loop = asyncio.get_running_loop()
@@ -248,7 +252,7 @@ class PeerReconciler:
                 for err in errors[:10]:
                     log.error("%s", err)
         self.last_errors = errors
-        ok = {p.subnet for p in backend.last_desired.peers if p.error is None}
+        ok = backend.last_ok
         self._programmed_keys = {k for k, le in self.valid.items() if le.subnet in ok}
         self._count_programmed()
         self.metrics.set("netweft_leases", len(self.leases))

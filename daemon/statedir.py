@@ -24,11 +24,11 @@ STATUS_FILE = "status.json"
 LOCK_FILE = "daemon.lock"
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+def write_json_atomic(path: str, data: dict[str, Any], durable: bool = True) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename (readers see
-    the old or the new file, never half of one; the temporary file is removed on failure).
-    Raises OSError."""
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True), 0o600)
+    the old or the new file, never half of one; the temporary file is removed on failure);
+    ``durable=False``: without fsyncs. Raises OSError."""
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True), 0o600, durable=durable)
 
 
 def read_status(state_dir: str) -> dict[str, Any] | None:
@@ -86,10 +86,13 @@ class StateDir:
             self._lock_fd = None
 
     def write_status(self, data: dict[str, Any]) -> None:
-        """Replace ``status.json`` (a failure is logged: status is informational)."""
+        """Replace ``status.json`` (a failure is logged: status is informational). Not fsynced:
+        the daemon rewrites it after every pass, on its event loop, and the two fsyncs took
+        p50 0.8 / p90 5 / max 7 ms on this machine's disk, during which a lease event waited
+        (issue 12: join latency); after a crash the next pass writes it again."""
         if not self.path:
             return
         try:
-            write_json_atomic(os.path.join(self.path, STATUS_FILE), data)
+            write_json_atomic(os.path.join(self.path, STATUS_FILE), data, durable=False)
         except OSError as exc:
             log.warning("cannot write status file: %s", exc)

@@ -91,7 +91,8 @@ class SubnetManager(Protocol):
         ...
 
     def lease_key(self, lease: Lease) -> str:
-        """A stable identity of ``lease`` among all leases (the etcd key)."""
+        """A stable identity of ``lease`` among all leases (its ``key_name``, the same string
+        object for the lease's whole life)."""
         ...
 
     async def complete_lease(self) -> None:

@@ -12,9 +12,9 @@ Values are read strictly (:func:`parse_lease`): a field of the wrong JSON type i
 
 from __future__ import annotations
 
-import functools
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
@@ -30,7 +30,7 @@ class LeaseFormatError(ValueError):
     """A key or value under ``<prefix>/subnets/`` that is not a Flannel lease."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """One node's subnet lease (or a reservation), as Flannel keeps it in etcd: the key
     ``<prefix>/subnets/<key_name>`` holding :meth:`value` (Flannel's ``LeaseAttrs``), attached to
@@ -48,6 +48,7 @@ class Lease:
     mod_revision: int = 0
     node_id: str | None = None       # netweft's node identity; None: flanneld or older netweft
     create_revision: int = field(default=0, compare=False)  # etcd: older leases win overlaps
+    _key: str | None = field(default=None, init=False, repr=False, compare=False)  # key_name
 
     @property
     def reserved(self) -> bool:
@@ -55,12 +56,18 @@ class Lease:
         leases, ``TTL 0``)."""
         return self.etcd_lease_id == 0
 
-    @functools.cached_property
+    @property
     def key_name(self) -> str:
         """The key under ``<prefix>/subnets/``: ``10.244.1.0-24``, with the IPv6 subnet ``&``-joined
         when dual-stack (Flannel's key form). Computed once: the daemon looks it up for every lease
-        at every lease event, and formatting the networks dominated that with 1,000 leases."""
-        return subnet_key_name(self.subnet, self.ipv6_subnet)
+        at every lease event, and formatting the networks dominated that with 1,000 leases; the
+        daemon's views key their dicts by this one string. (Slots, not a ``__dict__``: a lease
+        is held once per peer, issue 12.) Raises :class:`LeaseFormatError` without a subnet."""
+        key = self._key
+        if key is None:
+            key = subnet_key_name(self.subnet, self.ipv6_subnet)
+            object.__setattr__(self, "_key", key)
+        return key
 
     @property
     def vtep_mac(self) -> str | None:
@@ -176,7 +183,8 @@ def _backend_data(data: dict[str, Any], name: str) -> dict[str, Any]:
     if vni is not None and (isinstance(vni, bool) or not isinstance(vni, int)):
         raise LeaseFormatError(f"lease {name}: BackendData.VNI: expected an integer, "
                                f"got {json.dumps(vni)}")
-    return dict(bd)
+    # the field names interned: one "VNI" / "VtepMAC" string for every lease, not one each
+    return {sys.intern(k): v for k, v in bd.items()}
 
 
 def parse_lease(name: str, raw: bytes | str, etcd_lease_id: int = 0,
@@ -205,7 +213,7 @@ def parse_lease(name: str, raw: bytes | str, etcd_lease_id: int = 0,
         raise LeaseFormatError(f"lease {name}: {exc}") from None
     return Lease(
         subnet=v4, ipv6_subnet=v6, public_ip=pub, public_ipv6=pub6,
-        backend_type=_opt_str(data, "BackendType", name) or "",
+        backend_type=sys.intern(_opt_str(data, "BackendType", name) or ""),
         backend_data=_backend_data(data, name),
         etcd_lease_id=etcd_lease_id, expiration=expiration, mod_revision=mod_revision,
         node_id=_opt_str(data, NODE_ID_FIELD, name), create_revision=create_revision,

@@ -74,7 +74,7 @@ def _family_problem(f: _Family) -> str | None:
         return f"subnet: {f.subnet} but the network has no {net_name}"
     if f.subnet.prefixlen != f.subnet_len:
         return f"{len_name}: {f.subnet} is not a /{f.subnet_len}"
-    if not f.subnet.subnet_of(f.network):  # type: ignore[arg-type]
+    if not _inside(f.subnet, f.network):
         return f"{net_name}: {f.subnet} is outside {f.network}"
     if f.public is None:
         return f"{pub_name}: missing for {f.subnet}" if f.public_required else None
@@ -96,10 +96,25 @@ def shape_problem(cfg: NetworkConfig, lease: Lease) -> str | None:
     return _family_problem(v4) or _family_problem(v6)
 
 
+def _inside(subnet: IPv4Network | IPv6Network, network: IPv4Network | IPv6Network) -> bool:
+    """``subnet.subnet_of(network)`` for one family, without ``broadcast_address``: the
+    ipaddress module caches that (and ``hostmask``) in every subnet it is asked of, two more
+    address objects per lease for the daemon's life (issue 12)."""
+    return subnet.prefixlen >= network.prefixlen and \
+        subnet.network_address in network  # type: ignore[operator]
+
+
+def _nets_overlap(a: IPv4Network | IPv6Network, b: IPv4Network | IPv6Network) -> bool:
+    """``a.overlaps(b)`` (same family): two CIDR blocks overlap only when one holds the
+    other, so when one holds the other's first address (no cached broadcast addresses)."""
+    return a.network_address in b or b.network_address in a  # type: ignore[operator]
+
+
 def _overlaps(a: Lease, b: Lease) -> bool:
-    return bool((a.subnet is not None and b.subnet is not None and a.subnet.overlaps(b.subnet))
+    return bool((a.subnet is not None and b.subnet is not None
+                 and _nets_overlap(a.subnet, b.subnet))
                 or (a.ipv6_subnet is not None and b.ipv6_subnet is not None
-                    and a.ipv6_subnet.overlaps(b.ipv6_subnet)))
+                    and _nets_overlap(a.ipv6_subnet, b.ipv6_subnet)))
 
 
 def solo_problem(cfg: NetworkConfig, lease: Lease, own: Lease | None) -> str | None:

@@ -458,12 +458,14 @@ class LeaseStore:
         :class:`netweft.kv.reflector.Reflector`). After a compaction it re-lists and yields the
         difference; a broken stream resumes from the last revision seen after ``retry_delay``
         seconds (jittered); so the caller's view always converges to etcd's."""
-        known: dict[str, Lease] = {self.key_for(le): le for le in leases}
+        # keyed by key name (the string cached in each lease, not a fresh full key per lease)
+        known: dict[str, Lease] = {le.key_name: le for le in leases}
         reflector = Reflector(self.subnets_prefix, revision,
                               Backoff(retry_delay, retry_delay), name="lease watch")
+        start = len(self.subnets_prefix)
         async for update in reflector.updates(self.etcd):
             if isinstance(update, Listed):
-                current = {kv.key: lease for kv in update.kvs
+                current = {lease.key_name: lease for kv in update.kvs
                            if (lease := _kv_to_lease(kv, self.subnets_prefix))}
                 events = diff_leases(known, current)
                 known = current
@@ -473,12 +475,14 @@ class LeaseStore:
                     if ev.type is EventType.PUT:
                         lease = _kv_to_lease(ev.kv, self.subnets_prefix)
                         if lease is not None:
-                            known[ev.kv.key] = lease
+                            known[lease.key_name] = lease
                             events.append(LeaseEvent("added", lease))
                     else:
-                        old = known.pop(ev.kv.key, None)
-                        if old is None:
+                        old = known.pop(ev.kv.key[start:], None)
+                        if old is None:  # a key not in the form we write (or never seen)
                             old = _kv_to_lease(ev.kv, self.subnets_prefix)
+                            if old is not None:
+                                old = known.pop(old.key_name, old)
                         if old is not None:
                             events.append(LeaseEvent("removed", old))
             if events:
@@ -486,7 +490,7 @@ class LeaseStore:
 
 
 def diff_leases(old: dict[str, Lease], new: dict[str, Lease]) -> list[LeaseEvent]:
-    """Events that turn ``old`` into ``new`` (keyed by etcd key)."""
+    """Events that turn ``old`` into ``new`` (keyed alike: by key name)."""
     events = [LeaseEvent("removed", lease) for key, lease in old.items() if key not in new]
     for key, lease in new.items():
         prev = old.get(key)

@@ -35,14 +35,19 @@ class Durations:
         self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.total += seconds
 
-    def family(self) -> Any:
-        """The prometheus_client HistogramMetricFamily (cumulative bucket counts)."""
-        from prometheus_client.core import HistogramMetricFamily
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(le, count of values <= le), ..., ("+Inf", all)]``, bounds as prometheus_client
+        writes them."""
         cumulative, running = [], 0
         for bound, count in zip((*map(_le, self.buckets), "+Inf"), self.counts, strict=True):
             running += count
             cumulative.append((bound, running))
-        return HistogramMetricFamily(self.name, self.help, buckets=cumulative,
+        return cumulative
+
+    def family(self) -> Any:
+        """The prometheus_client HistogramMetricFamily (cumulative bucket counts)."""
+        from prometheus_client.core import HistogramMetricFamily
+        return HistogramMetricFamily(self.name, self.help, buckets=self.cumulative(),
                                      sum_value=self.total)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from netweft.cni.wiring import host_veth_name
 from netweft.daemon import netns
@@ -320,3 +321,55 @@ def test_netweft_cni_server_command(netns_factory: Callable[[str], str], tmp_pat
     finally:
         n.stop_server()
     assert not os.path.exists(n.socket_path)
+
+
+def test_bridge_work_and_the_server_never_load_pyroute2(netns_factory: Callable[[str], str],
+                                                        tmp_path: Path) -> None:
+    """Bridge creation (MAC, MTU, both gateways, up), a second ADD's check, a forced address
+    swap, the port listing and the rollback run over raw netlink, and binding the CNI server
+    does not preload pyroute2: the daemon hosting it stayed ~10 MiB larger (issue 12)."""
+    ns = netns_factory("nopr2")
+    code = f"""
+import json, sys
+from ipaddress import ip_interface
+from netweft.cni import wiring
+from netweft.cni.server import CniServer
+srv = CniServer({str(tmp_path / "cni.sock")!r}, tcp_port=0)
+srv.bind()
+gws = [ip_interface("10.9.0.1/24"), ip_interface("fd00:9::1/64")]
+first = wiring.ensure_bridge("cni0", gws, 1400, False)
+again = wiring.ensure_bridge("cni0", gws, 1400, False)
+try:
+    wiring.ensure_bridge("cni0", [ip_interface("10.8.0.1/24")], 1400, False)
+    refused = None
+except Exception as exc:
+    refused = getattr(exc, "code", None)
+swapped = wiring.ensure_bridge("cni0", [ip_interface("10.8.0.1/24")], 1400, True)
+ports = wiring.bridge_ports("cni0")
+wiring.delete_bridge_if_unused(first)
+print(json.dumps({{"created": [first.created, again.created], "mac": first.mac,
+                  "expected_mac": wiring.pod_mac(gws, "cni0"), "refused": refused,
+                  "swapped": swapped.index == first.index, "ports": ports,
+                  "pyroute2": sorted(m for m in sys.modules if m.startswith("pyroute2"))}}))
+"""
+    out = netns.run(ns, [sys.executable, "-c", code]).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["created"] == [True, False]
+    assert got["mac"] == got["expected_mac"]
+    assert got["refused"] == 102 and got["swapped"] and got["ports"] == {}
+    assert got["pyroute2"] == []
+    assert "cni0" not in links(ns)  # rolled back: no port used it
+
+
+def test_bridge_is_created_up_with_its_mtu_and_gateways(netns_factory: Callable[[str], str]
+                                                        ) -> None:
+    ns = netns_factory("brnew")
+    code = ("from ipaddress import ip_interface\nfrom netweft.cni import wiring\n"
+            "wiring.ensure_bridge('cni0', [ip_interface('10.9.0.1/24'), "
+            "ip_interface('fd00:9::1/64')], 1400, False)\n")
+    netns.run(ns, [sys.executable, "-c", code])
+    link = json.loads(netns.run(ns, ["ip", "-j", "-d", "addr", "show", "cni0"]).stdout)[0]
+    assert link["linkinfo"]["info_kind"] == "bridge" and link["mtu"] == 1400
+    assert "UP" in link["flags"]
+    addrs = {(a["local"], a["prefixlen"]) for a in link["addr_info"]}
+    assert {("10.9.0.1", 24), ("fd00:9::1", 64)} <= addrs

@@ -40,3 +40,18 @@ def test_etcd_options_are_checked_only_by_commands_that_use_etcd() -> None:
     assert runner.invoke(main, [*bad, "proxy", "--help"]).exit_code == 0
     used = runner.invoke(main, [*bad, "leases", "list"])
     assert used.exit_code == 2 and "--etcd-endpoints" in used.output
+
+
+def test_daemon_imports_neither_pyroute2_nor_prometheus_client_before_a_scrape() -> None:
+    """What ``netweft daemon`` imports to run (the command, the agent, the CNI host, the public
+    side) and a pass's metrics leave out pyroute2 (~10 MiB: only CNI CHECK uses it) and
+    prometheus_client (4.4 MiB with http.server, email, urllib: loaded at the first /metrics
+    scrape), so the daemon's RSS compares with flanneld's (issue 12)."""
+    code = ("import netweft.daemon.commands.daemon, netweft.daemon.agent\n"
+            "import netweft.daemon.cnihost, netweft.daemon.iface\n"
+            "from netweft.daemon.metrics import daemon_metrics\n"
+            "m = daemon_metrics()\n"
+            "m.observe('netweft_reconcile_duration_seconds', 0.01)\n"
+            "m.inc('netweft_reconcile_runs_total')\n")
+    assert loaded_by(code, ("pyroute2", "prometheus_client", "http.server", "sqlite3")) == []
+    assert "prometheus_client" in loaded_by(code + "m.render()\n", ("prometheus_client",))
