@@ -13,6 +13,7 @@ standard library's ``ssl``), timeouts. Errors keep their cause, so a TLS alert t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -66,6 +67,15 @@ class _Conn:
 
     def close(self) -> None:
         self.writer.close()
+
+    async def close_broken(self) -> None:
+        """Close a connection that failed (reset, TLS alert) and collect its close error:
+        asyncio keeps that error in the stream's closed future, and one nobody awaited is
+        printed as "Future exception was never retrieved" when it is collected (the CLI then
+        showed a traceback under its one-line error)."""
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
 
 
 @dataclass
@@ -135,7 +145,7 @@ class HttpPool:
             try:
                 return conn, await self._send(conn, origin, path, body)
             except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
-                conn.close()
+                await conn.close_broken()
                 if not fresh and isinstance(exc, (ConnectionError, h11.ProtocolError)):
                     conn = None
                     continue
