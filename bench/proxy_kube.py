@@ -55,7 +55,13 @@ measured restart; the proxies are never fed from anywhere but the API.
 
     .venv/bin/python bench/proxy_kube.py [--sizes 1000,10000,30000] [--at 10000] [--quick]
         [--sides netweft,kp-nftables,kp-iptables] [--iptables-max 10000] [--quiet-writes]
-        [--json F]
+        [--first-packet-only] [--connects 300] [--rounds 6] [--dump-rulesets DIR] [--json F]
+
+``--first-packet-only`` measures the first packet at 10 services and stops (more connects and
+rounds make a few-percent difference readable; ``--baseline .venv/bin/netweft`` adds a second
+netweft in a testbed of its own: an A/A pair, the testbeds' own spread). ``--dump-rulesets``
+keeps each proxy's ruleset for bench/proxy_firstpacket.py, which moves the rulesets alone
+through the same testbeds in turn (testbed and proxy-process effects cancelled).
 """
 
 from __future__ import annotations
@@ -618,26 +624,51 @@ class Bench:
 
     def first_packet(self, connects: int, rounds: int = 6) -> None:
         """``connects`` TCP connections per proxy to the target service, in ``rounds`` rounds
-        that alternate between the proxies (the same machine noise for each)."""
+        that alternate between the proxies (the same machine noise for each): forward in even
+        rounds, backward in odd ones (A B C / C B A), so no side always runs first. Each row
+        has the pooled p50/p99, the per-round medians (min / median / max) and, beside
+        kube-proxy nftables, the per-round ratio of medians (min / median / max)."""
         assert self.api is not None
         target = self.api.cluster_ips["target"]
         secs: dict[str, list[float]] = {s.name: [] for s in self.sides}
+        per_round: dict[str, list[float]] = {s.name: [] for s in self.sides}
         failed: dict[str, int] = {s.name: 0 for s in self.sides}
         for side in self.sides:
             side.bed.connect(side.bed.client, target, 80, count=10)     # warm up
-        for _ in range(rounds):
-            for side in self.sides:
+        for r in range(rounds):
+            for side in self.sides if r % 2 == 0 else self.sides[::-1]:
                 attempts = side.bed.connect(side.bed.client, target, 80,
                                             count=max(1, connects // rounds))
                 failed[side.name] += sum(1 for a in attempts if a.error)
-                secs[side.name] += [a.seconds for a in attempts if not a.error]
+                ok = [a.seconds for a in attempts if not a.error]
+                secs[side.name] += ok
+                if ok:
+                    per_round[side.name].append(statistics.median(ok))
+        ref = per_round.get("kp-nftables", [])
         for side in self.sides:
             values = secs[side.name]
+            rounds_p50 = sorted(per_round[side.name])
+            ratios = sorted(a / b for a, b in zip(per_round[side.name], ref, strict=False))
             self.show("first_packet", {
                 "proxy": side.name, "services": self.written, "connects": len(values),
-                "failed": failed[side.name],
+                "rounds": rounds, "failed": failed[side.name],
                 "p50_us": 1e6 * statistics.median(values) if values else None,
-                "p99_us": 1e6 * pct(values, 0.99) if values else None})
+                "p99_us": 1e6 * pct(values, 0.99) if values else None,
+                "round_p50_us_min_med_max": [round(1e6 * x, 1) for x in (
+                    rounds_p50[0], statistics.median(rounds_p50), rounds_p50[-1])]
+                if rounds_p50 else None,
+                "round_ratio_to_kp_nftables_min_med_max": [round(x, 4) for x in (
+                    ratios[0], statistics.median(ratios), ratios[-1])] if ratios else None})
+
+    def dump_rulesets(self, where: Path) -> None:
+        """Each side's whole ruleset (``nft list ruleset`` in its node namespace) as
+        ``<where>/<side>.nft``, and the target's ClusterIP as ``<where>/target``: the input of
+        bench/proxy_firstpacket.py (the rulesets alone, rotated through the same testbeds)."""
+        assert self.api is not None
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "target").write_text(self.api.cluster_ips["target"] + "\n")
+        for side in self.sides:
+            (where / f"{side.name}.nft").write_text(run_in(side.ns, "nft", "list", "ruleset"))
 
     def restarts(self, again: bool = True, keep: bool = False) -> None:
         """Each proxy alone: start with everything in the API -> all in the kernel. With
@@ -721,7 +752,7 @@ def quiet_size(bench: Bench, n: int, at: bool, args: argparse.Namespace) -> None
     bench.grow(n, converge=False)
     if at:
         bench.restarts(keep=True)
-        bench.first_packet(args.connects)
+        bench.first_packet(args.connects, args.rounds)
         bench.changes(args.changes)
         return
     for side in bench.sides:
@@ -735,7 +766,14 @@ def main() -> None:
     ap.add_argument("--at", default="10000",
                     help="sizes (comma list) for the change / restart / first-packet figures")
     ap.add_argument("--changes", type=int, default=40)
-    ap.add_argument("--connects", type=int, default=300)
+    ap.add_argument("--connects", type=int, default=300, help="per proxy and figure")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="first packet: rounds the connects are split into (order alternates)")
+    ap.add_argument("--first-packet-only", action="store_true",
+                    help="only the first-packet figure at 10 services (no --sizes)")
+    ap.add_argument("--dump-rulesets", default=None, metavar="DIR",
+                    help="write each side's nft ruleset at 10 services (+ the target's IP) "
+                         "to DIR, for bench/proxy_firstpacket.py")
     ap.add_argument("--concurrency", type=int, default=32, help="API writes in flight")
     ap.add_argument("--deadline", type=float, default=900.0,
                     help="give a proxy this long (s) to program everything")
@@ -767,8 +805,10 @@ def main() -> None:
     bench = Bench(args)
     try:
         bench.start()
-        bench.first_packet(args.connects)
-        for n in sizes:
+        bench.first_packet(args.connects, args.rounds)
+        if args.dump_rulesets:
+            bench.dump_rulesets(Path(args.dump_rulesets))
+        for n in [] if args.first_packet_only else sizes:
             if n > args.iptables_max:
                 bench.drop("kp-iptables", f"--iptables-max {args.iptables_max}: at 10,000 "
                            "services its restart put none into the kernel within 900 s")
@@ -778,7 +818,7 @@ def main() -> None:
                 continue
             bench.grow(n)
             if at:
-                bench.first_packet(args.connects)
+                bench.first_packet(args.connects, args.rounds)
                 bench.changes(args.changes)
                 bench.restarts(again=n != sizes[-1])
     finally:

@@ -122,6 +122,20 @@ def test_golden_ruleset(mode: str) -> None:
     assert text == path.read_text(), f"{path} differs (NETWEFT_UPDATE_GOLDEN=1 to refresh)"
 
 
+def test_filter_hooks_look_at_new_connections_only() -> None:
+    """Every rule of the filter base chains (hooks every packet of the node passes, pod
+    traffic too) tests ``ct state new`` first, as kube-proxy's ``ct state new jump ...``: a
+    packet of an accepted connection costs a conntrack-state test, no set lookup (issue 12:
+    filter-prerouting looked up @firewall-ips for every packet)."""
+    from netweft.proxy.nftables import static_chains
+    filters = [c for c in static_chains(NODE) if c.hook is not None and c.hook.type == "filter"]
+    assert {c.hook.hook for c in filters if c.hook} == {"prerouting", "input", "forward",
+                                                         "output"}
+    for chain in filters:
+        for rule in chain.rules:
+            assert rule.startswith("ct state new "), (chain.name, rule)
+
+
 def B(addr: str, port: int = 8080) -> EndpointTarget:
     return EndpointTarget(addr, port)
 
