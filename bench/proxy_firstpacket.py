@@ -12,10 +12,11 @@ moves each through every testbed:
 * K rulesets, K identical testbeds (tests/support/proxy_testbed.py, 3 pods); in round r,
   testbed i holds ruleset (i + r) mod K (``nft flush ruleset; nft -f``, then ``conntrack -F``):
   every ruleset visits every testbed equally often, so a slower testbed cannot favour one.
-* In each round the testbeds are measured one after the other, forward in even rounds and
-  backward in odd ones (A B / B A: what runs first, right after a ruleset load, alternates).
-* Per round and ruleset: ``--connects`` TCP connects + first byte to the target ClusterIP
-  (one client process per batch; the time is connect() + recv() in the client, in us).
+* In each round one client process makes ``--connects`` TCP connects + first byte to the target
+  ClusterIP through every testbed, one connection to each in turn (a new random order each
+  turn); it enters each client namespace before making that connection's socket
+  (support.proxy_testbed ``connect_interleaved``), so every ruleset sees the same moments of
+  machine load. The time is connect() + recv() in the client, in us.
 
 Prints one JSON line per round and a summary per ruleset: p50 and p99 of all connections,
 the per-round medians (min / median / max), and for each ruleset its per-round ratio of
@@ -60,7 +61,7 @@ from netweft.proxy.model import (  # noqa: E402
 from netweft.proxy.nftables import NftState  # noqa: E402
 from netweft.proxy.plan import NodeContext, plan_service  # noqa: E402
 from proxy_scale import delete_all, make_ns  # noqa: E402
-from support.proxy_testbed import Testbed, build  # noqa: E402
+from support.proxy_testbed import Testbed, build, connect_interleaved  # noqa: E402
 
 POD_IPS = ("10.244.1.11", "10.244.1.12", "10.244.1.13")     # bench/proxy_kube.py's target pods
 CLUSTER_CIDR = "10.128.0.0/9"                                # and its --cluster-cidr
@@ -138,12 +139,18 @@ def load(bed: Testbed, text: str) -> None:
     subprocess.run(["ip", "netns", "exec", bed.node, "conntrack", "-F"], capture_output=True)
 
 
-def measure(bed: Testbed, target: str, connects: int) -> list[float]:
-    attempts = bed.connect(bed.client, target, PORT, count=connects)
-    bad = [a for a in attempts if a.error]
-    if bad:
-        raise RuntimeError(f"{len(bad)} of {connects} connections failed: {bad[0]}")
-    return [a.seconds for a in attempts]
+def measure(beds: list[Testbed], target: str, connects: int) -> list[list[float]]:
+    """``connects`` connections to ``target`` through each bed, interleaved one by one
+    (support.proxy_testbed.connect_interleaved); seconds per bed. Raises on a failure."""
+    rows = connect_interleaved([(b.client, target, PORT) for b in beds], connects)
+    out = []
+    for bed, row in zip(beds, rows, strict=True):
+        ok = [x for x in row if x is not None]
+        if len(ok) < len(row):
+            raise RuntimeError(f"{len(row) - len(ok)} of {connects} connections failed "
+                               f"through {bed.node}")
+        out.append(ok)
+    return out
 
 
 def run(rulesets: dict[str, str], target: str, rounds: int, connects: int,
@@ -164,11 +171,9 @@ def run(rulesets: dict[str, str], target: str, rounds: int, connects: int,
             held = {i: names[(i + r) % k] for i in range(k)}
             for i, bed in enumerate(beds):
                 load(bed, rulesets[held[i]])
-                measure(bed, target, 5)                          # warm up, not counted
-            order = range(k) if r % 2 == 0 else range(k - 1, -1, -1)
+            measure(beds, target, 5)                             # warm up, not counted
             row: dict[str, object] = {"round": r, "loadavg_1m": round(os.getloadavg()[0], 2)}
-            for i in order:
-                secs = measure(beds[i], target, connects)
+            for i, secs in enumerate(measure(beds, target, connects)):
                 res = results[held[i]]
                 res.samples += secs
                 res.round_p50.append(statistics.median(secs))

@@ -100,7 +100,7 @@ from netweft.daemon.nsrelay import NsRelay
 # test support (tests/support: the proxy testbed) is not shipped; it is imported from tests/
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from proxy_scale import delete_all, make_ns  # bench/: namespaces nwp-bench<pid>-*, deleted at exit
-from support.proxy_testbed import Testbed, build  # noqa: E402
+from support.proxy_testbed import Testbed, build, connect_interleaved  # noqa: E402
 
 NAMESPACE = "bench"
 MANAGED_BY = "bench.netweft.io"
@@ -623,24 +623,24 @@ class Bench:
                                  "p99_ms": 1000 * pct(values, 0.99) if values else None})
 
     def first_packet(self, connects: int, rounds: int = 6) -> None:
-        """``connects`` TCP connections per proxy to the target service, in ``rounds`` rounds
-        that alternate between the proxies (the same machine noise for each): forward in even
-        rounds, backward in odd ones (A B C / C B A), so no side always runs first. Each row
-        has the pooled p50/p99, the per-round medians (min / median / max) and, beside
-        kube-proxy nftables, the per-round ratio of medians (min / median / max)."""
+        """``connects`` TCP connections per proxy to the target service, in ``rounds`` rounds.
+        One client process makes them, one connection through each proxy's testbed in turn,
+        in a new random order each turn (support.proxy_testbed.connect_interleaved): every
+        proxy sees the same moments of machine load. Each row has the pooled p50/p99, the
+        per-round medians (min / median / max) and, beside kube-proxy nftables, the per-round
+        ratio of medians (min / median / max)."""
         assert self.api is not None
         target = self.api.cluster_ips["target"]
         secs: dict[str, list[float]] = {s.name: [] for s in self.sides}
         per_round: dict[str, list[float]] = {s.name: [] for s in self.sides}
         failed: dict[str, int] = {s.name: 0 for s in self.sides}
-        for side in self.sides:
-            side.bed.connect(side.bed.client, target, 80, count=10)     # warm up
-        for r in range(rounds):
-            for side in self.sides if r % 2 == 0 else self.sides[::-1]:
-                attempts = side.bed.connect(side.bed.client, target, 80,
-                                            count=max(1, connects // rounds))
-                failed[side.name] += sum(1 for a in attempts if a.error)
-                ok = [a.seconds for a in attempts if not a.error]
+        targets = [(side.bed.client, target, 80) for side in self.sides]
+        connect_interleaved(targets, 10)                                    # warm up
+        for _ in range(rounds):
+            rows = connect_interleaved(targets, max(1, connects // rounds))
+            for side, row in zip(self.sides, rows, strict=True):
+                ok = [x for x in row if x is not None]
+                failed[side.name] += len(row) - len(ok)
                 secs[side.name] += ok
                 if ok:
                     per_round[side.name].append(statistics.median(ok))
