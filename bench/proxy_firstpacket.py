@@ -22,7 +22,8 @@ Prints one JSON line per round and a summary per ruleset: p50 and p99 of all con
 the per-round medians (min / median / max), and for each ruleset its per-round ratio of
 medians to the reference (the first ruleset given, or ``--reference``): min / median / max,
 a 95% confidence interval of that median (order statistics, distribution-free: the rounds
-are paired, same load for both) and the pooled ratio. Per testbed: the pooled p50 (its own
+are paired, same load for both) and the pooled ratios of p50 and p99 with 95% intervals (a
+bootstrap over whole rounds, ``round_bootstrap_ci``). Per testbed: the pooled p50 (its own
 bias, cancelled by the rotation).
 
     sudo .venv/bin/python bench/proxy_firstpacket.py --target 10.96.12.34 \
@@ -38,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -107,6 +109,7 @@ def netweft_ruleset(target: str, fillers: int = 9) -> str:
 @dataclass
 class Result:
     samples: list[float] = field(default_factory=list)           # seconds, every connection
+    rounds: list[list[float]] = field(default_factory=list)      # the same, per round
     round_p50: list[float] = field(default_factory=list)         # seconds, one per round
 
 
@@ -123,6 +126,26 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
             break
     lo, hi = (k - 1, n - k) if k >= 1 else (0, n - 1)
     return s[max(0, lo)], s[min(n - 1, hi)]
+
+
+def round_bootstrap_ci(a_rounds: list[list[float]], b_rounds: list[list[float]], q: float,
+                       iterations: int = 1000, level: float = 0.95,
+                       seed: int = 7) -> tuple[float, float]:
+    """Confidence interval of pct(a, q) / pct(b, q) for paired rounds (``a_rounds[r]`` and
+    ``b_rounds[r]`` measured at the same time): resample whole rounds with replacement (a block
+    bootstrap: the load a round saw stays paired), pool each side, take the ratio; percentile
+    interval over ``iterations`` resamples."""
+    rng = random.Random(seed)
+    n = len(a_rounds)
+    ratios = []
+    for _ in range(iterations):
+        pick = [rng.randrange(n) for _ in range(n)]
+        a = [x for i in pick for x in a_rounds[i]]
+        b = [x for i in pick for x in b_rounds[i]]
+        ratios.append(pct(a, q) / pct(b, q))
+    ratios.sort()
+    tail = (1 - level) / 2
+    return ratios[int(tail * iterations)], ratios[min(iterations - 1, int((1 - tail) * iterations))]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -176,6 +199,7 @@ def run(rulesets: dict[str, str], target: str, rounds: int, connects: int,
             for i, secs in enumerate(measure(beds, target, connects)):
                 res = results[held[i]]
                 res.samples += secs
+                res.rounds.append(secs)
                 res.round_p50.append(statistics.median(secs))
                 per_bed[i] += secs
                 row[held[i]] = {"bed": i, "p50_us": round(1e6 * statistics.median(secs), 1),
@@ -205,6 +229,10 @@ def run(rulesets: dict[str, str], target: str, rounds: int, connects: int,
                                                                statistics.median(ratios),
                                                                max(ratios))],
             "round_ratio_median_ci95": [round(x, 4) for x in median_ci(ratios)],
+            "ratio_p50_pooled_ci95": [round(x, 4) for x in round_bootstrap_ci(
+                res.rounds, ref.rounds, 0.5)],
+            "ratio_p99_pooled_ci95": [round(x, 4) for x in round_bootstrap_ci(
+                res.rounds, ref.rounds, 0.99)],
             "rounds_below_reference": sum(1 for x in ratios if x < 1),
         }
     summary["bed_p50_us"] = {i: round(1e6 * statistics.median(v), 1) for i, v in per_bed.items()}

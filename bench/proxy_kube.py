@@ -99,6 +99,7 @@ from netweft.daemon.nsrelay import NsRelay
 
 # test support (tests/support: the proxy testbed) is not shipped; it is imported from tests/
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from proxy_firstpacket import round_bootstrap_ci  # bench/: paired-rounds intervals
 from proxy_scale import delete_all, make_ns  # bench/: namespaces nwp-bench<pid>-*, deleted at exit
 from support.proxy_testbed import Testbed, build, connect_interleaved  # noqa: E402
 
@@ -633,6 +634,7 @@ class Bench:
         target = self.api.cluster_ips["target"]
         secs: dict[str, list[float]] = {s.name: [] for s in self.sides}
         per_round: dict[str, list[float]] = {s.name: [] for s in self.sides}
+        batches: dict[str, list[list[float]]] = {s.name: [] for s in self.sides}
         failed: dict[str, int] = {s.name: 0 for s in self.sides}
         targets = [(side.bed.client, target, 80) for side in self.sides]
         connect_interleaved(targets, 10)                                    # warm up
@@ -642,6 +644,7 @@ class Bench:
                 ok = [x for x in row if x is not None]
                 failed[side.name] += len(row) - len(ok)
                 secs[side.name] += ok
+                batches[side.name].append(ok)
                 if ok:
                     per_round[side.name].append(statistics.median(ok))
         ref = per_round.get("kp-nftables", [])
@@ -658,7 +661,11 @@ class Bench:
                     rounds_p50[0], statistics.median(rounds_p50), rounds_p50[-1])]
                 if rounds_p50 else None,
                 "round_ratio_to_kp_nftables_min_med_max": [round(x, 4) for x in (
-                    ratios[0], statistics.median(ratios), ratios[-1])] if ratios else None})
+                    ratios[0], statistics.median(ratios), ratios[-1])] if ratios else None,
+                **({f"ratio_{q}_to_kp_nftables_ci95": [round(x, 4) for x in round_bootstrap_ci(
+                    batches[side.name], batches["kp-nftables"], v)]
+                    for q, v in (("p50", 0.5), ("p99", 0.99))}
+                   if ratios and all(batches["kp-nftables"]) else {})})
 
     def dump_rulesets(self, where: Path) -> None:
         """Each side's whole ruleset (``nft list ruleset`` in its node namespace) as
