@@ -106,6 +106,69 @@ def netweft_ruleset(target: str, fillers: int = 9) -> str:
     return state.full_text()
 
 
+Fill = tuple[str, tuple[str, ...]]       # a filler service: ClusterIP, endpoints
+
+
+def filler(i: int) -> tuple[str, tuple[str, ...]]:
+    """Filler service ``i`` (1..): its ClusterIP (10.97.0.0/16 on: none of the API's) and its
+    3 remote endpoints (10.130.0.0/16 on, off the testbed)."""
+    ip = f"10.{97 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"
+    base = 3 * i
+    eps = tuple(f"10.{130 + (n >> 16)}.{n >> 8 & 255}.{n & 255}" for n in range(base, base + 3))
+    return ip, eps
+
+
+def extend_dump(text: str, services: int, have: int = 10) -> str:
+    """A dumped ruleset grown from ``have`` to ``services`` services the way its own proxy
+    lays a ClusterIP service (one TCP port, 3 endpoints) out, as read from the dump:
+
+    * ``ip kube-proxy`` (kube-proxy v1.37 nftables): an element in ``cluster-ips``, an element
+      ``<ip> . tcp . 80 : goto service-<h>-<ns>/<name>/tcp/http`` in ``service-ips``, and that
+      chain: ``meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : <ep> . 8080, ... }``
+    * ``ip netweft-proxy``: ``<ip> . tcp . 80 : goto cluster-tcp-3`` in ``service-ips`` and
+      ``<ip> . 80 . 0|1|2 : <ep> . 8080`` in ``backends-tcp``.
+
+    Anything else: ValueError. (The real programs at 10,000 services are bench/proxy_kube.py's
+    figures; this is their 10-service layout repeated, for the rulesets-alone comparison.)"""
+    extra = [filler(i) for i in range(1, services - have + 1)]
+    out = [text]
+    if "table ip kube-proxy" in text:
+        t = "ip kube-proxy"
+        for i, (_, eps) in enumerate(extra, 1):
+            chain = f"service-F{i:07d}-bench/fill-{i}/tcp/http"
+            picks = ", ".join(f"{k} : {a} . 8080" for k, a in enumerate(eps))
+            out.append(f"add chain {t} {chain}\n"
+                       f"add rule {t} {chain} meta l4proto tcp dnat ip to numgen random mod 3 "
+                       f"map {{ {picks} }}\n")
+        for part in _chunks(extra, 1000):
+            out.append(f"add element {t} cluster-ips {{ "
+                       + ", ".join(ip for ip, _ in part) + " }\n")
+        for start, part in _chunks_at(extra, 1000):
+            out.append(f"add element {t} service-ips {{ " + ", ".join(
+                f"{ip} . tcp . 80 : goto service-F{start + j:07d}-bench/fill-{start + j}/tcp/http"
+                for j, (ip, _) in enumerate(part)) + " }\n")
+        return "".join(out)
+    if "table ip netweft-proxy" in text:
+        t = "ip netweft-proxy"
+        for part in _chunks(extra, 1000):
+            out.append(f"add element {t} service-ips {{ " + ", ".join(
+                f"{ip} . tcp . 80 : goto cluster-tcp-3" for ip, _ in part) + " }\n")
+            out.append(f"add element {t} backends-tcp {{ " + ", ".join(
+                f"{ip} . 80 . {k} : {a} . 8080" for ip, eps in part for k, a in enumerate(eps))
+                + " }\n")
+        return "".join(out)
+    raise ValueError("extend_dump: neither an ip kube-proxy nor an ip netweft-proxy table")
+
+
+def _chunks(items: list[Fill], n: int) -> list[list[Fill]]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+def _chunks_at(items: list[Fill], n: int) -> list[tuple[int, list[Fill]]]:
+    """``_chunks`` with each chunk's 1-based index of its first item."""
+    return [(i + 1, items[i:i + n]) for i in range(0, len(items), n)]
+
+
 @dataclass
 class Result:
     samples: list[float] = field(default_factory=list)           # seconds, every connection
@@ -177,7 +240,9 @@ def measure(beds: list[Testbed], target: str, connects: int) -> list[list[float]
 
 
 def run(rulesets: dict[str, str], target: str, rounds: int, connects: int,
-        reference: str) -> dict[str, object]:
+        reference: str, pairs: tuple[tuple[str, str], ...] = ()) -> dict[str, object]:
+    """The rotation of the module docstring; ``pairs``: (a, b) ruleset names whose ratio a / b
+    is summarised too, like each one's ratio to ``reference``."""
     names = list(rulesets)
     k = len(names)
     beds = []
@@ -235,6 +300,21 @@ def run(rulesets: dict[str, str], target: str, rounds: int, connects: int,
                 res.rounds, ref.rounds, 0.99)],
             "rounds_below_reference": sum(1 for x in ratios if x < 1),
         }
+    for a, b in pairs:
+        ra, rb = results[a], results[b]
+        ratios = [x / y for x, y in zip(ra.round_p50, rb.round_p50, strict=True)]
+        summary[f"{a} / {b}"] = {
+            "ratio_p50_pooled": round(statistics.median(ra.samples)
+                                      / statistics.median(rb.samples), 4),
+            "ratio_p50_pooled_ci95": [round(x, 4) for x in round_bootstrap_ci(
+                ra.rounds, rb.rounds, 0.5)],
+            "ratio_p99_pooled": round(pct(ra.samples, 0.99) / pct(rb.samples, 0.99), 4),
+            "ratio_p99_pooled_ci95": [round(x, 4) for x in round_bootstrap_ci(
+                ra.rounds, rb.rounds, 0.99)],
+            "round_ratio_min_med_max": [round(x, 4) for x in (
+                min(ratios), statistics.median(ratios), max(ratios))],
+            "round_ratio_median_ci95": [round(x, 4) for x in median_ci(ratios)],
+        }
     summary["bed_p50_us"] = {i: round(1e6 * statistics.median(v), 1) for i, v in per_bed.items()}
     return {"rows": rows, "summary": summary}
 
@@ -244,10 +324,15 @@ def main() -> None:
     ap.add_argument("--target", required=True, help="the target service's ClusterIP")
     ap.add_argument("--ruleset", action="append", default=[], metavar="NAME=FILE",
                     help="a dumped ruleset (nft list ruleset); repeatable")
+    ap.add_argument("--grow", action="append", default=[], metavar="NAME=N:FILE",
+                    help="a dumped 10-service ruleset grown to N services in its own layout "
+                         "(extend_dump); repeatable")
     ap.add_argument("--render", action="append", default=[], metavar="NAME",
                     help="netweft's table as this tree renders it, under NAME; repeatable")
     ap.add_argument("--minimal", action="store_true", help="add the floor (minimal_ruleset)")
     ap.add_argument("--reference", default=None, help="ratios against this one (default: first)")
+    ap.add_argument("--pair", action="append", default=[], metavar="A/B",
+                    help="also summarise ruleset A against ruleset B; repeatable")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--connects", type=int, default=100, help="per ruleset and round")
     ap.add_argument("--json", default=None)
@@ -259,6 +344,10 @@ def main() -> None:
     for spec in args.ruleset:
         name, _, path = spec.partition("=")
         rulesets[name] = Path(path).read_text()
+    for spec in args.grow:
+        name, _, rest = spec.partition("=")
+        size, _, path = rest.partition(":")
+        rulesets[name] = extend_dump(Path(path).read_text(), int(size))
     for name in args.render:
         rulesets[name] = netweft_ruleset(args.target)
     if args.minimal:
@@ -266,8 +355,11 @@ def main() -> None:
     if len(rulesets) < 2:
         sys.exit("proxy_firstpacket.py: give at least two rulesets")
     reference = args.reference or next(iter(rulesets))
+    pairs = tuple((a, b) for a, _, b in (p.partition("/") for p in args.pair))
+    if unknown := {n for pair in pairs for n in pair} - set(rulesets):
+        sys.exit(f"proxy_firstpacket.py: --pair: no ruleset {', '.join(sorted(unknown))}")
     try:
-        out = run(rulesets, args.target, args.rounds, args.connects, reference)
+        out = run(rulesets, args.target, args.rounds, args.connects, reference, pairs)
     finally:
         delete_all()
     print(json.dumps(out["summary"], indent=1))
