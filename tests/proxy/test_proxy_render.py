@@ -136,6 +136,17 @@ def test_filter_hooks_look_at_new_connections_only() -> None:
             assert rule.startswith("ct state new "), (chain.name, rule)
 
 
+def test_masquerade_decides_on_the_mark_before_any_lookup() -> None:
+    """nat-postrouting tests the masquerade mark first and masquerades a marked connection at
+    once, as kube-proxy's ``masquerading`` chain: the @hairpin lookup is only for unmarked
+    DNATed connections (issue 12: it came first, so every marked one paid it too)."""
+    from netweft.proxy.nftables import NAT_POSTROUTING, static_chains
+    (chain,) = [c for c in static_chains(NODE) if c.name == NAT_POSTROUTING]
+    assert chain.rules[0].startswith("meta mark & 0x4000 != 0 ")
+    assert chain.rules[0].endswith(" masquerade fully-random")
+    assert [i for i, r in enumerate(chain.rules) if "@hairpin" in r] == [1]
+
+
 def B(addr: str, port: int = 8080) -> EndpointTarget:
     return EndpointTarget(addr, port)
 
