@@ -28,7 +28,12 @@ bias, cancelled by the rotation).
 
     sudo .venv/bin/python bench/proxy_firstpacket.py --target 10.96.12.34 \
         --ruleset kp-nftables=DIR/kp-nftables.nft --ruleset netweft-live=DIR/netweft.nft \
-        --render netweft --minimal [--rounds 12] [--connects 100] [--json F]
+        [--render netweft] [--minimal] [--grow NAME=10000:DIR/kp-nftables.nft] \
+        [--pair A/B] [--reference NAME] [--rounds 12] [--connects 100] [--json F]
+
+(``--render``: netweft's table as this tree renders it for the same world; the target's
+ClusterIP is the one in ``DIR/target``.) Figures: proxy/README.md, "First packet, netweft vs
+kube-proxy nftables, measured properly".
 
 Namespaces: ``nwp-bench<pid>-*`` (created and deleted here, as bench/proxy_scale.py).
 """

@@ -38,8 +38,10 @@ Figures (each printed as one JSON line per proxy, then a table with ratios to ku
    start -> all rules in the kernel (a full sync from the API), CPU seconds (process + waited
    children: iptables-restore, nft) and peak RSS (VmHWM) of the proxy process (psutil).
 4. ``first_packet``: TCP connect + first byte from the client namespace through each node to a
-   pod, with 10 services loaded and at each ``--at`` size (6 rounds alternating between the
-   proxies).
+   pod, with 10 services loaded and at each ``--at`` size: one client process, one connection
+   through each proxy's testbed in turn (random order per turn), ``--connects`` per proxy in
+   ``--rounds`` rounds; p50/p99, per-round spread, 95% intervals of the ratios to kube-proxy
+   nftables.
 
 Writes go over keep-alive HTTPS from 32 threads (more in flight was slower: 135 vs 179 writes/s
 at 64); an apiserver that times out (504 on a saturated machine) is retried. Each write phase
