@@ -38,8 +38,10 @@ Figures (each printed as one JSON line per proxy, then a table with ratios to ku
    start -> all rules in the kernel (a full sync from the API), CPU seconds (process + waited
    children: iptables-restore, nft) and peak RSS (VmHWM) of the proxy process (psutil).
 4. ``first_packet``: TCP connect + first byte from the client namespace through each node to a
-   pod, with 10 services loaded and at each ``--at`` size (6 rounds alternating between the
-   proxies).
+   pod, with 10 services loaded and at each ``--at`` size: one client process, one connection
+   through each proxy's testbed in turn (random order per turn), ``--connects`` per proxy in
+   ``--rounds`` rounds; p50/p99, per-round spread, 95% intervals of the ratios to kube-proxy
+   nftables.
 
 Writes go over keep-alive HTTPS from 32 threads (more in flight was slower: 135 vs 179 writes/s
 at 64); an apiserver that times out (504 on a saturated machine) is retried. Each write phase
@@ -56,7 +58,13 @@ measured restart; the proxies are never fed from anywhere but the API.
     .venv/bin/python bench/proxy_kube.py [--sizes 1000,10000,30000] [--at 10000] [--quick]
         [--sides netweft,kp-nftables,kp-iptables] [--iptables-max 10000] [--quiet-writes]
         [--measure-lock FILE]
-        [--json F]
+        [--first-packet-only] [--connects 300] [--rounds 6] [--dump-rulesets DIR] [--json F]
+
+``--first-packet-only`` measures the first packet at 10 services and stops (more connects and
+rounds make a few-percent difference readable; ``--baseline .venv/bin/netweft`` adds a second
+netweft in a testbed of its own: an A/A pair, the testbeds' own spread). ``--dump-rulesets``
+keeps each proxy's ruleset for bench/proxy_firstpacket.py, which moves the rulesets alone
+through the same testbeds in turn (testbed and proxy-process effects cancelled).
 """
 
 from __future__ import annotations
@@ -95,8 +103,9 @@ from netweft.daemon.nsrelay import NsRelay
 
 # test support (tests/support: the proxy testbed) is not shipped; it is imported from tests/
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from proxy_firstpacket import round_bootstrap_ci  # bench/: paired-rounds intervals
 from proxy_scale import delete_all, make_ns  # bench/: namespaces nwp-bench<pid>-*, deleted at exit
-from support.proxy_testbed import Testbed, build  # noqa: E402
+from support.proxy_testbed import Testbed, build, connect_interleaved  # noqa: E402
 
 NAMESPACE = "bench"
 MANAGED_BY = "bench.netweft.io"
@@ -471,6 +480,7 @@ class Bench:
         self.plane = ControlPlane(controller_manager=False, workdir=self.work / "plane")
         self.sides: list[Side] = []
         self.retired: list[Side] = []           # dropped during the run (Bench.drop)
+        self.spares: list[Testbed] = []         # --spare-testbeds: built first, never used
         self.api: Api | None = None
         self.written = 0
 
@@ -503,6 +513,11 @@ class Bench:
         self.api = Api(self.plane, self.args.concurrency)
         self.api.setup()
         kubeconfig = proxier_kubeconfig(self.plane, self.work / "kube-proxy.kubeconfig")
+        for _ in range(self.args.spare_testbeds):
+            bed = build(make_ns)
+            for ip in POD_IPS:
+                bed.add_pod(ip)
+            self.spares.append(bed)
         names = self.args.sides.split(",") + ([BASELINE] if self.args.baseline else [])
         for name in names:
             bed = build(make_ns)
@@ -529,6 +544,8 @@ class Bench:
             self.show("dropped", {"proxy": name, "services": self.written, "reason": reason})
 
     def close(self) -> None:
+        for bed in self.spares:
+            bed.close()
         for side in self.sides + self.retired:
             side.stop()
             side.bed.close()
@@ -642,27 +659,58 @@ class Bench:
                                  "p99_ms": 1000 * pct(values, 0.99) if values else None})
 
     def first_packet(self, connects: int, rounds: int = 6) -> None:
-        """``connects`` TCP connections per proxy to the target service, in ``rounds`` rounds
-        that alternate between the proxies (the same machine noise for each)."""
+        """``connects`` TCP connections per proxy to the target service, in ``rounds`` rounds.
+        One client process makes them, one connection through each proxy's testbed in turn,
+        in a new random order each turn (support.proxy_testbed.connect_interleaved): every
+        proxy sees the same moments of machine load. Each row has the pooled p50/p99, the
+        per-round medians (min / median / max) and, beside kube-proxy nftables, the per-round
+        ratio of medians (min / median / max)."""
         assert self.api is not None
         target = self.api.cluster_ips["target"]
         secs: dict[str, list[float]] = {s.name: [] for s in self.sides}
+        per_round: dict[str, list[float]] = {s.name: [] for s in self.sides}
+        batches: dict[str, list[list[float]]] = {s.name: [] for s in self.sides}
         failed: dict[str, int] = {s.name: 0 for s in self.sides}
-        for side in self.sides:
-            side.bed.connect(side.bed.client, target, 80, count=10)     # warm up
+        targets = [(side.bed.client, target, 80) for side in self.sides]
+        connect_interleaved(targets, 10)                                    # warm up
         for _ in range(rounds):
-            for side in self.sides:
-                attempts = side.bed.connect(side.bed.client, target, 80,
-                                            count=max(1, connects // rounds))
-                failed[side.name] += sum(1 for a in attempts if a.error)
-                secs[side.name] += [a.seconds for a in attempts if not a.error]
+            rows = connect_interleaved(targets, max(1, connects // rounds))
+            for side, row in zip(self.sides, rows, strict=True):
+                ok = [x for x in row if x is not None]
+                failed[side.name] += len(row) - len(ok)
+                secs[side.name] += ok
+                batches[side.name].append(ok)
+                if ok:
+                    per_round[side.name].append(statistics.median(ok))
+        ref = per_round.get("kp-nftables", [])
         for side in self.sides:
             values = secs[side.name]
+            rounds_p50 = sorted(per_round[side.name])
+            ratios = sorted(a / b for a, b in zip(per_round[side.name], ref, strict=False))
             self.show("first_packet", {
                 "proxy": side.name, "services": self.written, "connects": len(values),
-                "failed": failed[side.name],
+                "rounds": rounds, "failed": failed[side.name],
                 "p50_us": 1e6 * statistics.median(values) if values else None,
-                "p99_us": 1e6 * pct(values, 0.99) if values else None})
+                "p99_us": 1e6 * pct(values, 0.99) if values else None,
+                "round_p50_us_min_med_max": [round(1e6 * x, 1) for x in (
+                    rounds_p50[0], statistics.median(rounds_p50), rounds_p50[-1])]
+                if rounds_p50 else None,
+                "round_ratio_to_kp_nftables_min_med_max": [round(x, 4) for x in (
+                    ratios[0], statistics.median(ratios), ratios[-1])] if ratios else None,
+                **({f"ratio_{q}_to_kp_nftables_ci95": [round(x, 4) for x in round_bootstrap_ci(
+                    batches[side.name], batches["kp-nftables"], v)]
+                    for q, v in (("p50", 0.5), ("p99", 0.99))}
+                   if ratios and all(batches["kp-nftables"]) else {})})
+
+    def dump_rulesets(self, where: Path) -> None:
+        """Each side's whole ruleset (``nft list ruleset`` in its node namespace) as
+        ``<where>/<side>.nft``, and the target's ClusterIP as ``<where>/target``: the input of
+        bench/proxy_firstpacket.py (the rulesets alone, rotated through the same testbeds)."""
+        assert self.api is not None
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "target").write_text(self.api.cluster_ips["target"] + "\n")
+        for side in self.sides:
+            (where / f"{side.name}.nft").write_text(run_in(side.ns, "nft", "list", "ruleset"))
 
     def restarts(self, again: bool = True, keep: bool = False) -> None:
         """Each proxy alone: start with everything in the API -> all in the kernel. With
@@ -747,7 +795,7 @@ def quiet_size(bench: Bench, n: int, at: bool, args: argparse.Namespace) -> None
     with bench.measuring():
         if at:
             bench.restarts(keep=True)
-            bench.first_packet(args.connects)
+            bench.first_packet(args.connects, args.rounds)
             bench.changes(args.changes)
             return
         for side in bench.sides:
@@ -761,7 +809,17 @@ def main() -> None:
     ap.add_argument("--at", default="10000",
                     help="sizes (comma list) for the change / restart / first-packet figures")
     ap.add_argument("--changes", type=int, default=40)
-    ap.add_argument("--connects", type=int, default=300)
+    ap.add_argument("--connects", type=int, default=300, help="per proxy and figure")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="first packet: rounds the connects are split into (order alternates)")
+    ap.add_argument("--first-packet-only", action="store_true",
+                    help="only the first-packet figure at 10 services (no --sizes)")
+    ap.add_argument("--spare-testbeds", type=int, default=0, metavar="N",
+                    help="build N testbeds (with pods) before the proxies' and leave them unused: "
+                         "the first-built testbed had the worst first-packet p99 in 6 of 7 runs")
+    ap.add_argument("--dump-rulesets", default=None, metavar="DIR",
+                    help="write each side's nft ruleset at 10 services (+ the target's IP) "
+                         "to DIR, for bench/proxy_firstpacket.py")
     ap.add_argument("--concurrency", type=int, default=32, help="API writes in flight")
     ap.add_argument("--deadline", type=float, default=900.0,
                     help="give a proxy this long (s) to program everything")
@@ -798,8 +856,10 @@ def main() -> None:
     try:
         with bench.measuring():
             bench.start()
-            bench.first_packet(args.connects)
-        for n in sizes:
+            bench.first_packet(args.connects, args.rounds)
+            if args.dump_rulesets:
+                bench.dump_rulesets(Path(args.dump_rulesets))
+        for n in [] if args.first_packet_only else sizes:
             if n > args.iptables_max:
                 bench.drop("kp-iptables", f"--iptables-max {args.iptables_max}: at 10,000 "
                            "services its restart put none into the kernel within 900 s")
@@ -809,7 +869,7 @@ def main() -> None:
                 continue
             bench.grow(n)
             if at:
-                bench.first_packet(args.connects)
+                bench.first_packet(args.connects, args.rounds)
                 bench.changes(args.changes)
                 bench.restarts(again=n != sizes[-1])
     finally:

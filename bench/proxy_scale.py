@@ -50,7 +50,7 @@ from netweft.proxy.model import (  # noqa: E402
 )
 from netweft.proxy.plan import NodeContext  # noqa: E402
 from netweft.proxy.runner import ProxyRunner, RunnerOptions  # noqa: E402
-from support.proxy_testbed import build  # noqa: E402
+from support.proxy_testbed import build, connect_interleaved  # noqa: E402
 
 PREFIX = f"nwp-bench{os.getpid() % 100000}"
 NODE = NodeContext("node-0", ("192.0.2.11",), ("10.128.0.0/9",))
@@ -242,7 +242,8 @@ def _nullctx() -> Iterator[None]:
 
 
 def first_packet(mode: str, sizes: list[int], connects: int, rounds: int = 6) -> dict[str, object]:
-    """Two identical testbeds, one per ruleset size, measured in alternation (same noise)."""
+    """Two identical testbeds, one per ruleset size, measured connection by connection in
+    alternation (same noise)."""
     items_all = model(max(sizes))
     # the target sorts last: iptables walks NETWEFT-SERVICES in service order (worst case)
     target_svc = dataclasses.replace(items_all[0][0], key=ServiceKey("zzz", "target"))
@@ -262,14 +263,15 @@ def first_packet(mode: str, sizes: list[int], connects: int, rounds: int = 6) ->
             bed.connect(bed.client, target_svc.cluster_ips[0], 80, count=20)   # warm up
         samples: dict[int, list[float]] = {n: [] for n in sizes}
         ratios = []
+        targets = [(bed.client, target_svc.cluster_ips[0], 80) for bed in beds]
         for _ in range(rounds):
             medians = {}
-            for n, bed in zip(sizes, beds, strict=True):
-                attempts = bed.connect(bed.client, target_svc.cluster_ips[0], 80, count=connects)
-                bad = [a for a in attempts if a.error]
-                if bad:
-                    raise RuntimeError(f"{len(bad)} failed connections: {bad[0]}")
-                secs = [a.seconds for a in attempts]
+            # one connection through each testbed in turn (random order per turn): both sizes
+            # see the same moments of machine load (support.proxy_testbed.connect_interleaved)
+            for n, row in zip(sizes, connect_interleaved(targets, connects), strict=True):
+                secs = [x for x in row if x is not None]
+                if len(secs) < len(row):
+                    raise RuntimeError(f"{len(row) - len(secs)} failed connections at {n}")
                 samples[n] += secs
                 medians[n] = statistics.median(secs)
             ratios.append(medians[sizes[-1]] / medians[sizes[0]])

@@ -141,14 +141,20 @@ def static_chains(node: NodeContext) -> tuple[Chain, ...]:
         )),
         Chain(NAT_PREROUTING, (f"jump {SERVICES_CHAIN}",), Hook("nat", "prerouting", "dstnat")),
         Chain(NAT_OUTPUT, (f"jump {SERVICES_CHAIN}",), Hook("nat", "output", "-100")),
+        # the mark first, as kube-proxy's ``masquerading`` chain: a marked connection (an
+        # off-cluster client of a ClusterIP, every NodePort/external client under policy
+        # Cluster) is masqueraded without the hairpin lookup; only unmarked DNATed ones (pods)
+        # are looked up in @hairpin. ``masquerade`` ends the chain (the packet is accepted).
         Chain(NAT_POSTROUTING, (
-            f"ct status dnat ip saddr . ip daddr @{HAIRPIN} {SET_MARK}",
-            f"meta mark & {MARK} == 0 return",
-            f"meta mark set meta mark ^ {MARK}",
-            "masquerade fully-random",
+            f"meta mark & {MARK} != 0 meta mark set meta mark ^ {MARK} masquerade fully-random",
+            f"ct status dnat ip saddr . ip daddr @{HAIRPIN} masquerade fully-random",
         ), Hook("nat", "postrouting", "srcnat - 10")),
+        # new connections only, as kube-proxy's ``ct state new jump firewall-check``: this hook
+        # sees every packet the node receives (pod traffic too), and a packet of an accepted
+        # connection then costs one conntrack-state test instead of a set lookup
         Chain(FILTER_PREROUTING, (
-            f"{IP_KEY} @{FIREWALL_IPS} {IP_KEY} . ip saddr != @{FIREWALL_ALLOW} drop",),
+            f"ct state new {IP_KEY} @{FIREWALL_IPS} "
+            f"{IP_KEY} . ip saddr != @{FIREWALL_ALLOW} drop",),
             Hook("filter", "prerouting", "dstnat - 10")),
         Chain(FILTER_INPUT, no_endpoints, Hook("filter", "input", "filter - 5")),
         Chain(FILTER_FORWARD, no_endpoints[:1], Hook("filter", "forward", "filter - 5")),

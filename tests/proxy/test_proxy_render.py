@@ -122,6 +122,31 @@ def test_golden_ruleset(mode: str) -> None:
     assert text == path.read_text(), f"{path} differs (NETWEFT_UPDATE_GOLDEN=1 to refresh)"
 
 
+def test_filter_hooks_look_at_new_connections_only() -> None:
+    """Every rule of the filter base chains (hooks every packet of the node passes, pod
+    traffic too) tests ``ct state new`` first, as kube-proxy's ``ct state new jump ...``: a
+    packet of an accepted connection costs a conntrack-state test, no set lookup (issue 12:
+    filter-prerouting looked up @firewall-ips for every packet)."""
+    from netweft.proxy.nftables import static_chains
+    filters = [c for c in static_chains(NODE) if c.hook is not None and c.hook.type == "filter"]
+    assert {c.hook.hook for c in filters if c.hook} == {"prerouting", "input", "forward",
+                                                         "output"}
+    for chain in filters:
+        for rule in chain.rules:
+            assert rule.startswith("ct state new "), (chain.name, rule)
+
+
+def test_masquerade_decides_on_the_mark_before_any_lookup() -> None:
+    """nat-postrouting tests the masquerade mark first and masquerades a marked connection at
+    once, as kube-proxy's ``masquerading`` chain: the @hairpin lookup is only for unmarked
+    DNATed connections (issue 12: it came first, so every marked one paid it too)."""
+    from netweft.proxy.nftables import NAT_POSTROUTING, static_chains
+    (chain,) = [c for c in static_chains(NODE) if c.name == NAT_POSTROUTING]
+    assert chain.rules[0].startswith("meta mark & 0x4000 != 0 ")
+    assert chain.rules[0].endswith(" masquerade fully-random")
+    assert [i for i, r in enumerate(chain.rules) if "@hairpin" in r] == [1]
+
+
 def B(addr: str, port: int = 8080) -> EndpointTarget:
     return EndpointTarget(addr, port)
 

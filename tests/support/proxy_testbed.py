@@ -63,6 +63,51 @@ print(json.dumps(out))
 """
 
 
+INTERLEAVED = r"""
+import ctypes, json, os, random, socket, sys, time
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+rng = random.Random(12)
+targets = json.loads(sys.argv[1])        # [[netns path, host, port], ...]
+count, timeout = int(sys.argv[2]), float(sys.argv[3])
+fds = [os.open(t[0], os.O_RDONLY) for t in targets]
+out = [[] for _ in targets]
+k = len(targets)
+order = list(range(k))
+for i in range(count):
+    rng.shuffle(order)
+    for j in order:
+        if libc.setns(fds[j], 0x40000000) != 0:       # CLONE_NEWNET: the socket's namespace
+            raise OSError(ctypes.get_errno(), "setns")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        t0 = time.perf_counter()
+        try:
+            s.connect((targets[j][1], targets[j][2]))
+            s.recv(2048)
+            out[j].append(time.perf_counter() - t0)
+        except OSError as exc:
+            out[j].append(-1.0)
+        finally:
+            s.close()
+print(json.dumps(out))
+"""
+
+
+def connect_interleaved(targets: Sequence[tuple[str, str, int]], count: int,
+                        timeout: float = 2.0) -> list[list[float | None]]:
+    """``count`` TCP connects + first byte to each ``(client namespace, host, port)``, one
+    connection to each target in turn (each turn in a new random order, seeded: no target is
+    always first, or always right after itself) from one process that enters each namespace
+    before making that connection's socket: every target sees the same moments of machine
+    load, at the grain of single connections. Returns, per target, the seconds of each
+    connection (None: it failed)."""
+    spec = json.dumps([[f"/run/netns/{ns}", host, port] for ns, host, port in targets])
+    proc = subprocess.run([sys.executable, "-c", INTERLEAVED, spec, str(count), str(timeout)],
+                          capture_output=True, text=True, check=True,
+                          timeout=count * len(targets) * timeout + 30)
+    return [[None if x < 0 else x for x in row] for row in json.loads(proc.stdout)]
+
+
 @dataclass(frozen=True)
 class Attempt:
     server: str | None

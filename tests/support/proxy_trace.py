@@ -231,9 +231,14 @@ class NftTracer(_Tracer):
             allowed = {k.rsplit(" . ", 1)[1] for k in self._set("firewall-allow")
                        if k.rsplit(" . ", 1)[0] == key}
             return nxt if _in(pkt.src, allowed) else [("term", "drop", st)]
-        if rule == "ct status dnat ip saddr . ip daddr @hairpin " + _MARK:
+        if rule == "ct status dnat ip saddr . ip daddr @hairpin masquerade fully-random":
             if st.dnat and f"{pkt.src} . {st.dnat.address}" in self._set("hairpin"):
-                return [("next", None, replace(st, mark=st.mark | MASQUERADE_MARK))]
+                return [("term", "masquerade", st)]
+            return nxt
+        if rule == (f"meta mark & 0x{MASQUERADE_MARK:x} != 0 meta mark set meta mark ^ "
+                    f"0x{MASQUERADE_MARK:x} masquerade fully-random"):
+            if st.mark & MASQUERADE_MARK:
+                return [("term", "masquerade", replace(st, mark=st.mark ^ MASQUERADE_MARK))]
             return nxt
         if rule == f"meta mark & 0x{MASQUERADE_MARK:x} == 0 return":
             return [("return", None, st)] if not st.mark & MASQUERADE_MARK else nxt
