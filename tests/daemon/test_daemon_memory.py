@@ -12,26 +12,20 @@ import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from netweft.backends.base import (
-    ActualState,
     Changes,
     DesiredState,
-    DeviceInfo,
     FdbEntry,
     Neighbour,
     PeerState,
     Route,
-    Underlay,
 )
-from netweft.backends.hostgw import HostGwBackend
 from netweft.backends.netlink import apply_changes
 from netweft.cni.rtnl import WINDOW
 from netweft.daemon import netns
 from netweft.daemon.etcdsubnets import EtcdSubnetManager
-from netweft.daemon.kernel import KernelWorker
 from netweft.daemon.metrics import Metrics
 from netweft.daemon.peers import PeerReconciler
 from netweft.ipam.config import parse_config
@@ -39,34 +33,9 @@ from netweft.ipam.lease import Lease, parse_lease
 from netweft.ipam.leasecheck import LeaseFilter, _inside, _nets_overlap, check_leases
 from netweft.ipam.leases import LeaseStore
 from netweft.kv.memory import MemoryKV
+from support.fake_backend import InlineKernel, RecordingHostGw
 
-T = TypeVar("T")
 CFG = parse_config('{"Network": "10.0.0.0/8", "SubnetLen": 24}')
-
-
-class RecordingHostGw(HostGwBackend):
-    """host-gw's desired state over a fake kernel (as tests/daemon/test_daemon_peers.py's)."""
-
-    def __init__(self) -> None:
-        super().__init__(None, Underlay("eth0", 2, IPv4Address("192.0.2.10"), 1500,  # type: ignore[arg-type]
-                                        (IPv4Network("192.0.2.0/24"),)))
-
-    def apply(self, changes: Changes) -> list[str]:
-        return []
-
-    def setup(self, lease: Lease) -> DeviceInfo:
-        return DeviceInfo("eth0", 2, 1500)
-
-    def device_present(self) -> bool:
-        return True
-
-    def actual(self) -> ActualState:
-        return ActualState()
-
-
-class InlineKernel(KernelWorker):
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return fn(*args)
 
 
 def vxlan_value(i: int) -> bytes:

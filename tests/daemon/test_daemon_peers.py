@@ -8,51 +8,16 @@ tests/backends/test_backends_kernel.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, TypeVar
 
-from netweft.backends.base import ActualState, Changes, DeviceInfo, Underlay
-from netweft.backends.hostgw import HostGwBackend
+from netweft.backends.base import Changes
 from netweft.daemon.kernel import KernelWorker
 from netweft.daemon.metrics import Metrics
 from netweft.daemon.peers import PeerReconciler
 from netweft.ipam.config import parse_config
 from netweft.ipam.lease import Lease
 from netweft.ipam.leases import LeaseEvent
-
-T = TypeVar("T")
-
-UNDERLAY = Underlay("eth0", 2, IPv4Address("192.0.2.10"), 1500,
-                    (IPv4Network("192.0.2.0/24"),))
-
-
-class RecordingHostGw(HostGwBackend):
-    """host-gw's desired state; ``apply`` records the changes (fake kernel)."""
-
-    def __init__(self) -> None:
-        super().__init__(None, UNDERLAY)  # type: ignore[arg-type]
-        self.applied: list[Changes] = []
-
-    def apply(self, changes: Changes) -> list[str]:
-        self.applied.append(changes)
-        return []
-
-    def setup(self, lease: Lease) -> DeviceInfo:
-        return DeviceInfo("eth0", 2, 1500)
-
-    def device_present(self) -> bool:
-        return True
-
-    def actual(self) -> ActualState:
-        return ActualState()
-
-
-class InlineKernel(KernelWorker):
-    """Runs kernel calls on the loop itself (no thread), so loop turns can be counted."""
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return fn(*args)
+from support.fake_backend import InlineKernel, RecordingHostGw
 
 
 def lease(n: int) -> Lease:
