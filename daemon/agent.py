@@ -199,6 +199,8 @@ class Agent:
             await until_one_ends(waiter, self._tasks)
         finally:
             waiter.cancel()
+            for watcher in watchers:    # all at once, then wait for each
+                watcher.request_stop()
             for watcher in watchers:
                 await asyncio.to_thread(watcher.stop)
             await self.shutdown()

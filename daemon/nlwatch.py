@@ -16,6 +16,7 @@ and decoding whole messages with pyroute2 costs ~0.2 ms each.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -184,14 +185,27 @@ class SocketWatcher:
         self.wants = wants
         self.poke = poke
         self._stop = threading.Event()
+        # stop() wakes the thread's select() through this pair at once (a select timeout
+        # instead cost up to half a second of every daemon stop, i.e. of a restart)
+        self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the thread to end (returns at once; :meth:`stop` waits for it)."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def stop(self) -> None:
+        """End the thread and wait for it (at most 3 s)."""
+        self.request_stop()
         self._thread.join(timeout=3)
+        if not self._thread.is_alive():
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _run(self) -> None:
         try:
@@ -201,8 +215,8 @@ class SocketWatcher:
             return
         try:
             while not self._stop.is_set():
-                ready, _, _ = select.select([sock], [], [], 0.5)
-                if not ready:
+                ready, _, _ = select.select([sock, self._wake_r], [], [])
+                if sock not in ready:
                     continue
                 datagrams, overrun = drain(sock)
                 if overrun or self.wants(datagrams):

@@ -114,3 +114,19 @@ def test_nft_watcher_pokes_for_its_tables_only(netns_factory) -> None:
         assert poll_until(lambda: pokes, timeout=2, interval=0.01)
     finally:
         watcher.stop()
+
+
+def test_stop_wakes_a_watcher_waiting_on_a_silent_socket() -> None:
+    """The watcher waits for notices without a timeout; stop() wakes it (restart time: the
+    half-second select timeout it replaced is measured by bench/restart.py, not here)."""
+    quiet, _peer = socket.socketpair()
+    quiet.setblocking(False)
+    pokes: list[int] = []
+    watcher = nlwatch.SocketWatcher("test-watcher", lambda: quiet, lambda _d: True,
+                                    lambda: pokes.append(1))
+    watcher.start()
+    watcher.stop()
+    assert not watcher._thread.is_alive()
+    assert pokes == []
+    assert quiet.fileno() == -1      # the thread closed its socket on the way out
+    _peer.close()
