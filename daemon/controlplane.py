@@ -173,7 +173,8 @@ class Process:
     process that started it dies (``setpriv --pdeathsig``, as etcd and wireguard-go), so a killed
     test run or benchmark leaves no apiserver behind. Linux sends that signal when the starting
     *thread* ends, so a start from any other thread (an ``asyncio.to_thread`` worker) goes
-    without it rather than die with its worker. The lab, whose control plane outlives
+    without it rather than die with its worker; so does a parent dying in the instant between
+    the fork and setpriv arming the signal. The lab, whose control plane outlives
     ``netweft lab up``, turns it off."""
 
     name: str

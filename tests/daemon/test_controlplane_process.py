@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 from netweft.daemon.controlplane import Process
+from support.polling import poll_until
 
 STARTER = """
 import sys, time
@@ -43,6 +44,9 @@ def test_a_child_goes_when_the_process_that_started_it_is_killed(tmp_path: Path)
     assert starter.stdout is not None
     pid = int(starter.stdout.readline())
     try:
+        # setpriv arms the parent-death signal and then execs the program: kill the starter
+        # only once that happened (a parent dying in the microseconds before is not covered)
+        assert poll_until(lambda: psutil.Process(pid).name() == "sleep", timeout=10)
         starter.kill()                     # SIGKILL: no cleanup code of the starter runs
         starter.wait()
         assert gone(pid, within=10.0), "the child outlived the killed process that started it"
