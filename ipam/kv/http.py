@@ -171,7 +171,10 @@ class HttpPool:
                             chunks.append(bytes(event.data))
                         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                             break
-                except BaseException:
+                except (OSError, ssl.SSLError, h11.ProtocolError):
+                    await conn.close_broken()
+                    raise
+                except BaseException:  # cancelled or timed out: the connection is spent
                     conn.close()
                     raise
         except TimeoutError:
@@ -208,6 +211,7 @@ class HttpPool:
                     elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                         return
             except (OSError, ssl.SSLError, h11.ProtocolError) as exc:
+                await conn.close_broken()
                 raise HttpError(str(exc) or type(exc).__name__) from exc
 
         try:
